@@ -1,0 +1,37 @@
+# The two commands people need: `make run` (the dashboard, with a worker) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install system-packages run test bench lint format clean
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/.installed
+
+# Installs what the local provider needs (bubblewrap) when it can; says what to install
+# when it cannot (not root, no apt-get).
+system-packages:
+	@scripts/ensure-system-packages bubblewrap
+
+run: install system-packages
+	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py serve
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	DEBUG= $(BIN)/python manage.py makemigrations --check --dry-run --settings=config.settings_test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install system-packages
+	$(BIN)/python -m bench
+
+lint:
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,24 @@
+"""Settings for the test suite: the real settings with test-only defaults filled in.
+
+Everything can still be overridden from the environment (CI points DATABASE_URL at
+PostgreSQL). Tasks run synchronously in the test process unless a test starts workers.
+"""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("SECRET_KEY", "test-only-not-secret")
+os.environ.setdefault(
+    "SANDBOXES_DATA_DIR", str(Path(__file__).resolve().parent.parent / ".data" / "test")
+)
+
+from config.settings import *  # noqa: F403
+from config.settings import Q_CLUSTER
+
+ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
+SECURE_SSL_REDIRECT = False
+SESSION_COOKIE_SECURE = False
+CSRF_COOKIE_SECURE = False
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast, tests only
+STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"  # noqa: F405
+Q_CLUSTER["sync"] = os.environ.get("Q_SYNC", "1") == "1"

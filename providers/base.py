@@ -1,0 +1,278 @@
+"""The provider contract: what every back end offers the control plane.
+
+A provider hands out *instances*. The service layer (``sandboxes/services``) is the only
+caller; it persists ``Instance.id`` (the provider reference) and calls ``provider.get(ref)``
+whenever it needs the instance again, so instances are cheap handles, not caches.
+
+Rules every implementation follows (the conformance suite in ``tests/conformance``
+checks them):
+
+* ``create`` makes an instance from a snapshot version; the caller then calls ``start``
+  (a back end whose create also boots, like Morph, makes that ``start`` a no-op). The
+  caller records ``Instance.id`` between the two, so a failed ``start`` can be rolled back
+  by deleting exactly what was made.
+* ``create`` is idempotent per ``metadata["sandbox_id"]``: if an instance carrying that
+  sandbox id already exists, it is returned instead of a second one being made. A retried
+  or duplicated provisioning task therefore resumes, never duplicates.
+* ``create`` that fails removes whatever it made before raising.
+* ``start`` on a running instance, ``stop`` on a stopped one and ``delete`` on a deleted
+  one are no-ops; every other call on a deleted instance raises ``NotFound``.
+* ``exec`` runs in the instance's working directory, which is writable and survives
+  ``stop``/``start`` and ``snapshot``; on an instance that is not running it raises
+  ``Conflict``.
+* An operation the provider cannot do raises ``Unsupported`` naming the capability, and
+  ``capabilities`` says so (with a reason) before anyone tries.
+* Errors are typed (``providers.errors``) and never contain a secret.
+"""
+
+from __future__ import annotations
+
+import enum
+import shlex
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import ClassVar
+
+from providers.errors import Unsupported
+
+#: Keys of the metadata the control plane stores on every instance it makes. Together
+#: they are enough to rebuild a lost database row (see DESIGN.md, "Data model").
+META_SANDBOX_ID = "sandbox_id"
+META_TEAM = "team"
+META_PRESET = "preset"
+META_SNAPSHOT_ID = "snapshot_id"
+MARKER_KEYS = (META_SANDBOX_ID, META_TEAM, META_PRESET, META_SNAPSHOT_ID)
+
+#: Output beyond this many bytes per stream is cut off and flagged as truncated.
+EXEC_OUTPUT_LIMIT = 1024 * 1024
+
+
+class InstanceStatus(enum.StrEnum):
+    """What the back end says an instance is doing."""
+
+    CREATING = "creating"
+    RUNNING = "running"
+    PAUSED = "paused"
+    HIBERNATED = "hibernated"
+    STOPPED = "stopped"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """Everything a provider needs to size and label a new instance."""
+
+    sandbox_id: str
+    preset_id: str
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+    #: PVE: make a full clone instead of a linked one (the preset asks for it).
+    full_clone: bool = False
+
+
+@dataclass(frozen=True)
+class HttpService:
+    name: str
+    port: int
+    url: str
+
+
+@dataclass(frozen=True)
+class Networking:
+    http_services: tuple[HttpService, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    #: The command was killed because it ran past its timeout (exit_code is then -1
+    #: or the signal's code); the instance itself keeps running.
+    timed_out: bool = False
+
+
+@dataclass(frozen=True)
+class SnapshotResult:
+    """A new snapshot version made from an instance."""
+
+    ref: str
+    size_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Health:
+    reachable: bool
+    latency_ms: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class MetricSample:
+    time: datetime
+    cpu_fraction: float | None = None  # 0..vcpus
+    memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class SshInfo:
+    host: str
+    port: int
+    username: str
+    command: str
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a provider can do, as data. Every unsupported capability has a reason."""
+
+    supports_pause: bool = False
+    supports_hibernate: bool = False
+    supports_snapshots: bool = False
+    supports_exec: bool = False
+    supports_expose_http: bool = False
+    supports_wake_on: bool = False
+    supports_ssh: bool = False
+    supports_resize: bool = False
+    supports_metrics: bool = False
+    #: capability name -> why it is not available (for people, shown in the UI and API).
+    reasons: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls) if f.name.startswith("supports_"))
+
+    def supports(self, name: str) -> bool:
+        if name not in self.names():
+            raise KeyError(name)
+        return bool(getattr(self, name))
+
+    def reason(self, name: str) -> str:
+        """Why ``name`` is unsupported ('' when it is supported)."""
+        if self.supports(name):
+            return ""
+        return self.reasons.get(name) or "this provider does not offer it"
+
+    def as_dict(self) -> dict[str, bool]:
+        return {name: getattr(self, name) for name in self.names()}
+
+    def require(self, name: str, *, provider: str) -> None:
+        """Raise Unsupported when ``name`` is missing."""
+        if not self.supports(name):
+            raise Unsupported(f"{provider} cannot do this: {self.reason(name)}", capability=name)
+
+
+def as_argv(command: str | Sequence[str]) -> list[str]:
+    """A shell string runs under ``/bin/sh -c``; a list runs as it is."""
+    if isinstance(command, str):
+        return ["/bin/sh", "-c", command]
+    argv = [str(part) for part in command]
+    if not argv:
+        raise ValueError("command is empty")
+    return argv
+
+
+def as_shell(command: str | Sequence[str]) -> str:
+    """The inverse view of ``as_argv``: one string a shell would run."""
+    return command if isinstance(command, str) else shlex.join(command)
+
+
+class Instance(ABC):
+    """A handle on one instance. Reads are attributes; every method talks to the back end."""
+
+    id: str
+    status: InstanceStatus
+    metadata: dict[str, str]
+    networking: Networking
+    #: When the back end last saw traffic or use (exposed-service requests, exec), if it
+    #: observes that itself; the idle scheduler uses it beside the control plane's own.
+    last_activity: datetime | None = None
+
+    @abstractmethod
+    def exec(self, command: str | Sequence[str], timeout: float = 60.0) -> ExecResult: ...
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    @abstractmethod
+    def pause(self) -> None: ...
+
+    @abstractmethod
+    def resume(self) -> None: ...
+
+    @abstractmethod
+    def hibernate(self) -> None: ...
+
+    @abstractmethod
+    def delete(self) -> None: ...
+
+    @abstractmethod
+    def expose_http_service(self, name: str, port: int) -> str: ...
+
+    @abstractmethod
+    def hide_http_service(self, name: str) -> None: ...
+
+    @abstractmethod
+    def set_wake_on(self, http: bool, ssh: bool) -> None: ...
+
+    @abstractmethod
+    def snapshot(self) -> SnapshotResult: ...
+
+    def metrics(self) -> list[MetricSample]:
+        """Recent CPU and memory samples, oldest first (empty when not reported)."""
+        return []
+
+    def ssh_info(self) -> SshInfo:
+        raise Unsupported("this provider offers no SSH access", capability="supports_ssh")
+
+
+class Provider(ABC):
+    """One back end. Made from configuration by the registry; holds no per-request state."""
+
+    #: The provider's name as users write it (``pve-lxc``); snapshot ids drop the dashes.
+    name: ClassVar[str]
+    #: The configuration keys (environment variables) this provider reads.
+    config_keys: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: Mapping[str, str]) -> Provider:
+        """Build the provider from settings (the environment); raise ValueError if invalid."""
+
+    @classmethod
+    def configured(cls, config: Mapping[str, str]) -> bool:
+        """True when the settings needed to switch this provider on are present."""
+        return False
+
+    @property
+    @abstractmethod
+    def capabilities(self) -> Capabilities: ...
+
+    @abstractmethod
+    def create(
+        self, spec: InstanceSpec, snapshot_ref: str, metadata: Mapping[str, str]
+    ) -> Instance:
+        """Make an instance from ``snapshot_ref``, ready for ``start`` (see the module's rules)."""
+
+    @abstractmethod
+    def get(self, ref: str) -> Instance:
+        """The instance with this reference; NotFound when it does not exist."""
+
+    @abstractmethod
+    def list(self) -> list[Instance]:
+        """Every instance this control plane made (those carrying ``META_SANDBOX_ID``)."""
+
+    @abstractmethod
+    def delete_snapshot(self, ref: str) -> None:
+        """Destroy a snapshot version's image; Conflict when something still depends on it."""
+
+    @abstractmethod
+    def health(self) -> Health: ...

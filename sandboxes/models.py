@@ -1,0 +1,378 @@
+"""The domain model (DESIGN.md, "Data model").
+
+Rows change only through ``sandboxes/services``; in particular nothing assigns
+``Sandbox.status`` directly: transitions are compare-and-set updates.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from sandboxes.states import Status, is_transitional
+
+SANDBOX_ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no 0/o, 1/l: read aloud safely
+
+
+def new_sandbox_id() -> str:
+    """``sbx-`` + 10 random characters: usable as a hostname, a DNS label and a name."""
+    return "sbx-" + "".join(secrets.choice(SANDBOX_ID_ALPHABET) for _ in range(10))
+
+
+class Team(models.Model):
+    slug = models.SlugField(max_length=50, unique=True)
+    name = models.CharField(max_length=100)
+    # Quotas: blank uses the site default (SANDBOX_TEAM_MAX_*), 0 means unlimited.
+    max_sandboxes = models.PositiveIntegerField(null=True, blank=True)
+    max_vcpus = models.PositiveIntegerField(null=True, blank=True)
+    max_memory_mb = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class Role(models.TextChoices):
+    OWNER = "owner"
+    ADMIN = "admin"
+    MEMBER = "member"
+    VIEWER = "viewer"
+
+
+class Membership(models.Model):
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "team"], name="membership_unique_user_team")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.team} ({self.role})"
+
+    @property
+    def can_write(self) -> bool:
+        return self.role != Role.VIEWER
+
+    @property
+    def can_manage(self) -> bool:
+        """Owners and admins manage the team's snapshot versions and settings."""
+        return self.role in (Role.OWNER, Role.ADMIN)
+
+
+class Preset(models.Model):
+    """A machine size, e.g. ``4vcpu_16gb_48gb``; its id is derived from the size."""
+
+    id = models.CharField(primary_key=True, max_length=40)
+    label = models.CharField(max_length=100, blank=True)
+    description = models.TextField(blank=True)
+    vcpus = models.PositiveIntegerField()
+    memory_mb = models.PositiveIntegerField()
+    disk_gb = models.PositiveIntegerField()
+    #: Names of the providers this preset is offered on.
+    providers = models.JSONField(default=list, blank=True)
+    #: PVE: clone full copies instead of linked clones for this size.
+    full_clone = models.BooleanField(default=False)
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["vcpus", "memory_mb", "disk_gb"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(vcpus__gt=0, memory_mb__gt=0, disk_gb__gt=0),
+                name="preset_size_positive",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class SnapshotStatus(models.TextChoices):
+    CREATING = "creating"
+    READY = "ready"
+    FAILED = "failed"
+    DELETING = "deleting"
+    #: Kept as a row so version numbers are never reused and lineage stays readable.
+    DELETED = "deleted"
+
+
+class Snapshot(models.Model):
+    """One version of a preset's image on one provider: ``pvelxc_4vcpu_6gb_32gb_v3``."""
+
+    snapshot_id = models.CharField(max_length=120, unique=True)
+    provider = models.CharField(max_length=32)
+    preset = models.ForeignKey(Preset, on_delete=models.PROTECT, related_name="snapshots")
+    version = models.PositiveIntegerField()
+    #: The team whose version this is; blank for a shared version every team can use.
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.PROTECT, related_name="snapshots"
+    )
+    provider_ref = models.CharField(max_length=255, blank=True)
+    status = models.CharField(
+        max_length=10, choices=SnapshotStatus.choices, default=SnapshotStatus.CREATING
+    )
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    source_sandbox = models.ForeignKey(
+        "Sandbox",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="snapshots_taken",
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    label = models.CharField(max_length=200, blank=True)
+    size_bytes = models.BigIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    # As on Sandbox: the worker making or deleting the image holds the lease.
+    lease_token = models.CharField(max_length=32, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["provider", "preset_id", "-version"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "preset", "version"], name="snapshot_unique_version"
+            ),
+            models.CheckConstraint(condition=Q(version__gte=1), name="snapshot_version_from_1"),
+        ]
+        indexes = [models.Index(fields=["team", "provider", "preset"], name="snapshot_scope_idx")]
+
+    def __str__(self) -> str:
+        return self.snapshot_id
+
+
+class ActiveSnapshot(models.Model):
+    """Which version is active for a (team, provider, preset); team blank = every team.
+
+    Starting from a preset (or an id without ``_vN``) uses the team's own active version
+    when it has one, else the shared one. The unique constraint makes a second active
+    version for the same scope impossible at the database level.
+    """
+
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.CASCADE, related_name="active_snapshots"
+    )
+    provider = models.CharField(max_length=32)
+    preset = models.ForeignKey(Preset, on_delete=models.CASCADE, related_name="+")
+    snapshot = models.ForeignKey(Snapshot, on_delete=models.PROTECT, related_name="activations")
+    activated_at = models.DateTimeField(default=timezone.now)
+    activated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                Coalesce(F("team"), Value(0)),
+                F("provider"),
+                F("preset"),
+                name="one_active_snapshot_per_scope",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.snapshot} active for {self.team or 'every team'}"
+
+
+class TtlAction(models.TextChoices):
+    PAUSE = "pause"
+    STOP = "stop"
+    DELETE = "delete"
+
+
+class Sandbox(models.Model):
+    id = models.CharField(primary_key=True, max_length=32, default=new_sandbox_id, editable=False)
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="sandboxes")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    name = models.CharField(max_length=100, blank=True)
+    provider = models.CharField(max_length=32)
+    preset = models.ForeignKey(Preset, on_delete=models.PROTECT, related_name="sandboxes")
+    snapshot = models.ForeignKey(
+        Snapshot, null=True, blank=True, on_delete=models.PROTECT, related_name="sandboxes"
+    )
+    # Copied from the preset at creation: quotas count what was granted, even if the
+    # preset is edited later.
+    vcpus = models.PositiveIntegerField()
+    memory_mb = models.PositiveIntegerField()
+    disk_gb = models.PositiveIntegerField()
+
+    provider_ref = models.CharField(max_length=255, blank=True)
+    node = models.CharField(max_length=64, blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    status_changed_at = models.DateTimeField(default=timezone.now)
+    last_error = models.TextField(blank=True)
+
+    metadata = models.JSONField(default=dict, blank=True)
+    #: Exposed HTTP services: [{"name", "port", "url"}], as the provider reported them.
+    services = models.JSONField(default=list, blank=True)
+    ttl_seconds = models.PositiveIntegerField(null=True, blank=True)
+    ttl_action = models.CharField(max_length=8, choices=TtlAction.choices, default=TtlAction.STOP)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    idle_timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    wake_on_http = models.BooleanField(default=False)
+    wake_on_ssh = models.BooleanField(default=False)
+    last_activity_at = models.DateTimeField(default=timezone.now)
+    idempotency_key = models.CharField(max_length=200, blank=True)
+
+    #: The operation a transitional status stands for (pausing may end paused or
+    #: hibernated), so a worker or the reconciler knows what to carry out.
+    operation = models.CharField(max_length=12, blank=True)
+    # The worker carrying out the current operation holds the lease; another worker may
+    # take the operation over only after the lease expired (the first one died).
+    lease_token = models.CharField(max_length=32, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["team", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="sandbox_unique_idempotency_key",
+            ),
+        ]
+        indexes = [
+            # The list pages: a team's sandboxes, newest first, optionally by status.
+            models.Index(fields=["team", "-created_at"], name="sandbox_team_recent_idx"),
+            models.Index(fields=["team", "status"], name="sandbox_team_status_idx"),
+            # The schedules: expired TTLs, idle sandboxes, stuck transitions.
+            models.Index(fields=["status", "expires_at"], name="sandbox_ttl_idx"),
+            models.Index(fields=["status", "last_activity_at"], name="sandbox_idle_idx"),
+            models.Index(fields=["status", "status_changed_at"], name="sandbox_stuck_idx"),
+            models.Index(fields=["provider", "provider_ref"], name="sandbox_provider_ref_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name or self.id
+
+    @property
+    def is_transitional(self) -> bool:
+        return is_transitional(self.status)
+
+
+class ActorKind(models.TextChoices):
+    USER = "user"
+    TOKEN = "token"  # noqa: S105 - an actor kind, not a secret
+    SCHEDULER = "scheduler"
+    SYSTEM = "system"
+
+
+class Outcome(models.TextChoices):
+    REQUESTED = "requested"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REFUSED = "refused"
+
+
+class AppendOnlyQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise TypeError("audit events are append-only")
+
+    def delete(self):
+        raise TypeError("audit events are append-only")
+
+
+class SandboxEvent(models.Model):
+    """The audit trail: one row per action or state change. Never updated or deleted."""
+
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.PROTECT, related_name="events"
+    )
+    sandbox = models.ForeignKey(
+        Sandbox, null=True, blank=True, on_delete=models.PROTECT, related_name="events"
+    )
+    snapshot = models.ForeignKey(
+        Snapshot, null=True, blank=True, on_delete=models.PROTECT, related_name="events"
+    )
+    actor_kind = models.CharField(max_length=10, choices=ActorKind.choices)
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_token = models.ForeignKey(
+        "ApiToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    #: Who, in words, kept even when the user or token is gone.
+    actor_label = models.CharField(max_length=150)
+    action = models.CharField(max_length=32)
+    from_status = models.CharField(max_length=12, blank=True)
+    to_status = models.CharField(max_length=12, blank=True)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    message = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["sandbox", "created_at"], name="event_sandbox_idx"),
+            models.Index(fields=["team", "-created_at"], name="event_team_recent_idx"),
+            models.Index(fields=["action", "-created_at"], name="event_action_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.outcome} by {self.actor_label}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise TypeError("audit events are append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise TypeError("audit events are append-only")
+
+
+class ApiToken(models.Model):
+    """A per-user, per-team API token. Only a SHA-256 digest and a short prefix are stored."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=16, db_index=True)
+    digest = models.CharField(max_length=64, unique=True)
+    can_write = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user} in {self.team})"
+
+    @property
+    def is_usable(self) -> bool:
+        now = timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

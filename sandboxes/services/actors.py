@@ -1,0 +1,82 @@
+"""Who is acting: a signed-in user, an API token, the scheduler or the system itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from sandboxes.models import ActorKind, Membership, Role, Team
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+    from sandboxes.models import ApiToken
+
+
+@dataclass(frozen=True)
+class Actor:
+    kind: ActorKind
+    user: AbstractBaseUser | None = None
+    token: ApiToken | None = None
+
+    @classmethod
+    def for_user(cls, user: AbstractBaseUser) -> Actor:
+        return cls(ActorKind.USER, user=user)
+
+    @classmethod
+    def for_token(cls, token: ApiToken) -> Actor:
+        return cls(ActorKind.TOKEN, user=token.user, token=token)
+
+    @classmethod
+    def scheduler(cls) -> Actor:
+        return cls(ActorKind.SCHEDULER)
+
+    @classmethod
+    def system(cls) -> Actor:
+        return cls(ActorKind.SYSTEM)
+
+    @property
+    def label(self) -> str:
+        if self.kind == ActorKind.TOKEN and self.token is not None:
+            return f"{self.user.get_username()} (token {self.token.prefix})"
+        if self.user is not None:
+            return self.user.get_username()
+        return str(self.kind)
+
+    @property
+    def is_automation(self) -> bool:
+        """The scheduler and the system act on every team's sandboxes."""
+        return self.kind in (ActorKind.SCHEDULER, ActorKind.SYSTEM)
+
+    @cached_property
+    def _roles(self) -> dict[int, str]:
+        if self.user is None:
+            return {}
+        return dict(Membership.objects.filter(user=self.user).values_list("team_id", "role"))
+
+    def role_in(self, team: Team) -> str | None:
+        if self.is_automation:
+            return Role.OWNER
+        if (
+            self.kind == ActorKind.TOKEN
+            and self.token is not None
+            and self.token.team_id != team.pk
+        ):
+            return None
+        role = self._roles.get(team.pk)
+        if role is None and self.user is not None and self.user.is_superuser:
+            return Role.OWNER  # operators act through the admin on every team
+        return role
+
+    def can_read(self, team: Team) -> bool:
+        return self.role_in(team) is not None
+
+    def can_write(self, team: Team) -> bool:
+        role = self.role_in(team)
+        if role in (None, Role.VIEWER):
+            return False
+        return not (self.token is not None and not self.token.can_write)
+
+    def can_manage(self, team: Team) -> bool:
+        return self.can_write(team) and self.role_in(team) in (Role.OWNER, Role.ADMIN)

@@ -1,0 +1,261 @@
+"""Calls whose answer the caller waits for: exec, exposed services, wake-on, settings.
+
+These run in the request (they are quick on every provider) and are audited like the
+lifecycle actions. A provider failure becomes ``ProviderFailure`` with the provider's
+message; nothing in the row changes unless the provider call succeeded.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from providers.base import ExecResult, Instance
+from providers.errors import ProviderError
+from sandboxes.models import Outcome, Sandbox, TtlAction
+from sandboxes.services.actors import Actor
+from sandboxes.services.backends import capabilities, get_provider
+from sandboxes.services.errors import (
+    CapabilityMissing,
+    IllegalTransition,
+    InvalidInput,
+    NotAllowed,
+    ProviderFailure,
+)
+from sandboxes.services.events import record_event
+from sandboxes.services.validation import (
+    validate_metadata,
+    validate_name,
+    validate_seconds,
+    validate_service,
+)
+from sandboxes.states import Status
+
+MAX_EXEC_TIMEOUT = 3600
+MAX_COMMAND_LENGTH = 64 * 1024
+#: Activity is written at most this often per sandbox (a busy sandbox is not a hot row).
+ACTIVITY_GRANULARITY = timedelta(seconds=30)
+
+
+def _require(sandbox: Sandbox, actor: Actor, capability: str | None, *, statuses, action: str):
+    if not actor.can_write(sandbox.team):
+        raise NotAllowed(f"your role in this team cannot {action}")
+    if capability:
+        caps = capabilities(sandbox.provider)
+        if not caps.supports(capability):
+            raise CapabilityMissing(sandbox.provider, capability, caps.reason(capability))
+    if sandbox.status not in statuses:
+        raise IllegalTransition(action, sandbox.status, allowed=[str(s) for s in statuses])
+
+
+def _instance(sandbox: Sandbox) -> Instance:
+    try:
+        return get_provider(sandbox.provider).get(sandbox.provider_ref)
+    except ProviderError as exc:
+        raise _failure(exc) from exc
+
+
+def _failure(exc: ProviderError) -> ProviderFailure:
+    return ProviderFailure(exc.message, provider_code=exc.code, retryable=exc.retryable)
+
+
+def touch_activity(sandbox: Sandbox, *, at=None) -> None:
+    """Note that someone used the sandbox (idle hibernation counts from here)."""
+    at = at or timezone.now()
+    Sandbox.objects.filter(pk=sandbox.pk, last_activity_at__lt=at - ACTIVITY_GRANULARITY).update(
+        last_activity_at=at
+    )
+
+
+def exec_command(
+    *, sandbox: Sandbox, actor: Actor, command: str | list[str], timeout_seconds: int = 60
+) -> ExecResult:
+    """Run a command in a running sandbox and return its exit code and output."""
+    _require(sandbox, actor, "supports_exec", statuses={Status.RUNNING}, action="exec")
+    if isinstance(command, str):
+        valid = 0 < len(command) <= MAX_COMMAND_LENGTH
+    else:
+        valid = (
+            isinstance(command, list)
+            and 0 < len(command) <= 1000
+            and all(isinstance(p, str) for p in command)
+            and sum(len(p) for p in command) <= MAX_COMMAND_LENGTH
+        )
+    if not valid:
+        raise InvalidInput(
+            "command: a non-empty string or list of strings (64 KiB at most)",
+            fields={"command": ["a non-empty string or list of strings"]},
+        )
+    if (
+        not isinstance(timeout_seconds, int)
+        or isinstance(timeout_seconds, bool)
+        or not 1 <= timeout_seconds <= MAX_EXEC_TIMEOUT
+    ):
+        raise InvalidInput(
+            f"timeout_seconds: 1 to {MAX_EXEC_TIMEOUT}",
+            fields={"timeout_seconds": [f"a whole number from 1 to {MAX_EXEC_TIMEOUT}"]},
+        )
+    shown = command if isinstance(command, str) else " ".join(command)
+    try:
+        result = _instance(sandbox).exec(command, timeout=timeout_seconds)
+    except ProviderError as exc:
+        record_event(
+            actor=actor,
+            action="exec",
+            outcome=Outcome.FAILED,
+            sandbox=sandbox,
+            message=exc.message,
+            data={"command": shown[:200]},
+        )
+        raise _failure(exc) from exc
+    record_event(
+        actor=actor,
+        action="exec",
+        outcome=Outcome.SUCCEEDED,
+        sandbox=sandbox,
+        data={
+            "command": shown[:200],
+            "exit_code": result.exit_code,
+            "timed_out": result.timed_out,
+        },
+    )
+    touch_activity(sandbox)
+    return result
+
+
+def expose_service(*, sandbox: Sandbox, actor: Actor, name: str, port: int) -> dict[str, Any]:
+    """Expose ``port`` of the sandbox as an HTTP service called ``name``; return it."""
+    name, port = validate_service(name, port)
+    _require(
+        sandbox,
+        actor,
+        "supports_expose_http",
+        statuses={Status.RUNNING, Status.PAUSED, Status.HIBERNATED, Status.STOPPED},
+        action="expose services of",
+    )
+    try:
+        url = _instance(sandbox).expose_http_service(name, port)
+    except ProviderError as exc:
+        raise _failure(exc) from exc
+    service = {"name": name, "port": port, "url": url}
+    with transaction.atomic():
+        row = Sandbox.objects.select_for_update().get(pk=sandbox.pk)
+        row.services = [s for s in row.services if s["name"] != name] + [service]
+        row.save(update_fields=["services", "updated_at"])
+        record_event(
+            actor=actor,
+            action="expose_service",
+            outcome=Outcome.SUCCEEDED,
+            sandbox=row,
+            data=service,
+        )
+    sandbox.services = row.services
+    return service
+
+
+def hide_service(*, sandbox: Sandbox, actor: Actor, name: str) -> None:
+    _require(
+        sandbox,
+        actor,
+        "supports_expose_http",
+        statuses={Status.RUNNING, Status.PAUSED, Status.HIBERNATED, Status.STOPPED},
+        action="hide services of",
+    )
+    if name not in {s["name"] for s in sandbox.services}:
+        raise InvalidInput(f"no exposed service called {name!r}", fields={"name": ["not exposed"]})
+    try:
+        _instance(sandbox).hide_http_service(name)
+    except ProviderError as exc:
+        raise _failure(exc) from exc
+    with transaction.atomic():
+        row = Sandbox.objects.select_for_update().get(pk=sandbox.pk)
+        row.services = [s for s in row.services if s["name"] != name]
+        row.save(update_fields=["services", "updated_at"])
+        record_event(
+            actor=actor,
+            action="hide_service",
+            outcome=Outcome.SUCCEEDED,
+            sandbox=row,
+            data={"name": name},
+        )
+    sandbox.services = row.services
+
+
+def set_wake_on(*, sandbox: Sandbox, actor: Actor, http: bool, ssh: bool) -> Sandbox:
+    """Choose whether traffic (HTTP to an exposed service, SSH) wakes a paused sandbox."""
+    if not isinstance(http, bool) or not isinstance(ssh, bool):
+        raise InvalidInput("http and ssh are true or false")
+    live = {Status.RUNNING, Status.PAUSED, Status.HIBERNATED, Status.STOPPED}
+    _require(sandbox, actor, "supports_wake_on", statuses=live, action="set wake-on for")
+    try:
+        _instance(sandbox).set_wake_on(http, ssh)
+    except ProviderError as exc:
+        raise _failure(exc) from exc
+    with transaction.atomic():
+        Sandbox.objects.filter(pk=sandbox.pk).update(wake_on_http=http, wake_on_ssh=ssh)
+        record_event(
+            actor=actor,
+            action="set_wake_on",
+            outcome=Outcome.SUCCEEDED,
+            sandbox=sandbox,
+            data={"http": http, "ssh": ssh},
+        )
+    sandbox.wake_on_http, sandbox.wake_on_ssh = http, ssh
+    return sandbox
+
+
+_UNSET: Any = object()
+
+
+def update_sandbox_settings(
+    *,
+    sandbox: Sandbox,
+    actor: Actor,
+    name: str = _UNSET,
+    ttl_seconds: int | None = _UNSET,
+    ttl_action: str = _UNSET,
+    idle_timeout_seconds: int | None = _UNSET,
+    metadata: dict[str, str] = _UNSET,
+) -> Sandbox:
+    """Change a sandbox's name, TTL, idle timeout or metadata (only what is passed)."""
+    if not actor.can_write(sandbox.team):
+        raise NotAllowed("your role in this team cannot change sandboxes")
+    if sandbox.status == Status.DELETED:
+        raise IllegalTransition("change", sandbox.status)
+    changes: dict[str, Any] = {}
+    if name is not _UNSET:
+        changes["name"] = validate_name(name)
+    if ttl_seconds is not _UNSET:
+        changes["ttl_seconds"] = validate_seconds("ttl_seconds", ttl_seconds)
+        start = sandbox.started_at or timezone.now()
+        seconds = changes["ttl_seconds"]
+        changes["expires_at"] = start + timedelta(seconds=seconds) if seconds else None
+    if ttl_action is not _UNSET:
+        if ttl_action not in TtlAction.values:
+            raise InvalidInput(
+                "ttl_action: pause, stop or delete",
+                fields={"ttl_action": ["pause, stop or delete"]},
+            )
+        changes["ttl_action"] = ttl_action
+    if idle_timeout_seconds is not _UNSET:
+        changes["idle_timeout_seconds"] = validate_seconds(
+            "idle_timeout_seconds", idle_timeout_seconds
+        )
+    if metadata is not _UNSET:
+        changes["metadata"] = validate_metadata(metadata)
+    if not changes:
+        return sandbox
+    with transaction.atomic():
+        Sandbox.objects.filter(pk=sandbox.pk).update(updated_at=timezone.now(), **changes)
+        record_event(
+            actor=actor,
+            action="update_settings",
+            outcome=Outcome.SUCCEEDED,
+            sandbox=sandbox,
+            data={k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in changes.items()},
+        )
+    sandbox.refresh_from_db()
+    return sandbox

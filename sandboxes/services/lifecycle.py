@@ -1,0 +1,476 @@
+"""Sandbox lifecycle: create/start, stop, pause, resume, hibernate, delete.
+
+Each action is two halves:
+
+* the *request* (``pause_sandbox`` ...), called by the API, the dashboard, the admin or
+  the scheduler: checks permission and capability, moves the sandbox to its transitional
+  status by compare-and-set, writes the audit event, and enqueues the work on commit;
+* the *operation* (``perform_operation``), run by a django-q2 worker: takes the lease,
+  calls the provider, and settles the status (or rolls back and records the failure).
+
+Quick calls whose answer the caller waits for (exec, services, wake-on) live in
+``sandboxes/services/interactive.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
+
+from django.db import transaction
+from django.utils import timezone
+
+from providers.base import (
+    META_PRESET,
+    META_SANDBOX_ID,
+    META_SNAPSHOT_ID,
+    META_TEAM,
+    Instance,
+    InstanceSpec,
+    InstanceStatus,
+)
+from providers.errors import NotFound, ProviderError
+from sandboxes.models import Outcome, Preset, Sandbox, Team, TtlAction
+from sandboxes.services import transitions
+from sandboxes.services.actors import Actor
+from sandboxes.services.backends import capabilities, default_provider, get_provider
+from sandboxes.services.errors import CapabilityMissing, InvalidInput, NotAllowed
+from sandboxes.services.events import record_event
+from sandboxes.services.queue import enqueue_on_commit
+from sandboxes.services.quotas import check_quota
+from sandboxes.services.snapshots import resolve_for_start
+from sandboxes.services.validation import validate_metadata, validate_name, validate_seconds
+from sandboxes.states import Status
+
+logger = logging.getLogger(__name__)
+S = Status
+T = TypeVar("T")
+
+PROVIDER_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    transitional: Status
+    allowed_from: frozenset[Status]
+    capability: str | None = None
+
+
+OPERATIONS: dict[str, Operation] = {
+    op.name: op
+    for op in (
+        Operation("start", S.STARTING, frozenset({S.PENDING, S.STOPPED, S.FAILED})),
+        Operation("stop", S.STOPPING, frozenset({S.RUNNING, S.PAUSED, S.HIBERNATED})),
+        Operation("pause", S.PAUSING, frozenset({S.RUNNING}), "supports_pause"),
+        Operation("hibernate", S.PAUSING, frozenset({S.RUNNING, S.PAUSED}), "supports_hibernate"),
+        Operation("resume", S.RESUMING, frozenset({S.PAUSED, S.HIBERNATED})),
+        Operation("delete", S.DELETING, frozenset(Status) - {S.DELETED}),
+    )
+}
+
+#: What the provider reports, as the sandbox status it means.
+OBSERVED_STATUS: dict[InstanceStatus, Status] = {
+    InstanceStatus.CREATING: S.STARTING,
+    InstanceStatus.RUNNING: S.RUNNING,
+    InstanceStatus.PAUSED: S.PAUSED,
+    InstanceStatus.HIBERNATED: S.HIBERNATED,
+    InstanceStatus.STOPPED: S.STOPPED,
+    InstanceStatus.ERROR: S.FAILED,
+}
+
+
+# --- requests ------------------------------------------------------------------------
+
+
+def create_sandbox(
+    *,
+    team: Team,
+    actor: Actor,
+    preset_id: str | None = None,
+    provider: str | None = None,
+    snapshot_id: str | None = None,
+    name: str = "",
+    ttl_seconds: int | None = None,
+    ttl_action: str = TtlAction.STOP,
+    idle_timeout_seconds: int | None = None,
+    metadata: dict[str, str] | None = None,
+    idempotency_key: str = "",
+) -> Sandbox:
+    """Record a new sandbox in ``starting`` and enqueue its provisioning.
+
+    The snapshot may be a version (``local_2vcpu_2gb_8gb_v3``), an id without ``_vN``
+    (the active version) or omitted (the active version of ``preset_id`` on ``provider``).
+    With an ``idempotency_key`` already used by the team, the first sandbox is returned
+    and nothing new is made.
+    """
+    if not actor.can_write(team):
+        raise NotAllowed("your role in this team cannot create sandboxes")
+    name = validate_name(name)
+    metadata = validate_metadata(metadata)
+    ttl_seconds = validate_seconds("ttl_seconds", ttl_seconds)
+    idle_timeout_seconds = validate_seconds("idle_timeout_seconds", idle_timeout_seconds)
+    if ttl_action not in TtlAction.values:
+        raise InvalidInput(
+            f"ttl_action must be one of {', '.join(TtlAction.values)}",
+            fields={"ttl_action": [f"choose one of {', '.join(TtlAction.values)}"]},
+        )
+    if len(idempotency_key) > 200:
+        raise InvalidInput(
+            "Idempotency-Key is longer than 200 characters",
+            fields={"idempotency_key": ["200 characters at most"]},
+        )
+    if idempotency_key:
+        existing = Sandbox.objects.filter(team=team, idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return existing
+    snapshot = resolve_for_start(
+        team=team,
+        preset_id=preset_id,
+        provider=provider or default_provider(),
+        snapshot_id=snapshot_id,
+    )
+    preset: Preset = snapshot.preset
+    get_provider(snapshot.provider)  # enabled?
+    with transaction.atomic():
+        locked_team = Team.objects.select_for_update().get(pk=team.pk)
+        if idempotency_key:  # re-check under the lock: two retries racing
+            existing = Sandbox.objects.filter(team=team, idempotency_key=idempotency_key).first()
+            if existing is not None:
+                return existing
+        check_quota(team=locked_team, vcpus=preset.vcpus, memory_mb=preset.memory_mb)
+        now = timezone.now()
+        sandbox = Sandbox.objects.create(
+            team=team,
+            created_by=actor.user,
+            name=name,
+            provider=snapshot.provider,
+            preset=preset,
+            snapshot=snapshot,
+            vcpus=preset.vcpus,
+            memory_mb=preset.memory_mb,
+            disk_gb=preset.disk_gb,
+            status=S.STARTING,
+            operation="start",
+            metadata=metadata,
+            ttl_seconds=ttl_seconds,
+            ttl_action=ttl_action,
+            idle_timeout_seconds=idle_timeout_seconds,
+            idempotency_key=idempotency_key,
+            last_activity_at=now,
+            status_changed_at=now,
+        )
+        record_event(
+            actor=actor,
+            action="create",
+            outcome=Outcome.REQUESTED,
+            sandbox=sandbox,
+            to_status=S.STARTING,
+            data={"snapshot_id": snapshot.snapshot_id, "preset": preset.id},
+        )
+        _enqueue(sandbox)
+    return sandbox
+
+
+def _request(sandbox: Sandbox, operation: str, actor: Actor) -> Sandbox:
+    op = OPERATIONS[operation]
+    if not actor.can_write(sandbox.team):
+        raise NotAllowed(f"your role in this team cannot {operation} sandboxes")
+    if op.capability:
+        caps = capabilities(sandbox.provider)
+        if not caps.supports(op.capability):
+            raise CapabilityMissing(sandbox.provider, op.capability, caps.reason(op.capability))
+    with transaction.atomic():
+        sandbox = transitions.request(
+            sandbox,
+            action=operation,
+            to=op.transitional,
+            allowed_from=op.allowed_from,
+            actor=actor,
+            operation=operation,
+        )
+        _enqueue(sandbox)
+    return sandbox
+
+
+def start_sandbox(*, sandbox: Sandbox, actor: Actor) -> Sandbox:
+    return _request(sandbox, "start", actor)
+
+
+def stop_sandbox(*, sandbox: Sandbox, actor: Actor) -> Sandbox:
+    return _request(sandbox, "stop", actor)
+
+
+def pause_sandbox(*, sandbox: Sandbox, actor: Actor) -> Sandbox:
+    return _request(sandbox, "pause", actor)
+
+
+def hibernate_sandbox(*, sandbox: Sandbox, actor: Actor) -> Sandbox:
+    return _request(sandbox, "hibernate", actor)
+
+
+def resume_sandbox(*, sandbox: Sandbox, actor: Actor) -> Sandbox:
+    return _request(sandbox, "resume", actor)
+
+
+def delete_sandbox(*, sandbox: Sandbox, actor: Actor) -> Sandbox:
+    return _request(sandbox, "delete", actor)
+
+
+def _enqueue(sandbox: Sandbox) -> None:
+    enqueue_on_commit(
+        "sandboxes.tasks.run_sandbox_operation",
+        sandbox.pk,
+        name=f"{sandbox.operation}-{sandbox.pk}",
+    )
+
+
+# --- operations (workers) --------------------------------------------------------------
+
+
+def perform_operation(*, sandbox_id: str) -> None:
+    """Carry out the operation a sandbox's transitional status asks for.
+
+    Safe to call any number of times: without the lease, or when there is nothing to
+    do, it returns without touching anything.
+    """
+    sandbox = (
+        Sandbox.objects.select_related("snapshot", "team", "preset").filter(pk=sandbox_id).first()
+    )
+    if sandbox is None or sandbox.operation not in OPERATIONS:
+        return
+    if OPERATIONS[sandbox.operation].transitional != sandbox.status:
+        return
+    token = transitions.claim(sandbox.pk, status=sandbox.status)
+    if token is None:
+        return
+    handler = {
+        "start": _perform_start,
+        "stop": _perform_simple,
+        "pause": _perform_simple,
+        "hibernate": _perform_simple,
+        "resume": _perform_simple,
+        "delete": _perform_delete,
+    }[sandbox.operation]
+    try:
+        handler(sandbox, token)
+    finally:
+        _hand_over(sandbox.pk, token)
+
+
+def _hand_over(sandbox_id: str, token: str) -> None:
+    """If another operation was requested while we held the lease, let it run now."""
+    transitions.release(sandbox_id, token=token)
+    row = Sandbox.objects.filter(pk=sandbox_id).values("status", "operation").first()
+    pending = row and OPERATIONS.get(row["operation"])
+    if pending and pending.transitional == row["status"]:
+        with transaction.atomic():
+            _enqueue(Sandbox(pk=sandbox_id, operation=row["operation"]))
+
+
+def _spec(sandbox: Sandbox) -> InstanceSpec:
+    return InstanceSpec(
+        sandbox_id=sandbox.pk,
+        preset_id=sandbox.preset_id,
+        vcpus=sandbox.vcpus,
+        memory_mb=sandbox.memory_mb,
+        disk_gb=sandbox.disk_gb,
+        full_clone=sandbox.preset.full_clone,
+    )
+
+
+def provider_metadata(sandbox: Sandbox) -> dict[str, str]:
+    """The marker every instance carries: enough to find it and rebuild its row."""
+    return {
+        META_SANDBOX_ID: sandbox.pk,
+        META_TEAM: sandbox.team.slug,
+        META_PRESET: sandbox.preset_id,
+        META_SNAPSHOT_ID: sandbox.snapshot.snapshot_id if sandbox.snapshot_id else "",
+    }
+
+
+def retrying(call: Callable[[], T], *, attempts: int = PROVIDER_RETRIES) -> T:
+    """Call a provider, retrying errors that say a retry may help (locks, outages)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except ProviderError as exc:
+            if not exc.retryable or attempt == attempts:
+                raise
+            time.sleep(min(0.25 * 2**attempt, 5))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _perform_start(sandbox: Sandbox, token: str) -> None:
+    provider = get_provider(sandbox.provider)
+    instance: Instance | None = None
+    try:
+        if sandbox.provider_ref:
+            try:
+                instance = provider.get(sandbox.provider_ref)
+            except NotFound:
+                instance = None
+        if instance is None:
+            if sandbox.snapshot is None:
+                raise NotFound("the sandbox has no snapshot version to start from")
+            instance = provider.create(
+                _spec(sandbox), sandbox.snapshot.provider_ref, provider_metadata(sandbox)
+            )
+            transitions.update_leased(sandbox.pk, token=token, provider_ref=instance.id)
+        retrying(instance.start)
+        instance = provider.get(instance.id)
+    except ProviderError as exc:
+        _fail_start(sandbox, token, instance, exc)
+        return
+    now = timezone.now()
+    fields = {
+        "provider_ref": instance.id,
+        "last_error": "",
+        "started_at": now,
+        "last_activity_at": now,
+        "services": _services(instance),
+    }
+    if sandbox.ttl_seconds and sandbox.expires_at is None:
+        fields["expires_at"] = now + timedelta(seconds=sandbox.ttl_seconds)
+    if transitions.finish(
+        sandbox.pk, token=token, from_status=S.STARTING, to=S.RUNNING, fields=fields
+    ):
+        _settled(sandbox, "start", S.STARTING, S.RUNNING, data={"provider_ref": instance.id})
+
+
+def _fail_start(
+    sandbox: Sandbox, token: str, instance: Instance | None, error: ProviderError
+) -> None:
+    """Roll back what the provider made, then leave the sandbox failed with the reason."""
+    message = f"start failed: {error.message}"
+    ref = instance.id if instance is not None else ""
+    if instance is not None:
+        try:
+            retrying(instance.delete)
+            ref = ""
+        except ProviderError as cleanup:
+            message += f"; removing the half-made instance failed too ({cleanup.message}), "
+            message += "garbage collection will retry"
+    transitions.finish(
+        sandbox.pk,
+        token=token,
+        from_status=S.STARTING,
+        to=S.FAILED,
+        fields={"last_error": message, "provider_ref": ref, "services": []},
+    )
+    _settled(sandbox, "start", S.STARTING, S.FAILED, outcome=Outcome.FAILED, message=message)
+
+
+def _perform_simple(sandbox: Sandbox, token: str) -> None:
+    """stop, pause, hibernate, resume: one provider call, then the settled status."""
+    operation = sandbox.operation
+    target = {"stop": S.STOPPED, "pause": S.PAUSED, "hibernate": S.HIBERNATED, "resume": S.RUNNING}
+    provider = get_provider(sandbox.provider)
+    try:
+        instance = provider.get(sandbox.provider_ref)
+        call = {
+            "stop": instance.stop,
+            "pause": instance.pause,
+            "hibernate": instance.hibernate,
+            "resume": instance.resume,
+        }[operation]
+        retrying(call)
+    except ProviderError as exc:
+        _fail_operation(sandbox, token, exc)
+        return
+    fields: dict = {"last_error": ""}
+    if operation == "resume":
+        fields["last_activity_at"] = timezone.now()
+    if transitions.finish(
+        sandbox.pk, token=token, from_status=sandbox.status, to=target[operation], fields=fields
+    ):
+        _settled(sandbox, operation, sandbox.status, target[operation])
+
+
+def _fail_operation(sandbox: Sandbox, token: str, error: ProviderError) -> None:
+    """The provider refused or failed: settle on what the provider says is true now."""
+    observed = observe(sandbox)
+    message = f"{sandbox.operation} failed: {error.message}"
+    transitions.finish(
+        sandbox.pk,
+        token=token,
+        from_status=sandbox.status,
+        to=observed,
+        fields={"last_error": message},
+    )
+    _settled(
+        sandbox,
+        sandbox.operation,
+        sandbox.status,
+        observed,
+        outcome=Outcome.FAILED,
+        message=message,
+    )
+
+
+def observe(sandbox: Sandbox) -> Status:
+    """The status the provider reports for this sandbox (failed if it cannot be read)."""
+    if not sandbox.provider_ref:
+        return S.FAILED
+    try:
+        instance = get_provider(sandbox.provider).get(sandbox.provider_ref)
+    except NotFound:
+        return S.FAILED
+    except ProviderError:
+        return S.FAILED
+    return OBSERVED_STATUS[instance.status]
+
+
+def _perform_delete(sandbox: Sandbox, token: str) -> None:
+    if sandbox.provider_ref:
+        try:
+            instance = get_provider(sandbox.provider).get(sandbox.provider_ref)
+            retrying(instance.delete)
+        except NotFound:
+            pass  # already gone: what we wanted
+        except ProviderError as exc:
+            # Stay in deleting; the reconciler retries once the lease is released.
+            message = f"delete failed: {exc.message}"
+            transitions.update_leased(sandbox.pk, token=token, last_error=message)
+            _settled(
+                sandbox, "delete", S.DELETING, S.DELETING, outcome=Outcome.FAILED, message=message
+            )
+            return
+    now = timezone.now()
+    fields = {"deleted_at": now, "services": [], "provider_ref": "", "last_error": ""}
+    if transitions.finish(
+        sandbox.pk, token=token, from_status=S.DELETING, to=S.DELETED, fields=fields
+    ):
+        _settled(sandbox, "delete", S.DELETING, S.DELETED)
+
+
+def _settled(
+    sandbox: Sandbox,
+    action: str,
+    from_status: str,
+    to_status: str,
+    *,
+    outcome: Outcome = Outcome.SUCCEEDED,
+    message: str = "",
+    data: dict | None = None,
+) -> None:
+    record_event(
+        actor=Actor.system(),
+        action=action,
+        outcome=outcome,
+        sandbox=sandbox,
+        from_status=from_status,
+        to_status=to_status,
+        message=message,
+        data=data,
+    )
+
+
+def _services(instance: Instance) -> list[dict]:
+    return [
+        {"name": s.name, "port": s.port, "url": s.url} for s in instance.networking.http_services
+    ]

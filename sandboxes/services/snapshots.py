@@ -1,0 +1,403 @@
+"""Snapshot versions: resolve, take (a new version from a sandbox), import, activate, delete.
+
+Versions of one (provider, preset) count up from 1 and are never reused: a deleted
+version keeps its row (status ``deleted``), and numbers are allocated under a lock on the
+preset row. A version belongs to a team, or to nobody (shared: every team may use it).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max, Q
+from django.utils import timezone
+
+from providers.errors import Conflict as ProviderConflict
+from providers.errors import InvalidSnapshotId, NotFound, ProviderError
+from providers.presets import parse_preset_id
+from providers.snapshot_ids import NoActiveVersion, format_snapshot_id, resolve_snapshot_id
+from sandboxes.models import (
+    ActiveSnapshot,
+    Outcome,
+    Preset,
+    Sandbox,
+    Snapshot,
+    SnapshotStatus,
+    Team,
+)
+from sandboxes.services import leases
+from sandboxes.services.actors import Actor
+from sandboxes.services.backends import capabilities, get_provider
+from sandboxes.services.errors import CapabilityMissing, Conflict, InvalidInput, NotAllowed
+from sandboxes.services.events import record_event
+from sandboxes.services.queue import enqueue_on_commit
+from sandboxes.states import Status
+
+
+def visible_to(team: Team | None) -> Q:
+    """Versions a team may see and start from: its own and the shared ones."""
+    return Q(team__isnull=True) | Q(team=team) if team is not None else Q(team__isnull=True)
+
+
+def active_version(*, team: Team | None, provider: str, preset_id: str) -> Snapshot | None:
+    """The team's own active version of the pair, else the shared one."""
+    pointers = ActiveSnapshot.objects.filter(provider=provider, preset_id=preset_id).filter(
+        Q(team__isnull=True) | Q(team=team)
+    )
+    chosen = sorted(pointers.select_related("snapshot"), key=lambda p: p.team_id is None)
+    return chosen[0].snapshot if chosen else None
+
+
+def _invalid_snapshot(message: str) -> InvalidInput:
+    return InvalidInput(message, fields={"snapshot_id": [message]})
+
+
+def resolve_for_start(
+    *, team: Team, preset_id: str | None, provider: str | None, snapshot_id: str | None
+) -> Snapshot:
+    """The ready version a new sandbox starts from; InvalidInput saying why if none."""
+    if snapshot_id:
+        try:
+            resolved = resolve_snapshot_id(
+                snapshot_id,
+                active_version=lambda p, preset: getattr(
+                    active_version(team=team, provider=p, preset_id=preset), "version", None
+                ),
+            )
+        except InvalidSnapshotId as exc:
+            raise _invalid_snapshot(str(exc)) from None
+        except NoActiveVersion:
+            raise _invalid_snapshot(
+                f"{snapshot_id} has no active version; activate one or name a version (_vN)"
+            ) from None
+        if provider and resolved.provider != provider:
+            raise _invalid_snapshot(
+                f"{snapshot_id} is a {resolved.provider} snapshot, not {provider}"
+            )
+        if preset_id and resolved.preset_id != preset_id:
+            raise _invalid_snapshot(
+                f"{snapshot_id} is of preset {resolved.preset_id}, not {preset_id}"
+            )
+        snapshot = (
+            Snapshot.objects.filter(visible_to(team), snapshot_id=str(resolved))
+            .select_related("preset")
+            .first()
+        )
+        if snapshot is None:
+            raise _invalid_snapshot(f"no snapshot version {resolved} is visible to your team")
+    else:
+        if not preset_id:
+            raise InvalidInput(
+                "give a preset or a snapshot_id",
+                fields={"preset": ["required without snapshot_id"]},
+            )
+        if not provider:
+            raise InvalidInput("no provider is enabled", fields={"provider": ["none enabled"]})
+        preset = Preset.objects.filter(pk=preset_id, enabled=True).first()
+        if preset is None:
+            raise InvalidInput(
+                f"unknown preset {preset_id!r}",
+                fields={"preset": [f"unknown preset {preset_id!r}"]},
+            )
+        if provider not in preset.providers:
+            raise InvalidInput(
+                f"preset {preset_id} is not offered on {provider}",
+                fields={"provider": [f"{preset_id} is offered on: {', '.join(preset.providers)}"]},
+            )
+        snapshot = active_version(team=team, provider=provider, preset_id=preset_id)
+        if snapshot is None:
+            raise _invalid_snapshot(
+                f"preset {preset_id} has no active version on {provider}; an operator "
+                "registers one with `manage.py import_snapshot`"
+            )
+    if snapshot.status != SnapshotStatus.READY:
+        raise _invalid_snapshot(f"{snapshot.snapshot_id} is {snapshot.status}, not ready")
+    return snapshot
+
+
+def _next_version(provider: str, preset: Preset) -> int:
+    """Allocate the next version number; call inside a transaction."""
+    Preset.objects.select_for_update().filter(pk=preset.pk).first()
+    last = Snapshot.objects.filter(provider=provider, preset=preset).aggregate(v=Max("version"))
+    return (last["v"] or 0) + 1
+
+
+def take_snapshot(*, sandbox: Sandbox, actor: Actor, label: str = "") -> Snapshot:
+    """Record the next version of the sandbox's preset and enqueue capturing it."""
+    if not actor.can_write(sandbox.team):
+        raise NotAllowed("your role in this team cannot take snapshots")
+    caps = capabilities(sandbox.provider)
+    if not caps.supports_snapshots:
+        raise CapabilityMissing(
+            sandbox.provider, "supports_snapshots", caps.reason("supports_snapshots")
+        )
+    label = _validate_label(label)
+    allowed = {Status.RUNNING, Status.PAUSED, Status.STOPPED}
+    if sandbox.status not in allowed or not sandbox.provider_ref:
+        raise Conflict(
+            f"a sandbox that is {sandbox.status} cannot be snapshotted "
+            "(it must be running, paused or stopped)"
+        )
+    with transaction.atomic():
+        version = _next_version(sandbox.provider, sandbox.preset)
+        snapshot = Snapshot.objects.create(
+            snapshot_id=format_snapshot_id(sandbox.provider, sandbox.preset_id, version),
+            provider=sandbox.provider,
+            preset=sandbox.preset,
+            version=version,
+            team=sandbox.team,
+            parent_id=sandbox.snapshot_id,
+            source_sandbox=sandbox,
+            created_by=actor.user,
+            label=label,
+        )
+        record_event(
+            actor=actor,
+            action="snapshot",
+            outcome=Outcome.REQUESTED,
+            sandbox=sandbox,
+            snapshot=snapshot,
+            data={"snapshot_id": snapshot.snapshot_id},
+        )
+        enqueue_on_commit(
+            "sandboxes.tasks.run_snapshot_operation", snapshot.pk, name=f"snapshot-{snapshot.pk}"
+        )
+    return snapshot
+
+
+def _validate_label(label: str | None) -> str:
+    if label is None:
+        return ""
+    if not isinstance(label, str) or len(label) > 200:
+        raise InvalidInput("label: at most 200 characters", fields={"label": ["200 at most"]})
+    return label.strip()
+
+
+def perform_snapshot_operation(*, snapshot_pk: int) -> None:
+    """Worker half of taking or deleting a version. Idempotent."""
+    snapshot = Snapshot.objects.select_related("source_sandbox").filter(pk=snapshot_pk).first()
+    if snapshot is None or snapshot.status not in (
+        SnapshotStatus.CREATING,
+        SnapshotStatus.DELETING,
+    ):
+        return
+    lease = settings.SANDBOX_OPERATION_LEASE_SECONDS
+    token = leases.claim(Snapshot, snapshot.pk, status=snapshot.status, seconds=lease)
+    if token is None:
+        return
+    if snapshot.status == SnapshotStatus.CREATING:
+        _capture(snapshot, token)
+    else:
+        _destroy(snapshot, token)
+
+
+def _settle(snapshot: Snapshot, token: str, **fields) -> bool:
+    return bool(
+        Snapshot.objects.filter(pk=snapshot.pk, lease_token=token).update(
+            lease_token="", lease_expires_at=None, updated_at=timezone.now(), **fields
+        )
+    )
+
+
+def _capture(snapshot: Snapshot, token: str) -> None:
+    sandbox = snapshot.source_sandbox
+    try:
+        if sandbox is None or not sandbox.provider_ref:
+            raise NotFound("the sandbox this version was to be taken from is gone")
+        result = get_provider(snapshot.provider).get(sandbox.provider_ref).snapshot()
+    except ProviderError as exc:
+        message = f"snapshot failed: {exc.message}"
+        _settle(snapshot, token, status=SnapshotStatus.FAILED, error=message)
+        record_event(
+            actor=Actor.system(),
+            action="snapshot",
+            outcome=Outcome.FAILED,
+            sandbox=sandbox,
+            snapshot=snapshot,
+            message=message,
+        )
+        return
+    _settle(
+        snapshot,
+        token,
+        status=SnapshotStatus.READY,
+        provider_ref=result.ref,
+        size_bytes=result.size_bytes,
+        error="",
+    )
+    record_event(
+        actor=Actor.system(),
+        action="snapshot",
+        outcome=Outcome.SUCCEEDED,
+        sandbox=sandbox,
+        snapshot=snapshot,
+        data={"snapshot_id": snapshot.snapshot_id, "size_bytes": result.size_bytes},
+    )
+
+
+def _destroy(snapshot: Snapshot, token: str) -> None:
+    try:
+        if snapshot.provider_ref:
+            get_provider(snapshot.provider).delete_snapshot(snapshot.provider_ref)
+    except NotFound:
+        pass
+    except ProviderError as exc:
+        refused = isinstance(exc, ProviderConflict)
+        message = f"{'refused' if refused else 'failed'} by {snapshot.provider}: {exc.message}"
+        _settle(snapshot, token, status=SnapshotStatus.READY, error=f"delete {message}")
+        record_event(
+            actor=Actor.system(),
+            action="delete_version",
+            outcome=Outcome.REFUSED if refused else Outcome.FAILED,
+            snapshot=snapshot,
+            message=message,
+        )
+        return
+    _settle(snapshot, token, status=SnapshotStatus.DELETED, error="")
+    record_event(
+        actor=Actor.system(), action="delete_version", outcome=Outcome.SUCCEEDED, snapshot=snapshot
+    )
+
+
+def _require_scope_manager(actor: Actor, team: Team | None, what: str) -> None:
+    if team is None:
+        operator = actor.is_automation or (actor.user is not None and actor.user.is_superuser)
+        if not operator or actor.token is not None:
+            raise NotAllowed(f"only an operator can {what} shared versions")
+    elif not actor.can_manage(team):
+        raise NotAllowed(f"only the team's owners and admins can {what} its versions")
+
+
+def import_snapshot(
+    *,
+    provider: str,
+    preset_id: str,
+    ref: str,
+    actor: Actor,
+    label: str = "",
+    activate: bool = False,
+    team: Team | None = None,
+) -> Snapshot:
+    """Register an image that already exists on a provider as the next version of a preset."""
+    _require_scope_manager(actor, team, "import")
+    get_provider(provider)
+    preset = Preset.objects.filter(pk=preset_id).first()
+    if preset is None:
+        try:
+            parse_preset_id(preset_id)
+        except ValueError as exc:
+            raise InvalidInput(str(exc), fields={"preset": [str(exc)]}) from None
+        raise InvalidInput(f"unknown preset {preset_id}", fields={"preset": ["unknown preset"]})
+    if not isinstance(ref, str) or not ref.strip() or len(ref) > 255:
+        raise InvalidInput("ref: the provider's image reference (1-255 characters)")
+    label = _validate_label(label)
+    with transaction.atomic():
+        version = _next_version(provider, preset)
+        snapshot = Snapshot.objects.create(
+            snapshot_id=format_snapshot_id(provider, preset.pk, version),
+            provider=provider,
+            preset=preset,
+            version=version,
+            team=team,
+            provider_ref=ref.strip(),
+            status=SnapshotStatus.READY,
+            created_by=actor.user,
+            label=label,
+        )
+        record_event(
+            actor=actor,
+            action="import_version",
+            outcome=Outcome.SUCCEEDED,
+            snapshot=snapshot,
+            team=team,
+            data={"snapshot_id": snapshot.snapshot_id, "ref": snapshot.provider_ref},
+        )
+        if activate:
+            activate_snapshot(snapshot=snapshot, actor=actor, team=team)
+    return snapshot
+
+
+def activate_snapshot(*, snapshot: Snapshot, actor: Actor, team: Team | None) -> ActiveSnapshot:
+    """Make ``snapshot`` the active version for ``team`` (None: the shared default)."""
+    _require_scope_manager(actor, team, "activate")
+    if team is None and snapshot.team_id is not None:
+        raise InvalidInput("a team's own version cannot become the shared default")
+    if team is not None and snapshot.team_id not in (None, team.pk):
+        raise InvalidInput(f"{snapshot.snapshot_id} is not visible to {team.slug}")
+    if snapshot.status != SnapshotStatus.READY:
+        raise Conflict(
+            f"{snapshot.snapshot_id} is {snapshot.status}; only a ready version can be active"
+        )
+    with transaction.atomic():
+        scope = ActiveSnapshot.objects.select_for_update().filter(
+            team=team, provider=snapshot.provider, preset_id=snapshot.preset_id
+        )
+        pointer = scope.first()
+        previous = pointer.snapshot.snapshot_id if pointer else ""
+        if pointer is None:
+            pointer = ActiveSnapshot.objects.create(
+                team=team,
+                provider=snapshot.provider,
+                preset_id=snapshot.preset_id,
+                snapshot=snapshot,
+                activated_by=actor.user,
+            )
+        else:
+            pointer.snapshot = snapshot
+            pointer.activated_by = actor.user
+            pointer.activated_at = timezone.now()
+            pointer.save(update_fields=["snapshot", "activated_by", "activated_at"])
+        record_event(
+            actor=actor,
+            action="activate_version",
+            outcome=Outcome.SUCCEEDED,
+            snapshot=snapshot,
+            team=team,
+            data={"snapshot_id": snapshot.snapshot_id, "previous": previous},
+        )
+    return pointer
+
+
+def delete_snapshot_version(*, snapshot: Snapshot, actor: Actor) -> Snapshot:
+    """Delete a version nothing depends on; Conflict naming what still uses it otherwise."""
+    _require_scope_manager(actor, snapshot.team, "delete")
+    if snapshot.status not in (SnapshotStatus.READY, SnapshotStatus.FAILED):
+        raise Conflict(f"{snapshot.snapshot_id} is {snapshot.status}")
+    with transaction.atomic():
+        locked = Snapshot.objects.select_for_update().get(pk=snapshot.pk)
+        active_for = list(
+            ActiveSnapshot.objects.filter(snapshot=locked).values_list("team__slug", flat=True)
+        )
+        if active_for:
+            scopes = ", ".join(slug or "every team" for slug in active_for)
+            raise Conflict(
+                f"{locked.snapshot_id} is the active version for {scopes}; activate another first"
+            )
+        users = list(
+            Sandbox.objects.filter(snapshot=locked)
+            .exclude(status=Status.DELETED)
+            .values_list("pk", flat=True)[:6]
+        )
+        if users:
+            more = "…" if len(users) > 5 else ""
+            raise Conflict(
+                f"{locked.snapshot_id} is used by sandbox(es) {', '.join(users[:5])}{more}; "
+                "delete them first"
+            )
+        updated = Snapshot.objects.filter(pk=locked.pk, status=locked.status).update(
+            status=SnapshotStatus.DELETING, updated_at=timezone.now()
+        )
+        if not updated:  # pragma: no cover - guarded by the row lock
+            raise Conflict(f"{locked.snapshot_id} changed; try again")
+        record_event(
+            actor=actor,
+            action="delete_version",
+            outcome=Outcome.REQUESTED,
+            snapshot=locked,
+            data={"snapshot_id": locked.snapshot_id},
+        )
+        enqueue_on_commit(
+            "sandboxes.tasks.run_snapshot_operation", locked.pk, name=f"delete-version-{locked.pk}"
+        )
+    locked.refresh_from_db()
+    return locked

@@ -1,0 +1,135 @@
+"""Compare-and-set status changes and operation leases on the Sandbox row.
+
+A request moves a sandbox from a settled status to a transitional one (``request``); the
+worker that carries the operation out takes a lease on the row (``claim``), does the
+provider work, and moves it on to the settled result only if it still holds the lease and
+the status is still the one it claimed (``finish``). Every write is one
+``UPDATE ... WHERE`` so concurrent workers and clicks cannot both win.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from sandboxes.models import Outcome, Sandbox
+from sandboxes.services import leases
+from sandboxes.services.actors import Actor
+from sandboxes.services.errors import IllegalTransition
+from sandboxes.services.events import record_event
+from sandboxes.states import Status, can_transition
+
+
+def current_status(sandbox_id: str) -> str | None:
+    return Sandbox.objects.filter(pk=sandbox_id).values_list("status", flat=True).first()
+
+
+def request(
+    sandbox: Sandbox,
+    *,
+    action: str,
+    to: Status,
+    allowed_from: Iterable[Status],
+    actor: Actor,
+    operation: str = "",
+    fields: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+) -> Sandbox:
+    """Move ``sandbox`` to ``to`` if its current status is in ``allowed_from``.
+
+    Refusals raise IllegalTransition after recording a ``refused`` event; the sandbox is
+    left exactly as it was. On success ``sandbox`` is refreshed in place and returned.
+    """
+    allowed = [Status(s) for s in allowed_from]
+    observed = sandbox.status
+    for _ in range(3):
+        if observed not in allowed or not (observed == to or can_transition(observed, to)):
+            break
+        now = timezone.now()
+        values = {"status": to, "status_changed_at": now, "operation": operation, **(fields or {})}
+        with transaction.atomic():
+            won = Sandbox.objects.filter(pk=sandbox.pk, status=observed).update(**values)
+            if won:
+                record_event(
+                    actor=actor,
+                    action=action,
+                    outcome=Outcome.REQUESTED,
+                    sandbox=sandbox,
+                    from_status=observed,
+                    to_status=to,
+                    data=data,
+                )
+        if won:
+            sandbox.refresh_from_db()
+            return sandbox
+        observed = current_status(sandbox.pk)  # someone else moved it: look again
+        if observed is None:
+            break
+    refuse(sandbox, action=action, status=observed or "gone", actor=actor, allowed=allowed)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def refuse(
+    sandbox: Sandbox, *, action: str, status: str, actor: Actor, allowed: list[Status]
+) -> None:
+    """Record a refused action and raise IllegalTransition."""
+    error = IllegalTransition(action, status, allowed=[str(s) for s in allowed])
+    record_event(
+        actor=actor,
+        action=action,
+        outcome=Outcome.REFUSED,
+        sandbox=sandbox,
+        from_status=status,
+        message=error.message,
+    )
+    raise error
+
+
+def claim(sandbox_id: str, *, status: str) -> str | None:
+    """Take the operation lease on a sandbox in ``status``; None if another worker holds it."""
+    return leases.claim(
+        Sandbox, sandbox_id, status=status, seconds=settings.SANDBOX_OPERATION_LEASE_SECONDS
+    )
+
+
+def finish(
+    sandbox_id: str,
+    *,
+    token: str,
+    from_status: str,
+    to: Status,
+    fields: dict[str, Any] | None = None,
+) -> bool:
+    """Settle the operation: move from ``from_status`` to ``to`` and release the lease.
+
+    Returns False (changing nothing) when the lease was lost or the status moved on.
+    """
+    values = {
+        "status": to,
+        "status_changed_at": timezone.now(),
+        "operation": "",
+        "lease_token": "",
+        "lease_expires_at": None,
+        **(fields or {}),
+    }
+    return bool(
+        Sandbox.objects.filter(pk=sandbox_id, status=from_status, lease_token=token).update(
+            **values
+        )
+    )
+
+
+def update_leased(sandbox_id: str, *, token: str, **fields: Any) -> bool:
+    """Write fields while holding the lease (the provider reference right after create)."""
+    return bool(Sandbox.objects.filter(pk=sandbox_id, lease_token=token).update(**fields))
+
+
+def release(sandbox_id: str, *, token: str, **fields: Any) -> None:
+    """Give the lease back without changing the status (the operation will be retried)."""
+    Sandbox.objects.filter(pk=sandbox_id, lease_token=token).update(
+        lease_token="", lease_expires_at=None, **fields
+    )

@@ -1,0 +1,63 @@
+"""The sandbox status state machine.
+
+Every status change is one of ``TRANSITIONS`` and happens as a compare-and-set on the row
+(``UPDATE ... WHERE status = <from>``; see ``services/transitions.py``), so two workers or
+two clicks never both act on one sandbox.
+
+A *transitional* status (starting, pausing, ...) means "an operation was asked for and a
+worker is carrying it out"; the operation's worker moves the sandbox on to a settled status.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Status(models.TextChoices):
+    PENDING = "pending"
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSING = "pausing"
+    PAUSED = "paused"
+    HIBERNATED = "hibernated"
+    RESUMING = "resuming"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    FAILED = "failed"
+
+
+S = Status
+
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    S.PENDING: frozenset({S.STARTING, S.DELETING, S.FAILED}),
+    S.STARTING: frozenset({S.RUNNING, S.FAILED, S.DELETING}),
+    S.RUNNING: frozenset({S.PAUSING, S.STOPPING, S.DELETING, S.PAUSED, S.STOPPED, S.FAILED}),
+    # pausing ends paused (RAM kept) or hibernated (RAM on disk); back to running if the
+    # provider refused.
+    S.PAUSING: frozenset({S.PAUSED, S.HIBERNATED, S.RUNNING, S.FAILED, S.DELETING}),
+    S.PAUSED: frozenset({S.RESUMING, S.PAUSING, S.STOPPING, S.DELETING, S.RUNNING, S.STOPPED}),
+    S.HIBERNATED: frozenset({S.RESUMING, S.STOPPING, S.DELETING, S.RUNNING, S.STOPPED}),
+    S.RESUMING: frozenset({S.RUNNING, S.PAUSED, S.HIBERNATED, S.FAILED, S.DELETING}),
+    S.STOPPING: frozenset({S.STOPPED, S.RUNNING, S.FAILED, S.DELETING}),
+    S.STOPPED: frozenset({S.STARTING, S.DELETING, S.RUNNING}),
+    S.DELETING: frozenset({S.DELETED, S.FAILED}),
+    S.DELETED: frozenset(),
+    S.FAILED: frozenset({S.STARTING, S.DELETING, S.RUNNING, S.STOPPED}),
+}
+
+TRANSITIONAL: frozenset[Status] = frozenset(
+    {S.PENDING, S.STARTING, S.PAUSING, S.RESUMING, S.STOPPING, S.DELETING}
+)
+SETTLED: frozenset[Status] = frozenset(Status) - TRANSITIONAL
+#: Statuses that hold resources against the team's quota.
+LIVE: frozenset[Status] = frozenset(Status) - {S.DELETED, S.FAILED}
+
+
+def can_transition(current: str, target: str) -> bool:
+    return Status(target) in TRANSITIONS[Status(current)]
+
+
+def is_transitional(status: str) -> bool:
+    return Status(status) in TRANSITIONAL

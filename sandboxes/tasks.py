@@ -1,0 +1,14 @@
+"""django-q2 entry points. Thin: they take ids and call the services, which re-read the
+row, take a lease and do nothing when there is nothing (left) to do."""
+
+from __future__ import annotations
+
+from sandboxes.services import lifecycle, snapshots
+
+
+def run_sandbox_operation(sandbox_id: str) -> None:
+    lifecycle.perform_operation(sandbox_id=sandbox_id)
+
+
+def run_snapshot_operation(snapshot_pk: int) -> None:
+    snapshots.perform_snapshot_operation(snapshot_pk=snapshot_pk)

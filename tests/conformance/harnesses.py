@@ -1,0 +1,85 @@
+"""Providers the conformance suite runs against, one entry per provider.
+
+A harness is a context manager factory: given pytest's ``tmp_path_factory`` it sets up the
+back end (or its faithful simulator), yields a ``ProviderUnderTest`` and tears everything
+down afterwards. When a system component it needs is missing, it calls
+``tests.system.require(...)``, which skips with a one-line reason (a failure under CI).
+
+Adding a provider to the suite = one function here and one entry in ``HARNESSES``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from providers.base import InstanceSpec, Provider
+from providers.registry import register_provider
+from tests import memory_provider
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class ProviderUnderTest:
+    provider: Provider
+    #: A ready snapshot version to create instances from.
+    snapshot_ref: str
+    #: vcpus, memory_mb and disk_gb small enough for the back end.
+    size: tuple[int, int, int] = (1, 512, 4)
+    #: A well-formed reference to a snapshot that does not exist.
+    missing_snapshot_ref: str = "no-such-snapshot"
+    #: Every instance the test made, deleted at teardown even if the test failed.
+    made: list = field(default_factory=list)
+
+    def spec(self, **overrides) -> InstanceSpec:
+        vcpus, memory_mb, disk_gb = self.size
+        values = {
+            "sandbox_id": f"sbx-conf{next(_ids):06d}",
+            "preset_id": "1vcpu_512mb_4gb",
+            "vcpus": vcpus,
+            "memory_mb": memory_mb,
+            "disk_gb": disk_gb,
+        }
+        values.update(overrides)
+        return InstanceSpec(**values)
+
+    def metadata(self, spec: InstanceSpec) -> dict[str, str]:
+        return {
+            "sandbox_id": spec.sandbox_id,
+            "team": "conformance",
+            "preset": spec.preset_id,
+            "snapshot_id": "conformance",
+        }
+
+    def create(self, spec: InstanceSpec | None = None, snapshot_ref: str | None = None):
+        spec = spec or self.spec()
+        instance = self.provider.create(
+            spec, snapshot_ref or self.snapshot_ref, self.metadata(spec)
+        )
+        self.made.append(instance)
+        return instance
+
+    def running(self, **overrides):
+        instance = self.create(self.spec(**overrides))
+        instance.start()
+        return self.provider.get(instance.id)
+
+
+Harness = Callable[[pytest.TempPathFactory], contextlib.AbstractContextManager[ProviderUnderTest]]
+
+
+@contextlib.contextmanager
+def memory_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProviderUnderTest]:
+    register_provider(memory_provider.NAME, lambda: memory_provider.MemoryProvider)
+    memory_provider.reset()
+    yield ProviderUnderTest(provider=memory_provider.MemoryProvider(), snapshot_ref="base")
+
+
+HARNESSES: dict[str, Harness] = {
+    "memory": memory_harness,
+}

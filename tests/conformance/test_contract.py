@@ -1,0 +1,225 @@
+"""The provider contract (``providers/base.py``), checked against every provider.
+
+Each test runs once per entry in ``harnesses.HARNESSES``. A provider that lacks a
+capability must say so in ``capabilities`` and raise ``Unsupported`` when asked anyway;
+the tests check exactly that instead of skipping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+from providers.base import (
+    META_SANDBOX_ID,
+    Capabilities,
+    ExecResult,
+    InstanceStatus,
+)
+from providers.errors import Conflict, NotFound, ProviderError, Unsupported
+from tests.conformance.harnesses import HARNESSES, ProviderUnderTest
+
+
+@pytest.fixture(scope="module", params=sorted(HARNESSES))
+def put(request, tmp_path_factory) -> ProviderUnderTest:
+    with HARNESSES[request.param](tmp_path_factory) as under_test:
+        yield under_test
+
+
+@pytest.fixture
+def pt(put: ProviderUnderTest) -> ProviderUnderTest:
+    """The provider under test; deletes every instance the test made."""
+    yield put
+    for instance in put.made:
+        with contextlib.suppress(ProviderError):
+            instance.delete()
+    put.made.clear()
+
+
+def caps(pt: ProviderUnderTest) -> Capabilities:
+    return pt.provider.capabilities
+
+
+def test_capabilities_are_data_with_reasons(pt):
+    capabilities = caps(pt)
+    assert set(capabilities.as_dict()) >= {
+        "supports_pause",
+        "supports_hibernate",
+        "supports_snapshots",
+        "supports_exec",
+        "supports_expose_http",
+        "supports_wake_on",
+        "supports_ssh",
+        "supports_resize",
+    }
+    for name, supported in capabilities.as_dict().items():
+        assert isinstance(supported, bool)
+        assert bool(capabilities.reason(name)) != supported, name
+    assert capabilities.supports_exec, "every provider must offer exec"
+
+
+def test_create_start_get_and_list(pt):
+    spec = pt.spec()
+    instance = pt.create(spec)
+    assert instance.id
+    assert instance.metadata[META_SANDBOX_ID] == spec.sandbox_id
+    instance.start()
+    fetched = pt.provider.get(instance.id)
+    assert fetched.id == instance.id
+    assert fetched.status == InstanceStatus.RUNNING
+    assert fetched.metadata == pt.metadata(spec)
+    listed = {i.id: i for i in pt.provider.list()}
+    assert instance.id in listed
+    assert listed[instance.id].metadata[META_SANDBOX_ID] == spec.sandbox_id
+
+
+def test_create_is_idempotent_per_sandbox_id(pt):
+    spec = pt.spec()
+    first = pt.create(spec)
+    second = pt.create(spec)
+    assert second.id == first.id
+    mine = [i for i in pt.provider.list() if i.metadata.get(META_SANDBOX_ID) == spec.sandbox_id]
+    assert len(mine) == 1
+
+
+def test_start_and_stop_are_idempotent(pt):
+    instance = pt.running()
+    instance.start()
+    assert pt.provider.get(instance.id).status == InstanceStatus.RUNNING
+    instance.stop()
+    instance.stop()
+    assert pt.provider.get(instance.id).status == InstanceStatus.STOPPED
+
+
+def test_exec_returns_exit_code_stdout_and_stderr(pt):
+    instance = pt.running()
+    result = instance.exec("echo out; echo err >&2; exit 3", timeout=30)
+    assert isinstance(result, ExecResult)
+    assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
+    assert not result.timed_out
+    argv = instance.exec(["printf", "%s|", "a b", "c"], timeout=30)
+    assert (argv.exit_code, argv.stdout) == (0, "a b|c|")
+
+
+def test_exec_timeout_kills_the_command_not_the_instance(pt):
+    instance = pt.running()
+    result = instance.exec("sleep 30", timeout=1)
+    assert result.timed_out
+    assert result.exit_code != 0
+    assert instance.exec("echo alive", timeout=30).stdout == "alive\n"
+
+
+def test_exec_on_a_stopped_instance_is_a_conflict(pt):
+    instance = pt.running()
+    instance.stop()
+    with pytest.raises(Conflict):
+        instance.exec("true", timeout=10)
+
+
+def test_files_survive_stop_and_start(pt):
+    instance = pt.running()
+    assert instance.exec("echo kept > conformance.txt", timeout=30).exit_code == 0
+    instance.stop()
+    instance.start()
+    assert instance.exec("cat conformance.txt", timeout=30).stdout == "kept\n"
+
+
+def test_pause_and_resume_or_unsupported(pt):
+    instance = pt.running()
+    if not caps(pt).supports_pause:
+        with pytest.raises(Unsupported) as raised:
+            instance.pause()
+        assert raised.value.capability == "supports_pause"
+        return
+    instance.exec("echo before > paused.txt", timeout=30)
+    instance.pause()
+    assert pt.provider.get(instance.id).status == InstanceStatus.PAUSED
+    with pytest.raises(Conflict):
+        instance.exec("true", timeout=10)
+    instance.resume()
+    assert pt.provider.get(instance.id).status == InstanceStatus.RUNNING
+    assert instance.exec("cat paused.txt", timeout=30).stdout == "before\n"
+
+
+def test_hibernate_or_unsupported(pt):
+    instance = pt.running()
+    if not caps(pt).supports_hibernate:
+        with pytest.raises(Unsupported) as raised:
+            instance.hibernate()
+        assert raised.value.capability == "supports_hibernate"
+        return
+    instance.exec("echo before > hibernated.txt", timeout=30)
+    instance.hibernate()
+    assert pt.provider.get(instance.id).status == InstanceStatus.HIBERNATED
+    instance.start()
+    assert instance.exec("cat hibernated.txt", timeout=30).stdout == "before\n"
+
+
+def test_expose_and_hide_http_service_or_unsupported(pt):
+    instance = pt.running()
+    if not caps(pt).supports_expose_http:
+        with pytest.raises(Unsupported):
+            instance.expose_http_service("web", 8080)
+        return
+    url = instance.expose_http_service("web", 8080)
+    assert url.startswith(("http://", "https://"))
+    services = pt.provider.get(instance.id).networking.http_services
+    assert [(s.name, s.port, s.url) for s in services] == [("web", 8080, url)]
+    instance.hide_http_service("web")
+    assert pt.provider.get(instance.id).networking.http_services == ()
+
+
+def test_wake_on_or_unsupported(pt):
+    instance = pt.running()
+    if not caps(pt).supports_wake_on:
+        with pytest.raises(Unsupported):
+            instance.set_wake_on(True, False)
+        return
+    instance.set_wake_on(True, False)
+    instance.set_wake_on(False, False)
+
+
+def test_snapshot_makes_a_version_that_keeps_files(pt):
+    instance = pt.running()
+    if not caps(pt).supports_snapshots:
+        with pytest.raises(Unsupported):
+            instance.snapshot()
+        return
+    instance.exec("echo from-snapshot > snap.txt", timeout=30)
+    made = instance.snapshot()
+    assert made.ref
+    assert pt.provider.get(instance.id).status == InstanceStatus.RUNNING
+    child = pt.create(pt.spec(), snapshot_ref=made.ref)
+    child.start()
+    assert child.exec("cat snap.txt", timeout=30).stdout == "from-snapshot\n"
+    with pytest.raises(Conflict):
+        pt.provider.delete_snapshot(made.ref)  # a sandbox still stands on it
+    child.delete()
+    instance.delete()
+    pt.provider.delete_snapshot(made.ref)
+    with pytest.raises(NotFound):
+        pt.provider.create(pt.spec(), made.ref, pt.metadata(pt.spec()))
+
+
+def test_delete_removes_the_instance_and_is_idempotent(pt):
+    instance = pt.running()
+    instance.delete()
+    with pytest.raises(NotFound):
+        pt.provider.get(instance.id)
+    assert instance.id not in {i.id for i in pt.provider.list()}
+    instance.delete()
+    with pytest.raises(NotFound):
+        instance.exec("true", timeout=10)
+
+
+def test_create_from_a_missing_snapshot_is_not_found(pt):
+    with pytest.raises(NotFound):
+        pt.provider.create(pt.spec(), pt.missing_snapshot_ref, pt.metadata(pt.spec()))
+
+
+def test_health_reports_reachable_with_latency(pt):
+    health = pt.provider.health()
+    assert health.reachable
+    assert health.latency_ms is not None
+    assert health.latency_ms >= 0
