@@ -174,6 +174,8 @@ if not DEBUG:
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
     SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+    # Preloading is a commitment for the whole domain; it stays the operator's choice.
+    SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 if env.get("SECURE_PROXY_SSL_HEADER_NAME"):
     SECURE_PROXY_SSL_HEADER = (env["SECURE_PROXY_SSL_HEADER_NAME"], "https")
 

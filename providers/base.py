@@ -19,7 +19,9 @@ checks them):
   one are no-ops; every other call on a deleted instance raises ``NotFound``.
 * ``exec`` runs in the instance's working directory, which is writable and survives
   ``stop``/``start`` and ``snapshot``; on an instance that is not running it raises
-  ``Conflict``.
+  ``Conflict`` (preferably its non-retryable subclass ``InvalidState``).
+* ``resume`` brings back a paused or a hibernated instance; ``start`` also boots a
+  hibernated one.
 * An operation the provider cannot do raises ``Unsupported`` naming the capability, and
   ``capabilities`` says so (with a reason) before anyone tries.
 * Errors are typed (``providers.errors``) and never contain a secret.

@@ -39,6 +39,16 @@ class Conflict(ProviderError):
     retryable = True
 
 
+class InvalidState(Conflict):
+    """The instance is in the wrong state for this call (exec on a stopped instance).
+
+    Not retryable: waiting does not help; the caller has to change the state first.
+    """
+
+    code = "invalid_state"
+    retryable = False
+
+
 class QuotaExceeded(ProviderError):
     """The back end is out of capacity (disk, VMIDs, account limits)."""
 

@@ -13,3 +13,88 @@ def pytest_runtest_makereport(item, call):
     if report.skipped and skip_is_failure_here(str(report.longrepr)):
         report.outcome = "failed"
         report.longrepr = f"CI=true but a system component is missing: {report.longrepr}"
+
+
+@pytest.fixture
+def presets(db):
+    """The default presets (a transactional test's flush removes the migration's seed)."""
+    import importlib
+
+    from django.apps import apps
+
+    from sandboxes.models import Preset
+
+    importlib.import_module("sandboxes.migrations.0002_default_presets").seed(apps, None)
+    return Preset.objects.all()
+
+
+@pytest.fixture
+def memory_backend(settings, presets):
+    """The service layer pointed at the in-memory provider, with a ready shared version.
+
+    Returns the memory provider's store (instances, faults, calls) for assertions.
+    """
+    from providers.registry import register_provider, unregister_provider
+    from sandboxes.models import Preset
+    from sandboxes.services.actors import Actor
+    from sandboxes.services.snapshots import import_snapshot
+    from tests import memory_provider
+
+    register_provider(memory_provider.NAME, lambda: memory_provider.MemoryProvider)
+    store = memory_provider.reset()
+    settings.SANDBOX_PROVIDER_CONFIG = {"SANDBOX_PROVIDERS": memory_provider.NAME}
+    for preset in Preset.objects.all():
+        preset.providers = [*preset.providers, memory_provider.NAME]
+        preset.save(update_fields=["providers"])
+    import_snapshot(
+        provider=memory_provider.NAME,
+        preset_id="1vcpu_1gb_8gb",
+        ref="base",
+        actor=Actor.system(),
+        label="base",
+        activate=True,
+    )
+    yield store
+    unregister_provider(memory_provider.NAME)
+
+
+@pytest.fixture
+def team(db):
+    from sandboxes.models import Team
+
+    return Team.objects.create(slug="alpha", name="Alpha")
+
+
+@pytest.fixture
+def other_team(db):
+    from sandboxes.models import Team
+
+    return Team.objects.create(slug="beta", name="Beta")
+
+
+def _member(django_user_model, team, username, role):
+    from sandboxes.models import Membership
+
+    user = django_user_model.objects.create_user(username=username, password="pw-" + username)
+    Membership.objects.create(user=user, team=team, role=role)
+    return user
+
+
+@pytest.fixture
+def member(django_user_model, team):
+    return _member(django_user_model, team, "alice", "member")
+
+
+@pytest.fixture
+def viewer(django_user_model, team):
+    return _member(django_user_model, team, "victor", "viewer")
+
+
+@pytest.fixture
+def team_admin(django_user_model, team):
+    return _member(django_user_model, team, "ada", "admin")
+
+
+@pytest.fixture
+def outsider(django_user_model, other_team):
+    return _member(django_user_model, other_team, "mallory", "owner")

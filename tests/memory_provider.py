@@ -37,7 +37,7 @@ from providers.base import (
     SnapshotResult,
     as_argv,
 )
-from providers.errors import Conflict, NotFound, ProviderError
+from providers.errors import Conflict, InvalidState, NotFound, ProviderError, Unsupported
 
 NAME = "memory"
 
@@ -64,6 +64,8 @@ class _Store:
         self.snapshots: dict[str, Path] = {}
         self.faults: dict[str, list[ProviderError]] = {}
         self.calls: list[str] = []
+        #: Capabilities to switch off ("supports_pause", ...), to test refusals.
+        self.disabled: set[str] = set()
         self.ids = itertools.count(1)
         self.snapshots["base"] = self._new_dir("snap-base")
 
@@ -116,7 +118,7 @@ class MemoryInstance(Instance):
             STORE.step("exec")
             record = self._live()
             if record.status != InstanceStatus.RUNNING:
-                raise Conflict(f"instance {record.ref} is {record.status}, not running")
+                raise InvalidState(f"instance {record.ref} is {record.status}, not running")
         try:
             done = subprocess.run(
                 as_argv(command), cwd=record.workdir, capture_output=True, timeout=timeout
@@ -132,13 +134,16 @@ class MemoryInstance(Instance):
         )
 
     def _transition(self, step: str, allowed: set[InstanceStatus], to: InstanceStatus) -> None:
+        capability = {"pause": "supports_pause", "hibernate": "supports_hibernate"}.get(step)
+        if capability in STORE.disabled:
+            raise Unsupported(f"{step} is switched off", capability=capability)
         with STORE.lock:
             STORE.step(step)
             record = self._live()
             if record.status == to:
                 return
             if record.status not in allowed:
-                raise Conflict(f"cannot {step} an instance that is {record.status}")
+                raise InvalidState(f"cannot {step} an instance that is {record.status}")
             self._set(to)
 
     def start(self) -> None:
@@ -152,7 +157,8 @@ class MemoryInstance(Instance):
         self._transition("pause", {InstanceStatus.RUNNING}, InstanceStatus.PAUSED)
 
     def resume(self) -> None:
-        self._transition("resume", {InstanceStatus.PAUSED}, InstanceStatus.RUNNING)
+        paused = {InstanceStatus.PAUSED, InstanceStatus.HIBERNATED}
+        self._transition("resume", paused, InstanceStatus.RUNNING)
 
     def hibernate(self) -> None:
         running = {InstanceStatus.RUNNING, InstanceStatus.PAUSED}
@@ -211,17 +217,20 @@ class MemoryProvider(Provider):
 
     @property
     def capabilities(self) -> Capabilities:
+        offered = {
+            "supports_pause",
+            "supports_hibernate",
+            "supports_snapshots",
+            "supports_exec",
+            "supports_expose_http",
+            "supports_wake_on",
+        } - STORE.disabled
         return Capabilities(
-            supports_pause=True,
-            supports_hibernate=True,
-            supports_snapshots=True,
-            supports_exec=True,
-            supports_expose_http=True,
-            supports_wake_on=True,
+            **{name: True for name in offered},
             reasons={
-                "supports_ssh": "the in-memory test provider has no SSH",
-                "supports_resize": "the in-memory test provider cannot resize",
-                "supports_metrics": "the in-memory test provider reports no metrics",
+                name: "switched off in the in-memory test provider"
+                for name in Capabilities.names()
+                if name not in offered
             },
         )
 

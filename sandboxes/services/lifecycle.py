@@ -184,16 +184,16 @@ def _request(sandbox: Sandbox, operation: str, actor: Actor) -> Sandbox:
         caps = capabilities(sandbox.provider)
         if not caps.supports(op.capability):
             raise CapabilityMissing(sandbox.provider, op.capability, caps.reason(op.capability))
-    with transaction.atomic():
-        sandbox = transitions.request(
-            sandbox,
-            action=operation,
-            to=op.transitional,
-            allowed_from=op.allowed_from,
-            actor=actor,
-            operation=operation,
-        )
-        _enqueue(sandbox)
+    # Not inside one atomic block with the enqueue: a refusal must keep its audit row.
+    sandbox = transitions.request(
+        sandbox,
+        action=operation,
+        to=op.transitional,
+        allowed_from=op.allowed_from,
+        actor=actor,
+        operation=operation,
+    )
+    _enqueue(sandbox)
     return sandbox
 
 
@@ -259,15 +259,23 @@ def perform_operation(*, sandbox_id: str) -> None:
     try:
         handler(sandbox, token)
     finally:
-        _hand_over(sandbox.pk, token)
+        _hand_over(sandbox.pk, token, done=(sandbox.status, sandbox.operation))
 
 
-def _hand_over(sandbox_id: str, token: str) -> None:
-    """If another operation was requested while we held the lease, let it run now."""
+def _hand_over(sandbox_id: str, token: str, *, done: tuple[str, str]) -> None:
+    """Release the lease; if another operation was requested meanwhile, enqueue it.
+
+    ``done`` is the (status, operation) this worker carried out: when the row still
+    shows it (a delete that failed), it is left for the reconciler, not retried at once.
+    """
     transitions.release(sandbox_id, token=token)
     row = Sandbox.objects.filter(pk=sandbox_id).values("status", "operation").first()
     pending = row and OPERATIONS.get(row["operation"])
-    if pending and pending.transitional == row["status"]:
+    if (
+        pending
+        and pending.transitional == row["status"]
+        and (row["status"], row["operation"]) != done
+    ):
         with transaction.atomic():
             _enqueue(Sandbox(pk=sandbox_id, operation=row["operation"]))
 

@@ -132,6 +132,7 @@ def take_snapshot(*, sandbox: Sandbox, actor: Actor, label: str = "") -> Snapsho
             sandbox.provider, "supports_snapshots", caps.reason("supports_snapshots")
         )
     label = _validate_label(label)
+    sandbox = Sandbox.objects.select_related("team", "preset").get(pk=sandbox.pk)
     allowed = {Status.RUNNING, Status.PAUSED, Status.STOPPED}
     if sandbox.status not in allowed or not sandbox.provider_ref:
         raise Conflict(
@@ -320,6 +321,7 @@ def import_snapshot(
 def activate_snapshot(*, snapshot: Snapshot, actor: Actor, team: Team | None) -> ActiveSnapshot:
     """Make ``snapshot`` the active version for ``team`` (None: the shared default)."""
     _require_scope_manager(actor, team, "activate")
+    snapshot = Snapshot.objects.get(pk=snapshot.pk)  # decide on the row, not a stale copy
     if team is None and snapshot.team_id is not None:
         raise InvalidInput("a team's own version cannot become the shared default")
     if team is not None and snapshot.team_id not in (None, team.pk):
@@ -361,10 +363,10 @@ def activate_snapshot(*, snapshot: Snapshot, actor: Actor, team: Team | None) ->
 def delete_snapshot_version(*, snapshot: Snapshot, actor: Actor) -> Snapshot:
     """Delete a version nothing depends on; Conflict naming what still uses it otherwise."""
     _require_scope_manager(actor, snapshot.team, "delete")
-    if snapshot.status not in (SnapshotStatus.READY, SnapshotStatus.FAILED):
-        raise Conflict(f"{snapshot.snapshot_id} is {snapshot.status}")
     with transaction.atomic():
         locked = Snapshot.objects.select_for_update().get(pk=snapshot.pk)
+        if locked.status not in (SnapshotStatus.READY, SnapshotStatus.FAILED):
+            raise Conflict(f"{locked.snapshot_id} is {locked.status}")
         active_for = list(
             ActiveSnapshot.objects.filter(snapshot=locked).values_list("team__slug", flat=True)
         )

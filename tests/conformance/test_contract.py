@@ -152,7 +152,8 @@ def test_hibernate_or_unsupported(pt):
     instance.exec("echo before > hibernated.txt", timeout=30)
     instance.hibernate()
     assert pt.provider.get(instance.id).status == InstanceStatus.HIBERNATED
-    instance.start()
+    instance.resume()
+    assert pt.provider.get(instance.id).status == InstanceStatus.RUNNING
     assert instance.exec("cat hibernated.txt", timeout=30).stdout == "before\n"
 
 

@@ -1,0 +1,368 @@
+"""The operator's tool. Every model is here; every change to a sandbox or a snapshot version
+goes through the services (the same code the API and the dashboard use), never by editing
+a status field."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import path, reverse
+
+from sandboxes import selectors
+from sandboxes.models import (
+    ActiveSnapshot,
+    ApiToken,
+    Membership,
+    Preset,
+    Sandbox,
+    SandboxEvent,
+    Snapshot,
+    Team,
+)
+from sandboxes.services import lifecycle
+from sandboxes.services.actors import Actor
+from sandboxes.services.errors import ServiceError
+from sandboxes.services.presets import preset_id_for
+from sandboxes.services.snapshots import (
+    activate_snapshot,
+    delete_snapshot_version,
+    import_snapshot,
+)
+from sandboxes.services.tokens import revoke_api_token
+
+
+def _run_service(modeladmin, request, queryset, call, verb: str) -> None:
+    """Apply ``call(obj, actor)`` to each selected object; report successes and refusals."""
+    actor = Actor.for_user(request.user)
+    done = 0
+    for obj in queryset:
+        try:
+            call(obj, actor)
+            done += 1
+        except ServiceError as exc:
+            modeladmin.message_user(request, f"{obj}: {exc.message}", messages.ERROR)
+    if done:
+        modeladmin.message_user(request, f"{verb} {done} item(s).", messages.SUCCESS)
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "members", "max_sandboxes", "max_vcpus", "max_memory_mb"]
+    search_fields = ["slug", "name"]
+    inlines = [MembershipInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(member_count=Count("memberships"))
+
+    @admin.display(ordering="member_count")
+    def members(self, team: Team) -> int:
+        return team.member_count
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "team", "role", "created_at"]
+    list_filter = ["role", "team"]
+    search_fields = ["user__username", "team__slug"]
+    autocomplete_fields = ["user", "team"]
+
+
+class PresetForm(forms.ModelForm):
+    class Meta:
+        model = Preset
+        fields = [
+            "vcpus",
+            "memory_mb",
+            "disk_gb",
+            "label",
+            "description",
+            "providers",
+            "full_clone",
+            "enabled",
+        ]
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.instance._state.adding and not self.errors:
+            try:
+                self.instance.id = preset_id_for(
+                    cleaned["vcpus"], cleaned["memory_mb"], cleaned["disk_gb"]
+                )
+            except ServiceError as exc:
+                raise forms.ValidationError(exc.message) from None
+            if Preset.objects.filter(pk=self.instance.id).exists():
+                raise forms.ValidationError(f"preset {self.instance.id} already exists")
+        return cleaned
+
+
+@admin.register(Preset)
+class PresetAdmin(admin.ModelAdmin):
+    form = PresetForm
+    list_display = ["id", "label", "vcpus", "memory_mb", "disk_gb", "providers", "enabled"]
+    list_filter = ["enabled", "full_clone"]
+    search_fields = ["id", "label"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # The id is the size: once sandboxes use a preset its size cannot change.
+        return ["id", "vcpus", "memory_mb", "disk_gb"] if obj is not None else []
+
+
+class ImportSnapshotForm(forms.Form):
+    provider = forms.ChoiceField()
+    preset = forms.ModelChoiceField(queryset=Preset.objects.all())
+    ref = forms.CharField(
+        max_length=255,
+        help_text="What the provider calls the image: a PVE template VMID, a Morph snapshot "
+        "id, a Docker image, a local layer.",
+    )
+    label = forms.CharField(max_length=200, required=False)
+    team = forms.ModelChoiceField(
+        queryset=Team.objects.all(), required=False, help_text="Blank: shared by every team."
+    )
+    activate = forms.BooleanField(required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["provider"].choices = [(p, p) for p in selectors.enabled_providers()]
+
+
+@admin.register(Snapshot)
+class SnapshotAdmin(admin.ModelAdmin):
+    list_display = [
+        "snapshot_id",
+        "status",
+        "team",
+        "label",
+        "size_bytes",
+        "created_by",
+        "created_at",
+    ]
+    list_filter = ["provider", "status", "preset", "team"]
+    search_fields = ["snapshot_id", "label", "provider_ref"]
+    readonly_fields = [
+        f.name for f in Snapshot._meta.fields if f.name not in ("label",) and f.name != "id"
+    ]
+    exclude = ["lease_token", "lease_expires_at"]
+    actions = ["activate_shared", "delete_versions"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # versions are imported (below) or taken from sandboxes
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # use the "delete version" action: it checks what depends on it
+
+    def get_urls(self):
+        extra = [
+            path(
+                "import/",
+                self.admin_site.admin_view(self.import_view),
+                name="sandboxes_snapshot_import",
+            )
+        ]
+        return extra + super().get_urls()
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "import_url": "import/"}
+        return super().changelist_view(request, extra_context)
+
+    def import_view(self, request: HttpRequest):
+        form = ImportSnapshotForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                snapshot = import_snapshot(
+                    provider=data["provider"],
+                    preset_id=data["preset"].pk,
+                    ref=data["ref"],
+                    label=data["label"],
+                    team=data["team"],
+                    activate=data["activate"],
+                    actor=Actor.for_user(request.user),
+                )
+            except ServiceError as exc:
+                form.add_error(None, exc.message)
+            else:
+                self.message_user(request, f"Imported {snapshot.snapshot_id}.", messages.SUCCESS)
+                return HttpResponseRedirect(reverse("admin:sandboxes_snapshot_changelist"))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Import a snapshot version",
+            "form": form,
+            "opts": self.model._meta,
+        }
+        return render(request, "admin/sandboxes/snapshot/import.html", context)
+
+    @admin.action(description="Activate for every team (shared versions)")
+    def activate_shared(self, request, queryset):
+        _run_service(
+            self,
+            request,
+            queryset,
+            lambda s, actor: activate_snapshot(snapshot=s, actor=actor, team=s.team),
+            "Activated",
+        )
+
+    @admin.action(description="Delete version (only when nothing uses it)")
+    def delete_versions(self, request, queryset):
+        _run_service(
+            self,
+            request,
+            queryset,
+            lambda s, actor: delete_snapshot_version(snapshot=s, actor=actor),
+            "Deleting",
+        )
+
+
+@admin.register(ActiveSnapshot)
+class ActiveSnapshotAdmin(admin.ModelAdmin):
+    list_display = ["provider", "preset", "team", "snapshot", "activated_by", "activated_at"]
+    list_filter = ["provider", "team"]
+    readonly_fields = ["team", "provider", "preset", "snapshot", "activated_by", "activated_at"]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # activate from the snapshot versions' action
+
+
+class SandboxEventInline(admin.TabularInline):
+    model = SandboxEvent
+    fk_name = "sandbox"
+    extra = 0
+    can_delete = False
+    ordering = ["-created_at", "-id"]
+    fields = [
+        "created_at",
+        "action",
+        "outcome",
+        "from_status",
+        "to_status",
+        "actor_label",
+        "message",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Sandbox)
+class SandboxAdmin(admin.ModelAdmin):
+    list_display = ["id", "name", "team", "status", "provider", "preset", "created_at"]
+    list_filter = ["status", "provider", "team", "preset"]
+    search_fields = ["id", "name", "provider_ref"]
+    list_select_related = ["team", "preset"]
+    readonly_fields = [f.name for f in Sandbox._meta.fields]
+    inlines = [SandboxEventInline]
+    actions = ["stop", "pause", "resume", "delete"]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # sandboxes start from the dashboard or the API
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # the "delete" action deletes on the provider, then marks the row
+
+    def _lifecycle(self, request, queryset, operation: str) -> None:
+        call = getattr(lifecycle, f"{operation}_sandbox")
+        _run_service(
+            self,
+            request,
+            queryset.select_related("team"),
+            lambda s, actor: call(sandbox=s, actor=actor),
+            f"Asked to {operation}",
+        )
+
+    @admin.action(description="Stop selected sandboxes")
+    def stop(self, request, queryset):
+        self._lifecycle(request, queryset, "stop")
+
+    @admin.action(description="Pause selected sandboxes")
+    def pause(self, request, queryset):
+        self._lifecycle(request, queryset, "pause")
+
+    @admin.action(description="Resume selected sandboxes")
+    def resume(self, request, queryset):
+        self._lifecycle(request, queryset, "resume")
+
+    @admin.action(description="Delete selected sandboxes (on the provider too)")
+    def delete(self, request, queryset):
+        self._lifecycle(request, queryset, "delete")
+
+
+@admin.register(SandboxEvent)
+class SandboxEventAdmin(admin.ModelAdmin):
+    list_display = [
+        "created_at",
+        "team",
+        "sandbox",
+        "action",
+        "outcome",
+        "from_status",
+        "to_status",
+        "actor_label",
+    ]
+    list_filter = ["action", "outcome", "actor_kind", "team"]
+    search_fields = ["actor_label", "sandbox__id", "message"]
+    list_select_related = ["team", "sandbox"]
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = [
+        "prefix",
+        "user",
+        "team",
+        "name",
+        "can_write",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+    ]
+    list_filter = ["can_write", "team"]
+    search_fields = ["prefix", "name", "user__username"]
+    exclude = ["digest"]  # never shown, even hashed
+    readonly_fields = [
+        "prefix",
+        "user",
+        "team",
+        "name",
+        "can_write",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+    ]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # made by their owner (dashboard, API) or `manage.py create_api_token`
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke(self, request, queryset):
+        _run_service(
+            self,
+            request,
+            queryset.select_related("team", "user"),
+            lambda t, actor: revoke_api_token(token=t, actor=actor),
+            "Revoked",
+        )
