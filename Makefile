@@ -24,6 +24,7 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	DEBUG= $(BIN)/python manage.py makemigrations --check --dry-run --settings=config.settings_test
+	$(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null --settings=config.settings_test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install system-packages

@@ -76,6 +76,7 @@ INSTALLED_APPS = [
     "django_filters",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_q",
     "sandboxes",
 ]
@@ -195,6 +196,72 @@ SANDBOX_TEAM_MAX_VCPUS = env_int("SANDBOX_TEAM_MAX_VCPUS", 64)
 SANDBOX_TEAM_MAX_MEMORY_MB = env_int("SANDBOX_TEAM_MAX_MEMORY_MB", 131072)
 # How long a worker may hold a sandbox operation before another may take it over.
 SANDBOX_OPERATION_LEASE_SECONDS = env_int("SANDBOX_OPERATION_LEASE_SECONDS", 900)
+
+# --- Caches. "throttle" holds the API's per-team request counters, so it must be shared
+# by every web worker: Redis when REDIS_URL is set, else a table in the database
+# (created by `migrate`, see sandboxes/apps.py).
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "throttle": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env["REDIS_URL"]}
+        if env.get("REDIS_URL")
+        else {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "sandboxes_cache",
+            "OPTIONS": {"MAX_ENTRIES": 100_000},
+        }
+    ),
+}
+
+# --- The REST API (sandboxes/api, docs/api.md)
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "sandboxes.api.auth.BearerTokenAuthentication",
+        "sandboxes.api.auth.TeamSessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["sandboxes.api.permissions.TeamMember"],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "sandboxes.api.throttles.TeamRateThrottle",
+        "sandboxes.api.throttles.TeamCreateThrottle",
+    ],
+    # Per team; "" switches a limit off. Creates count against team_create only.
+    "DEFAULT_THROTTLE_RATES": {
+        "team": env.get("SANDBOX_API_RATE", "1200/min"),
+        "team_create": env.get("SANDBOX_API_CREATE_RATE", "60/min"),
+    },
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    # OPTIONS answers 405: the OpenAPI schema is the description of the API.
+    "DEFAULT_METADATA_CLASS": None,
+    "DEFAULT_PAGINATION_CLASS": "sandboxes.api.pagination.Pagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "sandboxes.api.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Sandboxes API",
+    "DESCRIPTION": (
+        "Start, pause, resume, snapshot and exec into sandboxes. Authenticate with "
+        "`Authorization: Bearer <token>`. Every error is "
+        '`{"error": {"code", "message", "fields"}}`; see docs/api.md.'
+    ),
+    "VERSION": "1",
+    # 3.1: JSON Schema proper (metadata keys are described with propertyNames).
+    "OAS_VERSION": "3.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": r"/api/(?:v1/)?",
+    # The docs page serves Swagger UI and Redoc from the sidecar package: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "sandboxes.api.schema.add_error_responses",
+    ],
+}
 
 # --- django-q2: the ORM broker by default; Redis when REDIS_URL is set.
 Q_CLUSTER = {

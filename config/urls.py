@@ -4,7 +4,12 @@ from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/", include("sandboxes.api.urls")),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("sandboxes.urls")),
 ]
+
+# JSON errors under /api/, the site's pages elsewhere.
+handler404 = "sandboxes.api.errors.not_found"
+handler500 = "sandboxes.api.errors.server_error"

@@ -6,11 +6,22 @@ A sandbox or snapshot of another team is simply not found (``DoesNotExist``), ne
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from providers.base import Capabilities, Health
-from providers.errors import ProviderError
-from sandboxes.models import Membership, Preset, Sandbox, SandboxEvent, Snapshot, Team
+from providers.errors import InvalidSnapshotId, ProviderError
+from providers.snapshot_ids import parse_snapshot_id
+from sandboxes.models import (
+    ActiveSnapshot,
+    ApiToken,
+    Membership,
+    Preset,
+    Sandbox,
+    SandboxEvent,
+    Snapshot,
+    SnapshotStatus,
+    Team,
+)
 from sandboxes.services import backends
 from sandboxes.services.snapshots import active_version, visible_to
 from sandboxes.states import Status
@@ -28,13 +39,29 @@ def sandboxes_for_team(team: Team, *, include_deleted: bool = False) -> QuerySet
     queryset = Sandbox.objects.filter(team=team)
     if not include_deleted:
         queryset = queryset.exclude(status=Status.DELETED)
-    return queryset.select_related("preset", "snapshot").order_by("-created_at")
+    # pk breaks ties between rows made in the same instant, so pages never overlap.
+    return queryset.select_related("preset", "snapshot").order_by("-created_at", "-pk")
 
 
 def get_sandbox(team: Team, sandbox_id: str) -> Sandbox:
     """The team's sandbox; ``Sandbox.DoesNotExist`` for anything else."""
     return Sandbox.objects.select_related("team", "preset", "snapshot").get(
         team=team, pk=sandbox_id
+    )
+
+
+def sandbox_status(team: Team, sandbox_id: str) -> str | None:
+    """Only the status column (cheap enough to poll); None when the team has no such sandbox."""
+    return Sandbox.objects.filter(team=team, pk=sandbox_id).values_list("status", flat=True).first()
+
+
+def sandbox_by_idempotency_key(team: Team, key: str) -> Sandbox | None:
+    if not key:
+        return None
+    return (
+        Sandbox.objects.select_related("preset", "snapshot")
+        .filter(team=team, idempotency_key=key)
+        .first()
     )
 
 
@@ -64,8 +91,62 @@ def get_snapshot(team: Team, snapshot_id: str) -> Snapshot:
     return snapshots_for_team(team, include_deleted=True).get(snapshot_id=snapshot_id)
 
 
+def resolve_snapshot(team: Team, snapshot_id: str) -> Snapshot:
+    """A version by its id, or by the id without ``_vN`` (the team's active version)."""
+    exact = snapshots_for_team(team, include_deleted=True).filter(snapshot_id=snapshot_id).first()
+    if exact is not None:
+        return exact
+    try:
+        parsed = parse_snapshot_id(snapshot_id)
+    except InvalidSnapshotId:
+        raise Snapshot.DoesNotExist(snapshot_id) from None
+    active = None
+    if parsed.version is None:
+        active = active_version(team=team, provider=parsed.provider, preset_id=parsed.preset_id)
+    if active is None:
+        raise Snapshot.DoesNotExist(snapshot_id)
+    return get_snapshot(team, active.snapshot_id)
+
+
+def is_snapshot_id(text: str) -> bool:
+    """Whether ``text`` is written like one of our snapshot ids (with or without ``_vN``)."""
+    try:
+        parse_snapshot_id(text)
+    except InvalidSnapshotId:
+        return False
+    return True
+
+
+def snapshot_by_provider_ref(team: Team, ref: str) -> Snapshot | None:
+    """The newest ready version visible to ``team`` whose provider image is ``ref``."""
+    return (
+        Snapshot.objects.filter(visible_to(team), provider_ref=ref, status=SnapshotStatus.READY)
+        .order_by("-version")
+        .first()
+    )
+
+
+def active_snapshot_ids(team: Team) -> set[int]:
+    """Primary keys of the versions ``team`` starts from (its own pointer, else the shared)."""
+    chosen: dict[tuple[str, str], tuple[bool, int]] = {}
+    pointers = ActiveSnapshot.objects.filter(Q(team=team) | Q(team__isnull=True)).values_list(
+        "team_id", "provider", "preset_id", "snapshot_id"
+    )
+    for team_id, provider, preset_id, snapshot_pk in pointers:
+        own = team_id is not None
+        current = chosen.get((provider, preset_id))
+        if current is None or (own and not current[0]):
+            chosen[(provider, preset_id)] = (own, snapshot_pk)
+    return {pk for _, pk in chosen.values()}
+
+
 def active_snapshot(team: Team, provider: str, preset_id: str) -> Snapshot | None:
     return active_version(team=team, provider=provider, preset_id=preset_id)
+
+
+def tokens_for_user(user, team: Team) -> QuerySet[ApiToken]:
+    """A user's own tokens in one team, newest first (revoked ones included)."""
+    return ApiToken.objects.filter(user=user, team=team).order_by("-created_at", "-pk")
 
 
 def enabled_providers() -> list[str]:

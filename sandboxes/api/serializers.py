@@ -1,0 +1,505 @@
+"""Every request body and every response of the API has a serializer here.
+
+Request serializers derive from ``StrictSerializer``: a field the serializer does not
+know is refused (400, ``fields`` names it) instead of being silently ignored. Semantic
+checks (metadata keys, name characters, ...) are the services' job; the bounds written
+here are the same ones, so the OpenAPI schema tells clients what will be accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from sandboxes.models import TtlAction
+from sandboxes.services.interactive import MAX_EXEC_TIMEOUT
+from sandboxes.services.validation import (
+    MAX_SECONDS,
+    METADATA_MAX_KEY,
+    METADATA_MAX_KEYS,
+    METADATA_MAX_VALUE,
+)
+from sandboxes.states import Status
+
+MAX_WAIT_SECONDS = 60
+
+
+class StrictSerializer(serializers.Serializer):
+    """A request body: a JSON object with only the fields declared here."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            known = {name for name, field in self.fields.items() if not field.read_only}
+            unknown = sorted(str(key) for key in data if key not in known)
+            if unknown:
+                raise serializers.ValidationError({key: ["unknown field"] for key in unknown})
+        return super().to_internal_value(data)
+
+
+class NoBodySerializer(StrictSerializer):
+    """An action without parameters: no body, or ``{}``."""
+
+
+class StrictCharField(serializers.CharField):
+    """Only a JSON string (DRF's CharField would also take 5 and turn it into "5")."""
+
+    default_error_messages = {"not_a_string": "must be a string"}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """Only a JSON integer (not "5", 5.0 or true)."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if not isinstance(data, int) or isinstance(data, bool):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """Only true or false (not "yes", 1 or "on")."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
+class StrictRegexField(serializers.RegexField):
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            raise serializers.ValidationError("must be a string")
+        return super().to_internal_value(data)
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": {"type": "string", "maxLength": METADATA_MAX_VALUE},
+        "maxProperties": METADATA_MAX_KEYS,
+        "propertyNames": {
+            "pattern": r"^[A-Za-z0-9_.:/-]+$",
+            "minLength": 1,
+            "maxLength": METADATA_MAX_KEY,
+        },
+        "description": (
+            f"String to string; at most {METADATA_MAX_KEYS} keys of 1-{METADATA_MAX_KEY} "
+            f"characters A-Z a-z 0-9 _ . : / - and values of at most {METADATA_MAX_VALUE}."
+        ),
+    }
+)
+class MetadataField(serializers.DictField):
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault(
+            "child",
+            StrictCharField(allow_blank=True, trim_whitespace=False, max_length=METADATA_MAX_VALUE),
+        )
+        super().__init__(**kwargs)
+
+
+def seconds_field(**kwargs: Any) -> serializers.IntegerField:
+    return StrictIntegerField(min_value=1, max_value=MAX_SECONDS, **kwargs)
+
+
+def name_field() -> serializers.RegexField:
+    return StrictRegexField(
+        r"^[^\x00-\x1f]*$",
+        required=False,
+        allow_blank=True,
+        max_length=100,
+        help_text="At most 100 characters, no control characters.",
+    )
+
+
+# --- sandboxes -------------------------------------------------------------------------
+
+
+class ServiceSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    port = serializers.IntegerField()
+    url = serializers.CharField()
+
+
+class WakeOnStateSerializer(serializers.Serializer):
+    http = serializers.BooleanField()
+    ssh = serializers.BooleanField()
+
+
+class SandboxSerializer(serializers.Serializer):
+    """A sandbox as the API shows it. Reads only columns of the row and its snapshot."""
+
+    id = serializers.CharField()
+    name = serializers.CharField()
+    status = serializers.ChoiceField(choices=Status.choices)
+    transitional = serializers.BooleanField(
+        source="is_transitional", help_text="An operation is under way (starting, pausing, ...)."
+    )
+    operation = serializers.CharField(help_text="The operation under way; empty when settled.")
+    provider = serializers.CharField()
+    preset = serializers.CharField(source="preset_id")
+    snapshot_id = serializers.SerializerMethodField()
+    vcpus = serializers.IntegerField()
+    memory_mb = serializers.IntegerField()
+    disk_gb = serializers.IntegerField()
+    metadata = serializers.DictField(child=serializers.CharField())
+    services = ServiceSerializer(many=True)
+    ttl_seconds = serializers.IntegerField(allow_null=True)
+    ttl_action = serializers.ChoiceField(choices=TtlAction.choices)
+    expires_at = serializers.DateTimeField(allow_null=True)
+    idle_timeout_seconds = serializers.IntegerField(allow_null=True)
+    wake_on = serializers.SerializerMethodField()
+    last_error = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    status_changed_at = serializers.DateTimeField()
+    last_activity_at = serializers.DateTimeField()
+    deleted_at = serializers.DateTimeField(allow_null=True)
+
+    def get_snapshot_id(self, sandbox) -> str | None:
+        return sandbox.snapshot.snapshot_id if sandbox.snapshot_id else None
+
+    @extend_schema_field(WakeOnStateSerializer)
+    def get_wake_on(self, sandbox) -> dict[str, bool]:
+        return {"http": sandbox.wake_on_http, "ssh": sandbox.wake_on_ssh}
+
+
+class SandboxCreateSerializer(StrictSerializer):
+    preset = StrictCharField(
+        required=False, max_length=40, help_text="Preset id, e.g. 2vcpu_4gb_16gb."
+    )
+    provider = StrictCharField(
+        required=False, max_length=32, help_text="Provider name; default: the site's default."
+    )
+    snapshot_id = StrictCharField(
+        required=False,
+        max_length=120,
+        help_text="A version (local_2vcpu_2gb_8gb_v3) or the id without _vN (the active one).",
+    )
+    name = name_field()
+    ttl_seconds = seconds_field(required=False, allow_null=True)
+    ttl_action = serializers.ChoiceField(choices=TtlAction.choices, required=False)
+    idle_timeout_seconds = seconds_field(required=False, allow_null=True)
+    metadata = MetadataField(required=False)
+
+
+class SandboxUpdateSerializer(StrictSerializer):
+    """PATCH: only the fields given change; ``null`` clears a TTL or idle timeout."""
+
+    name = name_field()
+    ttl_seconds = seconds_field(required=False, allow_null=True)
+    ttl_action = serializers.ChoiceField(choices=TtlAction.choices, required=False)
+    idle_timeout_seconds = seconds_field(required=False, allow_null=True)
+    metadata = MetadataField(required=False)
+
+
+class WaitQuerySerializer(serializers.Serializer):
+    wait = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_WAIT_SECONDS,
+        help_text="Wait up to this many seconds for a settled status (not starting, ...).",
+    )
+
+
+def _encodable(text: str) -> bool:
+    """No NUL (no process takes it) and valid UTF-8 (no back end can be sent anything else)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+NO_NUL = r"^[^\x00]*$"
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {
+                "type": "string",
+                "minLength": 1,
+                "pattern": NO_NUL,
+                "description": "Run by /bin/sh -c.",
+            },
+            {
+                "type": "array",
+                "prefixItems": [{"type": "string", "minLength": 1, "pattern": NO_NUL}],
+                "items": {"type": "string", "pattern": NO_NUL},
+                "minItems": 1,
+                "maxItems": 1000,
+                "description": "An argv list, run as it is.",
+            },
+        ]
+    }
+)
+class CommandField(serializers.Field):
+    default_error_messages = {
+        "invalid": "a non-empty string or a list of strings whose first item is not empty",
+        "characters": "must not contain NUL or unpaired surrogate characters",
+    }
+
+    def to_internal_value(self, data: Any) -> str | list[str]:
+        if isinstance(data, str) and data:
+            parts = [data]
+        elif isinstance(data, list) and data and all(isinstance(p, str) for p in data):
+            parts = data
+            if not data[0]:
+                self.fail("invalid")
+        else:
+            self.fail("invalid")
+        if not all(_encodable(part) for part in parts):
+            self.fail("characters")
+        return data
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class ExecSerializer(StrictSerializer):
+    command = CommandField()
+    timeout_seconds = StrictIntegerField(
+        required=False, default=60, min_value=1, max_value=MAX_EXEC_TIMEOUT
+    )
+
+
+class ExecResultSerializer(serializers.Serializer):
+    exit_code = serializers.IntegerField()
+    stdout = serializers.CharField()
+    stderr = serializers.CharField()
+    stdout_truncated = serializers.BooleanField()
+    stderr_truncated = serializers.BooleanField()
+    timed_out = serializers.BooleanField()
+
+
+class TakeSnapshotSerializer(StrictSerializer):
+    label = StrictCharField(required=False, allow_blank=True, max_length=200)
+
+
+class ExposeServiceSerializer(StrictSerializer):
+    name = StrictRegexField(
+        r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$",
+        help_text="1-32 lowercase letters, digits and dashes, not at either end.",
+    )
+    port = StrictIntegerField(min_value=1, max_value=65535)
+
+
+class WakeOnSerializer(StrictSerializer):
+    http = StrictBooleanField(help_text="HTTP to an exposed service wakes the sandbox.")
+    ssh = StrictBooleanField(help_text="An SSH connection wakes the sandbox.")
+
+
+class EventSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    action = serializers.CharField()
+    outcome = serializers.CharField()
+    actor_kind = serializers.CharField()
+    actor = serializers.CharField(source="actor_label")
+    from_status = serializers.CharField()
+    to_status = serializers.CharField()
+    message = serializers.CharField()
+    data = serializers.DictField()
+    sandbox = serializers.CharField(source="sandbox_id", allow_null=True)
+    created_at = serializers.DateTimeField()
+
+
+class SshInfoSerializer(serializers.Serializer):
+    host = serializers.CharField()
+    port = serializers.IntegerField()
+    username = serializers.CharField()
+    command = serializers.CharField(help_text="A command line that connects.")
+
+
+# --- presets and snapshot versions -----------------------------------------------------
+
+
+class PresetSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    label = serializers.CharField()
+    description = serializers.CharField()
+    vcpus = serializers.IntegerField()
+    memory_mb = serializers.IntegerField()
+    disk_gb = serializers.IntegerField()
+    providers = serializers.SerializerMethodField(
+        help_text="The enabled providers this preset is offered on."
+    )
+
+    def get_providers(self, preset) -> list[str]:
+        enabled = self.context.get("enabled_providers")
+        return [p for p in preset.providers if enabled is None or p in enabled]
+
+
+class SnapshotSerializer(serializers.Serializer):
+    snapshot_id = serializers.CharField()
+    provider = serializers.CharField()
+    preset = serializers.CharField(source="preset_id")
+    version = serializers.IntegerField()
+    status = serializers.CharField(help_text="creating, ready, failed, deleting (or deleted).")
+    active = serializers.SerializerMethodField(
+        help_text="The version your team starts from for this provider and preset."
+    )
+    shared = serializers.SerializerMethodField(help_text="Shared by every team (not your own).")
+    parent = serializers.SerializerMethodField(help_text="The version this one was taken from.")
+    source_sandbox = serializers.CharField(source="source_sandbox_id", allow_null=True)
+    created_by = serializers.SerializerMethodField()
+    label = serializers.CharField()
+    size_bytes = serializers.IntegerField(allow_null=True)
+    error = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+    def get_active(self, snapshot) -> bool:
+        return snapshot.pk in self.context.get("active_ids", ())
+
+    def get_shared(self, snapshot) -> bool:
+        return snapshot.team_id is None
+
+    def get_parent(self, snapshot) -> str | None:
+        return snapshot.parent.snapshot_id if snapshot.parent_id else None
+
+    def get_created_by(self, snapshot) -> str | None:
+        return snapshot.created_by.get_username() if snapshot.created_by_id else None
+
+
+# --- tokens ----------------------------------------------------------------------------
+
+
+class TokenSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    prefix = serializers.CharField(help_text="The token's first characters, to recognise it.")
+    can_write = serializers.BooleanField()
+    active = serializers.BooleanField(source="is_usable")
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+
+
+class TokenCreatedSerializer(TokenSerializer):
+    token = serializers.CharField(help_text="The secret. Shown in this response only.")
+
+
+class TokenCreateSerializer(StrictSerializer):
+    name = StrictCharField(required=False, allow_blank=True, max_length=100)
+    can_write = StrictBooleanField(
+        required=False, default=True, help_text="false: a read-only token (writes get 403)."
+    )
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+    expires_in_seconds = seconds_field(
+        required=False, allow_null=True, help_text="Instead of expires_at."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("expires_at") and attrs.get("expires_in_seconds"):
+            raise serializers.ValidationError(
+                {"expires_in_seconds": ["give expires_at or expires_in_seconds, not both"]}
+            )
+        return attrs
+
+
+# --- config and health -----------------------------------------------------------------
+
+
+class ProviderConfigSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    default = serializers.BooleanField()
+    capabilities = serializers.DictField(child=serializers.BooleanField())
+    reasons = serializers.DictField(
+        child=serializers.CharField(), help_text="Why each missing capability is missing."
+    )
+
+
+class TeamInfoSerializer(serializers.Serializer):
+    slug = serializers.CharField()
+    name = serializers.CharField()
+    role = serializers.CharField()
+    quotas = serializers.DictField(child=serializers.IntegerField(), help_text="0 = unlimited")
+    usage = serializers.DictField(child=serializers.IntegerField())
+
+
+class LimitsSerializer(serializers.Serializer):
+    max_wait_seconds = serializers.IntegerField()
+    max_exec_timeout_seconds = serializers.IntegerField()
+    metadata_max_keys = serializers.IntegerField()
+    metadata_max_key_length = serializers.IntegerField()
+    metadata_max_value_length = serializers.IntegerField()
+    rate = serializers.CharField(allow_null=True)
+    create_rate = serializers.CharField(allow_null=True)
+
+
+class ConfigSerializer(serializers.Serializer):
+    default_provider = serializers.CharField(allow_null=True)
+    providers = ProviderConfigSerializer(many=True)
+    presets = PresetSerializer(many=True)
+    team = TeamInfoSerializer()
+    limits = LimitsSerializer()
+
+
+class ProviderHealthSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    reachable = serializers.BooleanField()
+    latency_ms = serializers.FloatField(allow_null=True)
+    detail = serializers.CharField()
+
+
+class HealthSerializer(serializers.Serializer):
+    ok = serializers.BooleanField(help_text="Every enabled provider is reachable.")
+    providers = ProviderHealthSerializer(many=True)
+
+
+# --- cmux compatibility ----------------------------------------------------------------
+
+
+class CmuxStartSerializer(StrictSerializer):
+    """The body of cmux's ``POST /api/sandboxes/start``, mapped onto create."""
+
+    snapshotId = StrictCharField(
+        max_length=255,
+        help_text="A snapshot version or id without _vN, or a provider's image reference.",
+    )
+    ttlSeconds = seconds_field(required=False, allow_null=True)
+    metadata = MetadataField(required=False)
+    teamSlugOrId = StrictCharField(
+        required=False, max_length=50, help_text="Must be the team of your token if given."
+    )
+
+
+class CmuxStartedSerializer(serializers.Serializer):
+    instanceId = serializers.CharField()
+    provider = serializers.CharField()
+    status = serializers.CharField()
+    snapshotId = serializers.CharField()
+    vscodeUrl = serializers.CharField(allow_null=True)
+    workerUrl = serializers.CharField(allow_null=True)
+
+
+# --- errors ----------------------------------------------------------------------------
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="Stable, machine-readable; see docs/api.md.")
+    message = serializers.CharField()
+    fields = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        help_text="Request field -> what is wrong with it.",
+    )
+    capability = serializers.CharField(required=False, help_text="capability_missing only.")
+    reason = serializers.CharField(required=False, help_text="capability_missing only.")
+    quota = serializers.CharField(required=False, help_text="quota_* only.")
+    limit = serializers.IntegerField(required=False, help_text="quota_* only.")
+    used = serializers.IntegerField(required=False, help_text="quota_* only.")
+    requested = serializers.IntegerField(required=False, help_text="quota_* only.")
+    retry_after = serializers.IntegerField(required=False, help_text="throttled only.")
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorDetailSerializer()

@@ -1,0 +1,79 @@
+"""Per-team throttling: 429 with Retry-After, separate rates for creates, teams apart."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandboxes.api.throttles import parse_rate
+from sandboxes.models import Sandbox
+from tests.api.conftest import bearer_client, error_of
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def rates(settings):
+    def set_rates(team: str, create: str) -> None:
+        config = dict(settings.REST_FRAMEWORK)
+        config["DEFAULT_THROTTLE_RATES"] = {"team": team, "team_create": create}
+        settings.REST_FRAMEWORK = config
+
+    return set_rates
+
+
+def test_the_team_rate_answers_429_with_retry_after(rates, api, outsider_api):
+    rates("3/min", "")
+    assert [api.get("/api/v1/config").status_code for _ in range(3)] == [200] * 3
+    response = api.get("/api/v1/sandboxes")
+    assert response.status_code == 429
+    retry_after = int(response["Retry-After"])
+    assert 1 <= retry_after <= 60
+    error = error_of(response)
+    assert (error["code"], error["retry_after"]) == ("throttled", retry_after)
+    # Another team has its own budget.
+    assert outsider_api.get("/api/v1/config").status_code == 200
+
+
+def test_tokens_of_one_team_share_its_budget(rates, api, member, team):
+    rates("2/min", "")
+    second = bearer_client(member, team)
+    assert api.get("/api/v1/config").status_code == 200
+    assert second.get("/api/v1/config").status_code == 200
+    assert second.get("/api/v1/config").status_code == 429
+    assert api.get("/api/v1/config").status_code == 429
+
+
+def test_creates_have_their_own_rate(rates, memory_backend, api):
+    rates("100/min", "2/min")
+    body = {"preset": "1vcpu_1gb_8gb"}
+    codes = [api.post("/api/v1/sandboxes", body, format="json").status_code for _ in range(3)]
+    assert codes == [202, 202, 429]
+    assert Sandbox.objects.count() == 2
+    # Everything else still goes through.
+    assert api.get("/api/v1/sandboxes").status_code == 200
+    cmux = api.post("/api/sandboxes/start", {"snapshotId": "memory_1vcpu_1gb_8gb"}, format="json")
+    assert cmux.status_code == 429  # cmux's start is a create too
+
+
+def test_an_empty_rate_switches_the_limit_off(rates, api):
+    rates("", "")
+    assert {api.get("/api/v1/config").status_code for _ in range(20)} == {200}
+
+
+@pytest.mark.parametrize(
+    ("rate", "parsed"),
+    [
+        ("600/min", (600, 60)),
+        ("5/s", (5, 1)),
+        ("10/hour", (10, 3600)),
+        ("1/d", (1, 86400)),
+        ("", None),
+    ],
+)
+def test_parse_rate(rate, parsed):
+    assert parse_rate(rate) == parsed
+
+
+def test_parse_rate_refuses_nonsense():
+    with pytest.raises(ValueError, match="not a rate"):
+        parse_rate("lots")
