@@ -197,21 +197,18 @@ SANDBOX_TEAM_MAX_MEMORY_MB = env_int("SANDBOX_TEAM_MAX_MEMORY_MB", 131072)
 # How long a worker may hold a sandbox operation before another may take it over.
 SANDBOX_OPERATION_LEASE_SECONDS = env_int("SANDBOX_OPERATION_LEASE_SECONDS", 900)
 
-# --- Caches. "throttle" holds the API's per-team request counters, so it must be shared
-# by every web worker: Redis when REDIS_URL is set, else a table in the database
-# (created by `migrate`, see sandboxes/apps.py).
-CACHES = {
-    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-    "throttle": (
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env["REDIS_URL"]}
-        if env.get("REDIS_URL")
-        else {
-            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
-            "LOCATION": "sandboxes_cache",
-            "OPTIONS": {"MAX_ENTRIES": 100_000},
-        }
-    ),
-}
+# --- The API's per-team request counters (sandboxes/services/throttling.py) must be
+# shared by every web worker: in Redis when REDIS_URL is set, else in the database.
+SANDBOX_API_THROTTLE_STORE = "redis" if env.get("REDIS_URL") else "database"
+if env.get("REDIS_URL"):
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "throttle": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": env["REDIS_URL"],
+            "KEY_PREFIX": "sandboxes",
+        },
+    }
 
 # --- The REST API (sandboxes/api, docs/api.md)
 REST_FRAMEWORK = {
@@ -231,7 +228,7 @@ REST_FRAMEWORK = {
     },
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_FILTER_BACKENDS": ["sandboxes.api.filtering.FilterBackend"],
     # OPTIONS answers 405: the OpenAPI schema is the description of the API.
     "DEFAULT_METADATA_CLASS": None,
     "DEFAULT_PAGINATION_CLASS": "sandboxes.api.pagination.Pagination",

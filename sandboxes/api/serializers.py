@@ -9,12 +9,16 @@ here are the same ones, so the OpenAPI schema tells clients what will be accepte
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime, tzinfo
+from functools import cached_property
 from typing import Any
 
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from sandboxes.models import TtlAction
+from sandboxes import selectors
+from sandboxes.models import Sandbox, TtlAction
 from sandboxes.services.interactive import MAX_EXEC_TIMEOUT
 from sandboxes.services.validation import (
     MAX_SECONDS,
@@ -22,9 +26,17 @@ from sandboxes.services.validation import (
     METADATA_MAX_KEYS,
     METADATA_MAX_VALUE,
 )
-from sandboxes.states import Status
+from sandboxes.states import TRANSITIONAL, Status
 
 MAX_WAIT_SECONDS = 60
+
+
+def iso_datetime(value: datetime | None, tz: tzinfo) -> str | None:
+    """As DRF's DateTimeField writes it: ISO 8601 in the current time zone, UTC as Z."""
+    if value is None:
+        return None
+    text = value.astimezone(tz).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 class StrictSerializer(serializers.Serializer):
@@ -168,6 +180,45 @@ class SandboxSerializer(serializers.Serializer):
     @extend_schema_field(WakeOnStateSerializer)
     def get_wake_on(self, sandbox) -> dict[str, bool]:
         return {"http": sandbox.wake_on_http, "ssh": sandbox.wake_on_ssh}
+
+    @cached_property
+    def _tz(self) -> tzinfo:
+        return timezone.get_current_timezone()
+
+    def to_representation(self, sandbox: Sandbox | dict) -> dict[str, Any]:
+        """The fields above, written out directly from a row of ``selectors.sandbox_list``
+        (or a Sandbox): a page of 50 is written on every list call, and DRF's per-field
+        machinery would be most of its cost. A test holds the two ways equal."""
+        row = sandbox if isinstance(sandbox, dict) else selectors.sandbox_row(sandbox)
+        tz = self._tz
+        return {
+            "id": row["id"],
+            "name": row["name"],
+            "status": row["status"],
+            "transitional": row["status"] in TRANSITIONAL,
+            "operation": row["operation"],
+            "provider": row["provider"],
+            "preset": row["preset_id"],
+            "snapshot_id": row["snapshot_version"],
+            "vcpus": row["vcpus"],
+            "memory_mb": row["memory_mb"],
+            "disk_gb": row["disk_gb"],
+            "metadata": row["metadata"],
+            "services": [
+                {"name": s["name"], "port": s["port"], "url": s["url"]} for s in row["services"]
+            ],
+            "ttl_seconds": row["ttl_seconds"],
+            "ttl_action": row["ttl_action"],
+            "expires_at": iso_datetime(row["expires_at"], tz),
+            "idle_timeout_seconds": row["idle_timeout_seconds"],
+            "wake_on": {"http": row["wake_on_http"], "ssh": row["wake_on_ssh"]},
+            "last_error": row["last_error"],
+            "created_at": iso_datetime(row["created_at"], tz),
+            "started_at": iso_datetime(row["started_at"], tz),
+            "status_changed_at": iso_datetime(row["status_changed_at"], tz),
+            "last_activity_at": iso_datetime(row["last_activity_at"], tz),
+            "deleted_at": iso_datetime(row["deleted_at"], tz),
+        }
 
 
 class SandboxCreateSerializer(StrictSerializer):

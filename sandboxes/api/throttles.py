@@ -1,9 +1,8 @@
 """Per-team rate limits: one rate for creating sandboxes, one for every other call.
 
-A fixed-window counter per (team, scope, window) in the ``throttle`` cache: Redis when
-``REDIS_URL`` is set (atomic increments, shared by every web worker on every machine),
-else the database cache table (shared by every worker using the database). A refused
-request answers 429 with ``Retry-After`` (seconds until the window ends).
+A fixed-window counter per (team, scope): in Redis when ``REDIS_URL`` is set, else in the
+database (``sandboxes.services.throttling``); either way shared by every web worker. A
+refused request answers 429 with ``Retry-After`` (seconds until the window ends).
 
 Rates come from settings ``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]``: ``team`` and
 ``team_create`` (environment ``SANDBOX_API_RATE`` and ``SANDBOX_API_CREATE_RATE``), written
@@ -15,14 +14,13 @@ from __future__ import annotations
 import math
 import time
 
-from django.core.cache import caches
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 
 from sandboxes.api.auth import Principal
+from sandboxes.services.throttling import count_request
 
-CACHE_ALIAS = "throttle"
 PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -55,15 +53,8 @@ class TeamRateThrottle(BaseThrottle):
         count, period = limit
         now = time.time()
         window = int(now // period)
-        key = f"throttle:{self.scope}:{principal.team.pk}:{period}:{window}"
-        cache = caches[CACHE_ALIAS]
-        # add() is a no-op when the key exists; incr() is atomic on Redis.
-        cache.add(key, 0, timeout=period + 1)
-        try:
-            used = cache.incr(key)
-        except ValueError:  # expired between add and incr
-            cache.set(key, 1, timeout=period + 1)
-            used = 1
+        key = f"{self.scope}:{principal.team.pk}:{period}"
+        used = count_request(key, window=window, period=period)
         self._wait = (window + 1) * period - now
         return used <= count
 

@@ -9,15 +9,6 @@ from sandboxes.services.actors import Actor
 from sandboxes.services.tokens import create_api_token
 
 
-@pytest.fixture(autouse=True)
-def _fresh_throttle_counters():
-    from django.core.cache import caches
-
-    caches["throttle"].clear()
-    yield
-    caches["throttle"].clear()
-
-
 def bearer_client(user, team, **token_options) -> APIClient:
     """A client authenticated with a new token of ``user`` in ``team``."""
     token, secret = create_api_token(user=user, team=team, actor=Actor.system(), **token_options)

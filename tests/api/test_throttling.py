@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
+
 import pytest
+from django.core.cache import caches
 
 from sandboxes.api.throttles import parse_rate
-from sandboxes.models import Sandbox
+from sandboxes.models import Sandbox, ThrottleCounter
+from sandboxes.services.throttling import count_request
 from tests.api.conftest import bearer_client, error_of
+from tests.system import require
 
 pytestmark = pytest.mark.django_db
 
@@ -77,3 +84,39 @@ def test_parse_rate(rate, parsed):
 def test_parse_rate_refuses_nonsense():
     with pytest.raises(ValueError, match="not a rate"):
         parse_rate("lots")
+
+
+def redis_is_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("store", ["database", "redis"])
+def test_counters_count_per_window_on_both_stores(settings, store):
+    """The two stores several web workers share: a count per key, restarted by a new window."""
+    if store == "redis":
+        require("redis-server", redis_is_up(), "apt-get install redis-server; redis-server &")
+        location = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+        settings.CACHES = {
+            **settings.CACHES,
+            "throttle": {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": location,
+            },
+        }
+    settings.SANDBOX_API_THROTTLE_STORE = store
+    key = f"test:{uuid.uuid4().hex}"
+    assert [count_request(key, window=7, period=60) for _ in range(3)] == [1, 2, 3]
+    assert count_request(key + ":other", window=7, period=60) == 1
+    assert count_request(key, window=8, period=60) == 1  # a new window starts from one
+    assert count_request(key, window=8, period=60) == 2
+    if store == "database":
+        # A late request of an older window still counts, in the newer window.
+        assert count_request(key, window=7, period=60) == 3
+        assert ThrottleCounter.objects.get(key=key).window == 8
+        assert ThrottleCounter.objects.count() == 2  # one row per key, whatever the windows
+    else:
+        caches["throttle"].delete_many([f"{key}:7", f"{key}:8", f"{key}:other:7"])

@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 from django.urls import reverse
-from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status
 from rest_framework.request import Request
@@ -15,6 +14,7 @@ from rest_framework.response import Response
 from sandboxes import selectors
 from sandboxes.api import serializers as s
 from sandboxes.api.errors import ApiError
+from sandboxes.api.filtering import FilterBackend
 from sandboxes.api.views.base import TeamView
 from sandboxes.filters import EventFilter, SandboxFilter
 from sandboxes.models import Sandbox, SandboxEvent, TtlAction
@@ -75,7 +75,7 @@ def idempotency_mismatch(existing: Sandbox, data: dict[str, Any]) -> list[str]:
 
 class SandboxListView(mixins.ListModelMixin, TeamView):
     serializer_class = s.SandboxSerializer
-    filter_backends = [DjangoFilterBackend]
+    filter_backends = [FilterBackend]
     filterset_class = SandboxFilter
     throttle_kind = "create"
 
@@ -83,7 +83,7 @@ class SandboxListView(mixins.ListModelMixin, TeamView):
         if self.schema_only:
             return Sandbox.objects.none()
         wanted = self.request.query_params.getlist("status")
-        return selectors.sandboxes_for_team(self.team, include_deleted="deleted" in wanted)
+        return selectors.sandbox_list(self.team, include_deleted="deleted" in wanted)
 
     @extend_schema(
         operation_id="sandboxes_list",
@@ -318,7 +318,7 @@ class SandboxWakeOnView(TeamView):
 
 class SandboxEventsView(mixins.ListModelMixin, TeamView):
     serializer_class = s.EventSerializer
-    filter_backends = [DjangoFilterBackend]
+    filter_backends = [FilterBackend]
     filterset_class = EventFilter
 
     def get_queryset(self):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status
 from rest_framework.request import Request
@@ -11,6 +10,7 @@ from rest_framework.response import Response
 from sandboxes import selectors
 from sandboxes.api import serializers as s
 from sandboxes.api.errors import ApiError
+from sandboxes.api.filtering import FilterBackend
 from sandboxes.api.views.base import TeamView
 from sandboxes.filters import SnapshotFilter
 from sandboxes.models import Preset, Snapshot
@@ -21,7 +21,7 @@ CONFLICT = OpenApiResponse(s.ErrorSerializer, description="In use, active, or no
 
 class SnapshotListView(mixins.ListModelMixin, TeamView):
     serializer_class = s.SnapshotSerializer
-    filter_backends = [DjangoFilterBackend]
+    filter_backends = [FilterBackend]
     filterset_class = SnapshotFilter
 
     def get_queryset(self):
