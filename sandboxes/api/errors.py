@@ -39,7 +39,7 @@ DRF_CODES: dict[type[exceptions.APIException], str] = {
 }
 
 #: Provider failure codes that mean "try again later" get 503; a wrong state 409; else 502.
-PROVIDER_CONFLICT_CODES = {"provider_invalid_state"}
+PROVIDER_CONFLICT_CODES = {"provider_invalid_state", "provider_unsupported"}
 
 
 def error_body(
@@ -157,7 +157,8 @@ def exception_handler(exc: Exception, context: dict) -> Response:
     if isinstance(exc, exceptions.APIException):
         return _api_exception_response(exc, context)
     # A bug: log it with the traceback, answer in the one shape without details.
-    logger.exception("unhandled error in %s", context.get("view").__class__.__name__)
+    view = context.get("view").__class__.__name__
+    logger.error("unhandled error in %s", view, exc_info=exc)
     return Response(
         error_body("server_error", "internal error; it was logged"),
         status=status.HTTP_500_INTERNAL_SERVER_ERROR,

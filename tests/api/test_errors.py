@@ -41,3 +41,20 @@ def test_the_schema_and_docs_are_served_without_a_cdn(db):
         assert "drf_spectacular_sidecar" in html, page
         assert "cdn" not in html.lower(), page
         assert "unpkg" not in html.lower(), page
+
+
+def test_a_bug_answers_500_in_the_one_shape_and_is_logged(caplog):
+    from django.test import RequestFactory
+
+    from sandboxes.api.errors import exception_handler, server_error
+
+    with caplog.at_level("ERROR", logger="sandboxes.api.errors"):
+        response = exception_handler(RuntimeError("boom"), {"view": object()})
+    assert response.status_code == 500
+    assert response.data == {
+        "error": {"code": "server_error", "message": "internal error; it was logged", "fields": {}}
+    }
+    assert "boom" in caplog.text  # the traceback is in the log, not in the answer
+    page = server_error(RequestFactory().get("/api/v1/sandboxes"))
+    assert page.status_code == 500
+    assert page["Content-Type"] == "application/json"
