@@ -1,0 +1,271 @@
+"""Sandboxes: the list (filters, live rows, bulk actions), new, detail, status polls and
+lifecycle actions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
+
+from sandboxes import selectors
+from sandboxes.filters import SandboxFilter
+from sandboxes.forms import NewSandboxForm, add_service_error
+from sandboxes.models import Sandbox, SnapshotStatus
+from sandboxes.services import lifecycle
+from sandboxes.services.errors import ServiceError
+from sandboxes.states import Status
+from sandboxes.ui.actions import LABELS, LIFECYCLE_ORDER, Offer, lifecycle_offers
+from sandboxes.views.common import (
+    actor,
+    capabilities_for,
+    confirm_page,
+    confirmed,
+    is_partial,
+    redirect_back,
+    render_fragment,
+    report,
+    team_view,
+)
+from sandboxes.views.detail import detail_context, status_fragment
+
+PER_PAGE = 50
+BULK_ACTIONS = {"stop": lifecycle.stop_sandbox, "delete": lifecycle.delete_sandbox}
+REQUESTS = {name: getattr(lifecycle, f"{name}_sandbox") for name in LIFECYCLE_ORDER}
+
+
+@dataclass(frozen=True)
+class Row:
+    sandbox: Sandbox
+    offers: list[Offer]
+
+
+def row_for(request: HttpRequest, sandbox: Sandbox) -> Row:
+    caps = capabilities_for(request, sandbox.provider)
+    reason = request.team_ctx.read_only_reason
+    return Row(sandbox, lifecycle_offers(sandbox, caps, read_only_reason=reason))
+
+
+def _list_context(request: HttpRequest) -> dict:
+    """The list region: filters applied, one page of rows, status counts. Constant queries."""
+    team = request.team
+    statuses = request.GET.getlist("status")
+    queryset = selectors.sandboxes_for_team(team, include_deleted=Status.DELETED in statuses)
+    filterset = SandboxFilter(request.GET or None, queryset=queryset)
+    page = Paginator(filterset.qs, PER_PAGE).get_page(request.GET.get("page"))
+    counts = selectors.sandbox_status_counts(team)
+    query = request.GET.copy()
+    query.pop("page", None)
+    chips = [("", "All", sum(n for s, n in counts.items() if s != Status.DELETED))]
+    chips += [(s.value, s.label, counts[s.value]) for s in Status if counts.get(s.value)]
+    return {
+        "filter": filterset,
+        "page": page,
+        "rows": [row_for(request, sandbox) for sandbox in page.object_list],
+        "chips": chips,
+        "chosen_statuses": statuses,
+        "query": query.urlencode(),
+        "query_without_status": _without(query, "status"),
+        "providers": selectors.enabled_providers(),
+        "presets": selectors.presets(),
+    }
+
+
+def _without(query, key: str) -> str:
+    copy = query.copy()
+    copy.pop(key, None)
+    return copy.urlencode()
+
+
+@require_GET
+@team_view
+def sandbox_list(request: HttpRequest) -> HttpResponse:
+    context = _list_context(request)
+    if is_partial(request):
+        return render_fragment(request, "sandboxes/_list.html", {**context, "fragment": True})
+    return render(request, "sandboxes/list.html", context)
+
+
+@require_POST
+@team_view
+def sandbox_bulk(request: HttpRequest) -> HttpResponse:
+    """Stop or delete the selected sandboxes of the current team."""
+    action = request.POST.get("action", "")
+    if action not in BULK_ACTIONS:
+        raise Http404("no such bulk action")
+    ids = request.POST.getlist("ids")
+    list_url = reverse("sandbox-list") + _query_suffix(request.POST.get("query", ""))
+    if not ids:
+        messages.warning(request, "Select one or more sandboxes first.")
+    elif action == "delete" and not confirmed(request):
+        return confirm_page(
+            request,
+            title="Delete sandboxes",
+            question=f"Delete {len(ids)} sandbox(es)? Their files are gone for good.",
+            action=reverse("sandbox-bulk"),
+            button="Delete them",
+        )
+    else:
+        _apply_bulk(request, action, ids)
+    if is_partial(request):
+        request.GET = _query_dict(request.POST.get("query", ""))
+        context = {**_list_context(request), "fragment": True}
+        return render_fragment(request, "sandboxes/_list.html", context)
+    return HttpResponseRedirect(list_url)
+
+
+def _apply_bulk(request: HttpRequest, action: str, ids: list[str]) -> None:
+    chosen = list(selectors.sandboxes_for_team(request.team).filter(pk__in=ids[:500]))
+    done = 0
+    for sandbox in chosen:
+        try:
+            BULK_ACTIONS[action](sandbox=sandbox, actor=actor(request))
+            done += 1
+        except ServiceError as exc:
+            messages.error(request, f"{sandbox}: {exc.message}")
+    missing = len(set(ids)) - len(chosen)
+    if missing:
+        messages.warning(request, f"{missing} selected sandbox(es) were not found in your team.")
+    if done:
+        verb = {"stop": "Stopping", "delete": "Deleting"}[action]
+        messages.success(request, f"{verb} {done} sandbox(es).")
+
+
+def _query_suffix(query: str) -> str:
+    return "?" + _query_dict(query).urlencode() if query else ""
+
+
+def _query_dict(query: str):
+    from django.http import QueryDict
+
+    return QueryDict(query[:2000], mutable=True)
+
+
+@require_GET
+@team_view
+def sandbox_detail(request: HttpRequest, sandbox_id: str) -> HttpResponse:
+    sandbox = selectors.get_sandbox(request.team, sandbox_id)
+    return render(request, "sandboxes/detail.html", detail_context(request, sandbox))
+
+
+@require_GET
+@team_view
+def sandbox_status(request: HttpRequest, sandbox_id: str) -> HttpResponse:
+    """The live status of one sandbox, as a list row or the detail page's status panel.
+
+    Polled every second while the sandbox is transitional; once it settles, the answer
+    is HTTP 286, which tells HTMX to stop polling.
+    """
+    sandbox = selectors.get_sandbox(request.team, sandbox_id)
+    if not request.htmx:
+        return redirect("sandbox-detail", sandbox_id=sandbox.pk)
+    if request.GET.get("part") == "row":
+        response = render_fragment(
+            request, "sandboxes/_row.html", {"row": row_for(request, sandbox)}
+        )
+    else:
+        changed = request.GET.get("shown") != sandbox.status
+        response = status_fragment(request, sandbox, with_sections=changed)
+    if not sandbox.is_transitional:
+        stop = HttpResponseStopPolling(response.content)
+        stop["Content-Type"] = response["Content-Type"]
+        return stop
+    return response
+
+
+@require_POST
+@team_view
+def sandbox_action(request: HttpRequest, sandbox_id: str, action: str) -> HttpResponse:
+    """start, stop, pause, hibernate, resume or delete one sandbox."""
+    if action not in REQUESTS:
+        raise Http404("no such action")
+    sandbox = selectors.get_sandbox(request.team, sandbox_id)
+    if action == "delete" and not confirmed(request):
+        return confirm_page(
+            request,
+            title=f"Delete {sandbox}",
+            question=f"Delete {sandbox}? Its files are gone for good.",
+            action=reverse("sandbox-action", args=[sandbox.pk, action]),
+            button="Delete",
+        )
+    try:
+        REQUESTS[action](sandbox=sandbox, actor=actor(request))
+        messages.info(request, f"{LABELS[action]}: requested for {sandbox}.")
+    except ServiceError as exc:
+        report(request, exc)
+    sandbox = selectors.get_sandbox(request.team, sandbox.pk)
+    if is_partial(request):
+        if request.POST.get("part") == "row":
+            return render_fragment(
+                request, "sandboxes/_row.html", {"row": row_for(request, sandbox)}
+            )
+        return status_fragment(request, sandbox, with_sections=True)
+    return redirect_back(request, reverse("sandbox-detail", args=[sandbox.pk]))
+
+
+def _new_form(request: HttpRequest, data=None) -> NewSandboxForm:
+    """The create form; its version choices follow the chosen preset and provider."""
+    source = data if data is not None else request.GET
+    providers = selectors.enabled_providers()
+    presets = list(selectors.presets())
+    initial: dict = {"provider": selectors.default_provider()}
+    snapshot_id = source.get("snapshot", "")
+    if snapshot_id:
+        chosen = selectors.snapshots_for_team(request.team).filter(snapshot_id=snapshot_id).first()
+        if chosen is not None:
+            initial.update(provider=chosen.provider, preset=chosen.preset_id, snapshot=snapshot_id)
+    for key in ("preset", "provider", "name", "ttl", "ttl_action", "idle_timeout"):
+        if source.get(key):
+            initial[key] = source[key]
+    if "preset" not in initial and presets:
+        offered = [p for p in presets if initial["provider"] in p.providers]
+        initial["preset"] = (offered or presets)[0].pk
+    versions = selectors.snapshots_for_team(request.team).filter(
+        status=SnapshotStatus.READY, provider=initial["provider"], preset_id=initial["preset"]
+    )
+    return NewSandboxForm(
+        data, initial=initial, presets=presets, providers=providers, versions=list(versions)
+    )
+
+
+@team_view
+def sandbox_new(request: HttpRequest) -> HttpResponse:
+    """Pick a preset, a provider and a version (the active one by default) and start."""
+    if request.method == "POST":
+        form = _new_form(request, request.POST)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                sandbox = lifecycle.create_sandbox(
+                    team=request.team,
+                    actor=actor(request),
+                    preset_id=data["preset"],
+                    provider=data["provider"],
+                    snapshot_id=data["snapshot"] or None,
+                    name=data["name"],
+                    ttl_seconds=data["ttl"],
+                    ttl_action=data["ttl_action"],
+                    idle_timeout_seconds=data["idle_timeout"],
+                    idempotency_key=f"dashboard-{data['idempotency_key']}",
+                )
+            except ServiceError as exc:
+                add_service_error(form, exc)
+            else:
+                url = reverse("sandbox-detail", args=[sandbox.pk])
+                if request.htmx:
+                    return HttpResponseClientRedirect(url)
+                return HttpResponseRedirect(url)
+        # HTMX swaps only 2xx answers: the form with its errors comes back as 200 there.
+        status = 200 if request.htmx else 400
+    else:
+        form = _new_form(request)
+        status = 200
+    context = {"form": form, "read_only_reason": request.team_ctx.read_only_reason}
+    if is_partial(request):
+        return render_fragment(request, "sandboxes/_new_form.html", context, status=status)
+    return render(request, "sandboxes/new.html", context, status=status)
