@@ -43,7 +43,7 @@ class QueueWorker(threading.Thread):
         self.poll_seconds = poll_seconds
         self.running = threading.Event()
         self.running.set()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.errors: list[BaseException] = []
 
     def hold(self) -> None:
@@ -54,7 +54,7 @@ class QueueWorker(threading.Thread):
 
     def run(self) -> None:
         try:
-            while not self._stop.wait(self.poll_seconds):
+            while not self._halt.wait(self.poll_seconds):
                 if self.running.is_set():
                     close_old_connections()
                     drain()
@@ -64,5 +64,5 @@ class QueueWorker(threading.Thread):
             connection.close()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)

@@ -85,7 +85,14 @@ def detail_context(request: HttpRequest, sandbox: Sandbox, **extra: Any) -> dict
 
 #: Sections swapped out of band when the status changes, so what the new status allows
 #: (the console once running, say) appears without a reload.
-LIVE_SECTIONS = ("_timeline.html", "_console.html", "_services.html", "_taken.html")
+LIVE_SECTIONS = (
+    "_timeline.html",
+    "_console.html",
+    "_services.html",
+    "_taken.html",
+    "_overview.html",
+    "_metrics_placeholder.html",  # asks for fresh charts itself: no provider call here
+)
 
 
 def status_fragment(request: HttpRequest, sandbox: Sandbox, *, with_sections: bool) -> HttpResponse:
