@@ -4,22 +4,10 @@ from __future__ import annotations
 
 from django import template
 
-from sandboxes.states import is_transitional
 from sandboxes.ui.durations import format_duration
+from sandboxes.ui.format import badge_class
 
 register = template.Library()
-
-BADGE_CLASSES = {
-    "running": "ok",
-    "paused": "calm",
-    "hibernated": "calm",
-    "stopped": "off",
-    "deleted": "off",
-    "failed": "bad",
-    "ready": "ok",
-    "creating": "busy",
-    "deleting": "busy",
-}
 
 
 @register.filter
@@ -28,14 +16,7 @@ def duration(seconds: int | None) -> str:
     return format_duration(seconds) or "—"
 
 
-@register.filter
-def badge_class(status: str) -> str:
-    if status in BADGE_CLASSES:
-        return BADGE_CLASSES[status]
-    try:
-        return "busy" if is_transitional(status) else "off"
-    except ValueError:
-        return "off"
+register.filter("badge_class", badge_class)
 
 
 @register.simple_tag(takes_context=True)

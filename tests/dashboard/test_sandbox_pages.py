@@ -301,3 +301,21 @@ def test_events_of_actions_name_the_user(alice, running, member):
     alice.post(reverse("sandbox-action", args=[running.pk, "pause"]))
     event = SandboxEvent.objects.filter(sandbox=running, action="pause").order_by("id").first()
     assert (event.actor_user, event.outcome) == (member, "requested")
+
+
+def test_each_row_acts_on_its_own_sandbox(alice, memory_backend, team, member):
+    """Rows in the same status share one rendering of their forms: ids and names differ."""
+    first = make_sandbox(team, member, name='<b>"bold"</b>')
+    second = make_sandbox(team, member, name="plain")
+    page = alice.get(reverse("sandbox-list")).content.decode()
+    for sandbox, shown in ((first, "&lt;b&gt;&quot;bold&quot;&lt;/b&gt;"), (second, "plain")):
+        row = re.search(rf'<tr id="row-{sandbox.pk}".*?</tr>', page, re.S).group(0)
+        urls = set(re.findall(r'action="(/sandboxes/[^"]+)"', row))
+        assert urls == {
+            reverse("sandbox-action", args=[sandbox.pk, name])
+            for name in ("pause", "hibernate", "stop", "delete")
+        }
+        assert f'hx-target="#row-{sandbox.pk}"' in row
+        assert f'aria-label="Pause {shown}"' in row
+        assert f'hx-confirm="Delete {shown}? Its files are gone for good."' in row
+    assert "<b>" not in page.split('id="sandbox-list"')[1]
