@@ -7,14 +7,14 @@ from dataclasses import dataclass
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import conditional_escape
 from django.utils.safestring import mark_safe
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
 from sandboxes import selectors
@@ -125,15 +125,15 @@ def row_for(request: HttpRequest, sandbox: Sandbox) -> Row:
     return rows_for(request, [sandbox])[0]
 
 
-def _list_context(request: HttpRequest) -> dict:
+def _list_context(request: HttpRequest, params: QueryDict) -> dict:
     """The list region: filters applied, one page of rows, status counts. Constant queries."""
     team = request.team
-    statuses = request.GET.getlist("status")
+    statuses = params.getlist("status")
     queryset = selectors.sandboxes_for_team(team, include_deleted=Status.DELETED in statuses)
-    filterset = SandboxFilter(request.GET or None, queryset=queryset)
-    page = Paginator(filterset.qs, PER_PAGE).get_page(request.GET.get("page"))
+    filterset = SandboxFilter(params or None, queryset=queryset)
+    page = Paginator(filterset.qs, PER_PAGE).get_page(params.get("page"))
     counts = selectors.sandbox_status_counts(team)
-    query = request.GET.copy()
+    query = params.copy()
     query.pop("page", None)
     chips = [("", "All", sum(n for s, n in counts.items() if s != Status.DELETED))]
     chips += [(s.value, s.label, counts[s.value]) for s in Status if counts.get(s.value)]
@@ -159,7 +159,7 @@ def _without(query, key: str) -> str:
 @require_GET
 @team_view
 def sandbox_list(request: HttpRequest) -> HttpResponse:
-    context = _list_context(request)
+    context = _list_context(request, request.GET)
     if is_partial(request):
         return render_fragment(request, "sandboxes/_list.html", {**context, "fragment": True})
     return render(request, "sandboxes/list.html", context)
@@ -173,7 +173,9 @@ def sandbox_bulk(request: HttpRequest) -> HttpResponse:
     if action not in BULK_ACTIONS:
         raise Http404("no such bulk action")
     ids = request.POST.getlist("ids")
-    list_url = reverse("sandbox-list") + _query_suffix(request.POST.get("query", ""))
+    # The list's filters, carried by the form, so the answer shows the same list.
+    params = QueryDict(request.POST.get("query", "")[:2000])
+    list_url = reverse("sandbox-list") + (f"?{params.urlencode()}" if params else "")
     if not ids:
         messages.warning(request, "Select one or more sandboxes first.")
     elif action == "delete" and not confirmed(request):
@@ -187,8 +189,7 @@ def sandbox_bulk(request: HttpRequest) -> HttpResponse:
     else:
         _apply_bulk(request, action, ids)
     if is_partial(request):
-        request.GET = _query_dict(request.POST.get("query", ""))
-        context = {**_list_context(request), "fragment": True}
+        context = {**_list_context(request, params), "fragment": True}
         return render_fragment(request, "sandboxes/_list.html", context)
     return HttpResponseRedirect(list_url)
 
@@ -208,16 +209,6 @@ def _apply_bulk(request: HttpRequest, action: str, ids: list[str]) -> None:
     if done:
         verb = {"stop": "Stopping", "delete": "Deleting"}[action]
         messages.success(request, f"{verb} {done} sandbox(es).")
-
-
-def _query_suffix(query: str) -> str:
-    return "?" + _query_dict(query).urlencode() if query else ""
-
-
-def _query_dict(query: str):
-    from django.http import QueryDict
-
-    return QueryDict(query[:2000], mutable=True)
 
 
 @require_GET
@@ -311,6 +302,7 @@ def _new_form(request: HttpRequest, data=None) -> NewSandboxForm:
     )
 
 
+@require_http_methods(["GET", "POST"])
 @team_view
 def sandbox_new(request: HttpRequest) -> HttpResponse:
     """Pick a preset, a provider and a version (the active one by default) and start."""

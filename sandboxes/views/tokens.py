@@ -7,7 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from sandboxes import selectors
 from sandboxes.forms import TokenForm, add_service_error
@@ -35,6 +35,7 @@ def _context(request: HttpRequest, **extra) -> dict:
 
 
 @never_cache
+@require_http_methods(["GET", "POST"])
 @team_view
 def token_list(request: HttpRequest) -> HttpResponse:
     """GET lists; POST creates and answers with the secret, once (never stored or logged)."""

@@ -104,6 +104,7 @@ def provider(request, settings, presets, tmp_path) -> Iterator[str]:
         if not _local_available():
             pytest.skip("the local provider is not in this code base yet")
         require("bubblewrap", shutil.which("bwrap") is not None, "apt-get install -y bubblewrap")
+        require("root", os.geteuid() == 0, "the local provider runs sandboxes as root")
         settings.SANDBOX_PROVIDER_CONFIG = {
             "SANDBOX_PROVIDERS": "local",
             "LOCAL_SANDBOX_ROOT": str(tmp_path / "local"),
@@ -124,8 +125,20 @@ def provider(request, settings, presets, tmp_path) -> Iterator[str]:
             activate=True,
         )
     yield name
-    _remove_instances(backends.get_provider(name))
+    built = backends.get_provider(name)
+    _remove_instances(built)
+    if name == "local":
+        _local_teardown(built)
     backends.reset()
+
+
+def _local_teardown(provider) -> None:
+    """The local provider's own test teardown (cgroups, port forwarder), when it has one."""
+    try:
+        from tests.local_support import teardown
+    except ImportError:
+        return
+    teardown(provider)
 
 
 def _has_version(provider: str) -> bool:
