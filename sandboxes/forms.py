@@ -99,11 +99,12 @@ class NewSandboxForm(forms.Form):
     #: One per rendered form: a double submit (or a retried POST) makes one sandbox.
     idempotency_key = forms.CharField(widget=forms.HiddenInput, max_length=64)
 
-    def __init__(self, *args, presets, providers, versions, **kwargs) -> None:
+    def __init__(self, *args, presets, providers, versions, active=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["preset"].choices = [(p.pk, _preset_label(p)) for p in presets]
         self.fields["provider"].choices = [(name, name) for name in providers]
-        self.fields["snapshot"].choices = [("", "Active version")] + [
+        default = f"Active version ({active.snapshot_id})" if active else "No active version"
+        self.fields["snapshot"].choices = [("", default)] + [
             (v.snapshot_id, _version_label(v)) for v in versions
         ]
         if not self.is_bound:

@@ -295,10 +295,16 @@ def _new_form(request: HttpRequest, data=None) -> NewSandboxForm:
         offered = [p for p in presets if initial["provider"] in p.providers]
         initial["preset"] = (offered or presets)[0].pk
     versions = selectors.snapshots_for_team(request.team).filter(
-        status=SnapshotStatus.READY, provider=initial["provider"], preset_id=initial["preset"]
+        status=SnapshotStatus.READY, provider=initial["provider"], preset_id=initial.get("preset")
     )
+    active = selectors.active_snapshot(request.team, initial["provider"], initial.get("preset"))
     return NewSandboxForm(
-        data, initial=initial, presets=presets, providers=providers, versions=list(versions)
+        data,
+        initial=initial,
+        presets=presets,
+        providers=providers,
+        versions=list(versions),
+        active=active,
     )
 
 

@@ -214,7 +214,7 @@ def test_bulk_over_htmx_reports_refusals_and_returns_the_list(htmx, running, tea
 
 def test_new_form_defaults_to_the_active_version(alice, memory_backend):
     page = alice.get(reverse("sandbox-new")).content.decode()
-    assert '<option value="" selected>Active version</option>' in page
+    assert '<option value="" selected>Active version (memory_1vcpu_1gb_8gb_v1)</option>' in page
     assert "memory_1vcpu_1gb_8gb_v1" in page
     key = re.search(r'name="idempotency_key" value="(\w+)"', page).group(1)
     assert len(key) == 32
