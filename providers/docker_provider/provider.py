@@ -205,7 +205,11 @@ class DockerProvider(Provider):
         except ProviderError:
             self._remove_named(name)  # the answer may have been lost after the create
             raise
-        return DockerInstance(self, made)
+        try:
+            return DockerInstance(self, made)
+        except ProviderError:
+            self._remove_named(name)
+            raise
 
     def _adopt(self, name: str, sandbox_id: str) -> DockerInstance:
         """Another create for this sandbox won the race for the name: use its container."""

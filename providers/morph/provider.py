@@ -17,12 +17,15 @@ How the contract maps onto Morph:
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 import httpx
+from morphcloud import api as morph_api
 from morphcloud.api import Instance as SdkInstance
 from morphcloud.api import InstanceStatus as SdkStatus
 from morphcloud.api import MorphCloudClient
@@ -55,6 +58,35 @@ def _positive(config: Mapping[str, str], key: str, default: float) -> float:
     return value
 
 
+@contextlib.contextmanager
+def _one_transport() -> Iterator[None]:
+    """Make the SDK build one HTTP transport instead of 32 sync + 32 async shards.
+
+    Each shard builds its own TLS context (seconds on a busy machine); a control plane
+    making a few calls at a time needs one connection pool. The SDK only offers an
+    environment variable for this, read at construction, so the builders are swapped for
+    the duration of the construction instead.
+    """
+    saved = morph_api.build_http_transport, morph_api.build_async_http_transport
+    morph_api.build_http_transport = httpx.HTTPTransport
+    morph_api.build_async_http_transport = httpx.AsyncHTTPTransport
+    try:
+        yield
+    finally:
+        morph_api.build_http_transport, morph_api.build_async_http_transport = saved
+
+
+_construct_lock = threading.Lock()
+
+
+def _make_client(api_key: str, base_url: str, http_timeout: float) -> MorphCloudClient:
+    with _construct_lock, _one_transport():
+        client = MorphCloudClient(api_key=api_key, base_url=base_url)
+    # The SDK's HTTP client waits forever by default; a hung API must not hang a worker.
+    client._http_client.timeout = httpx.Timeout(http_timeout, connect=10.0)
+    return client
+
+
 class MorphProvider(Provider):
     name: ClassVar[str] = "morph"
     config_keys: ClassVar[tuple[str, ...]] = (
@@ -81,10 +113,18 @@ class MorphProvider(Provider):
         self._secret = api_key
         self.base_url = base_url.rstrip("/")
         self.boot_timeout = boot_timeout
+        self.http_timeout = http_timeout
         self.poll_interval = poll_interval
-        self.client = MorphCloudClient(api_key=api_key, base_url=self.base_url)
-        # The SDK's HTTP client waits forever by default; a hung API must not hang a worker.
-        self.client._http_client.timeout = httpx.Timeout(http_timeout, connect=10.0)
+        self._client: MorphCloudClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> MorphCloudClient:
+        """The SDK client, made on first use (making one is not free: see below)."""
+        with self._lock:
+            if self._client is None:
+                self._client = _make_client(self._secret, self.base_url, self.http_timeout)
+            return self._client
 
     def __repr__(self) -> str:
         return f"MorphProvider(base_url={self.base_url!r})"

@@ -24,7 +24,6 @@ from urllib.parse import parse_qsl, urlsplit
 from tests.morph_fake.state import ApiFailure, MorphState, run_in
 
 
-
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -77,6 +76,8 @@ _EXEC = {
 class _Fault:
     status: int
     after: bool
+    skip: int = 0
+    detail: str = "injected fault"
 
 
 @dataclass
@@ -134,11 +135,27 @@ class FakeMorph:
 
     # --- faults -----------------------------------------------------------------------
 
-    def fail(self, route: str, *, status: int = 500, after: bool = False, times: int = 1) -> None:
+    def fail(
+        self,
+        route: str,
+        *,
+        status: int = 500,
+        after: bool = False,
+        times: int = 1,
+        detail: str = "injected fault",
+    ) -> None:
         if route not in {name for name, *_ in self._routes}:
             raise KeyError(f"no such route {route!r}")
         with self._lock:
-            self._faults.setdefault(route, []).extend([_Fault(status, after)] * times)
+            self._faults.setdefault(route, []).extend(
+                _Fault(status, after, detail=detail) for _ in range(times)
+            )
+
+    def fail_nth(self, route: str, *, skip: int, status: int = 500, after: bool = False) -> None:
+        """Fail the (skip + 1)-th coming call of ``route``."""
+        self.fail(route, status=status, after=after)
+        with self._lock:
+            self._faults[route][-1].skip = skip
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -147,7 +164,12 @@ class FakeMorph:
     def _take_fault(self, route: str) -> _Fault | None:
         with self._lock:
             pending = self._faults.get(route)
-            return pending.pop(0) if pending else None
+            if not pending:
+                return None
+            if pending[0].skip:
+                pending[0].skip -= 1
+                return None
+            return pending.pop(0)
 
     # --- dispatch ---------------------------------------------------------------------
 
@@ -183,7 +205,7 @@ class FakeMorph:
                 return 422, {"detail": "body is not JSON"}
             request = Request(method, dict(parse_qsl(query)), body, match.groups())
             if fault is not None and not fault.after:
-                return fault.status, {"detail": "injected fault"}
+                return fault.status, {"detail": fault.detail}
             try:
                 with self.state.lock:
                     result = action(request)
@@ -192,7 +214,7 @@ class FakeMorph:
             except ApiFailure as failure:
                 return failure.status, {"detail": failure.detail}
             if fault is not None:
-                return fault.status, {"detail": "injected fault (after the work was done)"}
+                return fault.status, {"detail": fault.detail}
             return 200, result
         return 404, {"detail": "Not Found"}
 

@@ -101,6 +101,9 @@ class MorphState:
         #: How many GETs a new instance / snapshot stays pending for.
         self.boot_polls = 1
         self.snapshot_polls = 1
+        #: What a pending instance / snapshot turns into: "ready", or "error" / "failed".
+        self.boot_outcome = "ready"
+        self.snapshot_outcome = "ready"
         base = self.root / self.BASE_SNAPSHOT
         base.mkdir()
         self.snapshots[self.BASE_SNAPSHOT] = FakeSnapshot(
@@ -173,7 +176,7 @@ class MorphState:
         if inst.status == "pending":
             inst.pending_polls -= 1
             if inst.pending_polls <= 0:
-                inst.status = "ready"
+                inst.status = self.boot_outcome
         return inst.as_json()
 
     def remove_instance(self, ref: str) -> None:
@@ -227,7 +230,7 @@ class MorphState:
         if snap.status == "pending":
             snap.pending_polls -= 1
             if snap.pending_polls <= 0:
-                snap.status = "ready"
+                snap.status = self.snapshot_outcome
         return snap.as_json()
 
     def remove_snapshot(self, ref: str) -> None:
