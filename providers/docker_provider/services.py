@@ -4,7 +4,8 @@ A sandbox starts with no network at all. Publishing a port needs a network, and 
 ignores published ports on ``internal`` networks, so the first exposed service:
 
 1. moves the sandbox from ``none`` onto its own internal network ``sbx-net-<id>`` (no
-   route out, no other members but its forwarders), under the alias ``sandbox``;
+   route out, no other members but its forwarders, and no address of the host's on the
+   bridge: the host is not reachable from it either), under the alias ``sandbox``;
 2. starts a forwarder container (the base image's busybox ``nc``) on the shared
    ``sandboxes-edge`` bridge with the port published on ``127.0.0.1:<random>``, and on the
    sandbox's network: it relays each connection to ``sandbox:<port>``.
@@ -77,8 +78,13 @@ def _ensure_network(client: docker.DockerClient, name: str, *, internal: bool, o
     marks = {labels.ROLE: labels.ROLE_NETWORK}
     if owner:
         marks[labels.OWNER] = owner
+    # An internal bridge still gets the gateway address on the host, which would let the
+    # sandbox reach host services; without it the gateway is an address nobody holds.
+    options = {"com.docker.network.bridge.inhibit_ipv4": "true"} if internal else {}
     with docker_call(f"create network {name}"):
-        return client.networks.create(name, driver="bridge", internal=internal, labels=marks)
+        return client.networks.create(
+            name, driver="bridge", internal=internal, labels=marks, options=options
+        )
 
 
 def _attach_sandbox(client: docker.DockerClient, container: Container):
