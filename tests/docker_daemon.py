@@ -42,13 +42,23 @@ class Daemon:
 
     def stop(self) -> None:
         if self.process.poll() is None:
+            # Docker leaves a network's bridge on the host when the daemon stops: remove
+            # every container and network first so nothing outlives the test run.
+            with contextlib.suppress(Exception):
+                client = self.client()
+                for container in client.containers.list(all=True):
+                    container.remove(force=True, v=True)
+                client.networks.prune()
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        subprocess.run(["umount", "-R", str(self.root / "data")], capture_output=True, check=False)
+        for mounted in ("exec", "data"):
+            subprocess.run(
+                ["umount", "-R", str(self.root / mounted)], capture_output=True, check=False
+            )
         shutil.rmtree(self.root, ignore_errors=True)
 
 
