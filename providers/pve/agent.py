@@ -209,8 +209,11 @@ class AgentServer:
         self.address = self.httpd.server_address
         self._thread: threading.Thread | None = None
 
-    def start(self) -> AgentServer:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+    def start(self, poll_interval: float = 0.5) -> AgentServer:
+        """Serve in a thread; ``close`` takes up to ``poll_interval`` seconds."""
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, args=(poll_interval,), daemon=True
+        )
         self._thread.start()
         return self
 

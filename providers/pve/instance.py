@@ -169,16 +169,19 @@ class PveInstance(Instance):
         self.status = S.HIBERNATED
 
     def delete(self) -> None:
-        row = self._p.locate(self.vmid)
-        if row is None or row.get("type") != self._kind.name or row.get("template"):
-            return
-        self.node = row["node"]
         try:
-            if not self._still_ours():
-                return  # the VMID now belongs to something else: ours is gone
-            self._p.destroy(self.node, self.vmid)
-        except NotFound:
-            pass
+            row = self._p.locate(self.vmid)
+        except ProviderError:
+            row = {"node": self.node, "type": self._kind.name}  # go by what the handle knows
+        else:
+            if row is None or row.get("type") != self._kind.name or row.get("template"):
+                return
+            self.node = row["node"]
+        if not self._p.owned_by(
+            self.node, self.vmid, self.sandbox_id, row if "vmid" in row else None
+        ):
+            return  # gone, or the VMID now belongs to something else
+        self._p.destroy(self.node, self.vmid, hint=row if "status" in row else None)
         self._p.vmids.release(self.vmid)
 
     # --- exec ------------------------------------------------------------------------------

@@ -88,18 +88,34 @@ class PveProvider(Provider):
     def guest_config(self, node: str, vmid: int) -> dict:
         return self.client.get(self.kind.path(node, vmid, "config"))
 
-    def destroy(self, node: str, vmid: int, *, lock_wait: float | None = None) -> None:
-        """Stop (if needed) and destroy a guest with its disks; no error if it is gone."""
+    def destroy(
+        self,
+        node: str,
+        vmid: int,
+        *,
+        lock_wait: float | None = None,
+        hint: dict | None = None,
+    ) -> None:
+        """Stop (if needed) and destroy a guest with its disks; no error if it is gone.
+
+        ``hint`` is what ``/cluster/resources`` said about the guest; it stands in for
+        ``status/current`` when that cannot be read, so one broken call does not leave a
+        guest behind.
+        """
         kind, c = self.kind, self.client
         wait = self.settings.lock_wait if lock_wait is None else lock_wait
         try:
             current = c.call("GET", kind.path(node, vmid, "status/current"), {}, lock_wait=wait)
         except NotFound:
             return
+        except ProviderError:
+            current = hint if hint is not None else self.locate(vmid)
+            if current is None:
+                return
         if current.get("lock") == "suspended":  # hibernated VM: resume so it can be stopped
             upid = c.call("POST", kind.path(node, vmid, "status/start"), {}, lock_wait=wait)
             self.wait(upid, f"waking {kind.label} {vmid} to delete it")
-            current["status"] = "running"
+            current = {**current, "status": "running"}
         if current.get("status") == "running":
             try:
                 upid = c.call("POST", kind.path(node, vmid, "status/stop"), {}, lock_wait=wait)
@@ -113,6 +129,22 @@ class PveProvider(Provider):
         except NotFound:
             return
         self.wait(upid, f"destroying {kind.label} {vmid}", long=True)
+
+    def owned_by(self, node: str, vmid: int, sandbox_id: str, row: dict | None = None) -> bool:
+        """Whether guest ``vmid`` carries ``sandbox_id``'s marker (False when it is gone).
+
+        The description is the authority; when it cannot be read, the guest's name (set to
+        the sandbox id at clone time) from ``row`` or ``/cluster/resources`` decides.
+        """
+        try:
+            config = self.guest_config(node, vmid)
+        except NotFound:
+            return False
+        except ProviderError:
+            row = row if row is not None else self.locate(vmid)
+            return row is not None and row.get("name") == dns_label(sandbox_id, "")
+        meta = meta_codec.parse(config.get("description"), config.get("tags"))
+        return meta is not None and meta.sandbox_id == sandbox_id
 
     # --- the contract ----------------------------------------------------------------------
 
@@ -328,7 +360,7 @@ class PveProvider(Provider):
     def _roll_back(self, node: str, vmid: int, sandbox_id: str, error: ProviderError) -> None:
         """Destroy what a failed create made (if it is ours), then raise ``error``."""
         try:
-            if self._owned_by(node, vmid, sandbox_id):
+            if self.owned_by(node, vmid, sandbox_id):
                 self.destroy(node, vmid, lock_wait=max(self.settings.lock_wait, 30.0))
             self.vmids.release(vmid)
         except ProviderError as cleanup:
@@ -339,14 +371,6 @@ class PveProvider(Provider):
                 ref=str(vmid),
             ) from error
         raise error
-
-    def _owned_by(self, node: str, vmid: int, sandbox_id: str) -> bool:
-        try:
-            config = self.guest_config(node, vmid)
-        except NotFound:
-            return False
-        meta = meta_codec.parse(config.get("description"), config.get("tags"))
-        return meta is not None and meta.sandbox_id == sandbox_id
 
     # --- snapshot versions -----------------------------------------------------------------
 

@@ -26,7 +26,7 @@ FIRST_POLL = 0.05
 SHORT_CAP = 0.25
 LONG_CAP = 2.0
 SHORT_PHASE = 10.0
-POLL_FAILURES = 5
+POLL_FAILURES = 3
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ class GuestRuntime:
         if secret is None:
             return  # like a real template's agent: no secret, no service
         server = AgentServer(guest.ip, self.agent_port, secret=secret, workdir=guest.disk)
-        guest.agent = server.start()
+        guest.agent = server.start(poll_interval=0.02)
 
     def stopped(self, guest: Guest) -> None:
         if guest.agent is not None:

@@ -18,6 +18,9 @@ calls, ``times`` times (None: for good). Kinds:
 ``exists``      someone made a guest with the requested VMID first (clone: ``newid``)
 ``task_fail``   do the work, but the task it starts ends with an error exit status
 ``slow``        the task it starts takes ``delay`` seconds
+
+With ``sticky=True`` a fault keeps failing that exact call (same path and parameters)
+for good once it fired, so retries of the step cannot get past it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -71,6 +75,17 @@ class Call:
     def step(self) -> str:
         return f"{self.method} {self.template}"
 
+    @property
+    def task_type(self) -> str:
+        """For task status calls: the type in the UPID (vzclone, qmstart ...)."""
+        upid = str(self.params.get("upid", ""))
+        parts = upid.split(":")
+        return parts[5] if len(parts) > 6 else ""
+
+    @property
+    def identity(self) -> tuple:
+        return (self.method, self.path, tuple(sorted((k, repr(v)) for k, v in self.params.items())))
+
 
 @dataclass
 class Fault:
@@ -81,19 +96,33 @@ class Fault:
     times: int | None = 1
     message: str | None = None
     delay: float | None = None
+    #: Once fired, hit every later call identical to the first one hit (same path and
+    #: parameters: its retries, and the service layer's retries of the operation), and no
+    #: other call: the step is broken, the rest of the cluster is not.
+    sticky: bool = False
+    #: Only calls this also accepts count (e.g. polls of one kind of task).
+    where: Callable[[Call], bool] | None = None
     seen: int = 0
     fired: int = 0
+    identity: tuple | None = None
 
     def matches(self, call: Call) -> bool:
-        return call.method == self.method and self.path in (call.template, call.path)
-
-    def take(self) -> bool:
-        self.seen += 1
-        if self.seen <= self.skip:
+        if self.identity is not None:
+            return call.identity == self.identity
+        if call.method != self.method or self.path not in (call.template, call.path):
             return False
+        return self.where is None or self.where(call)
+
+    def take(self, call: Call) -> bool:
+        if self.identity is None:
+            self.seen += 1
+            if self.seen <= self.skip:
+                return False
         if self.times is not None and self.fired >= self.times:
             return False
         self.fired += 1
+        if self.sticky:
+            self.identity = call.identity
         return True
 
 
@@ -217,7 +246,7 @@ class PveSimulator:
         with self._lock:
             self.calls.append(call)
             for fault in self.faults:
-                if fault.matches(call) and fault.take():
+                if fault.matches(call) and fault.take(call):
                     return fault
         return None
 

@@ -1,0 +1,49 @@
+"""Reservations in the database: the ``ReservationStore`` providers claim shared keys with.
+
+Atomic through ``Reservation``'s unique (namespace, key) constraint: two workers that
+try to claim the same key at once cannot both insert it, whatever the database.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from django.db import IntegrityError, OperationalError, transaction
+
+from sandboxes.models import Reservation
+
+#: Candidates tried per call before giving up (the caller skips keys already held).
+MAX_TRIES = 500
+#: SQLite answers "database is locked" under concurrent writers: wait and try again.
+BUSY_RETRIES = 50
+
+
+class DbReservationStore:
+    def reserve(self, namespace: str, candidates: Iterable[str], owner: str) -> str | None:
+        for tries, key in enumerate(candidates):
+            if tries >= MAX_TRIES:
+                return None
+            if self._insert(namespace, key, owner[:200]):
+                return key
+        return None
+
+    def _insert(self, namespace: str, key: str, owner: str) -> bool:
+        for attempt in range(BUSY_RETRIES):
+            try:
+                with transaction.atomic():
+                    Reservation.objects.create(namespace=namespace, key=key, owner=owner)
+                return True
+            except IntegrityError:
+                return False
+            except OperationalError as exc:
+                if "locked" not in str(exc).lower() or attempt == BUSY_RETRIES - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        return False
+
+    def release(self, namespace: str, key: str) -> None:
+        Reservation.objects.filter(namespace=namespace, key=key).delete()
+
+    def keys(self, namespace: str) -> set[str]:
+        return set(Reservation.objects.filter(namespace=namespace).values_list("key", flat=True))
