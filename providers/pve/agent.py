@@ -31,7 +31,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-SECRET_ENV = "SANDBOX_AGENT_SECRET"
+SECRET_ENV = "SANDBOX_AGENT_SECRET"  # noqa: S105 - the variable's name, not a secret
 DEFAULT_PORT = 7391
 #: Requests whose time is further than this from the agent's clock are refused.
 CLOCK_WINDOW = 120.0

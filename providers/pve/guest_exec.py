@@ -38,7 +38,7 @@ def vm_exec(
     command: str | Sequence[str],
     timeout: float,
 ) -> ExecResult:
-    seconds = max(1, int(round(timeout)))
+    seconds = max(1, round(timeout))
     argv = ["/bin/sh", "-c", _WRAPPER, "sandbox-exec", workdir, str(seconds), *as_argv(command)]
     base = f"nodes/{node}/qemu/{vmid}/agent"
     started = time.monotonic()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from django.test import override_settings
 
-from sandboxes.models import Sandbox, Team
+from sandboxes.models import Preset, Sandbox, Team
 from sandboxes.services import backends
 from sandboxes.services.actors import Actor
 from sandboxes.services.lifecycle import create_sandbox, perform_operation
@@ -46,6 +46,11 @@ def service_rig(sim: PveSimulator, kind: str, slug: str, **settings: str) -> Ite
     config = {"SANDBOX_PROVIDERS": kind, **sim.config(**settings)}
     with override_settings(SANDBOX_PROVIDER_CONFIG=config):
         backends.reset()
+        # Transactional tests empty the tables the migrations seeded: make sure it is there.
+        Preset.objects.get_or_create(
+            id=PRESET,
+            defaults={"vcpus": 1, "memory_mb": 1024, "disk_gb": 8, "providers": [kind]},
+        )
         team = create_team(slug=slug, actor=Actor.system())
         Team.objects.filter(pk=team.pk).update(max_sandboxes=0, max_vcpus=0, max_memory_mb=0)
         team.refresh_from_db()

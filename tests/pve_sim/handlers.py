@@ -61,10 +61,6 @@ def route(method: str, *templates: str) -> Callable[[Handler], Handler]:
     return register
 
 
-def _kind(template_or_path: str) -> str:
-    return LXC if "/lxc" in template_or_path else QEMU
-
-
 def _guest(req: Request, p: dict, kind: str) -> Guest:
     return req.cluster.guest(p["node"], kind, p["vmid"])
 
@@ -202,25 +198,18 @@ HANDLERS[("GET", "/nodes/{node}/lxc")] = _lister(LXC)
 HANDLERS[("GET", "/nodes/{node}/qemu")] = _lister(QEMU)
 
 
+_NUMERIC = {"cores", "memory", "swap", "template", "onboot", "cpuunits", "unprivileged"}
+
+
 @_both("GET", "/config")
 def get_config(req: Request, p: dict, kind: str) -> dict:
     guest = _guest(req, p, kind)
-    config = dict(guest.config)
+    # PVE answers numbers as JSON numbers.
+    config: dict = {
+        k: int(v) if k in _NUMERIC and v.isdigit() else v for k, v in guest.config.items()
+    }
     config["digest"] = format(abs(hash(tuple(sorted(config.items())))), "040x")[:40]
     return config
-
-
-CONFIG_KEYS = {
-    "cores",
-    "memory",
-    "description",
-    "tags",
-    "hostname",
-    "name",
-    "env",
-    "agent",
-    "onboot",
-}
 
 
 def _apply_config(guest: Guest, p: dict) -> None:
@@ -358,7 +347,8 @@ def clone(req: Request, p: dict, kind: str) -> str:
         other = c.guests[newid]
         raise ApiError(
             500,
-            f"unable to create {label} {newid} - {other.label} {newid} already exists on node '{other.node}'",
+            f"unable to create {label} {newid} - {other.label} {newid} "
+            f"already exists on node '{other.node}'",
         )
     target = p.get("target", p["node"])
     c.node(target)
@@ -403,10 +393,8 @@ def clone(req: Request, p: dict, kind: str) -> str:
         config["net0"] += f",hwaddr={mac_address()}"
     else:
         config["net0"] = re.sub(r"^[a-z0-9]+=[0-9A-F:]+", f"virtio={mac_address()}", config["net0"])
-    if full:
-        new_volume = f"{storage_id}:vm-{newid}-disk-0"
-    else:
-        new_volume = f"{volume}/vm-{newid}-disk-0"
+    # A linked clone's volume names the template's base volume it is a child of.
+    new_volume = f"{storage_id}:vm-{newid}-disk-0" if full else f"{volume}/vm-{newid}-disk-0"
     guest = Guest(newid, kind, target, config, c.new_disk(), base=None if full else source.vmid)
     guest.set_volume(new_volume, size)
     c.guests[newid] = guest
@@ -449,7 +437,7 @@ def resize(req: Request, p: dict, kind: str) -> str:
 
     def done() -> None:
         guest.config.pop("lock", None)
-        guest.set_volume(volume, int(round(wanted)))
+        guest.set_volume(volume, round(wanted))
 
     def failed() -> None:
         guest.config.pop("lock", None)
@@ -491,9 +479,8 @@ def destroy(req: Request, p: dict, kind: str) -> str:
     c = req.cluster
     guest = _guest(req, p, kind)
     guest.check_lock()
-    if guest.status == "running":
-        if not (kind == LXC and p.get("force")):
-            raise ApiError(500, f"{guest.label} {guest.vmid} is running - destroy failed")
+    if guest.status == "running" and not (kind == LXC and p.get("force")):
+        raise ApiError(500, f"{guest.label} {guest.vmid} is running - destroy failed")
     clones = c.linked_clones(guest.vmid)
     if clones:
         volume, _ = guest.volume()

@@ -25,6 +25,7 @@ for good once it fired, so retries of the step cannot get past it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -136,7 +137,7 @@ class PveSimulator:
         root: Path | None = None,
         *,
         task_delay: float = 0.02,
-        token_id: str = "root@pam!sandboxes",
+        token_id: str = "root@pam!sandboxes",  # noqa: S107 - a token *id*, not a secret
         token_secret: str | None = None,
         guest_workdir: str = "/root/work",
         hang_seconds: float = 5.0,
@@ -383,10 +384,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(status, {"data": data})
         except _Dropped:
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         except ApiError as exc:
             body: dict[str, Any] = {"data": None, "message": exc.message + "\n"}
             if exc.errors:
