@@ -199,9 +199,9 @@ class PveSimulator:
             **extra,
         }
 
-    def start(self) -> PveSimulator:
+    def start(self, port: int = 0) -> PveSimulator:
         handler = type("Handler", (_Handler,), {"sim": self})
-        self.httpd = _TlsServer(("127.0.0.1", 0), handler, self.cert_file, self.key_file)
+        self.httpd = _TlsServer(("127.0.0.1", port), handler, self.cert_file, self.key_file)
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
         return self
@@ -350,6 +350,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Like pveproxy, answer without waiting for delayed ACKs (Nagle would add 40 ms).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             self.connection.do_handshake()
         except (ssl.SSLError, OSError):

@@ -107,6 +107,7 @@ class Task:
     fail_message: str | None = None
     status: str = "running"
     exitstatus: str | None = None
+    created: float = 0.0  # wall-clock time the task began (benchmarks measure against it)
 
     def as_json(self) -> dict:
         data = {
@@ -247,6 +248,7 @@ class Cluster:
         task = Task(
             upid, node, type_, id_, user, starttime, pid, pstart, now + delay, on_ok, on_fail
         )
+        task.created = now
         self.tasks[upid] = task
         return task
 
