@@ -112,8 +112,10 @@ class PveProvider(Provider):
             current = hint if hint is not None else self.locate(vmid)
             if current is None:
                 return
-        if current.get("lock") == "suspended":  # hibernated VM: resume so it can be stopped
-            upid = c.call("POST", kind.path(node, vmid, "status/start"), {}, lock_wait=wait)
+        if current.get("lock") == "suspended":  # wake it first so that it can be stopped
+            paused = current.get("status") == "running"  # a suspended CT; else a hibernated VM
+            action = "status/resume" if paused else "status/start"
+            upid = c.call("POST", kind.path(node, vmid, action), {}, lock_wait=wait)
             self.wait(upid, f"waking {kind.label} {vmid} to delete it")
             current = {**current, "status": "running"}
         if current.get("status") == "running":

@@ -246,6 +246,17 @@ def test_pause_is_unsupported_for_containers_unless_switched_on(sim, lxc):
         instance.pause()
     on = PveLxcProvider.from_config(sim.config(PVE_LXC_SUSPEND="1"))
     assert on.capabilities.supports_pause
+    paused = on.create(spec("sbx-criu"), "9000", meta("sbx-criu"))
+    paused.start()
+    paused.pause()
+    assert on.get(paused.id).status == InstanceStatus.PAUSED
+    with pytest.raises(Conflict):
+        paused.exec("true", timeout=5)
+    paused.resume()
+    assert paused.exec("echo back", timeout=5).stdout == "back\n"
+    paused.pause()
+    paused.delete()  # a suspended CT is woken, stopped and destroyed
+    assert int(paused.id) not in sim.cluster.guests
 
 
 def test_vm_hibernate_keeps_state_in_pve_and_health_and_metrics(sim):

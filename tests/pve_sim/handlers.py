@@ -286,12 +286,13 @@ def stop(req: Request, p: dict, kind: str) -> str:
         guest.check_lock()
     if guest.status != "running":
         raise ApiError(500, f"{guest.label} {guest.vmid} not running")
-    return req.task(
-        p["node"],
-        "vzstop" if kind == LXC else "qmstop",
-        p["vmid"],
-        on_ok=lambda: req.cluster.halt(guest),
-    )
+
+    def done() -> None:
+        if kind == LXC and guest.config.get("lock") == "suspended":
+            guest.config.pop("lock")
+        req.cluster.halt(guest)
+
+    return req.task(p["node"], "vzstop" if kind == LXC else "qmstop", p["vmid"], on_ok=done)
 
 
 @_both("POST", "/status/shutdown")
@@ -310,7 +311,9 @@ def suspend(req: Request, p: dict, kind: str) -> str:
     def done() -> None:
         if guest.status != "running":
             raise ApiError(500, f"{guest.label} {guest.vmid} not running")
-        if to_disk:
+        if kind == LXC:  # CRIU checkpoint: modelled as a frozen CT under a 'suspended' lock
+            guest.config["lock"] = "suspended"
+        elif to_disk:
             volume, _ = guest.volume()
             storage = volume.split(":")[0]
             guest.config["vmstate"] = f"{storage}:vm-{guest.vmid}-state-suspend-{int(time.time())}"
@@ -330,6 +333,8 @@ def resume(req: Request, p: dict, kind: str) -> str:
 
     def done() -> None:
         guest.qmpstatus = "running"
+        if kind == LXC:
+            guest.config.pop("lock", None)
 
     return req.task(p["node"], "vzresume" if kind == LXC else "qmresume", p["vmid"], on_ok=done)
 

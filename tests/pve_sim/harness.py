@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from providers.pve import PveLxcProvider, PveProvider, PveVmProvider
+from tests.pve_sim.schema import APIDOC
 from tests.pve_sim.server import PveSimulator
 from tests.system import require
 
@@ -17,6 +18,7 @@ VM_TEMPLATE = 9100
 
 def require_for(kind: str) -> None:
     require("openssl", shutil.which("openssl") is not None, "apt-get install openssl")
+    require("PVE API schema", APIDOC.is_file(), f"{APIDOC} is missing (set PVE_APIDOC)")
     if kind == "pve-vm":
         require(
             "bubblewrap",

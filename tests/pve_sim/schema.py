@@ -12,6 +12,7 @@ one message per parameter in ``errors``).
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +20,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-APIDOC = Path(__file__).resolve().parents[3] / "shared" / "pve-apidoc.json"
+#: The project's shared/ folder sits beside the repository (override: PVE_APIDOC).
+APIDOC = Path(
+    os.environ.get("PVE_APIDOC")
+    or Path(__file__).resolve().parents[3] / "shared" / "pve-apidoc.json"
+)
 
 _INT = re.compile(r"-?\d+")
 _NUMBER = re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
