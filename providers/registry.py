@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 BUILTIN_PROVIDERS: dict[str, str] = {
     "morph": "providers.morph:MorphProvider",
     "docker": "providers.docker_provider:DockerProvider",
+    "pve-lxc": "providers.pve:PveLxcProvider",
+    "pve-vm": "providers.pve:PveVmProvider",
 }
 
 #: Providers registered at run time (the test suite's in-memory provider). Never offered

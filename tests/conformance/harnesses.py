@@ -110,8 +110,26 @@ def docker_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provide
         )
 
 
+def _pve_harness(kind: str) -> Harness:
+    @contextlib.contextmanager
+    def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProviderUnderTest]:
+        from tests.pve_sim.harness import simulated, template_for
+
+        root = tmp_path_factory.mktemp(kind)
+        with simulated(kind, root) as (_sim, provider):
+            yield ProviderUnderTest(
+                provider=provider,
+                snapshot_ref=template_for(kind),
+                missing_snapshot_ref="8999",
+            )
+
+    return harness
+
+
 HARNESSES: dict[str, Harness] = {
     "memory": memory_harness,
     "morph": morph_harness,
     "docker": docker_harness,
+    "pve-lxc": _pve_harness("pve-lxc"),
+    "pve-vm": _pve_harness("pve-vm"),
 }
