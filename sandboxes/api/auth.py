@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from sandboxes.models import ApiToken, Membership, Role, Team
+from sandboxes.current_team import team_context
+from sandboxes.models import ApiToken, Role, Team
 from sandboxes.services.actors import Actor
 from sandboxes.services.tokens import authenticate_token
 
-#: The session key the dashboard's team switcher sets (a team slug).
-SESSION_TEAM_KEY = "current_team"
 INVALID_TOKEN = "invalid, expired or revoked API token"  # noqa: S105 - a message
 
 
@@ -70,21 +69,9 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         return f'{self.keyword} realm="api"'
 
 
-def session_team(user, slug: str | None) -> Team | None:
-    """The team a signed-in user works in: the session's choice, else their first team."""
-    memberships = Membership.objects.filter(user=user).select_related("team")
-    teams = sorted((m.team for m in memberships), key=lambda t: t.slug)
-    if slug:
-        chosen = next((t for t in teams if t.slug == slug), None)
-        if chosen is None and user.is_superuser:
-            chosen = Team.objects.filter(slug=slug).first()
-        if chosen is not None:
-            return chosen
-    return teams[0] if teams else None
-
-
 class TeamSessionAuthentication(authentication.SessionAuthentication):
-    """The dashboard's own calls: the session's user in the session's current team.
+    """The dashboard's own calls: the session's user in the session's current team
+    (``sandboxes.current_team``: the session key ``current_team``, else the first team).
 
     Unsafe methods need the CSRF token, as everywhere on the site.
     """
@@ -94,8 +81,7 @@ class TeamSessionAuthentication(authentication.SessionAuthentication):
         if result is None:
             return None
         user = result[0]
-        team = session_team(user, request._request.session.get(SESSION_TEAM_KEY))
-        principal = _principal(Actor.for_user(user), team) if team is not None else None
-        if principal is None:
+        context = team_context(request._request)  # the dashboard's own choice of team
+        if context is None:
             raise exceptions.PermissionDenied("you are not a member of any team")
-        return user, principal
+        return user, Principal(team=context.team, role=context.role, actor=Actor.for_user(user))

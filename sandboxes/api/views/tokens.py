@@ -28,7 +28,10 @@ class TokenView(TeamView):
     def get_queryset(self):
         if self.schema_only:
             return ApiToken.objects.none()
-        return selectors.tokens_for_user(self.request.user, self.team)
+        # Ordered to the row, so pages never overlap.
+        return selectors.api_tokens(self.team, user=self.request.user).order_by(
+            "-created_at", "-pk"
+        )
 
 
 class TokenListView(mixins.ListModelMixin, TokenView):
