@@ -27,7 +27,9 @@ test: install
 	$(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null --settings=config.settings_test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# wrk is the API benchmark's load generator (without it, a slower Python client is used).
 bench: install system-packages
+	@scripts/ensure-system-packages wrk || echo "no wrk: bench_api uses its Python load generator"
 	$(BIN)/python -m bench
 
 lint:

@@ -43,13 +43,26 @@ def _count_in_database(key: str, window: int) -> int:
                             THEN {table}."window" ELSE excluded."window" END
         RETURNING "count"
     """  # noqa: S608 - the table name comes from the model, the values are parameters
-    if connection.vendor != "postgresql" or connection.in_atomic_block:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [key, window])
-            return cursor.fetchone()[0]
-    # A counter lost in a crash costs nothing, but waiting for the WAL to reach the disk
-    # on every API request would cost more than the rest of the request.
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL synchronous_commit TO OFF")
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql" and not connection.in_atomic_block:
+            # A counter lost in a crash costs nothing, but waiting for the WAL to reach
+            # the disk on every API request would cost more than the rest of the request:
+            # the upsert commits asynchronously.
+            return _upsert_without_waiting_for_the_disk(cursor, sql, [key, window])
         cursor.execute(sql, [key, window])
+        return cursor.fetchone()[0]
+
+
+def _upsert_without_waiting_for_the_disk(cursor, sql: str, params: list) -> int:
+    import psycopg
+
+    if isinstance(cursor.cursor, psycopg.ClientCursor):
+        # Django's default (client-side binding) sends both statements in one round trip;
+        # together they are one implicit transaction, which SET LOCAL applies to.
+        cursor.execute("SET LOCAL synchronous_commit TO OFF;" + sql, params)
+        cursor.nextset()
+        return cursor.fetchone()[0]
+    with transaction.atomic():  # server-side binding: one statement per round trip
+        cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        cursor.execute(sql, params)
         return cursor.fetchone()[0]

@@ -120,3 +120,21 @@ def test_counters_count_per_window_on_both_stores(settings, store):
         assert ThrottleCounter.objects.count() == 2  # one row per key, whatever the windows
     else:
         caches["throttle"].delete_many([f"{key}:7", f"{key}:8", f"{key}:other:7"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_the_counter_commits_on_its_own_and_leaves_the_session_alone(settings):
+    from django.db import connection
+
+    require(
+        "PostgreSQL",
+        connection.vendor == "postgresql",
+        "run with DATABASE_URL=postgres://postgres@127.0.0.1:5432/sandboxes",
+    )
+    settings.SANDBOX_API_THROTTLE_STORE = "database"
+    assert [count_request("pg:test", window=1, period=60) for _ in range(2)] == [1, 2]
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"  # SET LOCAL ended with the upsert's transaction
+    assert not connection.in_atomic_block
+    assert ThrottleCounter.objects.get(key="pg:test").count == 2
