@@ -73,6 +73,23 @@ class TeamSessionScheme(OpenApiAuthenticationExtension):
         }
 
 
+#: Headers the common error responses carry.
+ERROR_HEADERS = {
+    "401": {
+        "WWW-Authenticate": {
+            "schema": {"type": "string"},
+            "description": 'Bearer realm="api"',
+        }
+    },
+    "429": {
+        "Retry-After": {
+            "schema": {"type": "integer", "minimum": 1},
+            "description": "Seconds until the team's current window ends.",
+        }
+    },
+}
+
+
 def add_error_responses(result: dict, generator, request, public) -> dict:
     """Postprocessing hook: the one error shape, and the errors any operation can give.
 
@@ -87,13 +104,12 @@ def add_error_responses(result: dict, generator, request, public) -> dict:
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
             for code, description in COMMON_ERRORS.items():
-                responses.setdefault(
-                    code,
-                    {
-                        "description": description,
-                        "content": {"application/json": {"schema": ERROR_REF}},
-                    },
+                content = {"application/json": {"schema": ERROR_REF}}
+                response = responses.setdefault(
+                    code, {"description": description, "content": content}
                 )
+                if code in ERROR_HEADERS:
+                    response.setdefault("headers", {}).update(ERROR_HEADERS[code])
             for response in responses.values():
                 content = response.get("content", {}).get("application/json", {})
                 if content.get("schema", {}).get("$ref") == "#/components/schemas/Error":

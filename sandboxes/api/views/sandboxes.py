@@ -35,6 +35,21 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
         "request created (202, header Idempotent-Replayed: true) instead of a second one."
     ),
 )
+LOCATION = OpenApiParameter(
+    "Location",
+    str,
+    OpenApiParameter.HEADER,
+    response=[202],
+    description="The sandbox's URL.",
+)
+REPLAYED = OpenApiParameter(
+    "Idempotent-Replayed",
+    str,
+    OpenApiParameter.HEADER,
+    response=[202],
+    enum=["true"],
+    description="Present when a retried create answered the first request's sandbox.",
+)
 CONFLICT = OpenApiResponse(s.ErrorSerializer, description="Not possible in the current state.")
 PROVIDER_DOWN = OpenApiResponse(s.ErrorSerializer, description="The provider failed.")
 
@@ -96,7 +111,7 @@ class SandboxListView(mixins.ListModelMixin, TeamView):
         operation_id="sandboxes_create",
         summary="Create a sandbox (answers 202 with it in starting)",
         request=s.SandboxCreateSerializer,
-        parameters=[IDEMPOTENCY_HEADER],
+        parameters=[IDEMPOTENCY_HEADER, LOCATION, REPLAYED],
         responses={202: s.SandboxSerializer, 409: CONFLICT},
     )
     def post(self, request: Request) -> Response:
