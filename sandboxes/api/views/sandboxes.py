@@ -125,7 +125,7 @@ class SandboxListView(mixins.ListModelMixin, TeamView):
                     409,
                     "idempotency_key_reused",
                     "this Idempotency-Key was used for a different request",
-                    fields={key_0: ["differs from the first request"] for key_0 in differing},
+                    fields={field: ["differs from the first request"] for field in differing},
                 )
             return accepted(existing, **{"Idempotent-Replayed": "true"})
         sandbox = lifecycle.create_sandbox(
