@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from providers.base import Provider
 
-BUILTIN_PROVIDERS: dict[str, str] = {}
+BUILTIN_PROVIDERS: dict[str, str] = {
+    "local": "providers.local:LocalProvider",
+}
 
 #: Providers registered at run time (the test suite's in-memory provider). Never offered
 #: to users unless a setting names them.

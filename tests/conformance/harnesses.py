@@ -80,6 +80,15 @@ def memory_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provide
     yield ProviderUnderTest(provider=memory_provider.MemoryProvider(), snapshot_ref="base")
 
 
+@contextlib.contextmanager
+def local_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProviderUnderTest]:
+    from tests.local_support import local_provider
+
+    with local_provider(tmp_path_factory.mktemp("local-sandboxes")) as provider:
+        yield ProviderUnderTest(provider=provider, snapshot_ref="base")
+
+
 HARNESSES: dict[str, Harness] = {
     "memory": memory_harness,
+    "local": local_harness,
 }

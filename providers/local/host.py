@@ -1,0 +1,59 @@
+"""What this host offers the local provider, probed once per process."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+BWRAP_HINT = "apt-get install -y bubblewrap (or `make system-packages`)"
+
+
+def find_bwrap(configured: str) -> str | None:
+    if os.sep in configured:
+        return configured if os.access(configured, os.X_OK) else None
+    return shutil.which(configured)
+
+
+def overlay_supported() -> bool:
+    try:
+        return "overlay" in Path("/proc/filesystems").read_text().split()
+    except OSError:
+        return False
+
+
+def blocking_problems(bwrap: str) -> list[str]:
+    """What stops sandboxes from running at all, each with its fix."""
+    problems = []
+    if find_bwrap(bwrap) is None:
+        problems.append(f"bubblewrap ({bwrap}) is not installed: {BWRAP_HINT}")
+    if os.geteuid() != 0:
+        problems.append(
+            "the local provider needs root to mount overlays and enter sandboxes: run the "
+            "control plane as root, or use the docker provider"
+        )
+    if not overlay_supported():
+        problems.append("the kernel has no overlayfs: load it with `modprobe overlay`")
+    return problems
+
+
+@functools.cache
+def checkpoint_problem() -> str:
+    """Why hibernating (checkpointing a sandbox's memory to disk) is not offered."""
+    criu = shutil.which("criu")
+    if criu is None:
+        return "hibernate needs CRIU checkpointing, which is not installed on this host"
+    try:
+        done = subprocess.run([criu, "check"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"hibernate needs CRIU checkpointing; `criu check` failed here: {exc}"
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        detail = lines[-1] if lines else f"exit status {done.returncode}"
+        return f"hibernate needs CRIU checkpointing; `criu check` fails on this host: {detail}"
+    return (
+        "CRIU works on this host, but the local provider does not checkpoint sandboxes yet; "
+        "pause keeps memory instead"
+    )

@@ -1,0 +1,256 @@
+"""Starting a sandbox: overlay mounts in a private mount namespace, then bubblewrap.
+
+The process tree of a running sandbox, all inside its cgroups:
+
+    bwrap (supervisor, host pid namespace)
+      └─ sbx-init (pid 1 inside: reaps orphans, forks exec'd commands; see sbx-init.c)
+
+or, where no C compiler could build sbx-init, bubblewrap's own init with a
+``sleep infinity`` under it (exec then enters the namespaces from outside).
+
+Nothing of it is a Python process, and it does not depend on the process that started it:
+that one may exit (web or worker restart) and the sandbox keeps running; it is found
+again from its state file. The overlay mounts live only in the sandbox's own mount
+namespace, so they disappear with it and never leak into the host's mount table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from providers.errors import OperationFailed
+from providers.local import syscalls
+from providers.local.state import Runtime, boot_id, process_start_ticks
+
+WORKDIR = "/workspace"
+SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: Overlay options pinned so layers stay plain directories whatever the host's defaults.
+OVERLAY_OPTIONS = "index=off,metacopy=off,redirect_dir=off"
+READY_TIMEOUT = 15.0
+
+#: Supervisors this process started, by pid, so they can be reaped when they exit.
+_children: dict[int, subprocess.Popen] = {}
+
+
+def sandbox_env(sandbox_id: str) -> dict[str, str]:
+    """The whole environment of processes in a sandbox: nothing comes from the host."""
+    return {
+        "PATH": SANDBOX_PATH,
+        "HOME": "/root",
+        "USER": "root",
+        "LOGNAME": "root",
+        "SHELL": "/bin/sh",
+        "HOSTNAME": sandbox_id,
+        "LANG": "C.UTF-8",
+    }
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One overlay: ``target`` (relative to the sandbox root) from these directories."""
+
+    target: str
+    lowers: list[Path]
+    upper: Path
+    work: Path
+
+    def options(self, base: Path) -> str:
+        # Paths relative to the root keep the option string short (the kernel takes one
+        # page) even for deep snapshot chains.
+        def short(path: Path) -> str:
+            with contextlib.suppress(ValueError):
+                return str(path.relative_to(base))
+            return str(path)
+
+        lower = ":".join(short(p) for p in self.lowers)
+        return (
+            f"lowerdir={lower},upperdir={short(self.upper)},workdir={short(self.work)},"
+            f"{OVERLAY_OPTIONS}"
+        )
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    sandbox_id: str
+    bwrap: str
+    root: Path
+    merged: Path
+    mounts: list[Mount]
+    cgroup_procs: list[str]
+    log: Path
+    #: The compiled sbx-init, or None to use bubblewrap's init.
+    init_binary: Path | None = None
+    #: Where sbx-init's exec socket is bound (host side, never visible inside).
+    exec_socket: Path | None = None
+
+
+INIT_PATH = "/dev/.sbx-init"
+
+
+def bwrap_argv(
+    spec: LaunchSpec, ready_fd: int, info_fd: int, listen_fd: int | None = None
+) -> list[str]:
+    argv = [
+        spec.bwrap,
+        "--bind", str(spec.merged), "/",
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup",
+        "--hostname", spec.sandbox_id,
+        "--new-session",
+        "--cap-drop", "ALL",
+    ]  # fmt: skip
+    for name in syscalls.SANDBOX_CAPS:
+        argv += ["--cap-add", name]
+    argv.append("--clearenv")
+    for key, value in sandbox_env(spec.sandbox_id).items():
+        argv += ["--setenv", key, value]
+    argv += ["--chdir", WORKDIR, "--info-fd", str(info_fd)]
+    if spec.init_binary is not None and listen_fd is not None:
+        # /dev is bwrap's own tmpfs: the bind leaves no trace in the sandbox's layers.
+        argv += ["--as-pid-1", "--ro-bind", str(spec.init_binary), INIT_PATH, "--"]
+        return [*argv, INIT_PATH, str(listen_fd), str(ready_fd)]
+    # The init tells us it runs inside the finished root, then becomes a long sleep.
+    argv += ["--", "/bin/sh", "-c", f"echo >&{ready_fd}; exec sleep infinity {ready_fd}>&-"]
+    return argv
+
+
+def listen_socket(path: Path) -> socket.socket:
+    """Bind the exec socket (mode 0600, in a 0700 directory only the host sees)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        directory = os.open(path.parent, os.O_PATH | os.O_CLOEXEC)
+        try:
+            server.bind(f"/proc/self/fd/{directory}/{path.name}")
+        finally:
+            os.close(directory)
+        os.chmod(path, 0o600)
+        server.listen(64)
+    except BaseException:
+        server.close()
+        raise
+    return server
+
+
+def _prepare(spec: LaunchSpec, error_fd: int) -> None:
+    """Runs in the forked child before bwrap: cgroups, private mounts, overlays."""
+    try:
+        for procs in spec.cgroup_procs:
+            with open(procs, "w") as handle:
+                handle.write("0")
+        syscalls.unshare(syscalls.CLONE_NEWNS)
+        syscalls.mount("none", "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE, None)
+        os.chdir(spec.root)
+        for mount in spec.mounts:
+            target = spec.merged / mount.target.lstrip("/")
+            syscalls.mount("overlay", str(target), "overlay", 0, mount.options(spec.root))
+        os.chdir("/")
+    except BaseException as exc:
+        os.write(error_fd, str(exc).encode()[:2000])
+        raise
+
+
+def launch(spec: LaunchSpec) -> Runtime:
+    """Start the sandbox's init and wait until it runs in its finished root."""
+    ready_r, ready_w = os.pipe()
+    info_r, info_w = os.pipe()
+    error_r, error_w = os.pipe()
+    process = None
+    server = None
+    try:
+        passed = [ready_w, info_w]
+        if spec.init_binary is not None and spec.exec_socket is not None:
+            server = listen_socket(spec.exec_socket)
+            passed.append(server.fileno())
+        with open(spec.log, "wb") as log:
+            try:
+                process = subprocess.Popen(
+                    bwrap_argv(spec, ready_w, info_w, server.fileno() if server else None),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    pass_fds=passed,
+                    preexec_fn=lambda: _prepare(spec, error_w),
+                    start_new_session=True,
+                )
+            except (subprocess.SubprocessError, OSError) as exc:
+                os.close(error_w)
+                error_w = -1
+                detail = os.read(error_r, 4000).decode(errors="replace") or str(exc)
+                raise OperationFailed(
+                    f"could not set up sandbox {spec.sandbox_id}: {detail}"
+                ) from exc
+        for fd in (ready_w, info_w, error_w):
+            if fd >= 0:
+                os.close(fd)
+        ready_w = info_w = error_w = -1
+        _children[process.pid] = process
+        if not _wait_ready(ready_r, process):
+            raise OperationFailed(
+                f"sandbox {spec.sandbox_id} did not start: {_tail(spec.log) or 'no output'}"
+            )
+        info = json.loads(os.read(info_r, 65536).decode() or "{}")
+        pid = int(info["child-pid"])
+        ticks = process_start_ticks(pid)
+        if ticks is None:
+            raise OperationFailed(f"sandbox {spec.sandbox_id} exited while starting")
+        return Runtime(
+            pid=pid,
+            start_ticks=ticks,
+            boot_id=boot_id(),
+            supervisor=process.pid,
+            exec_socket=server is not None,
+        )
+    except BaseException:
+        if process is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
+            reap(process.pid, timeout=2)
+        raise
+    finally:
+        if server is not None:
+            server.close()
+        for fd in (ready_r, ready_w, info_r, info_w, error_r, error_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def _wait_ready(ready_fd: int, process: subprocess.Popen) -> bool:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([ready_fd], [], [], 0.5)
+        if readable:
+            return os.read(ready_fd, 1) == b"\n"
+        if process.poll() is not None:
+            return False
+    return False
+
+
+def _tail(path: Path) -> str:
+    with contextlib.suppress(OSError):
+        return path.read_text(errors="replace").strip()[-1000:]
+    return ""
+
+
+def reap(supervisor: int, *, timeout: float = 0.0) -> None:
+    """Collect the exit status of a supervisor this process started (no zombie left)."""
+    process = _children.get(supervisor)
+    if process is None:
+        return
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return
+    _children.pop(supervisor, None)
