@@ -24,15 +24,32 @@ def overlay_supported() -> bool:
         return False
 
 
+def rootless() -> bool:
+    return os.geteuid() != 0
+
+
+def user_namespaces_allowed() -> bool:
+    for path, minimum in (
+        ("/proc/sys/user/max_user_namespaces", 1),
+        ("/proc/sys/kernel/unprivileged_userns_clone", 1),  # Debian's switch, if present
+    ):
+        try:
+            if int(Path(path).read_text()) < minimum:
+                return False
+        except (OSError, ValueError):
+            continue
+    return True
+
+
 def blocking_problems(bwrap: str) -> list[str]:
     """What stops sandboxes from running at all, each with its fix."""
     problems = []
     if find_bwrap(bwrap) is None:
         problems.append(f"bubblewrap ({bwrap}) is not installed: {BWRAP_HINT}")
-    if os.geteuid() != 0:
+    if rootless() and not user_namespaces_allowed():
         problems.append(
-            "the local provider needs root to mount overlays and enter sandboxes: run the "
-            "control plane as root, or use the docker provider"
+            "not running as root and unprivileged user namespaces are disabled: run the "
+            "control plane as root, or `sysctl -w kernel.unprivileged_userns_clone=1`"
         )
     if not overlay_supported():
         problems.append("the kernel has no overlayfs: load it with `modprobe overlay`")

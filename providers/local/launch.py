@@ -34,7 +34,7 @@ from providers.local.state import Runtime, boot_id, process_start_ticks
 WORKDIR = "/workspace"
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: Overlay options pinned so layers stay plain directories whatever the host's defaults.
-OVERLAY_OPTIONS = "index=off,metacopy=off,redirect_dir=off"
+OVERLAY_OPTIONS = "index=off,metacopy=off"
 READY_TIMEOUT = 15.0
 
 #: Supervisors this process started, by pid, so they can be reaped when they exit.
@@ -91,6 +91,8 @@ class LaunchSpec:
     init_binary: Path | None = None
     #: Where sbx-init's exec socket is bound (host side, never visible inside).
     exec_socket: Path | None = None
+    #: Not root: the sandbox gets a user namespace mapping root inside to this user.
+    rootless: bool = False
 
 
 INIT_PATH = "/dev/.sbx-init"
@@ -149,16 +151,31 @@ def _prepare(spec: LaunchSpec, error_fd: int) -> None:
         for procs in spec.cgroup_procs:
             with open(procs, "w") as handle:
                 handle.write("0")
-        syscalls.unshare(syscalls.CLONE_NEWNS)
+        extra = ",redirect_dir=off"
+        if spec.rootless:
+            _enter_user_namespace()
+            extra = ",userxattr"  # it implies redirect_dir=nofollow
+        else:
+            syscalls.unshare(syscalls.CLONE_NEWNS)
         syscalls.mount("none", "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE, None)
         os.chdir(spec.root)
         for mount in spec.mounts:
             target = spec.merged / mount.target.lstrip("/")
-            syscalls.mount("overlay", str(target), "overlay", 0, mount.options(spec.root))
+            options = mount.options(spec.root) + extra
+            syscalls.mount("overlay", str(target), "overlay", 0, options)
         os.chdir("/")
     except BaseException as exc:
         os.write(error_fd, str(exc).encode()[:2000])
         raise
+
+
+def _enter_user_namespace() -> None:
+    """Become root of a new user namespace (mapped to the calling user) with its own mounts."""
+    uid, gid = os.geteuid(), os.getegid()
+    syscalls.unshare(syscalls.CLONE_NEWUSER | syscalls.CLONE_NEWNS)
+    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as handle:
+            handle.write(text)
 
 
 def launch(spec: LaunchSpec) -> Runtime:

@@ -39,7 +39,15 @@ from providers.local.state import Store, atomic_write, locked, raise_disk_full
 BASE_REF = "base"
 BASE_FORMAT = 1
 SNAPSHOT_RE = re.compile(r"snap-[0-9a-f]{16}")
-OPAQUE = "trusted.overlay.opaque"
+#: overlayfs marks opaque directories with a trusted.* xattr; mounted by an unprivileged
+#: user (``userxattr``), with a user.* one.
+OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+
+
+def opaque_xattr(privileged: bool) -> str:
+    return OPAQUE_XATTRS[0] if privileged else OPAQUE_XATTRS[1]
+
+
 #: Overlay parts: mount point inside the sandbox -> the part's directory name in a layer.
 PARTS = {"/": "root", "/usr": "usr"}
 
@@ -268,7 +276,7 @@ def build_base(target: Path, host_usr: Path) -> None:
     for name in USR_LOCAL_DIRS:
         (local / name).mkdir()
     os.symlink("share/man", local / "man")
-    os.setxattr(local, OPAQUE, b"y")
+    os.setxattr(local, opaque_xattr(os.geteuid() == 0), b"y")
     manifest = {"format": BASE_FORMAT, "parts": {"root": ["root"], "usr": ["usr", str(host_usr)]}}
     (target / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
@@ -352,10 +360,11 @@ def _copy_tree(source: Path, dest: Path) -> None:
 
 
 def _is_opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, OPAQUE, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
+    for name in OPAQUE_XATTRS:
+        with contextlib.suppress(OSError):
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+    return False
 
 
 def _apply_layer(layer: Path, target: Path) -> None:

@@ -130,13 +130,21 @@ class LocalProvider(Provider):
         metrics = "memory" in self.cgroups.roles
         if not metrics:
             reasons["supports_metrics"] = "no memory cgroup accounting on this host"
+        networking = not host.rootless()
+        if not networking:
+            why = (
+                "exposing services needs root: the forwarder enters sandboxes' network "
+                "namespaces (run the control plane as root)"
+            )
+            reasons["supports_expose_http"] = why
+            reasons["supports_wake_on"] = f"waking on traffic needs exposed services; {why}"
         return Capabilities(
             supports_pause=can_pause,
             supports_hibernate=False,
             supports_snapshots=True,
             supports_exec=True,
-            supports_expose_http=True,
-            supports_wake_on=True,
+            supports_expose_http=networking,
+            supports_wake_on=networking,
             supports_ssh=False,
             supports_resize=False,
             supports_metrics=metrics,
@@ -335,6 +343,12 @@ class LocalProvider(Provider):
             except OSError as exc:
                 raise OperationFailed(f"could not set up cgroups for {sandbox_id}: {exc}") from exc
             directory = self.store.sandbox_dir(sandbox_id)
+            init = self.init_binary()
+            if init is None and host.rootless():
+                raise Unavailable(
+                    "without root, sandboxes need their own init (sbx-init): "
+                    f"{self._init_problem or 'LOCAL_SANDBOX_INIT=bwrap needs root'}"
+                )
             state.runtime = launch.launch(
                 launch.LaunchSpec(
                     sandbox_id=sandbox_id,
@@ -344,8 +358,9 @@ class LocalProvider(Provider):
                     mounts=mounts,
                     cgroup_procs=self.cgroups.procs_files(sandbox_id),
                     log=directory / "bwrap.log",
-                    init_binary=self.init_binary(),
+                    init_binary=init,
                     exec_socket=directory / "exec.sock",
+                    rootless=host.rootless(),
                 )
             )
             try:
@@ -499,6 +514,7 @@ class LocalProvider(Provider):
         return SnapshotResult(ref=ref, size_bytes=size)
 
     def expose(self, sandbox_id: str, name: str, port: int) -> str:
+        self.capabilities.require("supports_expose_http", provider=self.name)
         if not isinstance(name, str) or not SERVICE_NAME_RE.fullmatch(name):
             raise ValueError(f"{name!r} is not a service name (lowercase letters, digits, '-')")
         if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
@@ -521,6 +537,7 @@ class LocalProvider(Provider):
         self._forwarder({"op": "sync"})
 
     def set_wake_on(self, sandbox_id: str, http: bool, ssh: bool) -> None:
+        self.capabilities.require("supports_wake_on", provider=self.name)
         if ssh:
             raise Unsupported(
                 "local sandboxes run no SSH server, so they cannot wake on SSH",
