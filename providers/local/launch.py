@@ -122,7 +122,8 @@ def bwrap_argv(
         argv += ["--as-pid-1", "--ro-bind", str(spec.init_binary), INIT_PATH, "--"]
         return [*argv, INIT_PATH, str(listen_fd), str(ready_fd)]
     # The init tells us it runs inside the finished root, then becomes a long sleep.
-    argv += ["--", "/bin/sh", "-c", f"echo >&{ready_fd}; exec sleep infinity {ready_fd}>&-"]
+    # (Through /proc: dash cannot name file descriptors above 9 in redirections.)
+    argv += ["--", "/bin/sh", "-c", f"echo > /proc/self/fd/{ready_fd}; exec sleep infinity"]
     return argv
 
 
