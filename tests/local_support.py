@@ -16,7 +16,6 @@ from pathlib import Path
 
 from providers.errors import ProviderError
 from providers.local import LocalProvider
-from providers.local import forwarder as local_forwarder
 from tests.system import require
 
 
@@ -38,18 +37,7 @@ def make_provider(root: Path, **settings: str) -> LocalProvider:
 def teardown(provider: LocalProvider) -> None:
     """Delete every sandbox of the provider and everything it made on the host."""
     with contextlib.suppress(ProviderError, OSError):
-        for instance in provider.list():
-            with contextlib.suppress(ProviderError, OSError):
-                instance.delete()
-    local_forwarder.stop(provider.store.root)
-    cgroups = provider.cgroups
-    for name in cgroups.children():
-        with contextlib.suppress(ProviderError, OSError):
-            cgroups.kill(name, timeout=2)
-        cgroups.remove(name, wait=2)
-    for mount in {m for _, m in cgroups.roles.values()}:
-        with contextlib.suppress(OSError):
-            (mount / cgroups.parent).rmdir()
+        provider.purge()
 
 
 @contextlib.contextmanager

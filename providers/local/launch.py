@@ -106,7 +106,7 @@ def bwrap_argv(
         "--bind", str(spec.merged), "/",
         "--proc", "/proc",
         "--dev", "/dev",
-        "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup",
+        "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
         "--hostname", spec.sandbox_id,
         "--new-session",
         "--cap-drop", "ALL",
@@ -118,9 +118,12 @@ def bwrap_argv(
         argv += ["--setenv", key, value]
     argv += ["--chdir", WORKDIR, "--info-fd", str(info_fd)]
     if spec.init_binary is not None and listen_fd is not None:
+        # No cgroup namespace here: sbx-init joins its cgroups only after bwrap cloned it
+        # (see launch), and a namespace made at clone time would be rooted elsewhere.
         # /dev is bwrap's own tmpfs: the bind leaves no trace in the sandbox's layers.
         argv += ["--as-pid-1", "--ro-bind", str(spec.init_binary), INIT_PATH, "--"]
         return [*argv, INIT_PATH, str(listen_fd), str(ready_fd)]
+    argv.insert(argv.index("--hostname"), "--unshare-cgroup")
     # The init tells us it runs inside the finished root, then becomes a long sleep.
     # (Through /proc: dash cannot name file descriptors above 9 in redirections.)
     argv += ["--", "/bin/sh", "-c", f"echo > /proc/self/fd/{ready_fd}; exec sleep infinity"]
@@ -146,12 +149,11 @@ def listen_socket(path: Path) -> socket.socket:
     return server
 
 
-def _prepare(spec: LaunchSpec, error_fd: int) -> None:
+def _prepare(spec: LaunchSpec, error_fd: int, join_cgroups: bool) -> None:
     """Runs in the forked child before bwrap: cgroups, private mounts, overlays."""
     try:
-        for procs in spec.cgroup_procs:
-            with open(procs, "w") as handle:
-                handle.write("0")
+        if join_cgroups:
+            _join_cgroups(spec, "0")
         extra = ",redirect_dir=off"
         if spec.rootless:
             _enter_user_namespace()
@@ -168,6 +170,30 @@ def _prepare(spec: LaunchSpec, error_fd: int) -> None:
     except BaseException as exc:
         os.write(error_fd, str(exc).encode()[:2000])
         raise
+
+
+def _join_cgroups(spec: LaunchSpec, pid: str) -> None:
+    for procs in spec.cgroup_procs:
+        with open(procs, "w") as handle:
+            handle.write(pid)
+
+
+def _read_info(info_fd: int, process: subprocess.Popen) -> dict:
+    """bwrap's --info-fd JSON: it arrives right after bwrap cloned the sandbox's init."""
+    data = b""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([info_fd], [], [], 0.5)
+        if readable:
+            chunk = os.read(info_fd, 65536)
+            data += chunk
+            with contextlib.suppress(ValueError):
+                return json.loads(data)
+            if not chunk:
+                break
+        elif process.poll() is not None:
+            break
+    return {}
 
 
 def _enter_user_namespace() -> None:
@@ -191,6 +217,11 @@ def launch(spec: LaunchSpec) -> Runtime:
         if spec.init_binary is not None and spec.exec_socket is not None:
             server = listen_socket(spec.exec_socket)
             passed.append(server.fileno())
+        # sbx-init forks nothing before it is ready, so it can join its cgroups once bwrap
+        # has cloned it, while bwrap builds its root: a cgroup v1 migration costs a few
+        # milliseconds (an RCU grace period) that then overlap the setup. bubblewrap's own
+        # init forks at once, so it must be in them from the start.
+        join_late = server is not None
         with open(spec.log, "wb") as log:
             try:
                 process = subprocess.Popen(
@@ -199,7 +230,7 @@ def launch(spec: LaunchSpec) -> Runtime:
                     stdout=log,
                     stderr=log,
                     pass_fds=passed,
-                    preexec_fn=lambda: _prepare(spec, error_w),
+                    preexec_fn=lambda: _prepare(spec, error_w, not join_late),
                     start_new_session=True,
                 )
             except (subprocess.SubprocessError, OSError) as exc:
@@ -214,12 +245,18 @@ def launch(spec: LaunchSpec) -> Runtime:
                 os.close(fd)
         ready_w = info_w = error_w = -1
         _children[process.pid] = process
+        info = _read_info(info_r, process)
+        if "child-pid" not in info:
+            raise OperationFailed(
+                f"sandbox {spec.sandbox_id} did not start: {_tail(spec.log) or 'no output'}"
+            )
+        pid = int(info["child-pid"])
+        if join_late:
+            _join_cgroups(spec, str(pid))
         if not _wait_ready(ready_r, process):
             raise OperationFailed(
                 f"sandbox {spec.sandbox_id} did not start: {_tail(spec.log) or 'no output'}"
             )
-        info = json.loads(os.read(info_r, 65536).decode() or "{}")
-        pid = int(info["child-pid"])
         ticks = process_start_ticks(pid)
         if ticks is None:
             raise OperationFailed(f"sandbox {spec.sandbox_id} exited while starting")

@@ -41,6 +41,7 @@ from providers.errors import (
     Conflict,
     NotFound,
     OperationFailed,
+    ProviderError,
     QuotaExceeded,
     Unavailable,
     Unsupported,
@@ -63,6 +64,8 @@ from providers.local.state import (
 SERVICE_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 #: Leftover temporary directories older than this are swept by ``list()``.
 STALE_SECONDS = 600
+#: How long a probe of the host (bwrap installed...) is trusted.
+PROBE_SECONDS = 5.0
 
 
 class LocalProvider(Provider):
@@ -75,16 +78,33 @@ class LocalProvider(Provider):
         self.layers = Layers(self.store, config.host_usr, config.max_layers)
         self.cgroups = Cgroups(Layout.discover(), config.cgroup_parent)
         self._init_problem: str | None = None
+        self._init_path: Path | None = None
+        self._probed: tuple[float, list[str]] = (0.0, [])
+        self._bwrap = config.bwrap
 
     def init_binary(self) -> Path | None:
         """The compiled sbx-init, or None (then bubblewrap's init; see launch.py)."""
         if self.config.init == "bwrap":
             return None
+        if self._init_path is not None and self._init_path.exists():
+            return self._init_path
         try:
-            return initbin.ensure_binary(self.store.root)
+            self._init_path = initbin.ensure_binary(self.store.root)
+            self._init_problem = None
         except (initbin.InitUnavailable, OSError) as exc:
             self._init_problem = str(exc)
-            return None
+            self._init_path = None
+        return self._init_path
+
+    def _problems(self) -> list[str]:
+        """host.blocking_problems, re-probed at most every few seconds (it reads PATH,
+        /proc and sysctls; create, start and capabilities all ask)."""
+        probed_at, problems = self._probed
+        if time.monotonic() - probed_at > PROBE_SECONDS:
+            problems = host.blocking_problems(self.config.bwrap)
+            self._bwrap = host.find_bwrap(self.config.bwrap) or self.config.bwrap
+            self._probed = (time.monotonic(), problems)
+        return list(problems)
 
     @classmethod
     def from_config(cls, config: Mapping[str, str]) -> LocalProvider:
@@ -112,7 +132,7 @@ class LocalProvider(Provider):
 
     @property
     def capabilities(self) -> Capabilities:
-        problems = host.blocking_problems(self.config.bwrap)
+        problems = self._problems()
         missing = self.cgroups.missing()
         reasons = {
             "supports_hibernate": host.checkpoint_problem(),
@@ -153,7 +173,7 @@ class LocalProvider(Provider):
 
     def limitations(self) -> list[str]:
         """What this host lacks, in words (limits not enforced, pause unavailable...)."""
-        found = list(host.blocking_problems(self.config.bwrap))
+        found = self._problems()
         for role, why in self.cgroups.missing().items():
             if role in ("memory", "cpu", "pids"):
                 found.append(f"{role} limits are not enforced: {why}")
@@ -178,7 +198,7 @@ class LocalProvider(Provider):
         return Health(reachable=not problems, latency_ms=round(latency, 3), detail=detail)
 
     def _require_runtime(self) -> None:
-        problems = host.blocking_problems(self.config.bwrap)
+        problems = self._problems()
         if problems:
             raise Unavailable("local sandboxes cannot run here: " + "; ".join(problems))
 
@@ -289,6 +309,22 @@ class LocalProvider(Provider):
                 if name not in known and not self.cgroups.pids(name):
                     self.cgroups.remove(name, wait=0)
 
+    def purge(self) -> None:
+        """Delete every sandbox, stop the forwarder and remove the cgroup parent.
+
+        For tests, benchmarks and uninstalling; snapshots and the base stay on disk.
+        """
+        for sandbox_id in self.store.ids():
+            with contextlib.suppress(ProviderError, OSError):
+                self.delete(sandbox_id)
+        forwarder.stop(self.store.root)
+        for name in self.cgroups.children():
+            self.cgroups.kill(name, timeout=2)
+            self.cgroups.remove(name, wait=2)
+        for mount in {m for _, m in self.cgroups.roles.values()}:
+            with contextlib.suppress(OSError):
+                (mount / self.cgroups.parent).rmdir()
+
     def delete_snapshot(self, ref: str) -> None:
         self.store.ensure_dirs()
         with locked(self.store.root / "snapshots.lock"):
@@ -352,7 +388,7 @@ class LocalProvider(Provider):
             state.runtime = launch.launch(
                 launch.LaunchSpec(
                     sandbox_id=sandbox_id,
-                    bwrap=host.find_bwrap(self.config.bwrap) or self.config.bwrap,
+                    bwrap=self._bwrap,
                     root=self.store.root,
                     merged=directory / "merged",
                     mounts=mounts,
