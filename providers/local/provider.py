@@ -288,10 +288,17 @@ class LocalProvider(Provider):
     def list(self) -> list[LocalInstance]:
         self._sweep()
         found = []
+        services = False
         for sandbox_id in self.store.ids():
             state = self.store.load(sandbox_id)
             if state is not None and META_SANDBOX_ID in state.metadata:
                 found.append(LocalInstance(self, state))
+                services = services or bool(state.services)
+        if services and not host.rootless():
+            # After a host reboot nothing listens on exposed ports until the forwarder runs
+            # again; reconciliation lists regularly, so this brings it back.
+            with contextlib.suppress(Unavailable):
+                self._forwarder({"op": "ping"})
         return found
 
     def _sweep(self) -> None:
@@ -363,7 +370,8 @@ class LocalProvider(Provider):
                 return
             if status == InstanceStatus.PAUSED:
                 raise Conflict(f"sandbox {sandbox_id} is paused; resume it", ref=sandbox_id)
-            self._kill(state)  # whatever a crash left in its cgroups
+            if state.runtime is not None or self.cgroups.pids(sandbox_id):
+                self._kill(state)  # whatever a crash or a stale runtime left behind
             self._check_space()
             mounts = []
             for target, part in state.parts.items():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import os
 import re
@@ -131,7 +132,9 @@ def locked(path: Path, *, timeout: float = 60.0, shared: bool = False) -> Iterat
         os.close(fd)
 
 
+@functools.cache
 def boot_id() -> str:
+    """This boot's id; it cannot change while a process lives, so it is read once."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
@@ -173,6 +176,9 @@ class Store:
             except OSError as exc:
                 raise_disk_full(exc, directory)
                 raise
+        # Exec sockets and writable layers live below: only the provider's user may enter.
+        if self.sandboxes.stat().st_mode & 0o077:
+            os.chmod(self.sandboxes, 0o700)
 
     def sandbox_dir(self, sandbox_id: str) -> Path:
         return self.sandboxes / sandbox_id

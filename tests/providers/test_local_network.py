@@ -10,7 +10,7 @@ import pytest
 
 from providers.base import InstanceStatus
 from providers.errors import Unsupported
-from providers.local import LocalProvider
+from providers.local import LocalProvider, forwarder
 from tests.providers.conftest import sh, wait_for
 
 PORT = 8080
@@ -123,3 +123,17 @@ def test_bad_service_names_and_ports_are_refused(local, sandboxes):
         with pytest.raises(ValueError, match=r"service name|port"):
             box.expose_http_service(name, port)
     assert local.get(box.id).networking.http_services == ()
+
+
+def test_exposed_ports_come_back_when_the_forwarder_restarts(local, site):
+    box, body = site
+    url = box.expose_http_service("web", PORT)
+    wait_for(lambda: answered(url))
+    forwarder.stop(local.store.root)  # as after a crash or a host reboot
+    wait_for(lambda: not (local.store.root / forwarder.SOCKET_NAME).exists())
+    with pytest.raises(urllib.error.URLError, match="refused"):
+        get(url)
+    fresh = LocalProvider.from_config(local.config_mapping())
+    assert box.id in {i.id for i in fresh.list()}  # reconciliation lists regularly
+    status, text = wait_for(lambda: answered(url))
+    assert (status, text.strip()) == (200, body)
