@@ -73,6 +73,8 @@ class Target:
 
 
 def run(target: Target, argv: Sequence[str], timeout: float) -> ExecResult:
+    if any("\0" in part for part in argv):
+        raise ValueError("a command cannot contain NUL bytes")
     if target.socket is not None:
         return _run_via_init(target, list(argv), timeout)
     return _run_by_entering(target, list(argv), timeout)

@@ -24,6 +24,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -88,9 +89,12 @@ def _spawn(root: Path, config: dict[str, str]) -> None:
         "PYTHONPATH": str(package_parent),
         "LANG": "C.UTF-8",
     }
+    python = sys.executable
+    if not os.path.basename(python).startswith("python"):  # embedded (uWSGI...): find one
+        python = shutil.which("python3") or python
     with open(root / "forwarder.log", "ab") as output:
         subprocess.run(
-            [sys.executable, "-m", "providers.local.forwarder", json.dumps(config)],
+            [python, "-m", "providers.local.forwarder", json.dumps(config)],
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=output,
@@ -149,11 +153,26 @@ class Forwarder:
 
     async def restore(self) -> None:
         """Listen again on every port the state files record (after a restart)."""
+        moved = []
         for sandbox_id in self.store.ids():
             state = self.store.load(sandbox_id)
             for name, entry in (state.services if state else {}).items():
                 with contextlib.suppress(OSError):
-                    await self.bind(sandbox_id, name, entry.host_port)
+                    port = await self.bind(sandbox_id, name, entry.host_port)
+                    if port != entry.host_port:  # someone else took the old port
+                        moved.append((sandbox_id, name, port))
+        if moved:
+            await asyncio.to_thread(self.record_ports, moved)
+
+    def record_ports(self, moved: list[tuple[str, str, int]]) -> None:
+        for sandbox_id, name, port in moved:
+            with (
+                contextlib.suppress(ProviderError, OSError),
+                self.provider._locked_state(sandbox_id) as state,
+            ):
+                if name in state.services:
+                    state.services[name].host_port = port
+                    self.store.save(state)
 
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

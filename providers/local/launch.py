@@ -207,6 +207,7 @@ def _enter_user_namespace() -> None:
 
 def launch(spec: LaunchSpec) -> Runtime:
     """Start the sandbox's init and wait until it runs in its finished root."""
+    reap_finished()
     ready_r, ready_w = os.pipe()
     info_r, info_w = os.pipe()
     error_r, error_w = os.pipe()
@@ -297,6 +298,14 @@ def _tail(path: Path) -> str:
     with contextlib.suppress(OSError):
         return path.read_text(errors="replace").strip()[-1000:]
     return ""
+
+
+def reap_finished() -> None:
+    """Collect supervisors that exited (their sandbox was stopped, maybe by another
+    process), so a long-running web or worker process keeps no zombies."""
+    for pid, process in list(_children.items()):
+        if process.poll() is not None:
+            _children.pop(pid, None)
 
 
 def reap(supervisor: int, *, timeout: float = 0.0) -> None:

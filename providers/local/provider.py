@@ -287,6 +287,7 @@ class LocalProvider(Provider):
 
     def list(self) -> list[LocalInstance]:
         self._sweep()
+        launch.reap_finished()
         found = []
         services = False
         for sandbox_id in self.store.ids():
@@ -692,6 +693,7 @@ class LocalInstance(Instance):
         self._refresh()
 
     def hibernate(self) -> None:
+        self._provider.get(self.id)  # NotFound once deleted
         self._provider.capabilities.require("supports_hibernate", provider="local")
 
     def delete(self) -> None:

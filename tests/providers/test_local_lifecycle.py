@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ from providers.base import EXEC_OUTPUT_LIMIT, InstanceStatus
 from providers.errors import Conflict, NotFound, Unsupported
 from providers.local import LocalProvider
 from providers.local.cgroups import Cgroups, Layout
+from providers.local.state import process_start_ticks
 from tests.local_support import local_provider
 from tests.providers.conftest import Sandboxes, metadata, new_spec, sh, wait_for
 
@@ -208,6 +210,18 @@ def test_sandboxes_outlive_the_process_that_started_them(local, sandboxes):
     assert sh(box, "cat /workspace/origin") == "from-another-process\n"
     box.stop()
     assert fresh.get(spec.sandbox_id).status == InstanceStatus.STOPPED
+
+
+def test_sandboxes_survive_their_supervisor_being_killed(local, sandboxes):
+    box = sandboxes.running(local)
+    runtime = json.loads(local.store.state_path(box.id).read_text())["runtime"]
+    # A service manager stopping the web service kills what stayed in its cgroup.
+    os.kill(runtime["supervisor"], signal.SIGKILL)
+    wait_for(lambda: process_start_ticks(runtime["supervisor"]) is None)
+    assert local.get(box.id).status == InstanceStatus.RUNNING
+    assert sh(box, "echo still-here") == "still-here\n"
+    box.stop()
+    assert local.cgroups.pids(box.id) == set()
 
 
 def test_a_new_provider_object_finds_running_and_paused_sandboxes(local, sandboxes):
@@ -424,3 +438,13 @@ def test_concurrent_first_use_builds_the_base_once(tmp_path):
                 assert sh(box, "cat /etc/hosts").startswith("127.0.0.1")
         finally:
             made.cleanup()
+
+
+def test_exec_refuses_nul_bytes_and_gives_only_the_sandbox_environment(local, sandboxes):
+    box = sandboxes.running(local)
+    with pytest.raises(ValueError, match="NUL"):
+        box.exec(["echo", "a\0b"], timeout=10)
+    env = dict(line.split("=", 1) for line in sh(box, "env").splitlines() if "=" in line)
+    assert env["HOSTNAME"] == box.id
+    assert env["HOME"] == "/root"
+    assert set(env) <= {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "HOSTNAME", "LANG", "PWD"}
