@@ -23,6 +23,7 @@ import select
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,27 +150,56 @@ def listen_socket(path: Path) -> socket.socket:
     return server
 
 
-def _prepare(spec: LaunchSpec, error_fd: int, join_cgroups: bool) -> None:
+def _mount_overlays(spec: LaunchSpec, extra: str) -> None:
+    """Make the current mount namespace private and mount the sandbox's overlays in it."""
+    syscalls.mount("none", "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE, None)
+    os.chdir(spec.root)
+    for mount in spec.mounts:
+        target = spec.merged / mount.target.lstrip("/")
+        syscalls.mount("overlay", str(target), "overlay", 0, mount.options(spec.root) + extra)
+    os.chdir("/")
+
+
+def _prepare(spec: LaunchSpec, error_fd: int) -> None:
     """Runs in the forked child before bwrap: cgroups, private mounts, overlays."""
     try:
-        if join_cgroups:
-            _join_cgroups(spec, "0")
-        extra = ",redirect_dir=off"
+        _join_cgroups(spec, "0")
         if spec.rootless:
             _enter_user_namespace()
-            extra = ",userxattr"  # it implies redirect_dir=nofollow
+            _mount_overlays(spec, ",userxattr")  # implies redirect_dir=nofollow
         else:
             syscalls.unshare(syscalls.CLONE_NEWNS)
-        syscalls.mount("none", "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE, None)
-        os.chdir(spec.root)
-        for mount in spec.mounts:
-            target = spec.merged / mount.target.lstrip("/")
-            options = mount.options(spec.root) + extra
-            syscalls.mount("overlay", str(target), "overlay", 0, options)
-        os.chdir("/")
+            _mount_overlays(spec, ",redirect_dir=off")
     except BaseException as exc:
         os.write(error_fd, str(exc).encode()[:2000])
         raise
+
+
+def _spawn_from_thread(spec: LaunchSpec, **popen) -> subprocess.Popen:
+    """Mount the overlays in a thread's own mount namespace and spawn bwrap from it.
+
+    A thread can have a mount namespace of its own (after unsharing its fs_struct), and
+    a child spawned from it inherits that namespace. So the Python process is never
+    forked (a fork copies its page tables: milliseconds for a large web process), and
+    subprocess can use vfork. Root only: a multi-threaded process cannot enter a new
+    user namespace.
+    """
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            syscalls.unshare(syscalls.CLONE_FS | syscalls.CLONE_NEWNS)
+            _mount_overlays(spec, ",redirect_dir=off")
+            outcome["process"] = subprocess.Popen(**popen)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=work, name=f"launch-{spec.sandbox_id}")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise OperationFailed(f"could not set up sandbox {spec.sandbox_id}: {outcome['error']}")
+    return outcome["process"]
 
 
 def _join_cgroups(spec: LaunchSpec, pid: str) -> None:
@@ -224,16 +254,19 @@ def launch(spec: LaunchSpec) -> Runtime:
         # init forks at once, so it must be in them from the start.
         join_late = server is not None
         with open(spec.log, "wb") as log:
+            popen = {
+                "args": bwrap_argv(spec, ready_w, info_w, server.fileno() if server else None),
+                "stdin": subprocess.DEVNULL,
+                "stdout": log,
+                "stderr": log,
+                "pass_fds": passed,
+                "start_new_session": True,
+            }
             try:
-                process = subprocess.Popen(
-                    bwrap_argv(spec, ready_w, info_w, server.fileno() if server else None),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    pass_fds=passed,
-                    preexec_fn=lambda: _prepare(spec, error_w, not join_late),
-                    start_new_session=True,
-                )
+                if join_late and not spec.rootless:
+                    process = _spawn_from_thread(spec, **popen)
+                else:
+                    process = subprocess.Popen(**popen, preexec_fn=lambda: _prepare(spec, error_w))
             except (subprocess.SubprocessError, OSError) as exc:
                 os.close(error_w)
                 error_w = -1
@@ -252,7 +285,7 @@ def launch(spec: LaunchSpec) -> Runtime:
                 f"sandbox {spec.sandbox_id} did not start: {_tail(spec.log) or 'no output'}"
             )
         pid = int(info["child-pid"])
-        if join_late:
+        if join_late and not spec.rootless:
             _join_cgroups(spec, str(pid))
         if not _wait_ready(ready_r, process):
             raise OperationFailed(

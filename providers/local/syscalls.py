@@ -12,6 +12,7 @@ import os
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
+CLONE_FS = 0x00000200
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUSER = 0x10000000
