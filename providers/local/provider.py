@@ -369,8 +369,9 @@ class LocalProvider(Provider):
                 return
             if status == InstanceStatus.PAUSED:
                 raise Conflict(f"sandbox {sandbox_id} is paused; resume it", ref=sandbox_id)
-            if state.runtime is not None or self.cgroups.pids(sandbox_id):
-                self._kill(state)  # whatever a crash or a stale runtime left behind
+            stale = state.runtime is not None or self.cgroups.pids(sandbox_id)
+            if stale or self.cgroups.freeze_requested(sandbox_id):
+                self._kill(state)  # whatever a crash, a stale runtime or a pause left
             self._check_space()
             mounts = []
             for target, part in state.parts.items():
@@ -433,6 +434,13 @@ class LocalProvider(Provider):
             launch.reap(runtime.supervisor, timeout=2)
         if not self.cgroups.kill(state.id):
             raise OperationFailed(f"processes of sandbox {state.id} would not die")
+        if self.cgroups.freeze_requested(state.id):
+            # Stopped while paused: an empty cgroup stays frozen, and so would the next
+            # start's processes.
+            try:
+                self.cgroups.thaw(state.id)
+            except (OSError, TimeoutError) as exc:
+                raise OperationFailed(f"could not thaw sandbox {state.id}: {exc}") from exc
         if runtime is not None:
             deadline = time.monotonic() + 5
             while process_start_ticks(runtime.pid) == runtime.start_ticks:

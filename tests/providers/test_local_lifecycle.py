@@ -135,6 +135,17 @@ def test_pause_and_resume_are_idempotent_and_checked(local, sandboxes):
         box.resume()
 
 
+def test_a_sandbox_stopped_while_paused_starts_running(local, sandboxes):
+    box = sandboxes.running(local)
+    sh(box, "echo kept > /workspace/file")
+    box.pause()
+    box.stop()
+    assert local.get(box.id).status == InstanceStatus.STOPPED
+    box.start()
+    assert local.get(box.id).status == InstanceStatus.RUNNING
+    assert sh(box, "cat /workspace/file") == "kept\n"
+
+
 def test_hibernate_is_refused_with_the_reason(local, sandboxes):
     box = sandboxes.running(local)
     assert not local.capabilities.supports_hibernate
