@@ -208,8 +208,17 @@ int main(int argc, char **argv) {
     sigprocmask(SIG_BLOCK, &mask, NULL);
     int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
     fcntl(listen_fd, F_SETFD, FD_CLOEXEC);
+    /* Not dumpable: processes of the sandbox cannot ptrace us or open our descriptors
+     * through /proc/1/fd (the exec socket; the host log file bwrap gave us as stdout). */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     if (write(ready_fd, "\n", 1) != 1) return 1;
     close(ready_fd);
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null >= 0) {
+        dup2(null, 0);
+        dup2(null, 1);
+        dup2(null, 2);
+    }
 
     struct pollfd watch[2] = {{listen_fd, POLLIN, 0}, {sfd, POLLIN, 0}};
     for (;;) {

@@ -180,3 +180,10 @@ def test_hostname_is_the_sandbox_id(local, sandboxes):
     box = sandboxes.running(local)
     assert sh(box, "hostname") == f"{box.id}\n"
     assert sh(box, "pwd") == "/workspace\n"
+
+
+def test_the_init_holds_nothing_a_sandbox_can_take(local, sandboxes):
+    box = sandboxes.running(local)
+    # sbx-init is not dumpable: its descriptors (exec socket, host log) stay out of reach.
+    assert box.exec("ls -l /proc/1/fd/", timeout=30).exit_code != 0
+    assert box.exec("cat /proc/1/environ", timeout=30).exit_code != 0
