@@ -127,7 +127,9 @@ def bwrap_argv(
     argv.insert(argv.index("--hostname"), "--unshare-cgroup")
     # The init tells us it runs inside the finished root, then becomes a long sleep.
     # (Through /proc: dash cannot name file descriptors above 9 in redirections.)
-    argv += ["--", "/bin/sh", "-c", f"echo > /proc/self/fd/{ready_fd}; exec sleep infinity"]
+    # (stdout/stderr are the host's bwrap.log: the long-lived sleep must not keep them.)
+    script = f"echo > /proc/self/fd/{ready_fd}; exec sleep infinity </dev/null >/dev/null 2>&1"
+    argv += ["--", "/bin/sh", "-c", script]
     return argv
 
 
