@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from providers.base import EXEC_OUTPUT_LIMIT, ExecResult
-from providers.local import syscalls
+from providers.local import sockets, syscalls
 from providers.local.state import process_start_ticks
 
 NAMESPACES = (
@@ -83,27 +83,9 @@ def run(target: Target, argv: Sequence[str], timeout: float) -> ExecResult:
 # --- through the sandbox's init
 
 
-def connect(path: Path) -> socket.socket:
-    """Connect to a unix socket, even when its path is longer than sun_path allows."""
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        if len(os.fsencode(path)) < 100:
-            client.connect(str(path))
-        else:
-            directory = os.open(path.parent, os.O_PATH | os.O_CLOEXEC)
-            try:
-                client.connect(f"/proc/self/fd/{directory}/{path.name}")
-            finally:
-                os.close(directory)
-    except BaseException:
-        client.close()
-        raise
-    return client
-
-
 def _run_via_init(target: Target, argv: list[str], timeout: float) -> ExecResult:
     try:
-        conn = connect(target.socket)
+        conn = sockets.connect(target.socket)
     except (FileNotFoundError, ConnectionRefusedError):
         raise SandboxGone("its init does not answer") from None
     out_r, out_w = os.pipe()

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from providers.errors import ProviderError, Unavailable
-from providers.local import syscalls
+from providers.local import sockets, syscalls
 from providers.local.state import Store, process_start_ticks, runtime_alive
 
 log = logging.getLogger("providers.local.forwarder")
@@ -65,9 +65,7 @@ def stop(root: Path) -> None:
 
 
 def _send(path: Path, message: dict, timeout: float) -> dict:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.settimeout(timeout)
-        client.connect(str(path))
+    with sockets.connect(path, timeout) as client:
         client.sendall(json.dumps(message).encode() + b"\n")
         reply = b""
         while not reply.endswith(b"\n"):
@@ -130,10 +128,9 @@ class Forwarder:
 
     async def serve(self) -> None:
         path = self.root / SOCKET_NAME
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        control = await asyncio.start_unix_server(self.control, path=str(path))
-        os.chmod(path, 0o600)
+        listening = sockets.listen(path)
+        listening.setblocking(False)
+        control = await asyncio.start_unix_server(self.control, sock=listening)
         await self.restore()
         async with control:
             while not self.stopping and not self.idle_for(IDLE_EXIT_SECONDS):

@@ -21,7 +21,6 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from providers.errors import OperationFailed
-from providers.local import syscalls
+from providers.local import sockets, syscalls
 from providers.local.state import Runtime, boot_id, process_start_ticks
 
 WORKDIR = "/workspace"
@@ -133,25 +132,6 @@ def bwrap_argv(
     return argv
 
 
-def listen_socket(path: Path) -> socket.socket:
-    """Bind the exec socket (mode 0600, in a 0700 directory only the host sees)."""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        directory = os.open(path.parent, os.O_PATH | os.O_CLOEXEC)
-        try:
-            server.bind(f"/proc/self/fd/{directory}/{path.name}")
-        finally:
-            os.close(directory)
-        os.chmod(path, 0o600)
-        server.listen(64)
-    except BaseException:
-        server.close()
-        raise
-    return server
-
-
 def _mount_overlays(spec: LaunchSpec, extra: str) -> None:
     """Make the current mount namespace private and mount the sandbox's overlays in it."""
     syscalls.mount("none", "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE, None)
@@ -248,7 +228,7 @@ def launch(spec: LaunchSpec) -> Runtime:
     try:
         passed = [ready_w, info_w]
         if spec.init_binary is not None and spec.exec_socket is not None:
-            server = listen_socket(spec.exec_socket)
+            server = sockets.listen(spec.exec_socket)
             passed.append(server.fileno())
         # sbx-init forks nothing before it is ready, so it can join its cgroups once bwrap
         # has cloned it, while bwrap builds its root: a cgroup v1 migration costs a few
