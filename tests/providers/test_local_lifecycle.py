@@ -459,3 +459,16 @@ def test_exec_refuses_nul_bytes_and_gives_only_the_sandbox_environment(local, sa
     assert env["HOSTNAME"] == box.id
     assert env["HOME"] == "/root"
     assert set(env) <= {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "HOSTNAME", "LANG", "PWD"}
+
+
+def test_a_deeply_nested_root_works(tmp_path):
+    deep = tmp_path.joinpath(*["nested-directory"] * 8)  # sockets there exceed sun_path
+    with local_provider(deep) as provider:
+        made = Sandboxes()
+        try:
+            box = made.running(provider)
+            assert len(str(provider.store.sandbox_dir(box.id) / "exec.sock")) > 108
+            assert sh(box, "echo deep") == "deep\n"
+            assert box.expose_http_service("web", 8080).startswith("http://127.0.0.1:")
+        finally:
+            made.cleanup()
