@@ -139,9 +139,14 @@ class Cgroups:
 
     # --- lifecycle
 
-    def ensure(self, sandbox_id: str, limits: Limits) -> None:
-        """Create the sandbox's cgroups (idempotent) and apply its limits."""
+    def ensure(self, sandbox_id: str, limits: Limits, *, reapply: bool = True) -> None:
+        """Create the sandbox's cgroups (idempotent) and apply its limits.
+
+        With ``reapply=False`` cgroups that all exist are left as they are (a start right
+        after create, which set them); after a reboot they are made again."""
         if not self.enabled:
+            return
+        if not reapply and all(d.is_dir() for d in self.dirs(sandbox_id)):
             return
         for mount in self._mounts():
             parent = mount / self.parent

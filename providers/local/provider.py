@@ -383,7 +383,7 @@ class LocalProvider(Provider):
                     )
                 )
             try:
-                self.cgroups.ensure(sandbox_id, self._limits(state))
+                self.cgroups.ensure(sandbox_id, self._limits(state), reapply=False)
             except OSError as exc:
                 raise OperationFailed(f"could not set up cgroups for {sandbox_id}: {exc}") from exc
             directory = self.store.sandbox_dir(sandbox_id)
