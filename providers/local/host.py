@@ -41,9 +41,39 @@ def user_namespaces_allowed() -> bool:
     return True
 
 
-def blocking_problems(bwrap: str) -> list[str]:
+#: File systems overlayfs cannot use for a writable layer.
+NO_UPPER_LAYER = {"overlay", "nfs", "nfs4", "cifs", "smb3", "fuse", "9p"}
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The type of the file system holding ``path`` (or its nearest existing parent)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        device = os.stat(path).st_dev
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return None
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    found = None
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) > 4 and fields[2] == wanted and right:
+            found = right.split()[0]  # the last mount of that device wins (it is on top)
+    return found
+
+
+def blocking_problems(bwrap: str, root: Path | None = None) -> list[str]:
     """What stops sandboxes from running at all, each with its fix."""
     problems = []
+    fstype = filesystem_type(root) if root is not None else None
+    if fstype in NO_UPPER_LAYER or (fstype or "").startswith("fuse."):
+        problems.append(
+            f"LOCAL_SANDBOX_ROOT ({root}) is on {fstype}, which cannot hold the sandboxes' "
+            "writable overlay layers: point it at a local file system (ext4, xfs, btrfs, "
+            "tmpfs), e.g. a volume when the control plane runs in a container"
+        )
     if find_bwrap(bwrap) is None:
         problems.append(f"bubblewrap ({bwrap}) is not installed: {BWRAP_HINT}")
     if rootless() and not user_namespaces_allowed():

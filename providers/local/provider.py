@@ -99,7 +99,7 @@ class LocalProvider(Provider):
         /proc and sysctls; create, start and capabilities all ask)."""
         probed_at, problems = self._probed
         if time.monotonic() - probed_at > PROBE_SECONDS:
-            problems = host.blocking_problems(self.config.bwrap)
+            problems = host.blocking_problems(self.config.bwrap, self.config.root)
             self._bwrap = host.find_bwrap(self.config.bwrap) or self.config.bwrap
             self._probed = (time.monotonic(), problems)
         return list(problems)
@@ -183,12 +183,13 @@ class LocalProvider(Provider):
 
     def health(self) -> Health:
         started = time.perf_counter()
-        problems = host.blocking_problems(self.config.bwrap)
+        problems = host.blocking_problems(self.config.bwrap, self.config.root)
         try:
-            self.store.ensure_dirs()
-            if not os.access(self.store.root, os.W_OK):
-                problems.append(f"{self.store.root} is not writable")
-            self._check_space()
+            if not problems:
+                self.store.ensure_dirs()
+                if not os.access(self.store.root, os.W_OK):
+                    problems.append(f"{self.store.root} is not writable")
+                self._check_space()
         except (OSError, QuotaExceeded) as exc:
             problems.append(str(exc))
         latency = (time.perf_counter() - started) * 1000

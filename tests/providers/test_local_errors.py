@@ -85,6 +85,26 @@ def test_a_snapshot_that_does_not_fit_fails_cleanly(tmp_path):
             made.cleanup()
 
 
+def test_a_root_on_overlayfs_is_refused_naming_the_fix(tmp_path):
+    require_local_runtime()
+    for name in ("lower", "upper", "work", "merged"):
+        (tmp_path / name).mkdir()
+    options = f"lowerdir={tmp_path}/lower,upperdir={tmp_path}/upper,workdir={tmp_path}/work"
+    subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", options, str(tmp_path / "merged")],
+        check=True,
+    )
+    try:
+        provider = LocalProvider.from_config({"LOCAL_SANDBOX_ROOT": str(tmp_path / "merged/r")})
+        spec = new_spec()
+        with pytest.raises(Unavailable, match="local file system"):
+            provider.create(spec, "base", metadata(spec))
+        assert not provider.health().reachable
+        assert not (tmp_path / "merged" / "r").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(tmp_path / "merged")], check=False)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
