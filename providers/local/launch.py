@@ -269,6 +269,10 @@ def launch(spec: LaunchSpec) -> Runtime:
         pid = int(info["child-pid"])
         if join_late and not spec.rootless:
             _join_cgroups(spec, str(pid))
+            # The supervisor too (quick now: migrations right after another are cheap),
+            # so the sandbox's cgroups hold and limit all of it, and a service manager
+            # cleaning up the web process's cgroup leaves it alone.
+            _join_cgroups(spec, str(process.pid))
         if not _wait_ready(ready_r, process):
             raise OperationFailed(
                 f"sandbox {spec.sandbox_id} did not start: {_tail(spec.log) or 'no output'}"
