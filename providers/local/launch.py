@@ -116,7 +116,8 @@ def bwrap_argv(
     argv.append("--clearenv")
     for key, value in sandbox_env(spec.sandbox_id).items():
         argv += ["--setenv", key, value]
-    argv += ["--chdir", WORKDIR, "--info-fd", str(info_fd)]
+    # "/": the init needs no working directory, and a sandbox may delete /workspace.
+    argv += ["--chdir", "/", "--info-fd", str(info_fd)]
     if spec.init_binary is not None and listen_fd is not None:
         # No cgroup namespace here: sbx-init joins its cgroups only after bwrap cloned it
         # (see launch), and a namespace made at clone time would be rooted elsewhere.
@@ -225,6 +226,7 @@ def launch(spec: LaunchSpec) -> Runtime:
     error_r, error_w = os.pipe()
     process = None
     server = None
+    init_fd = -1
     try:
         passed = [ready_w, info_w]
         if spec.init_binary is not None and spec.exec_socket is not None:
@@ -267,6 +269,7 @@ def launch(spec: LaunchSpec) -> Runtime:
                 f"sandbox {spec.sandbox_id} did not start: {_tail(spec.log) or 'no output'}"
             )
         pid = int(info["child-pid"])
+        init_fd = os.pidfd_open(pid)  # pins it: a failure below kills exactly this init
         if join_late and not spec.rootless:
             _join_cgroups(spec, str(pid))
             # The supervisor too (quick now: migrations right after another are cheap),
@@ -288,12 +291,18 @@ def launch(spec: LaunchSpec) -> Runtime:
             exec_socket=server is not None,
         )
     except BaseException:
+        # The init runs in its own session: killing bwrap's group would orphan it.
+        if init_fd >= 0:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(init_fd, signal.SIGKILL)
         if process is not None:
             with contextlib.suppress(OSError):
                 os.killpg(process.pid, signal.SIGKILL)
             reap(process.pid, timeout=2)
         raise
     finally:
+        if init_fd >= 0:
+            os.close(init_fd)
         if server is not None:
             server.close()
         for fd in (ready_r, ready_w, info_r, info_w, error_r, error_w):

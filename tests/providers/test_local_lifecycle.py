@@ -472,3 +472,11 @@ def test_a_deeply_nested_root_works(tmp_path):
             assert box.expose_http_service("web", 8080).startswith("http://127.0.0.1:")
         finally:
             made.cleanup()
+
+
+def test_a_sandbox_that_deleted_its_working_directory_still_starts(local, sandboxes):
+    box = sandboxes.running(local)
+    sh(box, "cd / && rm -rf /workspace")
+    box.stop()
+    box.start()
+    assert sh(box, "pwd") == "/\n"
