@@ -480,3 +480,18 @@ def test_a_sandbox_that_deleted_its_working_directory_still_starts(local, sandbo
     box.stop()
     box.start()
     assert sh(box, "pwd") == "/\n"
+
+
+def test_metrics_report_memory_and_cpu_from_the_cgroups(local, sandboxes):
+    box = sandboxes.running(local)
+    assert local.capabilities.supports_metrics
+    first = box.metrics()
+    assert len(first) == 1
+    hold = "import time; kept = b'x' * (40 * 1024 * 1024); time.sleep(300)"
+    sh(box, f'nohup python3 -c "{hold}" >/dev/null 2>&1 &')
+    wait_for(lambda: box.metrics()[0].memory_bytes >= 40 * 1024 * 1024)
+    box.metrics()
+    sh(box, "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done")  # burn some CPU
+    second = box.metrics()[0]
+    assert second.time > first[0].time
+    assert 0 < second.cpu_fraction <= 1.05  # one vCPU
