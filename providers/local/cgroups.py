@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -214,6 +215,44 @@ class Cgroups:
             with contextlib.suppress(OSError):
                 names.update(p.name for p in (mount / self.parent).iterdir() if p.is_dir())
         return sorted(names)
+
+    # --- making migrations cheap
+
+    def prime_migrations(self) -> None:
+        """Open an RCU grace period for cgroup migrations now, in the background.
+
+        Moving a process between cgroups takes a global lock whose first writer waits a
+        full RCU grace period (several milliseconds at HZ=250); writers arriving during
+        or just after that period pass at once. A start calls this first, so the grace
+        period runs while bubblewrap sets up and the sandbox's own migration is quick.
+        The write moves this process into the cgroup it is already in: a no-op.
+        """
+        procs = self._own_procs_file()
+        if procs is None:
+            return
+
+        def write() -> None:
+            with contextlib.suppress(OSError):
+                _write(procs, str(os.getpid()))
+
+        threading.Thread(target=write, name="cgroup-prime", daemon=True).start()
+
+    def _own_procs_file(self) -> Path | None:
+        if not self.enabled or not self._mounts():
+            return None
+        mount = self._mounts()[0]
+        try:
+            lines = Path("/proc/self/cgroup").read_text().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            _, controllers, path = line.split(":", 2)
+            names = set(controllers.split(",")) if controllers else set()
+            if (mount == self.layout.v2 and not names) or any(
+                self.layout.v1.get(name) == mount for name in names
+            ):
+                return mount / path.lstrip("/") / "cgroup.procs"
+        return None
 
     # --- freezing
 

@@ -364,6 +364,7 @@ class LocalProvider(Provider):
 
     def start(self, sandbox_id: str) -> None:
         self._require_runtime()
+        self.cgroups.prime_migrations()
         with self._locked_state(sandbox_id) as state:
             status = self.status_of(state)
             if status == InstanceStatus.RUNNING:
