@@ -229,7 +229,7 @@ def run() -> list[Result]:
                 "snapshot of a running sandbox that wrote 100 MB",
                 snapshots,
                 at_most=1000,
-                detail="freeze, copy the writable layer, thaw",
+                detail="freeze, copy the writable layer, thaw, write back to disk",
             )
         )
 

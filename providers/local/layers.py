@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from providers.errors import Conflict, NotFound, OperationFailed
+from providers.local import syscalls
 from providers.local.state import Store, atomic_write, locked, raise_disk_full
 
 BASE_REF = "base"
@@ -220,7 +221,12 @@ class Layers:
                 "size_bytes": size,
             }
             atomic_write(tmp / "manifest.json", json.dumps(manifest, indent=1))
+            # A version the control plane records as ready must survive a power cut:
+            # one syncfs writes the copied layer back (fsync per file would cost a
+            # journal commit per file), then the rename is made durable too.
+            syscalls.syncfs(str(tmp))
             os.rename(tmp, self.store.snapshots / ref)
+            syscalls.fsync_dir(str(self.store.snapshots))
             return size
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -82,6 +82,23 @@ def setns(fd: int, nstype: int) -> None:
     _check(_libc.setns(fd, nstype), "setns")
 
 
+def syncfs(path: str) -> None:
+    """Write back everything dirty on the file system holding ``path``."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.syncfs(fd), f"syncfs {path}")
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def last_cap() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap") as handle:
