@@ -126,10 +126,19 @@ def _pve_harness(kind: str) -> Harness:
     return harness
 
 
+@contextlib.contextmanager
+def local_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProviderUnderTest]:
+    from tests.local_support import local_provider
+
+    with local_provider(tmp_path_factory.mktemp("local-sandboxes")) as provider:
+        yield ProviderUnderTest(provider=provider, snapshot_ref="base")
+
+
 HARNESSES: dict[str, Harness] = {
     "memory": memory_harness,
     "morph": morph_harness,
     "docker": docker_harness,
     "pve-lxc": _pve_harness("pve-lxc"),
     "pve-vm": _pve_harness("pve-vm"),
+    "local": local_harness,
 }
