@@ -502,3 +502,26 @@ def test_event_time_filters_take_any_iso_time(memory_backend, api, since, status
         assert response.json()["count"] == 2
     else:
         assert "since" in error_of(response)["fields"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"outcome": ""},
+        {"outcome": "maybe"},
+        {"since": "2000-01-01"},  # a date, not a date-time
+        {"since": "2000-01-01T00:00:00"},  # no offset
+        {"until": ""},
+    ],
+)
+def test_event_filters_refuse_what_the_schema_does_not_allow(memory_backend, api, query):
+    sandbox_id = create(api)["id"]
+    response = api.get(url(sandbox_id, "events"), query)
+    assert response.status_code == 400
+    assert set(error_of(response)["fields"]) == set(query)
+
+
+def test_an_empty_status_filter_is_refused_but_an_empty_search_is_no_filter(memory_backend, api):
+    create(api)
+    assert api.get("/api/v1/sandboxes", {"status": ""}).status_code == 400
+    assert api.get("/api/v1/sandboxes", {"q": ""}).json()["count"] == 1
