@@ -22,6 +22,7 @@ from datetime import timedelta
 from typing import TypeVar
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from providers.base import (
@@ -177,6 +178,25 @@ def create_sandbox(
 
 
 def _request(sandbox: Sandbox, operation: str, actor: Actor) -> Sandbox:
+    return request_operation(sandbox=sandbox, operation=operation, actor=actor)
+
+
+def request_operation(
+    *,
+    sandbox: Sandbox,
+    operation: str,
+    actor: Actor,
+    data: dict | None = None,
+    fields: dict | None = None,
+    only_if: Q | None = None,
+    record_refusal: bool = True,
+) -> Sandbox:
+    """Ask for ``operation`` (start, stop, pause, hibernate, resume, delete).
+
+    The scheduler passes its reason in ``data`` (it lands in the audit event), extra
+    ``fields`` to write in the same compare-and-set (clearing ``expires_at``), and an
+    ``only_if`` condition the row must still meet (see ``transitions.request``).
+    """
     op = OPERATIONS[operation]
     if not actor.can_write(sandbox.team):
         raise NotAllowed(f"your role in this team cannot {operation} sandboxes")
@@ -192,6 +212,10 @@ def _request(sandbox: Sandbox, operation: str, actor: Actor) -> Sandbox:
         allowed_from=op.allowed_from,
         actor=actor,
         operation=operation,
+        fields=fields,
+        data=data,
+        only_if=only_if,
+        record_refusal=record_refusal,
     )
     _enqueue(sandbox)
     return sandbox
@@ -219,6 +243,11 @@ def resume_sandbox(*, sandbox: Sandbox, actor: Actor) -> Sandbox:
 
 def delete_sandbox(*, sandbox: Sandbox, actor: Actor) -> Sandbox:
     return _request(sandbox, "delete", actor)
+
+
+def enqueue_operation(sandbox: Sandbox) -> None:
+    """Enqueue the worker half again (the reconciler resuming a stuck operation)."""
+    _enqueue(sandbox)
 
 
 def _enqueue(sandbox: Sandbox) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from providers.base import InstanceSpec, Provider
 from providers.registry import register_provider
-from tests import memory_provider
+from tests import filestore_provider, memory_provider
 
 _ids = itertools.count(1)
 
@@ -35,6 +35,10 @@ class ProviderUnderTest:
     missing_snapshot_ref: str = "no-such-snapshot"
     #: Every instance the test made, deleted at teardown even if the test failed.
     made: list = field(default_factory=list)
+    #: The settings (environment variables) from which another process builds the same
+    #: provider, sharing its instances; None when the back end lives in this process only.
+    #: The background tests start real django-q2 workers with them.
+    config: dict[str, str] | None = None
 
     def spec(self, **overrides) -> InstanceSpec:
         vcpus, memory_mb, disk_gb = self.size
@@ -80,6 +84,21 @@ def memory_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provide
     yield ProviderUnderTest(provider=memory_provider.MemoryProvider(), snapshot_ref="base")
 
 
+@contextlib.contextmanager
+def filestore_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProviderUnderTest]:
+    register_provider(filestore_provider.NAME, lambda: filestore_provider.FileStoreProvider)
+    root = tmp_path_factory.mktemp("filestore")
+    provider = filestore_provider.FileStoreProvider.from_config(
+        {filestore_provider.ROOT_KEY: str(root)}
+    )
+    yield ProviderUnderTest(
+        provider=provider,
+        snapshot_ref=filestore_provider.BASE_SNAPSHOT,
+        config={"SANDBOX_PROVIDERS": "filestore", filestore_provider.ROOT_KEY: str(root)},
+    )
+
+
 HARNESSES: dict[str, Harness] = {
     "memory": memory_harness,
+    "filestore": filestore_harness,
 }
