@@ -48,9 +48,10 @@ MIX = {
 }
 
 
-def populate(count: int, *, team_count: int = 20) -> dict[str, int]:
+def populate(count: int, *, team_count: int = 20, prefix: str = "b") -> dict[str, int]:
     """Bulk-create ``count`` sandboxes and their memory-provider instances. Django must be
-    set up with the memory provider enabled and its shared version imported."""
+    set up with the memory provider enabled and its shared version imported. ``prefix``
+    keeps the ids of several populations apart."""
     from datetime import timedelta
 
     from django.utils import timezone
@@ -77,8 +78,8 @@ def populate(count: int, *, team_count: int = 20) -> dict[str, int]:
     kinds += ["running"] * (count - len(kinds))
     rows = []
     for i, kind in enumerate(kinds):
-        sandbox_id = f"sbx-b{i:09d}"
-        ref = f"mem-b{i}"
+        sandbox_id = f"sbx-{prefix}{i:09d}"
+        ref = f"mem-{prefix}{i}"
         status = {
             "paused": Status.PAUSED,
             "stopped": Status.STOPPED,
@@ -118,7 +119,8 @@ def populate(count: int, *, team_count: int = 20) -> dict[str, int]:
             _add_instance(store, ref, sandbox_id, teams[i % team_count].slug, observed, workdir)
     Sandbox.objects.bulk_create(rows, batch_size=2000)
     for i in range(int(count * MIX["orphans"])):
-        _add_instance(store, f"mem-orphan{i}", f"sbx-o{i:09d}", "bench-0", None, workdir)
+        orphan_id = f"sbx-{prefix}o{i:08d}"
+        _add_instance(store, f"mem-{prefix}o{i}", orphan_id, "bench-0", None, workdir)
     return {kind: kinds.count(kind) for kind in set(kinds)}
 
 

@@ -51,6 +51,16 @@ def env_seconds(name: str, default: int) -> int:
     return value
 
 
+def env_float(name: str, default: float) -> float:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a number") from None
+
+
 def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in env.get(name, default).split(",") if item.strip()]
 
@@ -219,6 +229,8 @@ SANDBOX_RETENTION_MINUTES = max(1, env_int("SANDBOX_RETENTION_MINUTES", 60))
 SANDBOX_SWEEP_BATCH = max(1, env_int("SANDBOX_SWEEP_BATCH", 50))
 SANDBOX_STUCK_SECONDS = env_seconds("SANDBOX_STUCK_SECONDS", 300)
 SANDBOX_RECONCILE_MAX_ATTEMPTS = max(1, env_int("SANDBOX_RECONCILE_MAX_ATTEMPTS", 5))
+# A provider CPU sample at or above this (in vCPUs) counts as activity for idle detection.
+SANDBOX_IDLE_CPU_FRACTION = env_float("SANDBOX_IDLE_CPU_FRACTION", 0.1)
 SANDBOX_FAILED_GRACE_SECONDS = env_seconds("SANDBOX_FAILED_GRACE_SECONDS", 3600)
 SANDBOX_ORPHAN_POLICY = env_choice("SANDBOX_ORPHAN_POLICY", "delete", ("delete", "adopt", "keep"))
 SANDBOX_ORPHAN_GRACE_SECONDS = env_seconds("SANDBOX_ORPHAN_GRACE_SECONDS", 900)

@@ -13,6 +13,7 @@ Test hooks, all files under the root so another process can drive them:
 
 * ``faults/<step>``: the next call of that step raises ``OperationFailed`` with the file's
   text (the file is consumed);
+* ``add_metric``/``set_last_activity``: what the back end "observed" (CPU samples, traffic);
 * ``block/<step>``: the step writes ``entered/<step>.<pid>`` and waits until the block
   file is removed (a test then kills the process at that exact point). ``create.after``
   blocks after the instance was made, before ``create`` returns.
@@ -43,6 +44,7 @@ from providers.base import (
     Instance,
     InstanceSpec,
     InstanceStatus,
+    MetricSample,
     Networking,
     Provider,
     SnapshotResult,
@@ -118,6 +120,12 @@ class Store:
     def entered(self, step: str) -> list[int]:
         """Pids of the processes waiting in ``step``."""
         return [int(p.suffix[1:]) for p in (self.root / "entered").glob(f"{step}.*")]
+
+    def add_metric(self, ref: str, when: datetime, cpu_fraction: float) -> None:
+        with self.locked():
+            state = self.read(ref)
+            state.setdefault("metrics", []).append([when.isoformat(), cpu_fraction])
+            self.write(ref, state)
 
     def set_last_activity(self, ref: str, when: datetime) -> None:
         with self.locked():
@@ -220,6 +228,12 @@ class FileStoreInstance(Instance):
             state["wake_on"] = [http, ssh]
             self._store.write(self.id, state)
 
+    def metrics(self) -> list[MetricSample]:
+        return [
+            MetricSample(time=datetime.fromisoformat(when), cpu_fraction=cpu)
+            for when, cpu in self._state().get("metrics", [])
+        ]
+
     def snapshot(self) -> SnapshotResult:
         self._store.step("snapshot")
         with self._store.locked():
@@ -258,10 +272,10 @@ class FileStoreProvider(Provider):
             supports_exec=True,
             supports_expose_http=True,
             supports_wake_on=True,
+            supports_metrics=True,
             reasons={
                 "supports_ssh": "the file-backed test provider has no SSH",
                 "supports_resize": "the file-backed test provider cannot resize",
-                "supports_metrics": "the file-backed test provider reports no metrics",
             },
         )
 

@@ -13,13 +13,22 @@ from datetime import datetime, timedelta
 from functools import reduce
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from sandboxes.models import ActiveSnapshot, Sandbox, Snapshot, SnapshotStatus, TtlAction
+from sandboxes.models import (
+    ActiveSnapshot,
+    Outcome,
+    Sandbox,
+    Snapshot,
+    SnapshotStatus,
+    TtlAction,
+)
 from sandboxes.services import scheduled
 from sandboxes.services.actors import Actor
 from sandboxes.services.errors import ServiceError
+from sandboxes.services.events import record_event
 from sandboxes.services.snapshots import delete_snapshot_version
 from sandboxes.states import Status
 
@@ -47,16 +56,48 @@ def _applies() -> Q:
 
 
 def expire_ttls(*, now: datetime, limit: int) -> int:
-    """Take the TTL action of sandboxes whose deadline passed; return how many were asked.
+    """Take the TTL action of sandboxes whose deadline passed; return how many were acted on.
 
     The action is one compare-and-set that also clears ``expires_at``, so it is taken
     exactly once however many sweeps race; the next start counts a fresh TTL.
     """
-    # Already parked: drop the deadline (nothing to do, and a later start re-arms it).
-    Sandbox.objects.filter(expires_at__lte=now, status__in=_PARKED).exclude(_applies()).update(
-        expires_at=None
+    return drop_lapsed(now=now, limit=limit) + act_on_expired(
+        ttl_candidates(now=now, limit=limit), now=now
     )
-    return act_on_expired(ttl_candidates(now=now, limit=limit), now=now)
+
+
+def drop_lapsed(*, now: datetime, limit: int) -> int:
+    """Deadlines that passed while the sandbox was already parked: nothing to do but note
+    it and drop the deadline (so a later start re-arms the TTL)."""
+    lapsed = (
+        Sandbox.objects.filter(expires_at__lte=now, status__in=_PARKED)
+        .exclude(_applies())
+        .values_list("pk", "team_id", "status", "ttl_action", "expires_at")[:limit]
+    )
+    dropped = 0
+    for pk, team_id, status, ttl_action, expires_at in lapsed:
+        with transaction.atomic():
+            won = Sandbox.objects.filter(pk=pk, status=status, expires_at=expires_at).update(
+                expires_at=None
+            )
+            if won:
+                record_event(
+                    actor=Actor.scheduler(),
+                    action="ttl_expired",
+                    outcome=Outcome.SUCCEEDED,
+                    sandbox=Sandbox(pk=pk, team_id=team_id),
+                    from_status=status,
+                    to_status=status,
+                    message=f"the TTL ran out while it was {status}: nothing to {ttl_action}",
+                    data={
+                        "reason": "ttl_expired",
+                        "ttl_action": ttl_action,
+                        "expired_at": expires_at.isoformat(),
+                        "skipped": True,
+                    },
+                )
+        dropped += won
+    return dropped
 
 
 def ttl_candidates(*, now: datetime, limit: int) -> list[Sandbox]:

@@ -3,18 +3,25 @@
 Activity is what the control plane saw itself (``Sandbox.last_activity_at``: API calls,
 exec, traffic through the service proxy) or what the provider observed
 (``Instance.last_activity`` from the sweep's single ``list()``: traffic that reached an
-exposed service directly), whichever is later. Parking means pause where the provider
-can, else hibernate, else stop; the audit event says which and why.
+exposed service directly), whichever is later; and, where the provider reports metrics,
+a CPU sample at or above ``SANDBOX_IDLE_CPU_FRACTION`` of a vCPU (a build running with
+nobody watching is not idle). Metrics are read only for sandboxes that look idle
+otherwise. Parking means pause where the provider can, else hibernate, else stop; the
+audit event says which and why.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Func, Q, Value
 
+from providers.base import Instance
+from providers.errors import ProviderError
 from sandboxes.models import Sandbox
 from sandboxes.services import scheduled
+from sandboxes.services.backends import capabilities
 from sandboxes.services.errors import ServiceError
 from sandboxes.services.inventory import Inventory
 from sandboxes.states import Status
@@ -52,6 +59,23 @@ def idle_candidates(*, now: datetime, limit: int):
     )
 
 
+def _busy_at(instance: Instance, provider: str, *, since: datetime) -> datetime | None:
+    """The latest CPU sample after ``since`` showing work, if the provider reports any."""
+    try:
+        if not capabilities(provider).supports_metrics:
+            return None
+        samples = instance.metrics()
+    except (ProviderError, ServiceError):
+        return None  # no evidence either way: the other signals decide
+    threshold = settings.SANDBOX_IDLE_CPU_FRACTION
+    busy = [
+        sample.time
+        for sample in samples
+        if sample.time > since and (sample.cpu_fraction or 0) >= threshold
+    ]
+    return max(busy) if busy else None
+
+
 def park_idle(*, now: datetime, inventory: Inventory, limit: int) -> int:
     """Pause (or hibernate, or stop) idle sandboxes; return how many were asked."""
     acted = 0
@@ -75,6 +99,12 @@ def park_idle(*, now: datetime, inventory: Inventory, limit: int) -> int:
             if seen > now - deadline:
                 continue
         last = max(sandbox.last_activity_at, seen or sandbox.last_activity_at)
+        busy = _busy_at(instance, sandbox.provider, since=now - deadline)
+        if busy is not None:
+            Sandbox.objects.filter(pk=sandbox.pk, last_activity_at__lt=busy).update(
+                last_activity_at=busy
+            )
+            continue
         try:
             operation, why = scheduled.park_operation(sandbox.provider)
         except ServiceError:

@@ -35,7 +35,7 @@ from providers.base import (
     InstanceStatus,
 )
 from providers.errors import NotFound, ProviderError
-from sandboxes.models import Outcome, Preset, Sandbox, Team, TtlAction
+from sandboxes.models import Outcome, Preset, Sandbox, Snapshot, SnapshotStatus, Team, TtlAction
 from sandboxes.services import transitions
 from sandboxes.services.actors import Actor
 from sandboxes.services.backends import capabilities, default_provider, get_provider
@@ -144,6 +144,15 @@ def create_sandbox(
             if existing is not None:
                 return existing
         check_quota(team=locked_team, vcpus=preset.vcpus, memory_mb=preset.memory_mb)
+        # Lock the version: its deletion (retention, a person) checks "in use" under the
+        # same lock, so a version is never deleted under a sandbox that starts from it.
+        if not Snapshot.objects.select_for_update().filter(
+            pk=snapshot.pk, status=SnapshotStatus.READY
+        ):
+            raise InvalidInput(
+                f"{snapshot.snapshot_id} is being deleted",
+                fields={"snapshot_id": [f"{snapshot.snapshot_id} is being deleted"]},
+            )
         now = timezone.now()
         sandbox = Sandbox.objects.create(
             team=team,

@@ -8,6 +8,8 @@
   off; after ``SANDBOX_RECONCILE_MAX_ATTEMPTS`` the row settles on what the provider shows
   (failed when nothing), so nothing stays stuck. A delete that failed is retried the same
   way.
+* **Stuck snapshot versions.** A capture or deletion whose worker died is enqueued
+  again the same way (both are idempotent and leased).
 * **Drift.** A settled sandbox whose instance the provider reports in another state
   (stopped in PVE's own UI, paused from the command line) is corrected by
   compare-and-set and a ``drift`` event; one whose instance is gone is deleted.
@@ -30,12 +32,13 @@ from django.utils import timezone
 
 from providers.base import Instance, InstanceStatus
 from providers.errors import NotFound, ProviderError
-from sandboxes.models import Outcome, Sandbox, SandboxEvent
+from sandboxes.models import Outcome, Sandbox, SandboxEvent, Snapshot, SnapshotStatus
 from sandboxes.services import lifecycle, scheduled, transitions
 from sandboxes.services.actors import Actor
 from sandboxes.services.backends import get_provider
 from sandboxes.services.events import record_event
 from sandboxes.services.inventory import Inventory, ProviderInventory
+from sandboxes.services.queue import enqueue_on_commit
 from sandboxes.states import Status, can_transition
 
 logger = logging.getLogger(__name__)
@@ -372,3 +375,72 @@ def _vanished(row: LiveRow, taken_at: datetime) -> bool:
         if not requested:  # someone acted on it meanwhile: no drift to record after all
             transaction.set_rollback(True)
     return requested
+
+
+# --- snapshot versions ----------------------------------------------------------------------
+
+
+def resolve_stuck_snapshots(*, now: datetime, limit: int) -> int:
+    """Enqueue again a version capture or deletion whose worker died (no live lease, no
+    change for ``SANDBOX_STUCK_SECONDS``); after the last attempt a capture ends failed
+    and a deletion goes back to ready, each with the reason."""
+    stale = now - timedelta(seconds=settings.SANDBOX_STUCK_SECONDS)
+    free = Q(lease_token="") | Q(lease_expires_at__lt=timezone.now())
+    rows = list(
+        Snapshot.objects.filter(
+            free,
+            status__in=(SnapshotStatus.CREATING, SnapshotStatus.DELETING),
+            updated_at__lt=stale,
+        ).order_by("updated_at")[:limit]
+    )
+    tries: dict[tuple[int, str], int] = {}
+    for snapshot_id, data in SandboxEvent.objects.filter(
+        snapshot_id__in=[row.pk for row in rows], action="reconcile"
+    ).values_list("snapshot_id", "data"):
+        key = (snapshot_id, data.get("status", ""))
+        tries[key] = tries.get(key, 0) + 1
+    acted = 0
+    for row in rows:
+        attempt = tries.get((row.pk, row.status), 0) + 1
+        gave_up = attempt > settings.SANDBOX_RECONCILE_MAX_ATTEMPTS
+        acted += _retry_snapshot(row, attempt, gave_up=gave_up)
+    return acted
+
+
+def _retry_snapshot(row: Snapshot, attempt: int, *, gave_up: bool) -> bool:
+    what = "capture" if row.status == SnapshotStatus.CREATING else "deletion"
+    values: dict = {"lease_token": "", "lease_expires_at": None, "updated_at": timezone.now()}
+    if gave_up:
+        values["status"] = (
+            SnapshotStatus.FAILED if row.status == SnapshotStatus.CREATING else SnapshotStatus.READY
+        )
+        values["error"] = f"the {what} did not complete after {attempt - 1} attempt(s)"
+    with transaction.atomic():
+        won = Snapshot.objects.filter(
+            pk=row.pk,
+            status=row.status,
+            lease_token=row.lease_token,
+            lease_expires_at=row.lease_expires_at,
+            updated_at=row.updated_at,
+        ).update(**values)
+        if not won:
+            return False
+        record_event(
+            actor=Actor.scheduler(),
+            action="reconcile",
+            outcome=Outcome.FAILED if gave_up else Outcome.REQUESTED,
+            snapshot=row,
+            message=values.get("error", f"the {what} was stuck; enqueued again"),
+            data={
+                "reason": "stuck",
+                "status": row.status,
+                "snapshot_id": row.snapshot_id,
+                "resolution": "gave_up" if gave_up else "retried",
+                "attempt": attempt,
+            },
+        )
+        if not gave_up:
+            enqueue_on_commit(
+                "sandboxes.tasks.run_snapshot_operation", row.pk, name=f"snapshot-{row.pk}"
+            )
+    return True

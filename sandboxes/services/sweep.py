@@ -55,6 +55,7 @@ def run_sweep(*, now: datetime | None = None, limit: int | None = None) -> Sweep
 
     phases: list[tuple[str, Callable[[], int]]] = [
         ("stuck", lambda: reconcile.resolve_stuck(now=now, inventory=inventory, limit=limit)),
+        ("snapshots", lambda: reconcile.resolve_stuck_snapshots(now=now, limit=limit)),
         ("rows", load_rows),
         ("drift", lambda: reconcile.correct_drift(rows=rows, inventory=inventory, limit=limit)),
         ("ttl", lambda: gc.expire_ttls(now=now, limit=limit)),

@@ -82,10 +82,17 @@ def test_an_already_parked_sandbox_drops_its_deadline_and_a_restart_rearms_it(
     sandbox = create(team, actor, ttl_seconds=600, ttl_action="stop")
     lifecycle.stop_sandbox(sandbox=sandbox, actor=actor)
     expire(sandbox)
-    assert run_sweep().actions["ttl"] == 0
+    assert run_sweep().actions["ttl"] == 1
     sandbox.refresh_from_db()
     assert sandbox.expires_at is None
-    assert scheduler_requests(sandbox) == []
+    assert scheduler_requests(sandbox) == []  # nothing asked of the provider...
+    noted = SandboxEvent.objects.get(sandbox=sandbox, action="ttl_expired")  # ...but noted
+    assert (noted.actor_kind, noted.data["skipped"], noted.to_status) == (
+        "scheduler",
+        True,
+        "stopped",
+    )
+    assert run_sweep().actions["ttl"] == 0
     lifecycle.start_sandbox(sandbox=sandbox, actor=actor)
     sandbox.refresh_from_db()
     assert sandbox.status == Status.RUNNING

@@ -15,6 +15,7 @@ from sandboxes.services.inventory import take_inventory
 from sandboxes.services.sweep import run_sweep
 from sandboxes.services.tokens import create_api_token
 from sandboxes.states import Status
+from tests.background import harness
 from tests.background.harness import FakeService
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -213,3 +214,49 @@ def test_a_service_that_does_not_answer_is_a_bad_gateway(served, client, member)
     response = client.get(f"/s/{sandbox.pk}/web/")
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "bad_gateway"
+
+
+# --- what the provider observed (the file-backed provider reports traffic and CPU) -----------
+
+
+@pytest.fixture
+def filestore(tmp_path_factory, presets):
+    with harness.harness("filestore", tmp_path_factory) as put:
+        backend = harness.activate("filestore", put)
+        yield backend
+        harness.clean_up(backend)
+
+
+def test_cpu_work_the_provider_reports_keeps_a_sandbox_awake(filestore, team, actor):
+    sandbox = lifecycle.create_sandbox(
+        team=team, actor=actor, preset_id=filestore.preset_id, idle_timeout_seconds=300
+    )
+    sandbox.refresh_from_db()
+    go_idle(sandbox, 3600)
+    store = filestore.provider.store
+    now = timezone.now()
+    store.add_metric(sandbox.provider_ref, now - timedelta(seconds=900), 2.0)  # too old
+    store.add_metric(sandbox.provider_ref, now - timedelta(seconds=20), 0.01)  # just noise
+    assert run_sweep().actions["idle"] == 1  # neither counts: parked
+    sandbox.refresh_from_db()
+    assert sandbox.status == Status.PAUSED
+    lifecycle.resume_sandbox(sandbox=sandbox, actor=actor)
+    go_idle(sandbox, 3600)
+    busy = timezone.now() - timedelta(seconds=20)
+    store.add_metric(sandbox.provider_ref, busy, 0.9)  # a build running unattended
+    assert run_sweep().actions["idle"] == 0
+    sandbox.refresh_from_db()
+    assert (sandbox.status, sandbox.last_activity_at) == (Status.RUNNING, busy)
+
+
+def test_traffic_the_provider_saw_keeps_a_sandbox_awake(filestore, team, actor):
+    sandbox = lifecycle.create_sandbox(
+        team=team, actor=actor, preset_id=filestore.preset_id, idle_timeout_seconds=300
+    )
+    sandbox.refresh_from_db()
+    go_idle(sandbox, 3600)
+    seen = timezone.now() - timedelta(seconds=5)
+    filestore.provider.store.set_last_activity(sandbox.provider_ref, seen)
+    assert run_sweep().actions["idle"] == 0
+    sandbox.refresh_from_db()
+    assert (sandbox.status, sandbox.last_activity_at) == (Status.RUNNING, seen)

@@ -274,3 +274,44 @@ def test_an_instance_missing_from_a_list_but_still_there_is_kept(memory_backend,
     assert reconcile.correct_drift(rows=rows, inventory=inventory, limit=10) == 0
     assert Sandbox.objects.get(pk=sandbox.pk).status == Status.RUNNING
     assert not SandboxEvent.objects.filter(action="drift").exists()
+
+
+# --- snapshot versions -----------------------------------------------------------------------
+
+
+def test_a_stuck_snapshot_capture_is_enqueued_again_then_given_up(
+    memory_backend, team, actor, settings
+):
+    from sandboxes.models import Snapshot, SnapshotStatus
+    from sandboxes.services import snapshots
+
+    settings.SANDBOX_RECONCILE_MAX_ATTEMPTS = 1
+    sandbox = create(team, actor)
+    version = snapshots.take_snapshot(sandbox=sandbox, actor=actor)
+    # The worker died holding the capture: back to creating, lease expired, quiet since.
+    past = timezone.now() - timedelta(seconds=120)
+    Snapshot.objects.filter(pk=version.pk).update(
+        status=SnapshotStatus.CREATING, lease_token="dead", lease_expires_at=past, updated_at=past
+    )
+    assert run_sweep().actions["snapshots"] == 1
+    version.refresh_from_db()
+    assert version.status == SnapshotStatus.READY  # captured by the retried task
+    retried = SandboxEvent.objects.get(snapshot=version, action="reconcile")
+    assert (retried.actor_kind, retried.data["resolution"]) == ("scheduler", "retried")
+
+    Snapshot.objects.filter(pk=version.pk).update(
+        status=SnapshotStatus.DELETING, lease_token="dead", lease_expires_at=past, updated_at=past
+    )
+    SandboxEvent.objects.create(
+        snapshot=version,
+        team=team,
+        actor_kind="scheduler",
+        actor_label="scheduler",
+        action="reconcile",
+        outcome=Outcome.REQUESTED,
+        data={"status": "deleting"},
+    )
+    assert run_sweep().actions["snapshots"] == 1  # out of attempts: back to ready
+    version.refresh_from_db()
+    assert version.status == SnapshotStatus.READY
+    assert version.error == "the deletion did not complete after 1 attempt(s)"
