@@ -119,24 +119,33 @@ def service_proxy(
 
 
 def wake(sandbox: Sandbox, actor: Actor) -> Sandbox:
-    """Resume a parked sandbox and wait (bounded) until it runs; return the fresh row."""
+    """Resume a parked sandbox and wait (bounded) until it runs; return the fresh row.
+
+    A pause in progress is waited for first. The resume is asked for once; this request
+    then carries it out itself unless a worker already holds it.
+    """
     waker = actor if actor.can_write(sandbox.team) else Actor.system()
-    if sandbox.status in PARKED:
-        # Refused when another request woke it first or it moved on: the row says below.
-        with contextlib.suppress(ServiceError):
-            lifecycle.request_operation(
-                sandbox=sandbox,
-                operation="resume",
-                actor=waker,
-                data={"reason": "wake_on_http", "requested_by": actor.label},
-                record_refusal=False,
-            )
     deadline = time.monotonic() + settings.SANDBOX_WAKE_TIMEOUT_SECONDS
+    asked = False
     while True:
-        # Carry the resume out here unless a worker already holds it (then this is a no-op).
-        lifecycle.perform_operation(sandbox_id=sandbox.pk)
         row = Sandbox.objects.select_related("team", "preset", "snapshot").get(pk=sandbox.pk)
-        if row.status not in WAKING or time.monotonic() >= deadline:
+        if row.status in PARKED and not asked:
+            asked = True
+            # Refused when another request woke it first or it moved on: the row tells.
+            with contextlib.suppress(ServiceError):
+                lifecycle.request_operation(
+                    sandbox=row,
+                    operation="resume",
+                    actor=waker,
+                    data={"reason": "wake_on_http", "requested_by": actor.label},
+                    record_refusal=False,
+                )
+            continue
+        if row.status == Status.RESUMING:
+            lifecycle.perform_operation(sandbox_id=row.pk)  # a no-op if a worker has it
+            row = Sandbox.objects.select_related("team", "preset", "snapshot").get(pk=row.pk)
+        waiting = row.status in WAKING or (row.status in PARKED and not asked)
+        if not waiting or time.monotonic() >= deadline:
             return row
         time.sleep(0.1)
 

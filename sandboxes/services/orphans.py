@@ -115,15 +115,24 @@ def find_orphans(*, rows: list[LiveRow], inventory: Inventory) -> list[Orphan]:
                 if reason:
                     orphans.append(Orphan(name, instance, sandbox_id, reason, row.stub()))
     if unknown:
+        # Ids without a live row: deleted rows, rows made after ``rows`` was read (judged
+        # like the others), or none at all.
         ids = {sandbox_id for _, _, sandbox_id in unknown}
-        gone = {
-            pk: Sandbox(pk=pk, team_id=team_id, status=S.DELETED)
-            for pk, team_id in Sandbox.objects.filter(pk__in=ids).values_list("pk", "team_id")
+        found = {
+            pk: (status, provider, ref, team_id)
+            for pk, status, provider, ref, team_id in Sandbox.objects.filter(
+                pk__in=ids
+            ).values_list("pk", "status", "provider", "provider_ref", "team_id")
         }
         for name, instance, sandbox_id in unknown:
-            row = gone.get(sandbox_id)
-            reason = "deleted_row" if row is not None else "no_row"
-            orphans.append(Orphan(name, instance, sandbox_id, reason, row))
+            if sandbox_id not in found:
+                orphans.append(Orphan(name, instance, sandbox_id, "no_row"))
+                continue
+            status, provider, ref, team_id = found[sandbox_id]
+            reason = judge(status, provider, ref, name, instance.id)
+            if reason:
+                row = Sandbox(pk=sandbox_id, team_id=team_id, status=status)
+                orphans.append(Orphan(name, instance, sandbox_id, reason, row))
     return orphans
 
 

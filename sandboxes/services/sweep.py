@@ -63,8 +63,12 @@ def run_sweep(*, now: datetime | None = None, limit: int | None = None) -> Sweep
         ("failed", lambda: gc.clean_failed(now=now, limit=limit)),
         ("orphans", lambda: orphans.collect(rows=rows, inventory=inventory, now=now, limit=limit)),
     ]
+    #: Phases that judge the providers against the rows: never on a failed read of them.
+    needs_rows = {"drift", "orphans"}
     with queue.batched():
         for name, phase in phases:
+            if name in needs_rows and "rows" in report.errors:
+                continue
             try:
                 count = phase()
             except Exception as exc:  # one broken phase must not stop the others

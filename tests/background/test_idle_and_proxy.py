@@ -260,3 +260,20 @@ def test_traffic_the_provider_saw_keeps_a_sandbox_awake(filestore, team, actor):
     assert run_sweep().actions["idle"] == 0
     sandbox.refresh_from_db()
     assert (sandbox.status, sandbox.last_activity_at) == (Status.RUNNING, seen)
+
+
+def test_a_resume_the_provider_refuses_is_tried_once_and_reported(
+    served, client, member, actor, memory_backend
+):
+    from providers.errors import OperationFailed
+
+    sandbox, service = served
+    interactive.set_wake_on(sandbox=sandbox, actor=actor, http=True, ssh=False)
+    lifecycle.pause_sandbox(sandbox=sandbox, actor=actor)
+    memory_backend.faults["resume"] = [OperationFailed("cannot thaw")] * 5
+    client.force_login(member)
+    response = client.get(f"/s/{sandbox.pk}/web/")
+    assert response.status_code == 409
+    assert "is paused" in response.json()["error"]["message"]
+    assert memory_backend.calls.count("resume") == 1
+    assert service.seen == []

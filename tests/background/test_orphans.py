@@ -168,3 +168,16 @@ def test_removal_judges_again_and_spares_an_instance_that_found_an_owner(
     # And an instance that no longer carries the judged sandbox id is not touched either.
     orphans.remove_orphan(provider="memory", ref=ghost.id, sandbox_id="sbx-someoneelse")
     assert ghost.id in memory_backend.instances
+
+
+def test_a_sandbox_newer_than_the_rows_read_is_not_an_orphan(memory_backend, team, actor):
+    """The sweep read its rows, then a sandbox started: its instance has an owner."""
+    from sandboxes.services.inventory import take_inventory
+
+    stale_rows: list = []  # read before the sandbox existed
+    sandbox = create(team, actor)
+    inventory = take_inventory()
+    assert orphans.find_orphans(rows=stale_rows, inventory=inventory) == []
+    orphans.collect(rows=stale_rows, inventory=inventory, now=timezone.now(), limit=10)
+    assert sandbox.provider_ref in memory_backend.instances
+    assert not SandboxEvent.objects.filter(action__startswith="orphan").exists()
