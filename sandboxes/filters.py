@@ -13,11 +13,14 @@ class SandboxFilter(django_filters.FilterSet):
     status = django_filters.MultipleChoiceFilter(choices=Status.choices)
     provider = django_filters.CharFilter()
     preset = django_filters.CharFilter(field_name="preset_id")
+    snapshot = django_filters.CharFilter(
+        field_name="snapshot__snapshot_id", label="Snapshot version"
+    )
     q = django_filters.CharFilter(method="search", label="Search name or id")
 
     class Meta:
         model = Sandbox
-        fields = ["status", "provider", "preset"]
+        fields = ["status", "provider", "preset", "snapshot"]
 
     def search(self, queryset, name, value):
         return queryset.filter(Q(name__icontains=value) | Q(pk__icontains=value))

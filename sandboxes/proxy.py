@@ -28,6 +28,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 
 from sandboxes import selectors
+from sandboxes.current_team import team_context
 from sandboxes.models import Sandbox, Team
 from sandboxes.services import interactive, lifecycle, tokens
 from sandboxes.services.actors import Actor
@@ -63,13 +64,6 @@ def _error(status: int, code: str, message: str) -> JsonResponse:
     return JsonResponse({"error": {"code": code, "message": message}}, status=status)
 
 
-def _current_team(request: HttpRequest) -> Team | None:
-    teams = selectors.teams_for_user(request.user)
-    slug = request.session.get("current_team")
-    chosen = teams.filter(slug=slug).first() if slug else None
-    return chosen or teams.first()
-
-
 def _authenticate(request: HttpRequest) -> tuple[Actor | None, Team | None, bool]:
     """(actor, team, used_a_token)."""
     header = request.headers.get("Authorization", "")
@@ -79,7 +73,8 @@ def _authenticate(request: HttpRequest) -> tuple[Actor | None, Team | None, bool
             return None, None, True
         return Actor.for_token(token), token.team, True
     if request.user.is_authenticated:
-        return Actor.for_user(request.user), _current_team(request), False
+        context = team_context(request)
+        return Actor.for_user(request.user), context.team if context else None, False
     return None, None, False
 
 
@@ -97,10 +92,10 @@ def service_proxy(
     except Sandbox.DoesNotExist:
         sandbox = None
     if sandbox is None:
-        return _error(404, "not_found", f"no sandbox {sandbox_id}")
+        return _error(404, "not_found", "no such sandbox in your team")
     entry = next((s for s in sandbox.services if s.get("name") == service), None)
     if entry is None:
-        return _error(404, "not_found", f"{sandbox_id} exposes no service called {service!r}")
+        return _error(404, "not_found", f"the sandbox exposes no service called {service!r}")
     if sandbox.status in PARKED + WAKING:
         if not sandbox.wake_on_http:
             return _error(

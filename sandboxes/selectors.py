@@ -6,12 +6,24 @@ A sandbox or snapshot of another team is simply not found (``DoesNotExist``), ne
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from dataclasses import dataclass, field
 
-from providers.base import Capabilities, Health
+from django.db.models import Count, Q, QuerySet
+
+from providers.base import Capabilities, Health, MetricSample
 from providers.errors import ProviderError
-from sandboxes.models import Membership, Preset, Sandbox, SandboxEvent, Snapshot, Team
+from sandboxes.models import (
+    ActiveSnapshot,
+    ApiToken,
+    Membership,
+    Preset,
+    Sandbox,
+    SandboxEvent,
+    Snapshot,
+    Team,
+)
 from sandboxes.services import backends
+from sandboxes.services.errors import ServiceError
 from sandboxes.services.snapshots import active_version, visible_to
 from sandboxes.states import Status
 
@@ -22,6 +34,11 @@ def teams_for_user(user) -> QuerySet[Team]:
 
 def membership(user, team: Team) -> Membership | None:
     return Membership.objects.filter(user=user, team=team).first()
+
+
+def memberships_for_user(user) -> QuerySet[Membership]:
+    """The user's memberships with their teams, by team slug (one query)."""
+    return Membership.objects.filter(user=user).select_related("team").order_by("team__slug")
 
 
 def sandboxes_for_team(team: Team, *, include_deleted: bool = False) -> QuerySet[Sandbox]:
@@ -35,6 +52,38 @@ def get_sandbox(team: Team, sandbox_id: str) -> Sandbox:
     """The team's sandbox; ``Sandbox.DoesNotExist`` for anything else."""
     return Sandbox.objects.select_related("team", "preset", "snapshot").get(
         team=team, pk=sandbox_id
+    )
+
+
+def sandbox_status_counts(team: Team) -> dict[str, int]:
+    """How many of the team's sandboxes are in each status (one grouped query)."""
+    rows = Sandbox.objects.filter(team=team).values_list("status").annotate(n=Count("pk"))
+    return dict(rows.order_by())
+
+
+def sandboxes_using(team: Team, snapshot: Snapshot) -> QuerySet[Sandbox]:
+    """The team's sandboxes (not deleted) started from ``snapshot``; never other teams'."""
+    return sandboxes_for_team(team).filter(snapshot=snapshot)
+
+
+def snapshot_usage(team: Team) -> dict[int, int]:
+    """Snapshot pk -> how many of the team's live (not deleted) sandboxes use it."""
+    rows = (
+        Sandbox.objects.filter(team=team, snapshot__isnull=False)
+        .exclude(status=Status.DELETED)
+        .values_list("snapshot_id")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    return dict(rows)
+
+
+def active_pointers(team: Team) -> list[ActiveSnapshot]:
+    """The team's own active-version pointers and the shared ones."""
+    return list(
+        ActiveSnapshot.objects.filter(Q(team=team) | Q(team__isnull=True)).select_related(
+            "activated_by"
+        )
     )
 
 
@@ -78,6 +127,45 @@ def default_provider() -> str | None:
 
 def provider_capabilities(name: str) -> Capabilities:
     return backends.capabilities(name)
+
+
+def api_tokens(team: Team, *, user=None) -> QuerySet[ApiToken]:
+    """The team's tokens (only ``user``'s when given), newest first."""
+    queryset = ApiToken.objects.filter(team=team).select_related("user")
+    return queryset.filter(user=user) if user is not None else queryset
+
+
+def get_api_token(team: Team, token_id: int) -> ApiToken:
+    return ApiToken.objects.select_related("user", "team").get(team=team, pk=token_id)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """CPU and memory samples of a sandbox, or why there are none."""
+
+    samples: list[MetricSample] = field(default_factory=list)
+    reason: str = ""  # why nothing is reported (unsupported, not running, provider error)
+
+
+def sandbox_metrics(sandbox: Sandbox) -> Metrics:
+    """Recent samples from the sandbox's provider (a provider call: keep it off hot paths)."""
+    try:
+        caps = backends.capabilities(sandbox.provider)
+    except ServiceError as exc:
+        return Metrics(reason=exc.message)
+    if not caps.supports_metrics:
+        return Metrics(
+            reason=f"not reported by {sandbox.provider}: {caps.reason('supports_metrics')}"
+        )
+    if not sandbox.provider_ref or sandbox.status == Status.DELETED:
+        return Metrics(reason=f"the sandbox is {sandbox.status}; nothing to measure")
+    try:
+        samples = backends.get_provider(sandbox.provider).get(sandbox.provider_ref).metrics()
+    except ProviderError as exc:
+        return Metrics(reason=f"{sandbox.provider} could not report metrics: {exc.message}")
+    if not samples:
+        return Metrics(reason=f"{sandbox.provider} has no samples for this sandbox yet")
+    return Metrics(samples=list(samples))
 
 
 def provider_health(name: str) -> Health:

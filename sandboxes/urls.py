@@ -1,10 +1,48 @@
-from django.urls import path
+"""Dashboard URLs. Every object URL is looked up within the current team (404 otherwise);
+tests/test_dashboard_isolation.py walks this list, so a new page is covered automatically."""
 
-from sandboxes import proxy, views
+from django.urls import path
+from django.views.generic import RedirectView
+
+from sandboxes.views import detail, pages, sandboxes, snapshots, tokens
+
+SANDBOX = "sandboxes/<str:sandbox_id>/"
+SNAPSHOT = "versions/<str:snapshot_id>/"
 
 urlpatterns = [
-    path("", views.home, name="home"),
-    # Exposed services through the control plane (touches activity; wakes paused sandboxes).
-    path("s/<str:sandbox_id>/<str:service>/", proxy.service_proxy, name="service-proxy"),
-    path("s/<str:sandbox_id>/<str:service>/<path:path>", proxy.service_proxy),
+    path("", RedirectView.as_view(pattern_name="sandbox-list"), name="home"),
+    path("sandboxes/", sandboxes.sandbox_list, name="sandbox-list"),
+    path("sandboxes/new/", sandboxes.sandbox_new, name="sandbox-new"),
+    path("sandboxes/bulk/", sandboxes.sandbox_bulk, name="sandbox-bulk"),
+    path(SANDBOX, sandboxes.sandbox_detail, name="sandbox-detail"),
+    path(SANDBOX + "status/", sandboxes.sandbox_status, name="sandbox-status"),
+    path(SANDBOX + "do/<str:action>/", sandboxes.sandbox_action, name="sandbox-action"),
+    path(SANDBOX + "settings/", detail.sandbox_settings, name="sandbox-settings"),
+    path(SANDBOX + "services/", detail.sandbox_service_add, name="sandbox-service-add"),
+    path(
+        SANDBOX + "services/<str:service>/remove/",
+        detail.sandbox_service_hide,
+        name="sandbox-service-hide",
+    ),
+    path(SANDBOX + "wake-on/", detail.sandbox_wake_on, name="sandbox-wake-on"),
+    path(SANDBOX + "exec/", detail.sandbox_exec, name="sandbox-exec"),
+    path(SANDBOX + "snapshot/", detail.sandbox_snapshot, name="sandbox-snapshot"),
+    path(SANDBOX + "versions/", detail.sandbox_versions_taken, name="sandbox-versions"),
+    path(SANDBOX + "metrics/", detail.sandbox_metrics, name="sandbox-metrics"),
+    path("versions/", snapshots.snapshot_browser, name="snapshot-browser"),
+    path("versions/compare/", snapshots.snapshot_compare_pick, name="snapshot-compare-pick"),
+    path(SNAPSHOT, snapshots.snapshot_detail, name="snapshot-detail"),
+    path(SNAPSHOT + "activate/", snapshots.snapshot_activate, name="snapshot-activate"),
+    path(SNAPSHOT + "delete/", snapshots.snapshot_delete, name="snapshot-delete"),
+    path(
+        SNAPSHOT + "compare/<str:other_id>/",
+        snapshots.snapshot_compare,
+        name="snapshot-compare",
+    ),
+    path("presets/", pages.preset_list, name="preset-list"),
+    path("providers/", pages.provider_health, name="provider-health"),
+    path("audit/", pages.audit_log, name="audit-log"),
+    path("tokens/", tokens.token_list, name="token-list"),
+    path("tokens/<int:token_id>/revoke/", tokens.token_revoke, name="token-revoke"),
+    path("team/", pages.team_switch, name="team-switch"),
 ]

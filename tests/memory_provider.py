@@ -8,7 +8,7 @@ Faults are injected per step: ``MemoryProvider.fail("start", Unavailable("boom")
 the next call of that step raise. Steps: ``create`` (before anything is made),
 ``create.after`` (after the instance was made: create must roll it back), ``start``,
 ``stop``, ``pause``, ``resume``, ``hibernate``, ``delete``, ``exec``, ``snapshot``,
-``delete_snapshot``, ``get``, ``list``.
+``delete_snapshot``, ``get``, ``list``, ``metrics``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from providers.base import (
     Instance,
     InstanceSpec,
     InstanceStatus,
+    MetricSample,
     Networking,
     Provider,
     SnapshotResult,
@@ -69,6 +70,10 @@ class _Store:
         self.calls: list[str] = []
         #: Capabilities to switch off ("supports_pause", ...), to test refusals.
         self.disabled: set[str] = set()
+        #: Capabilities off by default that a test switches on ("supports_metrics").
+        self.enabled: set[str] = set()
+        #: Metric samples per instance ref, as a back end that measures would report them.
+        self.samples: dict[str, list[MetricSample]] = {}
         self.ids = itertools.count(1)
         self.snapshots["base"] = self._new_dir("snap-base")
 
@@ -196,6 +201,11 @@ class MemoryInstance(Instance):
             STORE.step("wake_on")
             self._live().wake_on = (http, ssh)
 
+    def metrics(self) -> list[MetricSample]:
+        with STORE.lock:
+            STORE.step("metrics")
+            return list(STORE.samples.get(self._live().ref, []))
+
     def snapshot(self) -> SnapshotResult:
         with STORE.lock:
             STORE.step("snapshot")
@@ -228,6 +238,7 @@ class MemoryProvider(Provider):
             "supports_exec",
             "supports_expose_http",
             "supports_wake_on",
+            *STORE.enabled,
         } - STORE.disabled
         return Capabilities(
             **{name: True for name in offered},

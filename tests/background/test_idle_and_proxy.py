@@ -156,10 +156,19 @@ def test_the_proxy_asks_anonymous_browsers_to_sign_in(served, client):
     assert service.seen == []
 
 
-def test_another_teams_sandbox_is_not_found(served, client, outsider):
+@pytest.mark.parametrize("operator", [False, True])
+def test_another_teams_sandbox_is_not_found(served, client, outsider, operator, other_team):
     sandbox, service = served
+    outsider.is_superuser = outsider.is_staff = operator
+    outsider.save()
     client.force_login(outsider)
-    assert client.get(f"/s/{sandbox.pk}/web/").status_code == 404
+    for method in ("get", "post"):
+        response = getattr(client, method)(f"/s/{sandbox.pk}/web/x")
+        assert response.status_code == 404
+        assert sandbox.pk not in response.content.decode()
+    _, raw = create_api_token(user=outsider, team=other_team, actor=Actor.for_user(outsider))
+    response = client.get(f"/s/{sandbox.pk}/web/", HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert response.status_code == 404
     assert service.seen == []
 
 
@@ -168,7 +177,7 @@ def test_an_unknown_service_is_not_found(served, client, member):
     client.force_login(member)
     response = client.get(f"/s/{sandbox.pk}/nope/")
     assert response.status_code == 404
-    assert "no service called 'nope'" in response.json()["error"]["message"]
+    assert "exposes no service called 'nope'" in response.json()["error"]["message"]
 
 
 def test_a_paused_sandbox_without_wake_on_http_is_not_woken(served, client, member, actor):

@@ -224,3 +224,28 @@ def test_health_reports_reachable_with_latency(pt):
     assert health.reachable
     assert health.latency_ms is not None
     assert health.latency_ms >= 0
+
+
+def test_stop_and_delete_work_from_paused(pt):
+    if not caps(pt).supports_pause:
+        return  # covered by test_pause_and_resume_or_unsupported
+    instance = pt.running()
+    instance.exec("echo kept > paused-stop.txt", timeout=30)
+    instance.pause()
+    instance.stop()
+    assert pt.provider.get(instance.id).status == InstanceStatus.STOPPED
+    instance.start()
+    assert instance.exec("cat paused-stop.txt", timeout=30).stdout == "kept\n"
+    instance.pause()
+    instance.delete()
+    with pytest.raises(NotFound):
+        pt.provider.get(instance.id)
+
+
+def test_list_reports_each_instance_once_with_its_status(pt):
+    first, second = pt.running(), pt.running()
+    second.stop()
+    listed = [i for i in pt.provider.list() if i.id in (first.id, second.id)]
+    assert sorted((i.id, i.status) for i in listed) == sorted(
+        [(first.id, InstanceStatus.RUNNING), (second.id, InstanceStatus.STOPPED)]
+    )

@@ -1,0 +1,1 @@
+"""Presentation helpers for the dashboard: plain functions, no requests, no queries."""
