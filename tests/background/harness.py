@@ -34,7 +34,6 @@ from django.utils import timezone
 
 from providers.base import META_SANDBOX_ID, Instance, InstanceStatus, Provider
 from providers.presets import format_preset_id
-from providers.registry import provider_token
 from sandboxes.models import Preset, Sandbox, Snapshot
 from sandboxes.services import backends
 from sandboxes.services.actors import Actor
@@ -114,10 +113,6 @@ def clean_up(backend: Backend) -> None:
 def harness(name: str, tmp_path_factory) -> Iterator[ProviderUnderTest]:
     with HARNESSES[name](tmp_path_factory) as put:
         yield put
-
-
-def snapshot_id_prefix(name: str) -> str:
-    return provider_token(name)
 
 
 # --- waiting without timing assertions ---------------------------------------------------
