@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import enum
 import shlex
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import ClassVar
+from typing import ClassVar, Protocol, runtime_checkable
 
 from providers.errors import Unsupported
 
@@ -184,6 +185,51 @@ def as_shell(command: str | Sequence[str]) -> str:
     return command if isinstance(command, str) else shlex.join(command)
 
 
+@runtime_checkable
+class ReservationStore(Protocol):
+    """Keys (e.g. PVE VMIDs) claimed atomically across every worker of the control plane.
+
+    The service layer hands providers a database-backed store (``use_reservations``), so
+    two workers never claim the same key; the default keeps claims in this process only.
+    """
+
+    def reserve(self, namespace: str, candidates: Iterable[str], owner: str) -> str | None:
+        """Claim the first candidate nobody holds; return it, or None if all are taken."""
+        ...
+
+    def release(self, namespace: str, key: str) -> None:
+        """Give a key back (no error if it was not held)."""
+        ...
+
+    def keys(self, namespace: str) -> set[str]:
+        """Every key currently held in ``namespace``."""
+        ...
+
+
+class MemoryReservationStore:
+    """A ``ReservationStore`` for one process (tests, and providers nobody gave a store)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[tuple[str, str], str] = {}
+
+    def reserve(self, namespace: str, candidates: Iterable[str], owner: str) -> str | None:
+        with self._lock:
+            for key in candidates:
+                if (namespace, key) not in self._held:
+                    self._held[(namespace, key)] = owner
+                    return key
+        return None
+
+    def release(self, namespace: str, key: str) -> None:
+        with self._lock:
+            self._held.pop((namespace, key), None)
+
+    def keys(self, namespace: str) -> set[str]:
+        with self._lock:
+            return {key for (ns, key) in self._held if ns == namespace}
+
+
 class Instance(ABC):
     """A handle on one instance. Reads are attributes; every method talks to the back end."""
 
@@ -278,3 +324,7 @@ class Provider(ABC):
 
     @abstractmethod
     def health(self) -> Health: ...
+
+    def use_reservations(self, store: ReservationStore) -> None:
+        """Claim shared keys (PVE VMIDs) through ``store``; providers that need none ignore it."""
+        return None

@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from providers.base import Provider
 
-BUILTIN_PROVIDERS: dict[str, str] = {}
+BUILTIN_PROVIDERS: dict[str, str] = {
+    "morph": "providers.morph:MorphProvider",
+    "docker": "providers.docker_provider:DockerProvider",
+    "pve-lxc": "providers.pve:PveLxcProvider",
+    "pve-vm": "providers.pve:PveVmProvider",
+}
 
 #: Providers registered at run time (the test suite's in-memory provider). Never offered
 #: to users unless a setting names them.

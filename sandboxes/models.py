@@ -376,3 +376,26 @@ class ApiToken(models.Model):
     def is_usable(self) -> bool:
         now = timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class Reservation(models.Model):
+    """A key claimed by one worker, atomically across all of them (e.g. a PVE VMID).
+
+    Providers ask for these through ``providers.base.ReservationStore`` (the service layer
+    hands them ``sandboxes.services.reservations.DbReservationStore``); the unique
+    constraint is what makes two simultaneous claims of one key impossible.
+    """
+
+    namespace = models.CharField(max_length=100)
+    key = models.CharField(max_length=100)
+    owner = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["namespace", "key"]
+        constraints = [
+            models.UniqueConstraint(fields=["namespace", "key"], name="reservation_unique_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.namespace}:{self.key} ({self.owner})"

@@ -15,6 +15,7 @@ from django.dispatch import receiver
 from providers.base import Capabilities, Provider
 from providers.registry import build_providers, default_provider_name
 from sandboxes.services.errors import InvalidInput
+from sandboxes.services.reservations import DbReservationStore
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ def backends() -> Backends:
         if _built is None:
             config = settings.SANDBOX_PROVIDER_CONFIG
             providers = build_providers(config)
+            for provider in providers.values():
+                # Keys providers must claim across workers (PVE VMIDs) live in our database.
+                provider.use_reservations(DbReservationStore())
             _built = Backends(providers, default_provider_name(config, list(providers)))
         return _built
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from django.db import connection
 from django.utils import timezone
@@ -42,9 +43,12 @@ from tests.conformance.harnesses import HARNESSES, ProviderUnderTest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: Providers whose harness gives settings another process can build the provider from.
-#: When the local and pve-lxc harnesses set ``ProviderUnderTest.config``, list them here.
-CROSS_PROCESS = tuple(name for name in ("filestore", "local", "pve-lxc") if name in HARNESSES)
+#: Providers whose harness gives settings another process can build the provider from
+#: (``ProviderUnderTest.config``) and whose back end other processes can reach. When the
+#: local harness sets ``config``, it joins by itself.
+CROSS_PROCESS = tuple(
+    name for name in ("filestore", "local", "pve-lxc", "pve-vm") if name in HARNESSES
+)
 ALL = tuple(sorted(HARNESSES))
 
 
@@ -134,12 +138,24 @@ def wait_until(condition: Callable[[], object], *, what: str, seconds: float = 9
 
 
 class FakeService:
-    """Answers for the memory and filestore providers, whose service URLs point at
-    ``127.0.0.1:20000+port``. It refuses (503) while the instance is not running, as a
-    frozen process would not answer, so a test sees whether the wake happened first."""
+    """An HTTP service standing in for one running inside a sandbox.
 
-    def __init__(self, status_of: Callable[[str], InstanceStatus], body: bytes) -> None:
-        self.status_of = status_of
+    It refuses (503) while the instance is not running, as a frozen process would not
+    answer, so a test sees whether the wake happened before the request was served.
+    ``port`` is what to expose: the memory and filestore providers point a service of
+    port P at ``127.0.0.1:20000+P`` (``offset``); providers that point at the guest's own
+    address (the PVE simulator's guests live on loopback addresses) use offset 0.
+    """
+
+    def __init__(
+        self,
+        running: Callable[[], bool],
+        body: bytes,
+        *,
+        host: str = "127.0.0.1",
+        offset: int = 20000,
+    ) -> None:
+        self.running = running
         self.body = body
         self.seen: list[dict] = []
         service = self
@@ -153,14 +169,13 @@ class FakeService:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1] - 20000
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.port = self.server.server_address[1] - offset
         assert 0 < self.port < 65536, "the ephemeral port range starts above 20000 here"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     def answer(self, request: BaseHTTPRequestHandler) -> None:
-        ref = request.path.split("/")[1]
         length = int(request.headers.get("Content-Length") or 0)
         self.seen.append(
             {
@@ -169,8 +184,7 @@ class FakeService:
                 "body": request.rfile.read(length) if length else b"",
             }
         )
-        running = self.status_of(ref) == InstanceStatus.RUNNING
-        status, body = (200, self.body) if running else (503, b"instance is not running")
+        status, body = (200, self.body) if self.running() else (503, b"not running")
         request.send_response(status)
         request.send_header("Content-Type", "text/plain")
         request.send_header("Content-Length", str(len(body)))
@@ -183,8 +197,24 @@ class FakeService:
         self.server.server_close()
 
 
+def _running(backend: Backend, sandbox: Sandbox) -> Callable[[], bool]:
+    return lambda: backend.status_of(sandbox.provider_ref) == InstanceStatus.RUNNING
+
+
 def serve_fake(backend: Backend, sandbox: Sandbox, body: bytes) -> tuple[int, Callable[[], None]]:
-    service = FakeService(backend.status_of, body)
+    service = FakeService(_running(backend, sandbox), body)
+    return service.port, service.close
+
+
+def serve_on_guest_address(
+    backend: Backend, sandbox: Sandbox, body: bytes
+) -> tuple[int, Callable[[], None]]:
+    """For providers whose service URL is ``http://<guest address>:<port>``: learn the
+    address from a probe service, then listen there."""
+    instance = backend.provider.get(sandbox.provider_ref)
+    host = urlsplit(instance.expose_http_service("probe", 1)).hostname
+    instance.hide_http_service("probe")
+    service = FakeService(_running(backend, sandbox), body, host=host, offset=0)
     return service.port, service.close
 
 
@@ -192,6 +222,8 @@ def serve_fake(backend: Backend, sandbox: Sandbox, body: bytes) -> tuple[int, Ca
 HTTP_SERVICES: dict[str, Callable[[Backend, Sandbox, bytes], tuple[int, Callable[[], None]]]] = {
     "memory": serve_fake,
     "filestore": serve_fake,
+    "pve-lxc": serve_on_guest_address,
+    "pve-vm": serve_on_guest_address,
 }
 
 

@@ -105,7 +105,9 @@ def test_activity_between_the_look_and_the_act_wins(memory_backend, team, actor)
 def served(memory_backend, team, actor):
     """A running sandbox with an exposed service "web" answered by a real HTTP server."""
     sandbox = create(team, actor, idle_timeout_seconds=600)
-    service = FakeService(lambda ref: memory_backend.instances[ref].status, b"served")
+    service = FakeService(
+        lambda: memory_backend.instances[sandbox.provider_ref].status == "running", b"served"
+    )
     interactive.expose_service(sandbox=sandbox, actor=actor, name="web", port=service.port)
     sandbox.refresh_from_db()
     yield sandbox, service

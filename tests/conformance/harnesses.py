@@ -98,7 +98,58 @@ def filestore_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prov
     )
 
 
+@contextlib.contextmanager
+def morph_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProviderUnderTest]:
+    from providers.morph import MorphProvider
+    from tests.morph_fake import FakeMorph
+
+    fake = FakeMorph("morph-conformance-key").start()
+    try:
+        provider = MorphProvider(fake.api_key, fake.base_url, poll_interval=0.01)
+        yield ProviderUnderTest(
+            provider=provider,
+            snapshot_ref=fake.state.BASE_SNAPSHOT,
+            missing_snapshot_ref="snapshot_missing",
+        )
+    finally:
+        fake.stop()
+
+
+@contextlib.contextmanager
+def docker_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProviderUnderTest]:
+    from tests.docker_daemon import docker_provider_under_test
+
+    with docker_provider_under_test() as (provider, base_ref):
+        yield ProviderUnderTest(
+            provider=provider,
+            snapshot_ref=base_ref,
+            size=(1, 256, 1),
+            missing_snapshot_ref="sandboxes-missing:none",
+        )
+
+
+def _pve_harness(kind: str) -> Harness:
+    @contextlib.contextmanager
+    def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProviderUnderTest]:
+        from tests.pve_sim.harness import simulated, template_for
+
+        root = tmp_path_factory.mktemp(kind)
+        with simulated(kind, root) as (sim, provider):
+            yield ProviderUnderTest(
+                provider=provider,
+                snapshot_ref=template_for(kind),
+                missing_snapshot_ref="8999",
+                config={**sim.config(), "SANDBOX_PROVIDERS": kind},
+            )
+
+    return harness
+
+
 HARNESSES: dict[str, Harness] = {
     "memory": memory_harness,
     "filestore": filestore_harness,
+    "morph": morph_harness,
+    "docker": docker_harness,
+    "pve-lxc": _pve_harness("pve-lxc"),
+    "pve-vm": _pve_harness("pve-vm"),
 }

@@ -1,0 +1,200 @@
+"""A handle on one sandbox container."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from docker.models.containers import Container
+
+from providers.base import (
+    EXEC_OUTPUT_LIMIT,
+    ExecResult,
+    HttpService,
+    Instance,
+    InstanceStatus,
+    Networking,
+    SnapshotResult,
+    as_argv,
+)
+from providers.docker_provider import labels, services
+from providers.docker_provider.base_image import WORKDIR
+from providers.docker_provider.errors import docker_call
+from providers.errors import Conflict, NotFound, ProviderError, Timeout, Unsupported
+
+if TYPE_CHECKING:
+    from providers.docker_provider.provider import DockerProvider
+
+#: PID 1's child (Docker's own init is PID 1): sleeps until the container is stopped.
+KEEPALIVE = ["sleep", "2147483647"]
+STOP_GRACE_SECONDS = 5
+
+_STATUS = {
+    "created": InstanceStatus.STOPPED,
+    "exited": InstanceStatus.STOPPED,
+    "running": InstanceStatus.RUNNING,
+    "restarting": InstanceStatus.RUNNING,
+    "paused": InstanceStatus.PAUSED,
+}
+
+
+def _text(data: bytes | None) -> tuple[str, bool]:
+    data = data or b""
+    return data[:EXEC_OUTPUT_LIMIT].decode("utf-8", "replace"), len(data) > EXEC_OUTPUT_LIMIT
+
+
+class DockerInstance(Instance):
+    def __init__(
+        self,
+        provider: DockerProvider,
+        container: Container,
+        http_services: Iterable[HttpService] | None = None,
+    ) -> None:
+        self._provider = provider
+        self._load(container, http_services)
+
+    def __repr__(self) -> str:
+        return f"DockerInstance(id={self.id!r}, status={self.status.value!r})"
+
+    def _load(
+        self, container: Container, http_services: Iterable[HttpService] | None = None
+    ) -> None:
+        self._container = container
+        self.id = container.id
+        self.status = _STATUS.get(container.status, InstanceStatus.ERROR)
+        self.metadata = labels.metadata_of(container.labels)
+        if http_services is None:
+            http_services = services.services_of(self._provider.client, container.id)
+        self.networking = Networking(tuple(http_services))
+
+    def _reload(self) -> Container:
+        self._load(self._provider.container(self.id), self.networking.http_services)
+        return self._container
+
+    def _do(self, what: str, action) -> None:
+        with docker_call(f"{what} container {self.id[:12]}", ref=self.id):
+            action()
+
+    # --- exec -------------------------------------------------------------------------
+
+    def exec(self, command: str | Sequence[str], timeout: float = 60.0) -> ExecResult:
+        argv = as_argv(command)
+        self._reload()
+        if self.status != InstanceStatus.RUNNING:
+            raise Conflict(f"container {self.id[:12]} is {self.status}, not running", ref=self.id)
+        seconds = max(1, math.ceil(timeout))
+        # ``timeout`` inside the container: Docker cannot kill an exec'd process itself.
+        wrapped = ["timeout", "-s", "KILL", str(seconds), *argv]
+        api = self._provider.exec_api(seconds + 30)
+        try:
+            with docker_call(f"exec in container {self.id[:12]}", ref=self.id):
+                exec_id = api.exec_create(self.id, wrapped, workdir=WORKDIR)["Id"]
+                started = time.monotonic()
+                stdout, stderr = api.exec_start(exec_id, demux=True)
+                elapsed = time.monotonic() - started
+                code = api.exec_inspect(exec_id)["ExitCode"]
+        except Timeout:
+            raise Timeout(f"exec in {self.id[:12]} did not finish in {seconds + 30}s") from None
+        finally:
+            api.close()
+        out, out_cut = _text(stdout)
+        err, err_cut = _text(stderr)
+        return ExecResult(
+            exit_code=code if code is not None else -1,
+            stdout=out,
+            stderr=err,
+            stdout_truncated=out_cut,
+            stderr_truncated=err_cut,
+            timed_out=code == 128 + 9 and elapsed >= seconds,
+        )
+
+    # --- power ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        container = self._reload()
+        if self.status == InstanceStatus.RUNNING:
+            return
+        if self.status == InstanceStatus.PAUSED:
+            self._do("unpause", container.unpause)
+        else:
+            self._do("start", container.start)
+        self._reload()
+
+    def stop(self) -> None:
+        container = self._reload()
+        if self.status == InstanceStatus.STOPPED:
+            return
+        if self.status == InstanceStatus.PAUSED:
+            self._do("unpause", container.unpause)
+        self._do("stop", lambda: container.stop(timeout=STOP_GRACE_SECONDS))
+        self._reload()
+
+    def pause(self) -> None:
+        container = self._reload()
+        if self.status == InstanceStatus.PAUSED:
+            return
+        if self.status != InstanceStatus.RUNNING:
+            raise Conflict(f"cannot pause container {self.id[:12]}: it is {self.status}")
+        self._do("pause", container.pause)
+        self._reload()
+
+    def resume(self) -> None:
+        container = self._reload()
+        if self.status == InstanceStatus.RUNNING:
+            return
+        if self.status != InstanceStatus.PAUSED:
+            raise Conflict(f"cannot resume container {self.id[:12]}: it is {self.status}")
+        self._do("unpause", container.unpause)
+        self._reload()
+
+    def hibernate(self) -> None:
+        raise Unsupported(
+            "Docker's checkpoints (CRIU) are experimental; use pause or stop",
+            capability="supports_hibernate",
+        )
+
+    def delete(self) -> None:
+        client = self._provider.client
+        services.remove_all(client, self.id)
+        with contextlib.suppress(NotFound):
+            self._do("remove", lambda: client.containers.get(self.id).remove(force=True, v=True))
+        services.remove_network(client, self.id)
+
+    # --- services -----------------------------------------------------------------------
+
+    def expose_http_service(self, name: str, port: int) -> str:
+        container = self._reload()
+        base = self._provider.ensure_base_image()
+        service = services.expose(self._provider.client, container, base, name, int(port))
+        self._load(container)
+        return service.url
+
+    def hide_http_service(self, name: str) -> None:
+        container = self._reload()
+        services.hide(self._provider.client, container.id, name)
+        self._load(container)
+
+    def set_wake_on(self, http: bool, ssh: bool) -> None:
+        raise Unsupported(
+            "nothing in front of a Docker sandbox wakes it on traffic",
+            capability="supports_wake_on",
+        )
+
+    # --- snapshot -----------------------------------------------------------------------
+
+    def snapshot(self) -> SnapshotResult:
+        container = self._reload()
+        tag = f"{self.id[:12]}-{time.time_ns() // 1_000_000}"
+        with docker_call(f"commit container {self.id[:12]}", ref=self.id):
+            image = container.commit(
+                repository="sandboxes-snapshot",
+                tag=tag,
+                changes=labels.SNAPSHOT_CHANGES,
+                pause=True,
+            )
+        with contextlib.suppress(ProviderError):
+            self._reload()
+        return SnapshotResult(ref=image.id, size_bytes=image.attrs.get("Size"))

@@ -1,0 +1,267 @@
+"""The ``docker`` provider, through the ``docker`` SDK.
+
+How the contract maps onto Docker:
+
+* A snapshot version is an image; its ref is the image id (or any reference the daemon
+  resolves). The built-in base reference (``DOCKER_BASE_IMAGE``) is built on demand with
+  ``docker import`` when missing (see ``base_image``).
+* A sandbox is a container named ``sbx-<sandbox id>`` (Docker refuses a second one of the
+  same name: create is idempotent even under races), labelled with its metadata, with
+  CPU, memory and pids limits from the preset, no network (``network_mode=none``) and
+  ``/workspace`` as its working directory. Its files live in the container's writable
+  layer: kept by stop/start, captured by ``docker commit``.
+* ``pause`` freezes the container's cgroup (memory kept); ``snapshot`` commits the
+  container to a new image (the container is paused for the commit and keeps running).
+* Exposed services: see ``services``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import docker
+from docker.models.containers import Container
+
+from providers.base import (
+    META_SANDBOX_ID,
+    Capabilities,
+    Health,
+    InstanceSpec,
+    Provider,
+)
+from providers.docker_provider import base_image, labels, services
+from providers.docker_provider.errors import docker_call
+from providers.docker_provider.instance import KEEPALIVE, DockerInstance
+from providers.errors import Conflict, NotFound, OperationFailed, ProviderError
+
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+
+
+def _int_setting(config: Mapping[str, str], key: str, default: int) -> int:
+    raw = config.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{key} must be a whole number, not {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{key} must be greater than zero")
+    return value
+
+
+class DockerProvider(Provider):
+    name: ClassVar[str] = "docker"
+    config_keys: ClassVar[tuple[str, ...]] = (
+        "DOCKER_HOST",
+        "DOCKER_BASE_IMAGE",
+        "DOCKER_PIDS_LIMIT",
+        "DOCKER_TIMEOUT",
+    )
+
+    def __init__(
+        self,
+        host: str = DEFAULT_HOST,
+        *,
+        base_image_ref: str = base_image.DEFAULT_BASE_IMAGE,
+        pids_limit: int = 1024,
+        timeout: int = 60,
+    ) -> None:
+        if "://" not in host:
+            raise ValueError(
+                f"DOCKER_HOST must look like unix:///path or tcp://host:port, not {host!r}"
+            )
+        self.host = host
+        self.base_image_ref = base_image_ref
+        self.pids_limit = pids_limit
+        self.timeout = timeout
+        self._client: docker.DockerClient | None = None
+        self._lock = threading.Lock()
+        self._base_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"DockerProvider(host={self.host!r})"
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, str]) -> DockerProvider:
+        return cls(
+            config.get("DOCKER_HOST", "").strip() or DEFAULT_HOST,
+            base_image_ref=config.get("DOCKER_BASE_IMAGE", "").strip()
+            or base_image.DEFAULT_BASE_IMAGE,
+            pids_limit=_int_setting(config, "DOCKER_PIDS_LIMIT", 1024),
+            timeout=_int_setting(config, "DOCKER_TIMEOUT", 60),
+        )
+
+    @classmethod
+    def configured(cls, config: Mapping[str, str]) -> bool:
+        return bool(config.get("DOCKER_HOST", "").strip())
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            supports_pause=True,
+            supports_snapshots=True,
+            supports_exec=True,
+            supports_expose_http=True,
+            reasons={
+                "supports_hibernate": "Docker's checkpoints (CRIU) are experimental; use "
+                "pause (memory kept) or stop",
+                "supports_wake_on": "nothing in front of a Docker sandbox wakes it on traffic",
+                "supports_ssh": "Docker sandboxes run no SSH server; use exec",
+                "supports_resize": "resizing a running container is not offered yet",
+                "supports_metrics": "Docker stats are not collected yet",
+            },
+        )
+
+    # --- plumbing -------------------------------------------------------------------
+
+    @property
+    def client(self) -> docker.DockerClient:
+        """Connected on first use: a daemon that is down must not stop the app starting."""
+        with self._lock:
+            if self._client is None:
+                with docker_call("connect"):
+                    self._client = docker.DockerClient(base_url=self.host, timeout=self.timeout)
+            return self._client
+
+    def exec_api(self, timeout: float) -> docker.APIClient:
+        """A low-level client whose reads wait ``timeout`` seconds (exec streams)."""
+        return docker.APIClient(
+            base_url=self.host, version=self.client.api.api_version, timeout=timeout
+        )
+
+    def container(self, ref: str) -> Container:
+        with docker_call(f"get container {ref}", ref=ref):
+            found = self.client.containers.get(ref)
+        if found.labels.get(labels.ROLE) != labels.ROLE_SANDBOX:
+            raise NotFound(f"container {ref} is not a sandbox", ref=ref)
+        return found
+
+    def ensure_base_image(self) -> str:
+        """Build the built-in base image if it is missing; return its reference."""
+        with self._base_lock:
+            try:
+                with docker_call("inspect the base image"):
+                    self.client.images.get(self.base_image_ref)
+                return self.base_image_ref
+            except NotFound:
+                pass
+            try:
+                busybox = base_image.find_static_busybox()
+            except base_image.BaseImageError as exc:
+                raise OperationFailed(f"cannot build {self.base_image_ref}: {exc}") from None
+            with docker_call("import the base image"):
+                base_image.import_base_image(self.client.api, self.base_image_ref, busybox)
+            return self.base_image_ref
+
+    def _image_id(self, ref: str) -> str:
+        try:
+            with docker_call(f"inspect image {ref}", ref=ref):
+                return self.client.images.get(ref).id
+        except NotFound:
+            if ref != self.base_image_ref:
+                raise NotFound(f"Docker image {ref} does not exist", ref=ref) from None
+        self.ensure_base_image()
+        with docker_call(f"inspect image {ref}", ref=ref):
+            return self.client.images.get(ref).id
+
+    def _find(self, sandbox_id: str) -> list[Container]:
+        wanted = [f"{labels.ROLE}={labels.ROLE_SANDBOX}", f"{labels.SANDBOX_ID}={sandbox_id}"]
+        with docker_call(f"look up sandbox {sandbox_id}"):
+            return self.client.containers.list(all=True, filters={"label": wanted})
+
+    # --- the contract -----------------------------------------------------------------
+
+    def create(
+        self, spec: InstanceSpec, snapshot_ref: str, metadata: Mapping[str, str]
+    ) -> DockerInstance:
+        existing = self._find(spec.sandbox_id)
+        if existing:
+            return DockerInstance(self, existing[0])
+        image_id = self._image_id(snapshot_ref)
+        name = labels.container_name(spec.sandbox_id)
+        options: dict[str, Any] = {
+            "name": name,
+            "entrypoint": KEEPALIVE[:1],
+            "command": KEEPALIVE[1:],
+            "labels": labels.sandbox_labels(spec.sandbox_id, metadata),
+            "network_mode": "none",
+            "working_dir": base_image.WORKDIR,
+            "hostname": "sandbox",
+            "init": True,
+            "nano_cpus": spec.vcpus * 1_000_000_000,
+            "mem_limit": f"{spec.memory_mb}m",
+            "memswap_limit": f"{spec.memory_mb}m",
+            "pids_limit": self.pids_limit,
+        }
+        try:
+            with docker_call(f"create container {name}"):
+                made = self.client.containers.create(image_id, **options)
+        except Conflict:
+            return self._adopt(name, spec.sandbox_id)
+        except ProviderError:
+            self._remove_named(name)  # the answer may have been lost after the create
+            raise
+        try:
+            return DockerInstance(self, made)
+        except ProviderError:
+            self._remove_named(name)
+            raise
+
+    def _adopt(self, name: str, sandbox_id: str) -> DockerInstance:
+        """Another create for this sandbox won the race for the name: use its container."""
+        with docker_call(f"get container {name}"):
+            other = self.client.containers.get(name)
+        if other.labels.get(labels.SANDBOX_ID) != sandbox_id:
+            raise Conflict(f"a container named {name} exists and is not this sandbox's")
+        return DockerInstance(self, other)
+
+    def _remove_named(self, name: str) -> None:
+        try:
+            with docker_call(f"remove container {name}"):
+                self.client.containers.get(name).remove(force=True, v=True)
+        except ProviderError:
+            return  # nothing there, or the daemon is down: the orphan collector retries
+
+    def get(self, ref: str) -> DockerInstance:
+        return DockerInstance(self, self.container(ref))
+
+    def list(self) -> list[DockerInstance]:
+        wanted = [f"{labels.ROLE}={labels.ROLE_SANDBOX}"]
+        with docker_call("list containers"):
+            found = self.client.containers.list(all=True, filters={"label": wanted})
+        by_owner = services.services_by_owner(self.client)
+        return [
+            DockerInstance(self, c, by_owner.get(c.id, ()))
+            for c in found
+            if META_SANDBOX_ID in labels.metadata_of(c.labels)
+        ]
+
+    def delete_snapshot(self, ref: str) -> None:
+        try:
+            with docker_call(f"inspect image {ref}", ref=ref):
+                image = self.client.images.get(ref)
+        except NotFound:
+            return
+        with docker_call("list containers"):
+            users = self.client.containers.list(all=True, filters={"ancestor": image.id})
+        if users:
+            names = ", ".join(sorted(c.name for c in users)[:5])
+            raise Conflict(f"Docker image {ref} is in use by container(s) {names}", ref=ref)
+        try:
+            with docker_call(f"remove image {ref}", ref=ref):
+                self.client.images.remove(image.id, force=True)
+        except NotFound:
+            return
+
+    def health(self) -> Health:
+        started = time.perf_counter()
+        try:
+            with docker_call("ping"):
+                self.client.ping()
+        except ProviderError as exc:
+            return Health(reachable=False, detail=exc.message)
+        return Health(reachable=True, latency_ms=(time.perf_counter() - started) * 1000)

@@ -1,0 +1,378 @@
+"""A handle on one PVE guest made for a sandbox. Every method asks PVE afresh."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from providers.base import (
+    ExecResult,
+    HttpService,
+    Instance,
+    InstanceStatus,
+    MetricSample,
+    Networking,
+    SnapshotResult,
+)
+from providers.errors import Conflict, NotFound, OperationFailed, ProviderError, Unavailable
+from providers.pve import metadata as meta_codec
+from providers.pve.agent import SECRET_ENV
+from providers.pve.guest_exec import lxc_exec, vm_exec
+from providers.pve.kinds import dns_label
+from providers.pve.metadata import GuestMeta
+
+if TYPE_CHECKING:
+    from providers.pve.provider import PveProvider
+
+S = InstanceStatus
+
+
+class PveInstance(Instance):
+    def __init__(
+        self,
+        provider: PveProvider,
+        vmid: int,
+        node: str,
+        config: dict,
+        meta: GuestMeta,
+        current: dict,
+    ) -> None:
+        self._p = provider
+        self._kind = provider.kind
+        self.vmid = vmid
+        self.node = node
+        self._config = config
+        self._meta = meta
+        self._address: str | None = None
+        self.id = str(vmid)
+        self.metadata = dict(meta.metadata)
+        self.networking = Networking(tuple(meta.services))
+        self.status = self._kind.status(
+            {**current, "lock": current.get("lock") or config.get("lock")}
+        )
+
+    def __repr__(self) -> str:
+        return f"PveInstance({self._kind.label} {self.vmid} on {self.node}, {self.status})"
+
+    @property
+    def sandbox_id(self) -> str:
+        return self._meta.sandbox_id
+
+    # --- reading the guest -----------------------------------------------------------------
+
+    def _path(self, *rest: str) -> str:
+        return self._kind.path(self.node, self.vmid, *rest)
+
+    def _current(self) -> dict:
+        """``status/current``, following the guest if it migrated, NotFound if it is gone."""
+        try:
+            current = self._p.client.get(self._path("status/current"))
+        except NotFound:
+            row = self._p.locate(self.vmid)
+            if row is None or row.get("type") != self._kind.name:
+                raise self._gone() from None
+            self.node = row["node"]
+            current = self._p.client.get(self._path("status/current"))
+        if current.get("name") != dns_label(self.sandbox_id, "") and not self._still_ours():
+            raise self._gone()  # the VMID was reused for something else
+        self.status = self._kind.status(current)
+        return current
+
+    def _still_ours(self) -> bool:
+        config = self._p.guest_config(self.node, self.vmid)
+        meta = meta_codec.parse(config.get("description"), config.get("tags"))
+        if meta is None or meta.sandbox_id != self.sandbox_id:
+            return False
+        self._config = config
+        return True
+
+    def _gone(self) -> NotFound:
+        return NotFound(f"sandbox guest {self._kind.label} {self.vmid} does not exist", ref=self.id)
+
+    def _state(self) -> InstanceStatus:
+        self._current()
+        return self.status
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def _task(self, action: str, what: str, **params: object) -> None:
+        upid = self._p.client.post(self._path(f"status/{action}"), **params)
+        self._p.wait(upid, f"{what} {self._kind.label} {self.vmid}")
+
+    def start(self) -> None:
+        state = self._state()
+        if state == S.RUNNING:
+            return
+        if state == S.PAUSED:
+            self._task("resume", "resuming")
+        elif state in (S.STOPPED, S.HIBERNATED):
+            try:
+                self._task("start", "starting")
+            except Conflict as exc:
+                if "already running" not in exc.message:
+                    raise
+        else:
+            raise Conflict(
+                f"{self._kind.label} {self.vmid} is {state}; it cannot start now", ref=self.id
+            )
+        self.status = S.RUNNING
+        self._address = None
+
+    def stop(self) -> None:
+        state = self._state()
+        if state == S.STOPPED:
+            return
+        if state == S.HIBERNATED:  # drop the saved RAM: wake it, then stop it
+            self._task("start", "waking")
+        try:
+            self._task("stop", "stopping")
+        except Conflict as exc:
+            if "not running" not in exc.message:
+                raise
+        self.status = S.STOPPED
+
+    def pause(self) -> None:
+        self._p.capabilities.require("supports_pause", provider=self._kind.provider)
+        state = self._state()
+        if state == S.PAUSED:
+            return
+        if state != S.RUNNING:
+            raise Conflict(f"only a running sandbox can pause (it is {state})", ref=self.id)
+        self._task("suspend", "pausing")
+        self.status = S.PAUSED
+
+    def resume(self) -> None:
+        state = self._state()
+        if state == S.RUNNING:
+            return
+        if state == S.PAUSED:
+            self._task("resume", "resuming")
+        elif state == S.HIBERNATED:
+            self._task("start", "resuming")  # PVE resumes a suspended-to-disk VM on start
+        else:
+            raise Conflict(f"a {state} sandbox cannot resume; start it instead", ref=self.id)
+        self.status = S.RUNNING
+
+    def hibernate(self) -> None:
+        self._p.capabilities.require("supports_hibernate", provider=self._kind.provider)
+        state = self._state()
+        if state == S.HIBERNATED:
+            return
+        if state not in (S.RUNNING, S.PAUSED):
+            raise Conflict(
+                f"only a running or paused sandbox can hibernate (it is {state})", ref=self.id
+            )
+        self._task("suspend", "hibernating", todisk=1)
+        self.status = S.HIBERNATED
+
+    def delete(self) -> None:
+        try:
+            row = self._p.locate(self.vmid)
+        except ProviderError:
+            row = {"node": self.node, "type": self._kind.name}  # go by what the handle knows
+        else:
+            if row is None or row.get("type") != self._kind.name or row.get("template"):
+                return
+            self.node = row["node"]
+        if not self._p.owned_by(
+            self.node, self.vmid, self.sandbox_id, row if "vmid" in row else None
+        ):
+            return  # gone, or the VMID now belongs to something else
+        self._p.destroy(self.node, self.vmid, hint=row if "status" in row else None)
+        self._p.vmids.release(self.vmid)
+
+    # --- exec ------------------------------------------------------------------------------
+
+    def exec(self, command: str | Sequence[str], timeout: float = 60.0) -> ExecResult:
+        state = self._state()
+        if state != S.RUNNING:
+            raise Conflict(f"sandbox {self.sandbox_id} is {state}, not running", ref=self.id)
+        if not self._kind.is_lxc:
+            return vm_exec(
+                self._p.client,
+                self.node,
+                self.vmid,
+                workdir=self._p.settings.guest_workdir,
+                command=command,
+                timeout=timeout,
+            )
+        secret = self._secret()
+        try:
+            return lxc_exec(
+                self._address_of(), self._p.settings.agent_port, secret, command, timeout
+            )
+        except Unavailable:
+            self._address = None  # the address may have changed (DHCP): look again, once
+            return lxc_exec(
+                self._address_of(), self._p.settings.agent_port, secret, command, timeout
+            )
+
+    def _secret(self) -> str:
+        for config in (self._config, None):
+            if config is None:
+                config = self._config = self._p.guest_config(self.node, self.vmid)
+            for item in str(config.get("env", "")).split("\0"):
+                key, _, value = item.partition("=")
+                if key == SECRET_ENV and value:
+                    return value
+        raise OperationFailed(
+            f"{self._kind.label} {self.vmid} has no exec agent secret in its config ('env'); "
+            "it was not made by this control plane's create"
+        )
+
+    def _address_of(self) -> str:
+        """The guest's first non-loopback IPv4 address, from PVE (CT interfaces or the QGA)."""
+        if self._address:
+            return self._address
+        candidates: list[str] = []
+        if self._kind.is_lxc:
+            for iface in self._p.client.get(self._path("interfaces")):
+                if iface.get("inet"):
+                    candidates.append(str(iface["inet"]).split("/")[0])
+        else:
+            answer = self._p.client.get(self._path("agent/network-get-interfaces"))
+            for iface in answer.get("result", []):
+                for addr in iface.get("ip-addresses", []):
+                    if addr.get("ip-address-type") == "ipv4":
+                        candidates.append(str(addr["ip-address"]))
+        for address in candidates:
+            ip = ipaddress.ip_address(address)
+            if not (ip.is_loopback and address.startswith("127.0.0.")):
+                self._address = address
+                return address
+        raise Conflict(f"{self._kind.label} {self.vmid} has no IPv4 address yet", ref=self.id)
+
+    # --- services, wake-on, snapshots, metrics -----------------------------------------------
+
+    def expose_http_service(self, name: str, port: int) -> str:
+        if not 1 <= int(port) <= 65535:
+            raise OperationFailed(f"port {port} is not a TCP port")
+        domain = self._p.settings.public_domain
+        if domain:
+            url = f"https://port-{port}-{dns_label(self.sandbox_id, self.id)}.{domain}"
+        else:
+            if self._state() != S.RUNNING:
+                raise Conflict(
+                    "without PVE_PUBLIC_DOMAIN a service URL is the guest's address, which is "
+                    "only known while it runs; start the sandbox first",
+                    ref=self.id,
+                )
+            url = f"http://{self._address_of()}:{port}"
+        services = [s for s in self._meta.services if s.name != name]
+        self._save_services([*services, HttpService(name, int(port), url)])
+        return url
+
+    def hide_http_service(self, name: str) -> None:
+        self._save_services([s for s in self._meta.services if s.name != name])
+
+    def _save_services(self, services: list[HttpService]) -> None:
+        config = self._p.guest_config(self.node, self.vmid)
+        meta = meta_codec.parse(config.get("description"), config.get("tags")) or self._meta
+        meta.services = services
+        self._p.client.put(self._path("config"), description=meta.description())
+        self._meta = meta
+        self.networking = Networking(tuple(services))
+
+    def set_wake_on(self, http: bool, ssh: bool) -> None:
+        self._p.capabilities.require("supports_wake_on", provider=self._kind.provider)
+
+    def metrics(self) -> list[MetricSample]:
+        rows = self._p.client.get(self._path("rrddata"), timeframe="hour", cf="AVERAGE")
+        samples = []
+        for row in rows:
+            if "time" not in row:
+                continue
+            cpu = row.get("cpu")
+            maxcpu = row.get("maxcpu") or 1
+            samples.append(
+                MetricSample(
+                    time=datetime.fromtimestamp(int(row["time"]), UTC),
+                    cpu_fraction=None if cpu is None else float(cpu) * float(maxcpu),
+                    memory_bytes=None if row.get("mem") is None else int(row["mem"]),
+                )
+            )
+        return sorted(samples, key=lambda s: s.time)
+
+    def snapshot(self) -> SnapshotResult:
+        """A new template: PVE snapshot, full clone of it, template conversion, cleanup."""
+        state = self._state()
+        if state not in (S.RUNNING, S.STOPPED, S.PAUSED):
+            raise Conflict(f"a {state} sandbox cannot be snapshotted", ref=self.id)
+        return TemplateMaker(self).make()
+
+
+class TemplateMaker:
+    """Makes a template VMID from a sandbox; on failure removes everything it made."""
+
+    def __init__(self, instance: PveInstance) -> None:
+        self.i = instance
+        self.p = instance._p
+        self.kind = instance._kind
+        self.snapname = f"sbx{int(time.time() * 1000) % 10**12}"
+        self.snapshot_made = False
+        self.vmid: int | None = None
+
+    def make(self) -> SnapshotResult:
+        i, p, kind = self.i, self.p, self.kind
+        rows = p.client.resources()
+        try:
+            upid = p.client.post(i._path("snapshot"), snapname=self.snapname)
+            self.snapshot_made = True
+            p.wait(upid, f"taking PVE snapshot {self.snapname} of {kind.label} {i.vmid}")
+            self.vmid = p.vmids.allocate(rows, owner=f"template:{i.sandbox_id}")
+            meta = GuestMeta(dict(i.metadata), kind="template")
+            upid = p.client.post(
+                i._path("clone"),
+                slow=True,
+                newid=self.vmid,
+                snapname=self.snapname,
+                full=True,
+                description=meta.description(),
+                **{kind.name_key: dns_label(f"tpl-{i.sandbox_id}", f"tpl-{self.vmid}")},
+            )
+            p.wait(upid, f"copying {kind.label} {i.vmid} to template {self.vmid}", long=True)
+            path = kind.path(i.node, self.vmid)
+            p.client.put(f"{path}/config", tags=meta.tags())
+            upid = p.client.post(f"{path}/template", slow=True)
+            if upid:  # VMs convert in a task; containers answer at once
+                p.wait(upid, f"converting {self.vmid} to a template", long=True)
+            config = p.guest_config(i.node, self.vmid)
+            self._drop_snapshot()
+        except ProviderError as exc:
+            self._undo(exc)
+        size = int(kind.disk_gb(config) * 1024**3) or None
+        return SnapshotResult(ref=str(self.vmid), size_bytes=size)
+
+    def _drop_snapshot(self) -> None:
+        if not self.snapshot_made:
+            return
+        try:
+            upid = self.p.client.delete(self.i._path(f"snapshot/{self.snapname}"))
+        except NotFound:
+            self.snapshot_made = False
+            return
+        self.p.wait(upid, f"removing PVE snapshot {self.snapname}")
+        self.snapshot_made = False
+
+    def _undo(self, error: ProviderError) -> None:
+        problems = []
+        if self.vmid is not None:
+            try:
+                self.p.destroy(
+                    self.i.node, self.vmid, lock_wait=max(self.p.settings.lock_wait, 30.0)
+                )
+                self.p.vmids.release(self.vmid)
+            except ProviderError as exc:
+                problems.append(f"template {self.vmid}: {exc.message}")
+        try:
+            self._drop_snapshot()
+        except ProviderError as exc:
+            problems.append(f"PVE snapshot {self.snapname}: {exc.message}")
+        if problems:
+            raise type(error)(
+                f"{error.message}; cleaning up failed too ({'; '.join(problems)})"
+            ) from error
+        raise error
