@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from providers.base import Provider
 
 BUILTIN_PROVIDERS: dict[str, str] = {
+    "local": "providers.local:LocalProvider",
     "morph": "providers.morph:MorphProvider",
     "docker": "providers.docker_provider:DockerProvider",
     "pve-lxc": "providers.pve:PveLxcProvider",

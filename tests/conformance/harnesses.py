@@ -145,6 +145,14 @@ def _pve_harness(kind: str) -> Harness:
     return harness
 
 
+@contextlib.contextmanager
+def local_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProviderUnderTest]:
+    from tests.local_support import local_provider
+
+    with local_provider(tmp_path_factory.mktemp("local-sandboxes")) as provider:
+        yield ProviderUnderTest(provider=provider, snapshot_ref="base")
+
+
 HARNESSES: dict[str, Harness] = {
     "memory": memory_harness,
     "filestore": filestore_harness,
@@ -152,4 +160,5 @@ HARNESSES: dict[str, Harness] = {
     "docker": docker_harness,
     "pve-lxc": _pve_harness("pve-lxc"),
     "pve-vm": _pve_harness("pve-vm"),
+    "local": local_harness,
 }

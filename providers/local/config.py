@@ -1,0 +1,105 @@
+"""Settings of the local provider, read from the configuration mapping (the environment).
+
+Every key starts with ``LOCAL_SANDBOX_`` (config/settings.py passes exactly those on) and
+is documented in docs/providers/local.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_KEYS = (
+    "LOCAL_SANDBOX_ROOT",
+    "LOCAL_SANDBOX_CGROUP_PARENT",
+    "LOCAL_SANDBOX_MAX_LAYERS",
+    "LOCAL_SANDBOX_PIDS_MAX",
+    "LOCAL_SANDBOX_MIN_FREE_MB",
+    "LOCAL_SANDBOX_BWRAP",
+    "LOCAL_SANDBOX_HOST_USR",
+    "LOCAL_SANDBOX_INIT",
+)
+INIT_CHOICES = ("auto", "bwrap")
+
+_CGROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def default_root() -> Path:
+    """Where sandboxes live when nothing says otherwise (Django passes its data dir)."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/sandboxes/local")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "sandboxes" / "local"
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    root: Path
+    cgroup_parent: str = "sandboxes-local"
+    #: Snapshot layers a version may stack before a snapshot flattens them into one.
+    max_layers: int = 16
+    pids_max: int = 4096
+    #: Refuse to create, start or snapshot when the root's file system has less free.
+    min_free_mb: int = 256
+    bwrap: str = "bwrap"
+    #: The host directory every sandbox sees (copy-on-write) as its /usr.
+    host_usr: Path = Path("/usr")
+    #: "auto": sbx-init when it can be built (fast exec), else bubblewrap's init;
+    #: "bwrap": always bubblewrap's init (exec enters the namespaces from outside).
+    init: str = "auto"
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, str]) -> LocalConfig:
+        root = Path(config.get("LOCAL_SANDBOX_ROOT", "").strip() or default_root())
+        if not root.is_absolute():
+            raise ValueError(f"LOCAL_SANDBOX_ROOT must be an absolute path, not {str(root)!r}")
+        parent = config.get("LOCAL_SANDBOX_CGROUP_PARENT", "").strip() or cls.cgroup_parent
+        if not _CGROUP_NAME.fullmatch(parent):
+            raise ValueError(
+                "LOCAL_SANDBOX_CGROUP_PARENT must be one cgroup name "
+                f"(letters, digits, '-', '_', '.'), not {parent!r}"
+            )
+        host_usr = Path(config.get("LOCAL_SANDBOX_HOST_USR", "").strip() or cls.host_usr)
+        init = config.get("LOCAL_SANDBOX_INIT", "").strip() or cls.init
+        if init not in INIT_CHOICES:
+            raise ValueError(f"LOCAL_SANDBOX_INIT must be one of {', '.join(INIT_CHOICES)}")
+        if any(c in str(root) for c in ",:\\"):
+            # overlayfs mount options separate paths with ':' and options with ','.
+            raise ValueError("LOCAL_SANDBOX_ROOT must not contain ',', ':' or '\\'")
+        made = cls(
+            root=root.resolve(),
+            cgroup_parent=parent,
+            max_layers=_positive(config, "LOCAL_SANDBOX_MAX_LAYERS", cls.max_layers, upper=64),
+            pids_max=_positive(config, "LOCAL_SANDBOX_PIDS_MAX", cls.pids_max, upper=4_194_304),
+            min_free_mb=_positive(
+                config, "LOCAL_SANDBOX_MIN_FREE_MB", cls.min_free_mb, lower=0, upper=10**7
+            ),
+            bwrap=config.get("LOCAL_SANDBOX_BWRAP", "").strip() or cls.bwrap,
+            host_usr=host_usr.resolve(),
+            init=init,
+        )
+        if made.root == made.host_usr or made.host_usr in made.root.parents:
+            # Every sandbox sees the host's /usr: sandboxes kept under it would see each other.
+            raise ValueError(
+                f"LOCAL_SANDBOX_ROOT ({made.root}) must not be inside {made.host_usr}, "
+                "which every sandbox can read"
+            )
+        return made
+
+
+def _positive(
+    config: Mapping[str, str], key: str, default: int, *, lower: int = 1, upper: int
+) -> int:
+    text = config.get(key, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{key}={text!r} is not a whole number") from None
+    if not lower <= value <= upper:
+        raise ValueError(f"{key}={value} must be between {lower} and {upper}")
+    return value

@@ -1,0 +1,96 @@
+"""The handle the control plane holds on one local sandbox (see provider.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from providers.base import (
+    ExecResult,
+    HttpService,
+    Instance,
+    MetricSample,
+    Networking,
+    SnapshotResult,
+)
+from providers.local.state import SandboxState, ServiceEntry
+
+if TYPE_CHECKING:
+    from providers.local.provider import LocalProvider
+
+
+def service_url(entry: ServiceEntry) -> str:
+    return f"http://127.0.0.1:{entry.host_port}/"
+
+
+class LocalInstance(Instance):
+    """A handle on one sandbox, read from its state file when it was made."""
+
+    def __init__(self, provider: LocalProvider, state: SandboxState) -> None:
+        self._provider = provider
+        self.id = state.id
+        self.status = provider.status_of(state)
+        self.metadata = dict(state.metadata)
+        self.networking = Networking(
+            tuple(
+                HttpService(name, entry.port, service_url(entry))
+                for name, entry in sorted(state.services.items())
+            )
+        )
+        touched = provider.store.last_activity(state.id)
+        self.last_activity = datetime.fromtimestamp(touched, UTC) if touched else None
+
+    def __repr__(self) -> str:
+        return f"<LocalInstance {self.id} {self.status}>"
+
+    def _refresh(self) -> None:
+        state = self._provider.store.load(self.id)
+        if state is not None:
+            fresh = LocalInstance(self._provider, state)
+            self.status, self.networking = fresh.status, fresh.networking
+            self.last_activity = fresh.last_activity
+
+    def exec(self, command: str | Sequence[str], timeout: float = 60.0) -> ExecResult:
+        return self._provider.exec(self.id, command, timeout)
+
+    def start(self) -> None:
+        self._provider.start(self.id)
+        self._refresh()
+
+    def stop(self) -> None:
+        self._provider.stop(self.id)
+        self._refresh()
+
+    def pause(self) -> None:
+        self._provider.pause(self.id)
+        self._refresh()
+
+    def resume(self) -> None:
+        self._provider.resume(self.id)
+        self._refresh()
+
+    def hibernate(self) -> None:
+        self._provider.get(self.id)  # NotFound once deleted
+        self._provider.capabilities.require("supports_hibernate", provider="local")
+
+    def delete(self) -> None:
+        self._provider.delete(self.id)
+
+    def expose_http_service(self, name: str, port: int) -> str:
+        url = self._provider.expose(self.id, name, port)
+        self._refresh()
+        return url
+
+    def hide_http_service(self, name: str) -> None:
+        self._provider.hide(self.id, name)
+        self._refresh()
+
+    def set_wake_on(self, http: bool, ssh: bool) -> None:
+        self._provider.set_wake_on(self.id, http, ssh)
+
+    def snapshot(self) -> SnapshotResult:
+        return self._provider.snapshot(self.id)
+
+    def metrics(self) -> list[MetricSample]:
+        return self._provider.metrics(self.id)

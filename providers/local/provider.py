@@ -1,0 +1,650 @@
+"""The ``local`` provider: isolated sandboxes on this machine (the embedded default).
+
+Each sandbox is a bubblewrap process tree with its own pid, mount, network, ipc, uts and
+cgroup namespaces, an overlayfs root (its writable layer over read-only snapshot layers
+over the base), hostname = sandbox id, and cgroup limits from its preset. See
+docs/providers/local.md for the operator's view and the modules of this package for the
+mechanics: ``layers`` (root file systems), ``cgroups``, ``launch`` (starting), ``execute``
+(exec), ``forwarder`` (exposed services) and ``state`` (what is kept on disk).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from providers.base import (
+    META_SANDBOX_ID,
+    Capabilities,
+    ExecResult,
+    Health,
+    InstanceSpec,
+    InstanceStatus,
+    MetricSample,
+    Provider,
+    SnapshotResult,
+    as_argv,
+)
+from providers.errors import (
+    Conflict,
+    NotFound,
+    OperationFailed,
+    ProviderError,
+    QuotaExceeded,
+    Unavailable,
+    Unsupported,
+)
+from providers.local import execute, forwarder, host, initbin, launch
+from providers.local.cgroups import Cgroups, Layout, Limits
+from providers.local.config import CONFIG_KEYS, LocalConfig
+from providers.local.instance import LocalInstance, service_url
+from providers.local.layers import PARTS, Layers
+from providers.local.state import (
+    SANDBOX_ID_RE,
+    SandboxState,
+    ServiceEntry,
+    Store,
+    locked,
+    process_start_ticks,
+    raise_disk_full,
+    runtime_alive,
+)
+
+SERVICE_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+#: Leftover temporary directories older than this are swept by ``list()``.
+STALE_SECONDS = 600
+#: How long a probe of the host (bwrap installed...) is trusted.
+PROBE_SECONDS = 5.0
+
+
+class LocalProvider(Provider):
+    name = "local"
+    config_keys = CONFIG_KEYS
+
+    def __init__(self, config: LocalConfig) -> None:
+        self.config = config
+        self.store = Store(config.root)
+        self.layers = Layers(self.store, config.host_usr, config.max_layers)
+        self.cgroups = Cgroups(Layout.discover(), config.cgroup_parent)
+        self._init_problem: str | None = None
+        self._init_path: Path | None = None
+        self._probed: tuple[float, list[str]] = (0.0, [])
+        self._bwrap = config.bwrap
+
+    def init_binary(self) -> Path | None:
+        """The compiled sbx-init, or None (then bubblewrap's init; see launch.py)."""
+        if self.config.init == "bwrap":
+            return None
+        if self._init_path is not None and self._init_path.exists():
+            return self._init_path
+        try:
+            self._init_path = initbin.ensure_binary(self.store.root)
+            self._init_problem = None
+        except (initbin.InitUnavailable, OSError) as exc:
+            self._init_problem = str(exc)
+            self._init_path = None
+        return self._init_path
+
+    def _problems(self) -> list[str]:
+        """host.blocking_problems, re-probed at most every few seconds (it reads PATH,
+        /proc and sysctls; create, start and capabilities all ask)."""
+        probed_at, problems = self._probed
+        if time.monotonic() - probed_at > PROBE_SECONDS:
+            problems = host.blocking_problems(self.config.bwrap, self.config.root)
+            self._bwrap = host.find_bwrap(self.config.bwrap) or self.config.bwrap
+            self._probed = (time.monotonic(), problems)
+        return list(problems)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, str]) -> LocalProvider:
+        return cls(LocalConfig.from_mapping(config))
+
+    @classmethod
+    def configured(cls, config: Mapping[str, str]) -> bool:
+        return True  # the embedded default: nothing to configure
+
+    def config_mapping(self) -> dict[str, str]:
+        """The settings again, for the forwarder daemon this provider starts."""
+        c = self.config
+        return {
+            "LOCAL_SANDBOX_ROOT": str(c.root),
+            "LOCAL_SANDBOX_CGROUP_PARENT": c.cgroup_parent,
+            "LOCAL_SANDBOX_MAX_LAYERS": str(c.max_layers),
+            "LOCAL_SANDBOX_PIDS_MAX": str(c.pids_max),
+            "LOCAL_SANDBOX_MIN_FREE_MB": str(c.min_free_mb),
+            "LOCAL_SANDBOX_BWRAP": c.bwrap,
+            "LOCAL_SANDBOX_HOST_USR": str(c.host_usr),
+            "LOCAL_SANDBOX_INIT": c.init,
+        }
+
+    # --- capabilities and health
+
+    @property
+    def capabilities(self) -> Capabilities:
+        problems = self._problems()
+        missing = self.cgroups.missing()
+        reasons = {
+            "supports_hibernate": host.checkpoint_problem(),
+            "supports_ssh": "local sandboxes run no SSH server; use exec",
+            "supports_resize": "the local provider does not resize sandboxes; start one "
+            "from a snapshot with another preset",
+        }
+        can_pause = "freeze" not in missing and not problems
+        if not can_pause:
+            reasons["supports_pause"] = (
+                f"pausing needs the cgroup freezer: {missing['freeze']}"
+                if "freeze" in missing
+                else "; ".join(problems)
+            )
+        metrics = "memory" in self.cgroups.roles
+        if not metrics:
+            reasons["supports_metrics"] = "no memory cgroup accounting on this host"
+        networking = not host.rootless()
+        if not networking:
+            why = (
+                "exposing services needs root: the forwarder enters sandboxes' network "
+                "namespaces (run the control plane as root)"
+            )
+            reasons["supports_expose_http"] = why
+            reasons["supports_wake_on"] = f"waking on traffic needs exposed services; {why}"
+        return Capabilities(
+            supports_pause=can_pause,
+            supports_hibernate=False,
+            supports_snapshots=True,
+            supports_exec=True,
+            supports_expose_http=networking,
+            supports_wake_on=networking,
+            supports_ssh=False,
+            supports_resize=False,
+            supports_metrics=metrics,
+            reasons=reasons,
+        )
+
+    def limitations(self) -> list[str]:
+        """What this host lacks, in words (limits not enforced, pause unavailable...)."""
+        found = self._problems()
+        for role, why in self.cgroups.missing().items():
+            if role in ("memory", "cpu", "pids"):
+                found.append(f"{role} limits are not enforced: {why}")
+            elif role == "freeze":
+                found.append(f"pause is unavailable: {why}")
+        if self._init_problem:
+            found.append(f"exec is slower: {self._init_problem}")
+        return found
+
+    def health(self) -> Health:
+        started = time.perf_counter()
+        problems = host.blocking_problems(self.config.bwrap, self.config.root)
+        try:
+            if not problems:
+                self.store.ensure_dirs()
+                if not os.access(self.store.root, os.W_OK):
+                    problems.append(f"{self.store.root} is not writable")
+                self._check_space()
+        except (OSError, QuotaExceeded) as exc:
+            problems.append(str(exc))
+        latency = (time.perf_counter() - started) * 1000
+        detail = "; ".join(problems) or "; ".join(self.limitations()) or "ok"
+        return Health(reachable=not problems, latency_ms=round(latency, 3), detail=detail)
+
+    def _require_runtime(self) -> None:
+        problems = self._problems()
+        if problems:
+            raise Unavailable("local sandboxes cannot run here: " + "; ".join(problems))
+
+    def _check_space(self, extra_bytes: int = 0) -> None:
+        try:
+            info = os.statvfs(self.store.root)
+        except FileNotFoundError:
+            return
+        free = info.f_bavail * info.f_frsize
+        needed = self.config.min_free_mb * 1024 * 1024 + extra_bytes
+        if free < needed:
+            raise QuotaExceeded(
+                f"only {free // (1024 * 1024)} MB free on the disk holding {self.store.root} "
+                f"(need {needed // (1024 * 1024)} MB, LOCAL_SANDBOX_MIN_FREE_MB="
+                f"{self.config.min_free_mb}): free space there or point LOCAL_SANDBOX_ROOT "
+                "at a larger file system"
+            )
+
+    # --- instances
+
+    def create(
+        self, spec: InstanceSpec, snapshot_ref: str, metadata: Mapping[str, str]
+    ) -> LocalInstance:
+        sandbox_id = metadata.get(META_SANDBOX_ID) or spec.sandbox_id
+        _check_id(sandbox_id)
+        self._require_runtime()
+        self.store.ensure_dirs()
+        existing = self.store.load(sandbox_id)
+        if existing is not None:
+            return LocalInstance(self, existing)
+        with locked(self.store.root / "snapshots.lock", shared=True):
+            chain = self.layers.chain(snapshot_ref)
+            self._check_space()
+            state = SandboxState(
+                id=sandbox_id,
+                vcpus=spec.vcpus,
+                memory_mb=spec.memory_mb,
+                disk_gb=spec.disk_gb,
+                preset_id=spec.preset_id,
+                metadata={str(k): str(v) for k, v in metadata.items()},
+                snapshot_ref=snapshot_ref,
+                chain=chain,
+                parts=dict(PARTS),
+                created_at=time.time(),
+            )
+            if not self._commit_new(state):
+                return LocalInstance(self, self.store.load(sandbox_id))
+        try:
+            self.cgroups.ensure(sandbox_id, self._limits(state))
+        except BaseException as exc:
+            self._destroy(sandbox_id)
+            if isinstance(exc, OSError):
+                raise OperationFailed(f"could not create cgroups for {sandbox_id}: {exc}") from exc
+            raise
+        return LocalInstance(self, state)
+
+    def _commit_new(self, state: SandboxState) -> bool:
+        """Write the sandbox's directory atomically; False when it appeared meanwhile."""
+        tmp = self.store.sandboxes / f".tmp-{state.id}-{secrets.token_hex(4)}"
+        try:
+            for part in state.parts.values():
+                (tmp / "upper" / part).mkdir(parents=True)
+                (tmp / "work" / part).mkdir(parents=True)
+            (tmp / "merged").mkdir()
+            (tmp / "state.json").write_text(state.to_json())
+            (tmp / "activity").touch()
+            os.rename(tmp, self.store.sandbox_dir(state.id))
+            return True
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if self.store.sandbox_dir(state.id).exists():
+                return False
+            raise_disk_full(exc, self.store.root)
+            raise OperationFailed(f"could not create sandbox {state.id}: {exc}") from exc
+
+    def _limits(self, state: SandboxState) -> Limits:
+        return Limits(state.vcpus, state.memory_mb, self.config.pids_max)
+
+    def get(self, ref: str) -> LocalInstance:
+        if not isinstance(ref, str) or not SANDBOX_ID_RE.fullmatch(ref):
+            raise NotFound(f"instance {str(ref)[:80]!r} does not exist", ref=str(ref)[:80])
+        state = self.store.load(ref)
+        if state is None:
+            raise NotFound(f"instance {ref} does not exist", ref=ref)
+        return LocalInstance(self, state)
+
+    def list(self) -> list[LocalInstance]:
+        self._sweep()
+        launch.reap_finished()
+        found = []
+        services = False
+        for sandbox_id in self.store.ids():
+            state = self.store.load(sandbox_id)
+            if state is not None and META_SANDBOX_ID in state.metadata:
+                found.append(LocalInstance(self, state))
+                services = services or bool(state.services)
+        if services and not host.rootless():
+            # After a host reboot nothing listens on exposed ports until the forwarder runs
+            # again; reconciliation lists regularly, so this brings it back.
+            with contextlib.suppress(Unavailable):
+                self._forwarder({"op": "ping"})
+        return found
+
+    def _sweep(self) -> None:
+        """Remove what failed operations or crashes left behind (old temp dirs, cgroups)."""
+        now = time.time()
+        for directory in (self.store.sandboxes, self.store.snapshots, self.store.root):
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(directory):
+                    leftover = entry.name.startswith((".tmp-", ".trash-", ".base-tmp-"))
+                    if leftover and now - entry.stat().st_mtime > STALE_SECONDS:
+                        shutil.rmtree(entry.path, ignore_errors=True)
+        if self.cgroups.enabled:
+            known = set(self.store.ids())
+            for name in self.cgroups.children():
+                if name not in known and not self.cgroups.pids(name):
+                    self.cgroups.remove(name, wait=0)
+
+    def purge(self) -> None:
+        """Delete every sandbox, stop the forwarder and remove the cgroup parent.
+
+        For tests, benchmarks and uninstalling; snapshots and the base stay on disk.
+        """
+        for sandbox_id in self.store.ids():
+            with contextlib.suppress(ProviderError, OSError):
+                self.delete(sandbox_id)
+        forwarder.stop(self.store.root)
+        for name in self.cgroups.children():
+            self.cgroups.kill(name, timeout=2)
+            self.cgroups.remove(name, wait=2)
+        for mount in {m for _, m in self.cgroups.roles.values()}:
+            with contextlib.suppress(OSError):
+                (mount / self.cgroups.parent).rmdir()
+
+    def delete_snapshot(self, ref: str) -> None:
+        self.store.ensure_dirs()
+        with locked(self.store.root / "snapshots.lock"):
+            chains = {}
+            for sandbox_id in self.store.ids():
+                state = self.store.load(sandbox_id)
+                if state is not None:
+                    chains[sandbox_id] = state.chain
+            self.layers.delete(ref, chains)
+
+    # --- operations on one sandbox (LocalInstance delegates here)
+
+    @contextlib.contextmanager
+    def _locked_state(self, sandbox_id: str, timeout: float = 60.0):
+        try:
+            with locked(self.store.sandbox_dir(sandbox_id) / "lock", timeout=timeout):
+                state = self.store.load(sandbox_id)
+                if state is None:
+                    raise NotFound(f"instance {sandbox_id} does not exist", ref=sandbox_id)
+                yield state
+        except FileNotFoundError:
+            raise NotFound(f"instance {sandbox_id} does not exist", ref=sandbox_id) from None
+
+    def status_of(self, state: SandboxState) -> InstanceStatus:
+        if not runtime_alive(state.runtime):
+            return InstanceStatus.STOPPED
+        if self.cgroups.freeze_requested(state.id):
+            return InstanceStatus.PAUSED
+        return InstanceStatus.RUNNING
+
+    def start(self, sandbox_id: str) -> None:
+        self._require_runtime()
+        self.cgroups.prime_migrations()
+        with self._locked_state(sandbox_id) as state:
+            status = self.status_of(state)
+            if status == InstanceStatus.RUNNING:
+                return
+            if status == InstanceStatus.PAUSED:
+                raise Conflict(f"sandbox {sandbox_id} is paused; resume it", ref=sandbox_id)
+            stale = state.runtime is not None or self.cgroups.pids(sandbox_id)
+            if stale or self.cgroups.freeze_requested(sandbox_id):
+                self._kill(state)  # whatever a crash, a stale runtime or a pause left
+            self._check_space()
+            mounts = []
+            for target, part in state.parts.items():
+                directory = self.store.sandbox_dir(sandbox_id)
+                lowers = self.layers.lowers(state.chain, part)
+                mounts.append(
+                    launch.Mount(
+                        target, lowers, directory / "upper" / part, directory / "work" / part
+                    )
+                )
+            try:
+                self.cgroups.ensure(sandbox_id, self._limits(state), reapply=False)
+            except OSError as exc:
+                raise OperationFailed(f"could not set up cgroups for {sandbox_id}: {exc}") from exc
+            directory = self.store.sandbox_dir(sandbox_id)
+            init = self.init_binary()
+            if init is None and host.rootless():
+                raise Unavailable(
+                    "without root, sandboxes need their own init (sbx-init): "
+                    f"{self._init_problem or 'LOCAL_SANDBOX_INIT=bwrap needs root'}"
+                )
+            state.runtime = launch.launch(
+                launch.LaunchSpec(
+                    sandbox_id=sandbox_id,
+                    bwrap=self._bwrap,
+                    root=self.store.root,
+                    merged=directory / "merged",
+                    mounts=mounts,
+                    cgroup_procs=self.cgroups.procs_files(sandbox_id),
+                    log=directory / "bwrap.log",
+                    init_binary=init,
+                    exec_socket=directory / "exec.sock",
+                    rootless=host.rootless(),
+                )
+            )
+            try:
+                self.store.save(state)
+            except BaseException:
+                self._kill(state)
+                raise
+        if state.services:
+            self._forwarder({"op": "ping"})
+
+    def _kill(self, state: SandboxState) -> None:
+        """End every process of the sandbox and wait until they are gone."""
+        runtime = state.runtime
+        if runtime is not None and runtime_alive(runtime):
+            with contextlib.suppress(ProcessLookupError):
+                pidfd = os.pidfd_open(runtime.pid)
+                try:
+                    if process_start_ticks(runtime.pid) == runtime.start_ticks:
+                        # SIGKILL: a pid namespace's init ignores SIGTERM from outside,
+                        # and its death takes every process of the namespace with it.
+                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                        # Let the supervisor reap it (else the host's pid 1 must, later).
+                        _wait_gone(runtime.pid, timeout=2)
+                finally:
+                    os.close(pidfd)
+        if runtime is not None:
+            launch.reap(runtime.supervisor, timeout=2)
+        if not self.cgroups.kill(state.id):
+            raise OperationFailed(f"processes of sandbox {state.id} would not die")
+        if self.cgroups.freeze_requested(state.id):
+            # Stopped while paused: an empty cgroup stays frozen, and so would the next
+            # start's processes.
+            try:
+                self.cgroups.thaw(state.id)
+            except (OSError, TimeoutError) as exc:
+                raise OperationFailed(f"could not thaw sandbox {state.id}: {exc}") from exc
+        if runtime is not None:
+            deadline = time.monotonic() + 5
+            while process_start_ticks(runtime.pid) == runtime.start_ticks:
+                if time.monotonic() > deadline:
+                    raise OperationFailed(f"sandbox {state.id} would not stop")
+                time.sleep(0.001)
+
+    def stop(self, sandbox_id: str) -> None:
+        with self._locked_state(sandbox_id) as state:
+            self._kill(state)
+            if state.runtime is not None:
+                state.runtime = None
+                self.store.save(state)
+
+    def pause(self, sandbox_id: str) -> None:
+        self.capabilities.require("supports_pause", provider=self.name)
+        with self._locked_state(sandbox_id) as state:
+            status = self.status_of(state)
+            if status == InstanceStatus.PAUSED:
+                return
+            if status != InstanceStatus.RUNNING:
+                raise Conflict(f"sandbox {sandbox_id} is {status}, not running", ref=sandbox_id)
+            self._freeze(sandbox_id)
+
+    def _freeze(self, sandbox_id: str) -> None:
+        try:
+            self.cgroups.freeze(sandbox_id)
+        except (OSError, TimeoutError) as exc:
+            with contextlib.suppress(OSError, TimeoutError):
+                self.cgroups.thaw(sandbox_id)
+            raise OperationFailed(f"could not freeze sandbox {sandbox_id}: {exc}") from exc
+
+    def resume(self, sandbox_id: str) -> None:
+        self.capabilities.require("supports_pause", provider=self.name)
+        with self._locked_state(sandbox_id) as state:
+            status = self.status_of(state)
+            if status == InstanceStatus.RUNNING:
+                return
+            if status != InstanceStatus.PAUSED:
+                raise Conflict(f"sandbox {sandbox_id} is {status}, not paused", ref=sandbox_id)
+            try:
+                self.cgroups.thaw(sandbox_id)
+            except (OSError, TimeoutError) as exc:
+                raise OperationFailed(f"could not resume sandbox {sandbox_id}: {exc}") from exc
+
+    def delete(self, sandbox_id: str) -> None:
+        if not SANDBOX_ID_RE.fullmatch(sandbox_id):
+            return
+        try:
+            with self._locked_state(sandbox_id) as state:
+                self._kill(state)
+                had_services = bool(state.services)
+                trash = self.store.sandboxes / f".trash-{sandbox_id}-{secrets.token_hex(4)}"
+                os.rename(self.store.sandbox_dir(sandbox_id), trash)
+        except NotFound:
+            self._destroy(sandbox_id)
+            return
+        if had_services:
+            with contextlib.suppress(Unavailable):
+                self._forwarder({"op": "sync"})
+        self.cgroups.remove(sandbox_id)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _destroy(self, sandbox_id: str) -> None:
+        """Remove what a failed create made (no processes run yet)."""
+        directory = self.store.sandbox_dir(sandbox_id)
+        if directory.exists():
+            trash = self.store.sandboxes / f".trash-{sandbox_id}-{secrets.token_hex(4)}"
+            with contextlib.suppress(OSError):
+                os.rename(directory, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+        if not self.store.sandbox_dir(sandbox_id).exists() and not self.cgroups.pids(sandbox_id):
+            self.cgroups.remove(sandbox_id, wait=0)
+
+    def exec(self, sandbox_id: str, command: str | Sequence[str], timeout: float) -> ExecResult:
+        argv = as_argv(command)
+        state = self.store.load(sandbox_id)
+        if state is None:
+            raise NotFound(f"instance {sandbox_id} does not exist", ref=sandbox_id)
+        status = self.status_of(state)
+        if status != InstanceStatus.RUNNING:
+            raise Conflict(f"sandbox {sandbox_id} is {status}, not running", ref=sandbox_id)
+        runtime = state.runtime
+        target = execute.Target(
+            pid=runtime.pid,
+            start_ticks=runtime.start_ticks,
+            cwd=launch.WORKDIR,
+            env=launch.sandbox_env(sandbox_id),
+            socket=self.store.sandbox_dir(sandbox_id) / "exec.sock"
+            if runtime.exec_socket
+            else None,
+            cgroup_procs=tuple(self.cgroups.procs_files(sandbox_id)),
+        )
+        self.store.touch_activity(sandbox_id)
+        try:
+            return execute.run(target, argv, timeout)
+        except execute.SandboxGone as gone:
+            raise Conflict(f"sandbox {sandbox_id} stopped: {gone}", ref=sandbox_id) from None
+
+    def snapshot(self, sandbox_id: str) -> SnapshotResult:
+        with self._locked_state(sandbox_id) as state:
+            directory = self.store.sandbox_dir(sandbox_id)
+            upper = directory / "upper"
+            self._check_space(_disk_usage(upper))
+            froze = False
+            if self.status_of(state) == InstanceStatus.RUNNING:
+                if not self.cgroups.can_freeze():
+                    raise Conflict(
+                        f"stop sandbox {sandbox_id} to snapshot it: without a cgroup freezer "
+                        "a running sandbox cannot be captured consistently",
+                        ref=sandbox_id,
+                    )
+                self._freeze(sandbox_id)
+                froze = True
+            try:
+                ref, tmp = self.layers.copy_layer(upper)
+            finally:
+                if froze:
+                    self.cgroups.thaw(sandbox_id)
+            with locked(self.store.root / "snapshots.lock", shared=True):
+                size = self.layers.publish(ref, tmp, state.chain, sandbox_id)
+        return SnapshotResult(ref=ref, size_bytes=size)
+
+    def expose(self, sandbox_id: str, name: str, port: int) -> str:
+        self.capabilities.require("supports_expose_http", provider=self.name)
+        if not isinstance(name, str) or not SERVICE_NAME_RE.fullmatch(name):
+            raise ValueError(f"{name!r} is not a service name (lowercase letters, digits, '-')")
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise ValueError(f"port must be 1..65535, not {port!r}")
+        with self._locked_state(sandbox_id) as state:
+            entry = state.services.get(name)
+            wanted = entry.host_port if entry else 0
+            answer = self._forwarder(
+                {"op": "bind", "sandbox": sandbox_id, "name": name, "host_port": wanted}
+            )
+            state.services[name] = ServiceEntry(port=port, host_port=int(answer["host_port"]))
+            self.store.save(state)
+            return service_url(state.services[name])
+
+    def hide(self, sandbox_id: str, name: str) -> None:
+        with self._locked_state(sandbox_id) as state:
+            if state.services.pop(name, None) is None:
+                return
+            self.store.save(state)
+        self._forwarder({"op": "sync"})
+
+    def set_wake_on(self, sandbox_id: str, http: bool, ssh: bool) -> None:
+        self.capabilities.require("supports_wake_on", provider=self.name)
+        if ssh:
+            raise Unsupported(
+                "local sandboxes run no SSH server, so they cannot wake on SSH",
+                capability="supports_ssh",
+                ref=sandbox_id,
+            )
+        with self._locked_state(sandbox_id) as state:
+            state.wake_on_http = bool(http)
+            self.store.save(state)
+
+    def metrics(self, sandbox_id: str) -> list[MetricSample]:
+        memory = self.cgroups.memory_bytes(sandbox_id)
+        usage = self.cgroups.cpu_usage_ns(sandbox_id)
+        now = time.time()
+        fraction = None
+        sample_file = self.store.sandbox_dir(sandbox_id) / "cpu-sample"
+        if usage is not None:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                previous = json.loads(sample_file.read_text())
+                elapsed = now - previous["time"]
+                if 0 < elapsed < 3600 and usage >= previous["usage"]:
+                    fraction = round((usage - previous["usage"]) / 1e9 / elapsed, 4)
+            with contextlib.suppress(OSError):
+                sample_file.write_text(json.dumps({"time": now, "usage": usage}))
+        if memory is None and usage is None:
+            return []
+        moment = datetime.fromtimestamp(now, UTC)
+        return [MetricSample(time=moment, cpu_fraction=fraction, memory_bytes=memory)]
+
+    def _forwarder(self, message: dict) -> dict:
+        return forwarder.request(self.store.root, message, self.config_mapping())
+
+
+def _wait_gone(pid: int, *, timeout: float) -> None:
+    """Wait until ``pid`` is reaped (its /proc entry disappears), at most ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.0002
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+
+
+def _check_id(sandbox_id: str) -> None:
+    if not isinstance(sandbox_id, str) or not SANDBOX_ID_RE.fullmatch(sandbox_id):
+        raise ValueError(
+            f"sandbox id {str(sandbox_id)[:80]!r} must be lowercase letters, digits and '-' "
+            "(it becomes the hostname)"
+        )
+
+
+def _disk_usage(path: Path) -> int:
+    total = 0
+    for directory, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(directory, name)).st_blocks * 512
+    return total

@@ -1,0 +1,249 @@
+/*
+ * sbx-init: pid 1 of a local sandbox, and its exec server.
+ *
+ * Usage (bwrap runs it with --as-pid-1):  sbx-init LISTEN_FD READY_FD
+ *
+ * - Reaps every orphan of the sandbox (it is the pid namespace's init).
+ * - Writes one newline to READY_FD once it runs inside the finished root, then closes it.
+ * - Accepts connections on LISTEN_FD, a unix socket the host bound in a directory only the
+ *   host can reach. Each connection asks for one command: the host sends a header
+ *   "SBX1" + u32 payload length (little endian) with two file descriptors attached
+ *   (the command's stdout and stderr), then the payload: NUL-separated fields
+ *   cwd, argc, argv..., env... . A forked helper runs the command in a new session and
+ *   answers "E<wait status>\n" when it ends. A "K" from the host, or the host closing the
+ *   connection early, kills the command's process group (an exec timeout).
+ *
+ * The command is forked from inside the sandbox, so it starts in the sandbox's cgroups and
+ * namespaces with the sandbox's capabilities; no host process ever enters the sandbox.
+ * Kept tiny (no allocation beyond one request, no threads): it costs well under 1 MB.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <linux/capability.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define MAX_PAYLOAD (16u << 20)
+
+static int read_full(int fd, char *buf, size_t len) {
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = read(fd, buf + done, len - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -1;
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+static void close_from(int low) {
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, (unsigned)low, ~0u, 0) == 0) return;
+#endif
+    long max = sysconf(_SC_OPEN_MAX);
+    for (int fd = low; fd < (max > 0 ? max : 1024); fd++) close(fd);
+}
+
+/* Receive the header and the two descriptors. */
+static int receive_header(int conn, uint32_t *len, int fds[2]) {
+    char header[8];
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int) * 2)];
+    } control;
+    struct iovec iov = {header, sizeof header};
+    struct msghdr msg = {0};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof control.buf;
+    ssize_t n;
+    do {
+        n = recvmsg(conn, &msg, MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0) return -1;
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    if (!cmsg || cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS ||
+        cmsg->cmsg_len != CMSG_LEN(sizeof(int) * 2))
+        return -1;
+    memcpy(fds, CMSG_DATA(cmsg), sizeof(int) * 2);
+    if (n < (ssize_t)sizeof header && read_full(conn, header + n, sizeof header - n) < 0)
+        return -1;
+    if (memcmp(header, "SBX1", 4) != 0) return -1;
+    *len = (uint32_t)(unsigned char)header[4] | (uint32_t)(unsigned char)header[5] << 8 |
+           (uint32_t)(unsigned char)header[6] << 16 | (uint32_t)(unsigned char)header[7] << 24;
+    return *len <= MAX_PAYLOAD ? 0 : -1;
+}
+
+static void run_command(char *payload, uint32_t len, int out, int err) {
+    /* Fields: cwd, argc, argv..., env... (each NUL-terminated). */
+    size_t count = 0;
+    for (uint32_t i = 0; i < len; i++) count += payload[i] == '\0';
+    char **fields = calloc(count + 2, sizeof(char *));
+    if (!fields) _exit(126);
+    size_t n = 0;
+    for (char *p = payload; p < payload + len && n < count; p += strlen(p) + 1) fields[n++] = p;
+    if (n < 3) _exit(126);
+    long argc = strtol(fields[1], NULL, 10);
+    if (argc < 1 || (size_t)argc + 2 > n) _exit(126);
+    char **argv = calloc((size_t)argc + 1, sizeof(char *));
+    char **envp = calloc(n - 2 - (size_t)argc + 1, sizeof(char *));
+    if (!argv || !envp) _exit(126);
+    memcpy(argv, &fields[2], sizeof(char *) * (size_t)argc);
+    memcpy(envp, &fields[2 + argc], sizeof(char *) * (n - 2 - (size_t)argc));
+
+    sigset_t none;
+    sigemptyset(&none);
+    for (int sig = 1; sig < NSIG; sig++) signal(sig, SIG_DFL);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    setsid();
+    int null = open("/dev/null", O_RDONLY);
+    if (null >= 0) dup2(null, 0);
+    dup2(out, 1);
+    dup2(err, 2);
+    close_from(3);
+    if (chdir(fields[0]) != 0 && chdir("/") != 0) _exit(126);
+    execvpe(argv[0], argv, envp);
+    dprintf(2, "%s: %s\n", argv[0], strerror(errno));
+    _exit(errno == ENOENT ? 127 : 126);
+}
+
+/* One connection: read the request, run the command, report its end. */
+static void serve(int conn) {
+    uint32_t len = 0;
+    int fds[2] = {-1, -1};
+    if (receive_header(conn, &len, fds) < 0) {
+        dprintf(conn, "Xbad request\n");
+        _exit(1);
+    }
+    char *payload = malloc(len + 1);
+    if (!payload || read_full(conn, payload, len) < 0) {
+        dprintf(conn, "Xshort request\n");
+        _exit(1);
+    }
+    payload[len] = '\0';
+
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGCHLD);
+    int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    pid_t pid = fork();
+    if (pid < 0) {
+        dprintf(conn, "Xfork: %s\n", strerror(errno));
+        _exit(1);
+    }
+    if (pid == 0) run_command(payload, len, fds[0], fds[1]);
+    close(fds[0]);
+    close(fds[1]);
+    free(payload);
+
+    struct pollfd watch[2] = {{conn, POLLIN, 0}, {sfd, POLLIN, 0}};
+    int killed = 0;
+    for (;;) {
+        int status;
+        pid_t done = waitpid(pid, &status, WNOHANG);
+        if (done == pid) {
+            dprintf(conn, "E%d\n", status);
+            _exit(0);
+        }
+        if (poll(watch, 2, -1) < 0 && errno != EINTR) _exit(1);
+        if (watch[1].revents) {
+            struct signalfd_siginfo info;
+            while (read(sfd, &info, sizeof info) > 0) {
+            }
+        }
+        if (!killed && watch[0].revents) {
+            char byte;
+            ssize_t n = read(conn, &byte, 1);
+            if (n <= 0 || byte == 'K') {
+                kill(-pid, SIGKILL);
+                kill(pid, SIGKILL);
+                killed = 1;
+                watch[0].fd = -1; /* poll ignores it now: no spinning on the hang-up */
+            }
+        }
+    }
+}
+
+/* Shrink the bounding set to the capabilities we were given. bwrap --as-pid-1 leaves it
+ * full; with CAP_SETFCAP a sandbox could then grant a file any capability it names. */
+static int bound_capabilities(void) {
+    struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    if (syscall(SYS_capget, &header, data) != 0) return -1;
+    for (int cap = 0; cap < 64; cap++) {
+        if (prctl(PR_CAPBSET_READ, cap, 0, 0, 0) != 1) continue;
+        if (data[cap / 32].permitted & (1u << (cap % 32))) continue;
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) return -1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: sbx-init LISTEN_FD READY_FD\n");
+        return 2;
+    }
+    int listen_fd = atoi(argv[1]);
+    int ready_fd = atoi(argv[2]);
+    if (bound_capabilities() != 0) {
+        fprintf(stderr, "sbx-init: cannot limit the capability bounding set: %s\n",
+                strerror(errno));
+        return 1;
+    }
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    fcntl(listen_fd, F_SETFD, FD_CLOEXEC);
+    /* Not dumpable: processes of the sandbox cannot ptrace us or open our descriptors
+     * through /proc/1/fd (the exec socket; the host log file bwrap gave us as stdout). */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    if (write(ready_fd, "\n", 1) != 1) return 1;
+    close(ready_fd);
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null >= 0) {
+        dup2(null, 0);
+        dup2(null, 1);
+        dup2(null, 2);
+    }
+
+    struct pollfd watch[2] = {{listen_fd, POLLIN, 0}, {sfd, POLLIN, 0}};
+    for (;;) {
+        if (poll(watch, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            return 1;
+        }
+        if (watch[1].revents) {
+            struct signalfd_siginfo info;
+            while (read(sfd, &info, sizeof info) > 0) {
+            }
+            while (waitpid(-1, NULL, WNOHANG) > 0) {
+            }
+        }
+        if (watch[0].revents & POLLIN) {
+            int conn = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+            if (conn < 0) continue;
+            pid_t pid = fork();
+            if (pid == 0) {
+                close(listen_fd);
+                close(sfd);
+                serve(conn);
+                _exit(0);
+            }
+            close(conn);
+        }
+    }
+}

@@ -1,0 +1,220 @@
+"""What the local provider keeps on disk, under ``LOCAL_SANDBOX_ROOT``.
+
+    <root>/sandboxes/<id>/state.json   the sandbox: spec, metadata, layers, runtime, services
+    <root>/sandboxes/<id>/upper/<part> its writable layer (one directory per overlay part)
+    <root>/sandboxes/<id>/work/<part>  overlayfs work directories
+    <root>/sandboxes/<id>/lock         flock taken by every state-changing operation
+    <root>/sandboxes/<id>/activity     mtime = last exec or exposed-service traffic
+    <root>/snapshots/<ref>/            immutable snapshot layers (see layers.py)
+    <root>/base/                       the built-in base layer
+
+State files are the provider's memory: any process (web, worker, a new one after a
+restart) rebuilds everything from them, so sandboxes outlive the processes that made them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import functools
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from providers.errors import Conflict, QuotaExceeded
+
+SANDBOX_ID_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+STATE_VERSION = 1
+
+
+@dataclass
+class Runtime:
+    """The running sandbox's processes: enough to find them again after a restart."""
+
+    #: Host pid of the sandbox's init (pid 1 inside), and its start time in clock ticks
+    #: since boot, so a recycled pid is never mistaken for it.
+    pid: int
+    start_ticks: int
+    boot_id: str
+    #: The bwrap process supervising the init (reaped by whoever started it).
+    supervisor: int
+    #: Whether the init is sbx-init, serving exec on ``<sandbox dir>/exec.sock``.
+    exec_socket: bool = False
+
+
+@dataclass
+class ServiceEntry:
+    port: int
+    host_port: int
+
+
+@dataclass
+class SandboxState:
+    id: str
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+    preset_id: str
+    metadata: dict[str, str]
+    snapshot_ref: str
+    #: Snapshot refs from the sandbox's own snapshot down to the base (top first).
+    chain: list[str]
+    #: Overlay parts: mount point inside the sandbox -> part name ("/" -> "root").
+    parts: dict[str, str]
+    created_at: float
+    runtime: Runtime | None = None
+    services: dict[str, ServiceEntry] = field(default_factory=dict)
+    wake_on_http: bool = False
+    version: int = STATE_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SandboxState:
+        data = json.loads(text)
+        runtime = data.pop("runtime", None)
+        services = data.pop("services", {}) or {}
+        state = cls(**data)
+        state.runtime = Runtime(**runtime) if runtime else None
+        state.services = {name: ServiceEntry(**s) for name, s in services.items()}
+        return state
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so readers see the old or the new file, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise_disk_full(exc, path)
+        raise
+
+
+def raise_disk_full(exc: OSError, where: Path) -> None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise QuotaExceeded(
+            f"no space left on the disk holding {where}: free space there or point "
+            "LOCAL_SANDBOX_ROOT at a larger file system"
+        ) from exc
+
+
+@contextlib.contextmanager
+def locked(path: Path, *, timeout: float = 60.0, shared: bool = False) -> Iterator[None]:
+    """Hold an flock on ``path`` (created if needed); Conflict after ``timeout`` seconds."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, mode)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise Conflict(
+                        f"{path.parent.name} is busy with another operation; try again"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def boot_id() -> str:
+    """This boot's id; it cannot change while a process lives, so it is read once."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat, or None when the process is gone (or a zombie)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    after = text.rpartition(")")[2].split()
+    if len(after) < 20 or after[0] in {"Z", "X"}:
+        return None
+    return int(after[19])
+
+
+def runtime_alive(runtime: Runtime | None) -> bool:
+    """Whether the recorded init still runs (false after a crash or a host reboot)."""
+    if runtime is None or runtime.boot_id != boot_id():
+        return False
+    return process_start_ticks(runtime.pid) == runtime.start_ticks
+
+
+class Store:
+    """Paths under the root and reading/writing sandbox state."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.sandboxes = root / "sandboxes"
+        self.snapshots = root / "snapshots"
+        self.base = root / "base"
+
+    def ensure_dirs(self) -> None:
+        for directory in (self.root, self.sandboxes, self.snapshots):
+            try:
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise_disk_full(exc, directory)
+                raise
+        # Exec sockets and writable layers live below: only the provider's user may enter.
+        if self.sandboxes.stat().st_mode & 0o077:
+            os.chmod(self.sandboxes, 0o700)
+
+    def sandbox_dir(self, sandbox_id: str) -> Path:
+        return self.sandboxes / sandbox_id
+
+    def state_path(self, sandbox_id: str) -> Path:
+        return self.sandbox_dir(sandbox_id) / "state.json"
+
+    def load(self, sandbox_id: str) -> SandboxState | None:
+        try:
+            text = self.state_path(sandbox_id).read_text()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return SandboxState.from_json(text)
+
+    def save(self, state: SandboxState) -> None:
+        atomic_write(self.state_path(state.id), state.to_json())
+
+    def ids(self) -> list[str]:
+        try:
+            names = os.listdir(self.sandboxes)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if SANDBOX_ID_RE.fullmatch(n))
+
+    def touch_activity(self, sandbox_id: str) -> None:
+        path = self.sandbox_dir(sandbox_id) / "activity"
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                path.touch()
+        except OSError:
+            pass
+
+    def last_activity(self, sandbox_id: str) -> float | None:
+        try:
+            return (self.sandbox_dir(sandbox_id) / "activity").stat().st_mtime
+        except OSError:
+            return None
