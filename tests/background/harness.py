@@ -44,8 +44,7 @@ from tests.conformance.harnesses import HARNESSES, ProviderUnderTest
 ROOT = Path(__file__).resolve().parents[2]
 
 #: Providers whose harness gives settings another process can build the provider from
-#: (``ProviderUnderTest.config``) and whose back end other processes can reach. When the
-#: local harness sets ``config``, it joins by itself.
+#: (``ProviderUnderTest.config``) and whose back end other processes can reach.
 CROSS_PROCESS = tuple(
     name for name in ("filestore", "local", "pve-lxc", "pve-vm") if name in HARNESSES
 )
@@ -218,12 +217,35 @@ def serve_on_guest_address(
     return service.port, service.close
 
 
+def serve_inside(backend: Backend, sandbox: Sandbox, body: bytes) -> tuple[int, Callable[[], None]]:
+    """A real HTTP server in the sandbox (providers that run real processes: local)."""
+    instance = backend.provider.get(sandbox.provider_ref)
+    port = 8080
+    script = (
+        'mkdir -p site && cd site && printf %s "$BODY" > hello && '
+        f"nohup python3 -m http.server {port} --bind 127.0.0.1 >/dev/null 2>&1 &"
+    )
+    result = instance.exec(["/bin/sh", "-c", script.replace("$BODY", body.decode())], timeout=30)
+    assert result.exit_code == 0, result.stderr
+    probe = (
+        "import time, urllib.request\n"
+        "for _ in range(100):\n"
+        "    try:\n"
+        f"        urllib.request.urlopen('http://127.0.0.1:{port}/hello', timeout=1); break\n"
+        "    except OSError:\n"
+        "        time.sleep(0.1)\n"
+    )
+    assert instance.exec(["python3", "-c", probe], timeout=60).exit_code == 0
+    return port, lambda: None
+
+
 #: provider -> how to make something answer HTTP in a sandbox: returns (port, stop).
 HTTP_SERVICES: dict[str, Callable[[Backend, Sandbox, bytes], tuple[int, Callable[[], None]]]] = {
     "memory": serve_fake,
     "filestore": serve_fake,
     "pve-lxc": serve_on_guest_address,
     "pve-vm": serve_on_guest_address,
+    "local": serve_inside,
 }
 
 

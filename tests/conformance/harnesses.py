@@ -150,7 +150,11 @@ def local_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider
     from tests.local_support import local_provider
 
     with local_provider(tmp_path_factory.mktemp("local-sandboxes")) as provider:
-        yield ProviderUnderTest(provider=provider, snapshot_ref="base")
+        yield ProviderUnderTest(
+            provider=provider,
+            snapshot_ref="base",
+            config={**provider.config_mapping(), "SANDBOX_PROVIDERS": "local"},
+        )
 
 
 HARNESSES: dict[str, Harness] = {
