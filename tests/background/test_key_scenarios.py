@@ -310,22 +310,21 @@ def test_a_version_in_use_is_never_deleted(backend, team, actor, settings, team_
 
 
 def test_an_idle_sandbox_is_paused_and_woken_by_a_request(backend, team, actor, member, client):
-    """Parked by the sweep, woken through the service proxy. A provider without
-    ``supports_wake_on`` cannot have wake-on-HTTP switched on: its parked sandbox is then
-    refused (409) and left parked, which is checked instead. Without a recipe in
-    ``HTTP_SERVICES`` only the parking is checked (and the test says so by skipping)."""
+    """Parked by the sweep, woken through the service proxy (whatever the provider's own
+    ``supports_wake_on``: the proxy does the waking). A sandbox parked by *stop* (a
+    provider that can neither pause nor hibernate) is not woken: it answers 409 and stays
+    stopped, which is checked instead. Without a recipe in ``HTTP_SERVICES`` only the
+    parking is checked (and the test says so by skipping)."""
     serve = harness.HTTP_SERVICES.get(backend.name)
-    caps = backend.provider.capabilities
     operation, _ = scheduled.park_operation(backend.name)
     parked = {"pause": Status.PAUSED, "hibernate": Status.HIBERNATED, "stop": Status.STOPPED}
-    wakes = caps.supports_wake_on and operation != "stop"
+    wakes = operation != "stop"
     sandbox = start(backend, team, actor, idle_timeout_seconds=60)
     port, stop_service = serve(backend, sandbox, b"hello") if serve else (0, lambda: None)
     try:
         if serve:
             interactive.expose_service(sandbox=sandbox, actor=actor, name="web", port=port)
-        if caps.supports_wake_on:
-            interactive.set_wake_on(sandbox=sandbox, actor=actor, http=True, ssh=False)
+        interactive.set_wake_on(sandbox=sandbox, actor=actor, http=True, ssh=False)
         # A minute passes without use (setting the service up was use, on some providers).
         report = run_sweep(now=timezone.now() + timedelta(seconds=61))
         assert report.actions["idle"] == 1
