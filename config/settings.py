@@ -37,6 +37,30 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name}={value!r} is not a whole number") from None
 
 
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r}: choose one of {', '.join(choices)}")
+    return value
+
+
+def env_seconds(name: str, default: int) -> int:
+    value = env_int(name, default)
+    if value < 0:
+        raise ImproperlyConfigured(f"{name}={value}: must be 0 or more")
+    return value
+
+
+def env_float(name: str, default: float) -> float:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a number") from None
+
+
 def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in env.get(name, default).split(",") if item.strip()]
 
@@ -197,6 +221,28 @@ SANDBOX_TEAM_MAX_VCPUS = env_int("SANDBOX_TEAM_MAX_VCPUS", 64)
 SANDBOX_TEAM_MAX_MEMORY_MB = env_int("SANDBOX_TEAM_MAX_MEMORY_MB", 131072)
 # How long a worker may hold a sandbox operation before another may take it over.
 SANDBOX_OPERATION_LEASE_SECONDS = env_int("SANDBOX_OPERATION_LEASE_SECONDS", 900)
+
+# --- Background work (docs/configuration.md, "Background work").
+# How often the sweep (TTL, failed starts, idle, reconciliation, orphans) and the snapshot
+# retention run; django-q2 schedules have a granularity of one minute.
+SANDBOX_SWEEP_MINUTES = max(1, env_int("SANDBOX_SWEEP_MINUTES", 1))
+SANDBOX_RETENTION_MINUTES = max(1, env_int("SANDBOX_RETENTION_MINUTES", 60))
+# At most this many actions per kind (TTL, idle, stuck, drift, failed, orphans) per sweep.
+SANDBOX_SWEEP_BATCH = max(1, env_int("SANDBOX_SWEEP_BATCH", 50))
+SANDBOX_STUCK_SECONDS = env_seconds("SANDBOX_STUCK_SECONDS", 300)
+SANDBOX_RECONCILE_MAX_ATTEMPTS = max(1, env_int("SANDBOX_RECONCILE_MAX_ATTEMPTS", 5))
+# A provider CPU sample at or above this (in vCPUs) counts as activity for idle detection.
+SANDBOX_IDLE_CPU_FRACTION = env_float("SANDBOX_IDLE_CPU_FRACTION", 0.25)
+SANDBOX_FAILED_GRACE_SECONDS = env_seconds("SANDBOX_FAILED_GRACE_SECONDS", 3600)
+SANDBOX_ORPHAN_POLICY = env_choice("SANDBOX_ORPHAN_POLICY", "delete", ("delete", "adopt", "keep"))
+SANDBOX_ORPHAN_GRACE_SECONDS = env_seconds("SANDBOX_ORPHAN_GRACE_SECONDS", 900)
+# Versions kept per (team or shared, provider, preset); 0 keeps every version.
+SNAPSHOT_RETENTION = env_seconds("SNAPSHOT_RETENTION", 10)
+# Wake-on-HTTP through the control plane's proxy: how long a request waits for the resume.
+SANDBOX_WAKE_TIMEOUT_SECONDS = max(1, env_int("SANDBOX_WAKE_TIMEOUT_SECONDS", 60))
+SANDBOX_PROXY_TIMEOUT_SECONDS = max(1, env_int("SANDBOX_PROXY_TIMEOUT_SECONDS", 120))
+# Serve proxied pages in an opaque origin (CSP sandbox) so they cannot act as the dashboard.
+SANDBOX_PROXY_ISOLATE = env_bool("SANDBOX_PROXY_ISOLATE", True)
 
 # --- The API's per-team request counters (sandboxes/services/throttling.py) must be
 # shared by every web worker: in Redis when REDIS_URL is set, else in the database.

@@ -7,6 +7,8 @@ urlpatterns = [
     path("api/", include("sandboxes.api.urls")),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # Exposed services through the control plane (counts as activity, wakes paused ones).
+    path("s/", include("sandboxes.proxy_urls")),
     path("", include("sandboxes.urls")),
 ]
 

@@ -241,7 +241,13 @@ def default_provider() -> str | None:
 
 
 def provider_capabilities(name: str) -> Capabilities:
-    return backends.capabilities(name)
+    """What a provider can do; a provider switched off since a sandbox was made on it
+    offers nothing, and every capability says so."""
+    try:
+        return backends.capabilities(name)
+    except ServiceError:
+        reason = f"provider {name} is not enabled on this server"
+        return Capabilities(reasons=dict.fromkeys(Capabilities.names(), reason))
 
 
 def api_tokens(team: Team, *, user=None) -> QuerySet[ApiToken]:

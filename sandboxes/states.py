@@ -33,15 +33,24 @@ S = Status
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     S.PENDING: frozenset({S.STARTING, S.DELETING, S.FAILED}),
     S.STARTING: frozenset({S.RUNNING, S.FAILED, S.DELETING}),
-    S.RUNNING: frozenset({S.PAUSING, S.STOPPING, S.DELETING, S.PAUSED, S.STOPPED, S.FAILED}),
+    # The settled -> settled moves are the reconciler's drift corrections (someone paused,
+    # stopped or broke the instance in the provider's own UI).
+    S.RUNNING: frozenset(
+        {S.PAUSING, S.STOPPING, S.DELETING, S.PAUSED, S.HIBERNATED, S.STOPPED, S.FAILED}
+    ),
     # pausing ends paused (RAM kept) or hibernated (RAM on disk); back to running if the
     # provider refused.
     S.PAUSING: frozenset({S.PAUSED, S.HIBERNATED, S.RUNNING, S.FAILED, S.DELETING}),
-    S.PAUSED: frozenset({S.RESUMING, S.PAUSING, S.STOPPING, S.DELETING, S.RUNNING, S.STOPPED}),
-    S.HIBERNATED: frozenset({S.RESUMING, S.STOPPING, S.DELETING, S.RUNNING, S.STOPPED}),
+    S.PAUSED: frozenset(
+        {S.RESUMING, S.PAUSING, S.STOPPING, S.DELETING, S.RUNNING, S.HIBERNATED, S.STOPPED}
+        | {S.FAILED}
+    ),
+    S.HIBERNATED: frozenset(
+        {S.RESUMING, S.STOPPING, S.DELETING, S.RUNNING, S.PAUSED, S.STOPPED, S.FAILED}
+    ),
     S.RESUMING: frozenset({S.RUNNING, S.PAUSED, S.HIBERNATED, S.FAILED, S.DELETING}),
     S.STOPPING: frozenset({S.STOPPED, S.RUNNING, S.FAILED, S.DELETING}),
-    S.STOPPED: frozenset({S.STARTING, S.DELETING, S.RUNNING}),
+    S.STOPPED: frozenset({S.STARTING, S.DELETING, S.RUNNING, S.PAUSED, S.HIBERNATED, S.FAILED}),
     S.DELETING: frozenset({S.DELETED, S.FAILED}),
     S.DELETED: frozenset(),
     S.FAILED: frozenset({S.STARTING, S.DELETING, S.RUNNING, S.STOPPED}),

@@ -3,7 +3,7 @@ row, take a lease and do nothing when there is nothing (left) to do."""
 
 from __future__ import annotations
 
-from sandboxes.services import lifecycle, snapshots
+from sandboxes.services import lifecycle, orphans, snapshots, sweep
 
 
 def run_sandbox_operation(sandbox_id: str) -> None:
@@ -12,3 +12,16 @@ def run_sandbox_operation(sandbox_id: str) -> None:
 
 def run_snapshot_operation(snapshot_pk: int) -> None:
     snapshots.perform_snapshot_operation(snapshot_pk=snapshot_pk)
+
+
+def run_sweep() -> dict[str, int]:
+    """The scheduled sweep (reconciliation, TTLs, idle, failed sandboxes, orphans)."""
+    return sweep.run_sweep().actions
+
+
+def run_snapshot_retention() -> int:
+    return sweep.run_snapshot_retention()
+
+
+def remove_orphan(provider: str, ref: str, sandbox_id: str) -> None:
+    orphans.remove_orphan(provider=provider, ref=ref, sandbox_id=sandbox_id)

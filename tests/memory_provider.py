@@ -20,6 +20,7 @@ import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from providers.base import (
@@ -53,6 +54,8 @@ class _Record:
     status: InstanceStatus = InstanceStatus.STOPPED
     services: dict[str, HttpService] = field(default_factory=dict)
     wake_on: tuple[bool, bool] = (False, False)
+    #: What the back end observed as the last use (tests set it to play traffic).
+    last_activity: datetime | None = None
 
 
 class _Store:
@@ -107,6 +110,7 @@ class MemoryInstance(Instance):
         self.status = record.status
         self.metadata = dict(record.metadata)
         self.networking = Networking(tuple(record.services.values()))
+        self.last_activity = record.last_activity
 
     def _live(self) -> _Record:
         record = STORE.instances.get(self._record.ref)

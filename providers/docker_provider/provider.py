@@ -36,21 +36,9 @@ from providers.docker_provider import base_image, labels, services
 from providers.docker_provider.errors import docker_call
 from providers.docker_provider.instance import KEEPALIVE, DockerInstance
 from providers.errors import Conflict, NotFound, OperationFailed, ProviderError
+from providers.settings import int_setting
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
-
-
-def _int_setting(config: Mapping[str, str], key: str, default: int) -> int:
-    raw = config.get(key, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{key} must be a whole number, not {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{key} must be greater than zero")
-    return value
 
 
 class DockerProvider(Provider):
@@ -91,8 +79,8 @@ class DockerProvider(Provider):
             config.get("DOCKER_HOST", "").strip() or DEFAULT_HOST,
             base_image_ref=config.get("DOCKER_BASE_IMAGE", "").strip()
             or base_image.DEFAULT_BASE_IMAGE,
-            pids_limit=_int_setting(config, "DOCKER_PIDS_LIMIT", 1024),
-            timeout=_int_setting(config, "DOCKER_TIMEOUT", 60),
+            pids_limit=int_setting(config, "DOCKER_PIDS_LIMIT", 1024, high=4_194_304),
+            timeout=int_setting(config, "DOCKER_TIMEOUT", 60, high=86_400),
         )
 
     @classmethod

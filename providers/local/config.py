@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from providers.settings import int_setting
+
 CONFIG_KEYS = (
     "LOCAL_SANDBOX_ROOT",
     "LOCAL_SANDBOX_CGROUP_PARENT",
@@ -72,10 +74,10 @@ class LocalConfig:
         made = cls(
             root=root.resolve(),
             cgroup_parent=parent,
-            max_layers=_positive(config, "LOCAL_SANDBOX_MAX_LAYERS", cls.max_layers, upper=64),
-            pids_max=_positive(config, "LOCAL_SANDBOX_PIDS_MAX", cls.pids_max, upper=4_194_304),
-            min_free_mb=_positive(
-                config, "LOCAL_SANDBOX_MIN_FREE_MB", cls.min_free_mb, lower=0, upper=10**7
+            max_layers=int_setting(config, "LOCAL_SANDBOX_MAX_LAYERS", cls.max_layers, high=64),
+            pids_max=int_setting(config, "LOCAL_SANDBOX_PIDS_MAX", cls.pids_max, high=4_194_304),
+            min_free_mb=int_setting(
+                config, "LOCAL_SANDBOX_MIN_FREE_MB", cls.min_free_mb, low=0, high=10**7
             ),
             bwrap=config.get("LOCAL_SANDBOX_BWRAP", "").strip() or cls.bwrap,
             host_usr=host_usr.resolve(),
@@ -88,18 +90,3 @@ class LocalConfig:
                 "which every sandbox can read"
             )
         return made
-
-
-def _positive(
-    config: Mapping[str, str], key: str, default: int, *, lower: int = 1, upper: int
-) -> int:
-    text = config.get(key, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{key}={text!r} is not a whole number") from None
-    if not lower <= value <= upper:
-        raise ValueError(f"{key}={value} must be between {lower} and {upper}")
-    return value

@@ -41,21 +41,9 @@ from providers.base import (
 from providers.errors import Conflict, NotFound, OperationFailed, ProviderError, Timeout
 from providers.morph.errors import morph_call, redact
 from providers.morph.instance import MorphInstance
+from providers.settings import number_setting
 
 DEFAULT_BASE_URL = "https://cloud.morph.so/api"
-
-
-def _positive(config: Mapping[str, str], key: str, default: float) -> float:
-    raw = config.get(key, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{key} must be a number of seconds, not {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{key} must be greater than zero")
-    return value
 
 
 @contextlib.contextmanager
@@ -137,8 +125,8 @@ class MorphProvider(Provider):
         return cls(
             api_key,
             config.get("MORPH_BASE_URL", "").strip() or DEFAULT_BASE_URL,
-            boot_timeout=_positive(config, "MORPH_BOOT_TIMEOUT", 600.0),
-            http_timeout=_positive(config, "MORPH_HTTP_TIMEOUT", 60.0),
+            boot_timeout=number_setting(config, "MORPH_BOOT_TIMEOUT", 600.0, low=1, high=86_400),
+            http_timeout=number_setting(config, "MORPH_HTTP_TIMEOUT", 60.0, low=0.1, high=3600),
         )
 
     @classmethod

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from providers.settings import FALSE_WORDS, TRUE_WORDS, flag_setting, int_setting, number_setting
+
 CONFIG_KEYS = (
     "PVE_API_URL",
     "PVE_API_TOKEN",
@@ -29,8 +31,6 @@ DEFAULT_VMID_RANGE = (200000, 299999)
 _TOKEN = re.compile(
     r"(?P<user>[^!=\s]+@[^!=\s]+)!(?P<name>[A-Za-z][A-Za-z0-9._-]*)=(?P<secret>\S+)"
 )
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 _DNS = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}")
 
 
@@ -91,12 +91,12 @@ class PveSettings:
             bridge=config.get("PVE_BRIDGE", "").strip(),
             vmid_range=_vmid_range(config.get("PVE_VMID_RANGE", "")),
             public_domain=_domain(config.get("PVE_PUBLIC_DOMAIN", "")),
-            lxc_suspend=_flag("PVE_LXC_SUSPEND", config.get("PVE_LXC_SUSPEND", "")),
-            agent_port=int(_number("PVE_LXC_AGENT_PORT", config, 7391, 1, 65535)),
+            lxc_suspend=flag_setting(config, "PVE_LXC_SUSPEND"),
+            agent_port=int_setting(config, "PVE_LXC_AGENT_PORT", 7391, high=65535),
             guest_workdir=_workdir(config.get("PVE_GUEST_WORKDIR", "")),
-            http_timeout=_number("PVE_HTTP_TIMEOUT", config, 30.0, 0.1, 3600),
-            task_timeout=_number("PVE_TASK_TIMEOUT", config, 1800.0, 1, 86400),
-            lock_wait=_number("PVE_LOCK_WAIT", config, 60.0, 0, 3600),
+            http_timeout=number_setting(config, "PVE_HTTP_TIMEOUT", 30.0, low=0.1, high=3600),
+            task_timeout=number_setting(config, "PVE_TASK_TIMEOUT", 1800.0, low=1, high=86400),
+            lock_wait=number_setting(config, "PVE_LOCK_WAIT", 60.0, low=0, high=3600),
         )
 
 
@@ -114,9 +114,9 @@ def _host(url: str) -> str:
 
 def _verify(value: str) -> bool | str:
     value = value.strip()
-    if not value or value.lower() in _TRUE:
+    if not value or value.lower() in TRUE_WORDS:
         return True
-    if value.lower() in _FALSE:
+    if value.lower() in FALSE_WORDS:
         return False
     if not Path(value).is_file():
         raise ValueError(f"PVE_VERIFY_TLS: {value} is neither true/false nor a CA bundle file")
@@ -143,15 +143,6 @@ def _domain(value: str) -> str:
     return value
 
 
-def _flag(name: str, value: str) -> bool:
-    value = value.strip().lower()
-    if not value or value in _FALSE:
-        return False
-    if value in _TRUE:
-        return True
-    raise ValueError(f"{name} must be 1 or 0")
-
-
 def _workdir(value: str) -> str:
     value = value.strip() or "/root/work"
     if not value.startswith("/") or value.rstrip("/").count("/") < 2 or ".." in value:
@@ -159,16 +150,3 @@ def _workdir(value: str) -> str:
             "PVE_GUEST_WORKDIR must be an absolute path two levels deep, e.g. /root/work"
         )
     return value.rstrip("/")
-
-
-def _number(name: str, config: Mapping[str, str], default: float, low: float, high: float) -> float:
-    raw = config.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number") from None
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low:g} and {high:g}")
-    return value

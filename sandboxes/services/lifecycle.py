@@ -22,6 +22,7 @@ from datetime import timedelta
 from typing import TypeVar
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from providers.base import (
@@ -34,7 +35,7 @@ from providers.base import (
     InstanceStatus,
 )
 from providers.errors import NotFound, ProviderError
-from sandboxes.models import Outcome, Preset, Sandbox, Team, TtlAction
+from sandboxes.models import Outcome, Preset, Sandbox, Snapshot, SnapshotStatus, Team, TtlAction
 from sandboxes.services import transitions
 from sandboxes.services.actors import Actor
 from sandboxes.services.backends import capabilities, default_provider, get_provider
@@ -143,6 +144,15 @@ def create_sandbox(
             if existing is not None:
                 return existing
         check_quota(team=locked_team, vcpus=preset.vcpus, memory_mb=preset.memory_mb)
+        # Lock the version: its deletion (retention, a person) checks "in use" under the
+        # same lock, so a version is never deleted under a sandbox that starts from it.
+        if not Snapshot.objects.select_for_update().filter(
+            pk=snapshot.pk, status=SnapshotStatus.READY
+        ):
+            raise InvalidInput(
+                f"{snapshot.snapshot_id} is being deleted",
+                fields={"snapshot_id": [f"{snapshot.snapshot_id} is being deleted"]},
+            )
         now = timezone.now()
         sandbox = Sandbox.objects.create(
             team=team,
@@ -177,6 +187,25 @@ def create_sandbox(
 
 
 def _request(sandbox: Sandbox, operation: str, actor: Actor) -> Sandbox:
+    return request_operation(sandbox=sandbox, operation=operation, actor=actor)
+
+
+def request_operation(
+    *,
+    sandbox: Sandbox,
+    operation: str,
+    actor: Actor,
+    data: dict | None = None,
+    fields: dict | None = None,
+    only_if: Q | None = None,
+    record_refusal: bool = True,
+) -> Sandbox:
+    """Ask for ``operation`` (start, stop, pause, hibernate, resume, delete).
+
+    The scheduler passes its reason in ``data`` (it lands in the audit event), extra
+    ``fields`` to write in the same compare-and-set (clearing ``expires_at``), and an
+    ``only_if`` condition the row must still meet (see ``transitions.request``).
+    """
     op = OPERATIONS[operation]
     if not actor.can_write(sandbox.team):
         raise NotAllowed(f"your role in this team cannot {operation} sandboxes")
@@ -192,6 +221,10 @@ def _request(sandbox: Sandbox, operation: str, actor: Actor) -> Sandbox:
         allowed_from=op.allowed_from,
         actor=actor,
         operation=operation,
+        fields=fields,
+        data=data,
+        only_if=only_if,
+        record_refusal=record_refusal,
     )
     _enqueue(sandbox)
     return sandbox
@@ -219,6 +252,11 @@ def resume_sandbox(*, sandbox: Sandbox, actor: Actor) -> Sandbox:
 
 def delete_sandbox(*, sandbox: Sandbox, actor: Actor) -> Sandbox:
     return _request(sandbox, "delete", actor)
+
+
+def enqueue_operation(sandbox: Sandbox) -> None:
+    """Enqueue the worker half again (the reconciler resuming a stuck operation)."""
+    _enqueue(sandbox)
 
 
 def _enqueue(sandbox: Sandbox) -> None:

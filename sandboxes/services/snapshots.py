@@ -360,8 +360,13 @@ def activate_snapshot(*, snapshot: Snapshot, actor: Actor, team: Team | None) ->
     return pointer
 
 
-def delete_snapshot_version(*, snapshot: Snapshot, actor: Actor) -> Snapshot:
-    """Delete a version nothing depends on; Conflict naming what still uses it otherwise."""
+def delete_snapshot_version(
+    *, snapshot: Snapshot, actor: Actor, data: dict | None = None
+) -> Snapshot:
+    """Delete a version nothing depends on; Conflict naming what still uses it otherwise.
+
+    ``data`` is added to the audit event (the scheduler's reason, e.g. retention).
+    """
     _require_scope_manager(actor, snapshot.team, "delete")
     with transaction.atomic():
         locked = Snapshot.objects.select_for_update().get(pk=snapshot.pk)
@@ -396,7 +401,7 @@ def delete_snapshot_version(*, snapshot: Snapshot, actor: Actor) -> Snapshot:
             action="delete_version",
             outcome=Outcome.REQUESTED,
             snapshot=locked,
-            data={"snapshot_id": locked.snapshot_id},
+            data={"snapshot_id": locked.snapshot_id, **(data or {})},
         )
         enqueue_on_commit(
             "sandboxes.tasks.run_snapshot_operation", locked.pk, name=f"delete-version-{locked.pk}"

@@ -14,6 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from sandboxes.models import Outcome, Sandbox
@@ -38,11 +39,18 @@ def request(
     operation: str = "",
     fields: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
+    only_if: Q | None = None,
+    record_refusal: bool = True,
 ) -> Sandbox:
     """Move ``sandbox`` to ``to`` if its current status is in ``allowed_from``.
 
     Refusals raise IllegalTransition after recording a ``refused`` event; the sandbox is
     left exactly as it was. On success ``sandbox`` is refreshed in place and returned.
+
+    ``only_if`` adds a condition to the compare-and-set (the scheduler: "still expired",
+    "still idle"); when it no longer holds, the request is refused without a retry.
+    ``record_refusal=False`` skips the refused event (the scheduler losing a race to
+    another sweep or a person is not an action).
     """
     allowed = [Status(s) for s in allowed_from]
     observed = sandbox.status
@@ -51,8 +59,11 @@ def request(
             break
         now = timezone.now()
         values = {"status": to, "status_changed_at": now, "operation": operation, **(fields or {})}
+        rows = Sandbox.objects.filter(pk=sandbox.pk, status=observed)
+        if only_if is not None:
+            rows = rows.filter(only_if)
         with transaction.atomic():
-            won = Sandbox.objects.filter(pk=sandbox.pk, status=observed).update(**values)
+            won = rows.update(**values)
             if won:
                 record_event(
                     actor=actor,
@@ -67,25 +78,39 @@ def request(
             sandbox.refresh_from_db()
             return sandbox
         observed = current_status(sandbox.pk)  # someone else moved it: look again
-        if observed is None:
+        if observed is None or only_if is not None:
             break
-    refuse(sandbox, action=action, status=observed or "gone", actor=actor, allowed=allowed)
+    refuse(
+        sandbox,
+        action=action,
+        status=observed or "gone",
+        actor=actor,
+        allowed=allowed,
+        record=record_refusal,
+    )
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 def refuse(
-    sandbox: Sandbox, *, action: str, status: str, actor: Actor, allowed: list[Status]
+    sandbox: Sandbox,
+    *,
+    action: str,
+    status: str,
+    actor: Actor,
+    allowed: list[Status],
+    record: bool = True,
 ) -> None:
-    """Record a refused action and raise IllegalTransition."""
+    """Record a refused action (unless ``record`` is off) and raise IllegalTransition."""
     error = IllegalTransition(action, status, allowed=[str(s) for s in allowed])
-    record_event(
-        actor=actor,
-        action=action,
-        outcome=Outcome.REFUSED,
-        sandbox=sandbox,
-        from_status=status,
-        message=error.message,
-    )
+    if record:
+        record_event(
+            actor=actor,
+            action=action,
+            outcome=Outcome.REFUSED,
+            sandbox=sandbox,
+            from_status=status,
+            message=error.message,
+        )
     raise error
 
 

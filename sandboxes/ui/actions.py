@@ -8,11 +8,14 @@ mirror the services' rules (``lifecycle.OPERATIONS``, ``interactive``, ``snapsho
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from providers.base import Capabilities
 from sandboxes.models import Sandbox
 from sandboxes.services.lifecycle import OPERATIONS
 from sandboxes.states import Status
+
+if TYPE_CHECKING:
+    from sandboxes.selectors import Capabilities
 
 S = Status
 LIFECYCLE_ORDER = ("start", "resume", "pause", "hibernate", "stop", "delete")
@@ -32,7 +35,9 @@ FEATURES: dict[str, tuple[str, frozenset[Status], str]] = {
     # name: (capability, statuses it needs, what it needs in words)
     "exec": ("supports_exec", frozenset({S.RUNNING}), "running"),
     "services": ("supports_expose_http", LIVE, "running, paused, hibernated or stopped"),
-    "wake_on": ("supports_wake_on", LIVE, "running, paused, hibernated or stopped"),
+    # Wake-on-HTTP goes through the control plane's proxy to exposed services, so it
+    # needs what exposing needs; wake-on-SSH is the provider's own (see _services.html).
+    "wake_on": ("supports_expose_http", LIVE, "running, paused, hibernated or stopped"),
     "snapshot": (
         "supports_snapshots",
         frozenset({S.RUNNING, S.PAUSED, S.STOPPED}),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from providers.base import MetricSample
+if TYPE_CHECKING:
+    from sandboxes.selectors import MetricSample
 
 
 @dataclass(frozen=True)

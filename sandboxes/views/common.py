@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib import messages
@@ -22,12 +22,14 @@ from django.utils.cache import patch_vary_headers
 from django.utils.http import url_has_allowed_host_and_scheme
 from django_htmx.http import HttpResponseClientRedirect
 
-from providers.base import Capabilities
 from sandboxes import selectors
 from sandboxes.current_team import team_context
 from sandboxes.models import ApiToken, Sandbox, Snapshot
 from sandboxes.services.actors import Actor
 from sandboxes.services.errors import ServiceError
+
+if TYPE_CHECKING:
+    from sandboxes.selectors import Capabilities
 
 View = Callable[..., HttpResponse]
 NOT_FOUND = (Sandbox.DoesNotExist, Snapshot.DoesNotExist, ApiToken.DoesNotExist)
@@ -131,9 +133,5 @@ def capabilities_for(request: HttpRequest, provider: str) -> Capabilities:
     sandbox was made offers nothing, and says so."""
     cache: dict[str, Capabilities] = request.__dict__.setdefault("_capabilities", {})
     if provider not in cache:
-        try:
-            cache[provider] = selectors.provider_capabilities(provider)
-        except ServiceError:
-            reason = f"provider {provider} is not enabled on this server"
-            cache[provider] = Capabilities(reasons=dict.fromkeys(Capabilities.names(), reason))
+        cache[provider] = selectors.provider_capabilities(provider)
     return cache[provider]

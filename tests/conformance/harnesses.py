@@ -19,7 +19,7 @@ import pytest
 
 from providers.base import InstanceSpec, Provider
 from providers.registry import register_provider
-from tests import memory_provider
+from tests import filestore_provider, memory_provider
 
 _ids = itertools.count(1)
 
@@ -35,6 +35,10 @@ class ProviderUnderTest:
     missing_snapshot_ref: str = "no-such-snapshot"
     #: Every instance the test made, deleted at teardown even if the test failed.
     made: list = field(default_factory=list)
+    #: The settings (environment variables) from which another process builds the same
+    #: provider, sharing its instances; None when the back end lives in this process only.
+    #: The background tests start real django-q2 workers with them.
+    config: dict[str, str] | None = None
 
     def spec(self, **overrides) -> InstanceSpec:
         vcpus, memory_mb, disk_gb = self.size
@@ -81,6 +85,20 @@ def memory_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provide
 
 
 @contextlib.contextmanager
+def filestore_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProviderUnderTest]:
+    register_provider(filestore_provider.NAME, lambda: filestore_provider.FileStoreProvider)
+    root = tmp_path_factory.mktemp("filestore")
+    provider = filestore_provider.FileStoreProvider.from_config(
+        {filestore_provider.ROOT_KEY: str(root)}
+    )
+    yield ProviderUnderTest(
+        provider=provider,
+        snapshot_ref=filestore_provider.BASE_SNAPSHOT,
+        config={"SANDBOX_PROVIDERS": "filestore", filestore_provider.ROOT_KEY: str(root)},
+    )
+
+
+@contextlib.contextmanager
 def morph_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProviderUnderTest]:
     from providers.morph import MorphProvider
     from tests.morph_fake import FakeMorph
@@ -116,11 +134,12 @@ def _pve_harness(kind: str) -> Harness:
         from tests.pve_sim.harness import simulated, template_for
 
         root = tmp_path_factory.mktemp(kind)
-        with simulated(kind, root) as (_sim, provider):
+        with simulated(kind, root) as (sim, provider):
             yield ProviderUnderTest(
                 provider=provider,
                 snapshot_ref=template_for(kind),
                 missing_snapshot_ref="8999",
+                config={**sim.config(), "SANDBOX_PROVIDERS": kind},
             )
 
     return harness
@@ -131,11 +150,16 @@ def local_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider
     from tests.local_support import local_provider
 
     with local_provider(tmp_path_factory.mktemp("local-sandboxes")) as provider:
-        yield ProviderUnderTest(provider=provider, snapshot_ref="base")
+        yield ProviderUnderTest(
+            provider=provider,
+            snapshot_ref="base",
+            config={**provider.config_mapping(), "SANDBOX_PROVIDERS": "local"},
+        )
 
 
 HARNESSES: dict[str, Harness] = {
     "memory": memory_harness,
+    "filestore": filestore_harness,
     "morph": morph_harness,
     "docker": docker_harness,
     "pve-lxc": _pve_harness("pve-lxc"),

@@ -1,0 +1,190 @@
+"""The service proxy: ``/s/<sandbox_id>/<service>/<path>`` forwards to an exposed service.
+
+Traffic that passes through here is the control plane's own evidence of use: it touches
+the sandbox's activity (idle hibernation counts from it), and when the sandbox is paused
+or hibernated with wake-on-HTTP on, the request resumes it (the resume runs here, inline,
+for at most ``SANDBOX_WAKE_TIMEOUT_SECONDS``) and is then served.
+
+Callers authenticate like the API: a session (the dashboard's current team) or
+``Authorization: Bearer <token>`` (the token's team). Another team's sandbox is "not
+found". The caller's credentials (cookies, the Authorization header) are never passed on
+to the sandbox, and the sandbox cannot set cookies on the dashboard's origin; unless
+``SANDBOX_PROXY_ISOLATE`` is off, its pages are served in an opaque origin (CSP sandbox)
+so their scripts cannot act as the signed-in user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+
+import requests
+from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from sandboxes import selectors
+from sandboxes.current_team import team_context
+from sandboxes.models import Sandbox, Team
+from sandboxes.services import interactive, lifecycle, tokens
+from sandboxes.services.actors import Actor
+from sandboxes.services.errors import ServiceError
+from sandboxes.states import Status
+
+logger = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+#: Never forwarded to the sandbox: the caller's credentials for the control plane.
+DROP_REQUEST = HOP_BY_HOP | {"host", "cookie", "authorization", "content-length"}
+#: Never passed back: cookies would land on the dashboard's origin.
+DROP_RESPONSE = HOP_BY_HOP | {"set-cookie"}
+ISOLATION_POLICY = "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads"
+PARKED = (Status.PAUSED, Status.HIBERNATED)
+WAKING = (Status.PAUSING, Status.RESUMING)
+CHUNK = 64 * 1024
+
+
+def _error(status: int, code: str, message: str) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+
+
+def _authenticate(request: HttpRequest) -> tuple[Actor | None, Team | None, bool]:
+    """(actor, team, used_a_token)."""
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        token = tokens.authenticate_token(header[7:].strip())
+        if token is None:
+            return None, None, True
+        return Actor.for_token(token), token.team, True
+    if request.user.is_authenticated:
+        context = team_context(request)
+        return Actor.for_user(request.user), context.team if context else None, False
+    return None, None, False
+
+
+@csrf_exempt  # no session-cookie write happens here; the session cookie is SameSite=Lax
+def service_proxy(
+    request: HttpRequest, sandbox_id: str, service: str, path: str = ""
+) -> HttpResponse:
+    actor, team, with_token = _authenticate(request)
+    if actor is None:
+        if with_token:
+            return _error(401, "not_authenticated", "the token is unknown, revoked or expired")
+        return redirect_to_login(request.get_full_path())
+    try:
+        sandbox = selectors.get_sandbox(team, sandbox_id) if team else None
+    except Sandbox.DoesNotExist:
+        sandbox = None
+    if sandbox is None:
+        return _error(404, "not_found", "no such sandbox in your team")
+    entry = next((s for s in sandbox.services if s.get("name") == service), None)
+    if entry is None:
+        return _error(404, "not_found", f"the sandbox exposes no service called {service!r}")
+    if sandbox.status in PARKED + WAKING:
+        if not sandbox.wake_on_http:
+            return _error(
+                409,
+                "sandbox_not_running",
+                f"{sandbox_id} is {sandbox.status} and wake-on-HTTP is off; resume it first",
+            )
+        sandbox = wake(sandbox, actor)
+    if sandbox.status != Status.RUNNING:
+        return _error(409, "sandbox_not_running", f"{sandbox_id} is {sandbox.status}")
+    interactive.touch_activity(sandbox)
+    try:
+        return _forward(request, sandbox, entry, path)
+    except RequestDataTooBig:
+        return _error(413, "too_large", "the request body is larger than the proxy accepts")
+
+
+def wake(sandbox: Sandbox, actor: Actor) -> Sandbox:
+    """Resume a parked sandbox and wait (bounded) until it runs; return the fresh row.
+
+    A pause in progress is waited for first. The resume is asked for once; this request
+    then carries it out itself unless a worker already holds it.
+    """
+    waker = actor if actor.can_write(sandbox.team) else Actor.system()
+    deadline = time.monotonic() + settings.SANDBOX_WAKE_TIMEOUT_SECONDS
+    asked = False
+    while True:
+        row = Sandbox.objects.select_related("team", "preset", "snapshot").get(pk=sandbox.pk)
+        if row.status in PARKED and not asked:
+            asked = True
+            # Refused when another request woke it first or it moved on: the row tells.
+            with contextlib.suppress(ServiceError):
+                lifecycle.request_operation(
+                    sandbox=row,
+                    operation="resume",
+                    actor=waker,
+                    data={"reason": "wake_on_http", "requested_by": actor.label},
+                    record_refusal=False,
+                )
+            continue
+        if row.status == Status.RESUMING:
+            lifecycle.perform_operation(sandbox_id=row.pk)  # a no-op if a worker has it
+            row = Sandbox.objects.select_related("team", "preset", "snapshot").get(pk=row.pk)
+        waiting = row.status in WAKING or (row.status in PARKED and not asked)
+        if not waiting or time.monotonic() >= deadline:
+            return row
+        time.sleep(0.1)
+
+
+def _target(entry: dict, path: str, query: str) -> str:
+    url = entry["url"].rstrip("/") + "/" + path
+    return f"{url}?{query}" if query else url
+
+
+def _forward(request: HttpRequest, sandbox: Sandbox, entry: dict, path: str) -> HttpResponse:
+    prefix = f"/s/{sandbox.pk}/{entry['name']}/"
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in DROP_REQUEST}
+    headers["X-Forwarded-For"] = request.META.get("REMOTE_ADDR", "")
+    headers["X-Forwarded-Proto"] = request.scheme
+    headers["X-Forwarded-Host"] = request.get_host()
+    headers["X-Forwarded-Prefix"] = prefix.rstrip("/")
+    try:
+        upstream = requests.request(
+            request.method,
+            _target(entry, path, request.META.get("QUERY_STRING", "")),
+            headers=headers,
+            data=request.body or None,
+            stream=True,
+            allow_redirects=False,
+            timeout=(10, settings.SANDBOX_PROXY_TIMEOUT_SECONDS),
+        )
+    except requests.RequestException as exc:
+        logger.info("proxy %s/%s: %s", sandbox.pk, entry["name"], exc)
+        return _error(502, "bad_gateway", f"the service {entry['name']!r} did not answer")
+    response = StreamingHttpResponse(_body(upstream), status=upstream.status_code)
+    for name, value in upstream.raw.headers.items():
+        if name.lower() not in DROP_RESPONSE:
+            response[name] = value
+    location = response.get("Location", "")
+    if location.startswith(entry["url"].rstrip("/")):
+        response["Location"] = prefix + location[len(entry["url"].rstrip("/")) :].lstrip("/")
+    if settings.SANDBOX_PROXY_ISOLATE:
+        response["Content-Security-Policy"] = ISOLATION_POLICY
+    return response
+
+
+def _body(upstream: requests.Response) -> Iterator[bytes]:
+    """The upstream body as it came (still compressed if it was), then the connection closed."""
+    try:
+        yield from upstream.raw.stream(CHUNK, decode_content=False)
+    finally:
+        upstream.close()
