@@ -24,9 +24,12 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	DEBUG= $(BIN)/python manage.py makemigrations --check --dry-run --settings=config.settings_test
+	$(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null --settings=config.settings_test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# wrk is the API benchmark's load generator (without it, a slower Python client is used).
 bench: install system-packages
+	@scripts/ensure-system-packages wrk || echo "no wrk: bench_api uses its Python load generator"
 	$(BIN)/python -m bench
 
 lint:

@@ -100,6 +100,7 @@ INSTALLED_APPS = [
     "django_filters",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_q",
     "sandboxes",
 ]
@@ -242,6 +243,69 @@ SANDBOX_WAKE_TIMEOUT_SECONDS = max(1, env_int("SANDBOX_WAKE_TIMEOUT_SECONDS", 60
 SANDBOX_PROXY_TIMEOUT_SECONDS = max(1, env_int("SANDBOX_PROXY_TIMEOUT_SECONDS", 120))
 # Serve proxied pages in an opaque origin (CSP sandbox) so they cannot act as the dashboard.
 SANDBOX_PROXY_ISOLATE = env_bool("SANDBOX_PROXY_ISOLATE", True)
+
+# --- The API's per-team request counters (sandboxes/services/throttling.py) must be
+# shared by every web worker: in Redis when REDIS_URL is set, else in the database.
+SANDBOX_API_THROTTLE_STORE = "redis" if env.get("REDIS_URL") else "database"
+if env.get("REDIS_URL"):
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "throttle": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": env["REDIS_URL"],
+            "KEY_PREFIX": "sandboxes",
+        },
+    }
+
+# --- The REST API (sandboxes/api, docs/api.md)
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "sandboxes.api.auth.BearerTokenAuthentication",
+        "sandboxes.api.auth.TeamSessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["sandboxes.api.permissions.TeamMember"],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "sandboxes.api.throttles.TeamRateThrottle",
+        "sandboxes.api.throttles.TeamCreateThrottle",
+    ],
+    # Per team; "" switches a limit off. Creates count against team_create only.
+    "DEFAULT_THROTTLE_RATES": {
+        "team": env.get("SANDBOX_API_RATE", "1200/min"),
+        "team_create": env.get("SANDBOX_API_CREATE_RATE", "60/min"),
+    },
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_FILTER_BACKENDS": ["sandboxes.api.filtering.FilterBackend"],
+    # OPTIONS answers 405: the OpenAPI schema is the description of the API.
+    "DEFAULT_METADATA_CLASS": None,
+    "DEFAULT_PAGINATION_CLASS": "sandboxes.api.pagination.Pagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "sandboxes.api.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Sandboxes API",
+    "DESCRIPTION": (
+        "Start, pause, resume, snapshot and exec into sandboxes. Authenticate with "
+        "`Authorization: Bearer <token>`. Every error is "
+        '`{"error": {"code", "message", "fields"}}`; see docs/api.md.'
+    ),
+    "VERSION": "1",
+    # 3.1: JSON Schema proper (metadata keys are described with propertyNames).
+    "OAS_VERSION": "3.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": r"/api/(?:v1/)?",
+    # The docs page serves Swagger UI and Redoc from the sidecar package: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "sandboxes.api.schema.add_error_responses",
+    ],
+}
 
 # --- django-q2: the ORM broker by default; Redis when REDIS_URL is set.
 Q_CLUSTER = {

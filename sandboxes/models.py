@@ -399,3 +399,19 @@ class Reservation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.namespace}:{self.key} ({self.owner})"
+
+
+class ThrottleCounter(models.Model):
+    """The API's request count of one team and scope in the current throttle window.
+
+    Used when no Redis is configured. One row per (team, scope, period), reset when a new
+    window starts, so the table never grows beyond a few rows per team. Written only by
+    ``sandboxes.services.throttling`` (one upsert per request).
+    """
+
+    key = models.CharField(max_length=100, unique=True)
+    window = models.BigIntegerField()
+    count = models.PositiveIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.count} in window {self.window}"

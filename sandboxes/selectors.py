@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 
 from providers.base import Capabilities, Health, MetricSample
-from providers.errors import ProviderError
+from providers.errors import InvalidSnapshotId, ProviderError
+from providers.snapshot_ids import parse_snapshot_id
 from sandboxes.models import (
     ActiveSnapshot,
     ApiToken,
@@ -20,6 +21,7 @@ from sandboxes.models import (
     Sandbox,
     SandboxEvent,
     Snapshot,
+    SnapshotStatus,
     Team,
 )
 from sandboxes.services import backends
@@ -45,13 +47,77 @@ def sandboxes_for_team(team: Team, *, include_deleted: bool = False) -> QuerySet
     queryset = Sandbox.objects.filter(team=team)
     if not include_deleted:
         queryset = queryset.exclude(status=Status.DELETED)
-    return queryset.select_related("preset", "snapshot").order_by("-created_at")
+    # pk breaks ties between rows made in the same instant, so pages never overlap.
+    return queryset.select_related("preset", "snapshot").order_by("-created_at", "-pk")
+
+
+#: The columns a list page shows (the API's SandboxSerializer), besides the version's id
+#: (``snapshot_version``); nothing else is loaded.
+SANDBOX_LIST_COLUMNS = (
+    "id",
+    "name",
+    "status",
+    "operation",
+    "provider",
+    "preset_id",
+    "vcpus",
+    "memory_mb",
+    "disk_gb",
+    "metadata",
+    "services",
+    "ttl_seconds",
+    "ttl_action",
+    "expires_at",
+    "idle_timeout_seconds",
+    "wake_on_http",
+    "wake_on_ssh",
+    "last_error",
+    "created_at",
+    "started_at",
+    "status_changed_at",
+    "last_activity_at",
+    "deleted_at",
+)
+
+
+def sandbox_list(team: Team, *, include_deleted: bool = False) -> QuerySet[dict]:
+    """The rows of a list page as dicts: ``SANDBOX_LIST_COLUMNS`` and ``snapshot_version``.
+
+    No model objects are built for a page. The version's id is a subquery rather than a
+    join, so the page's count stays a plain (index-only) count of the team's rows.
+    """
+    version = Snapshot.objects.filter(pk=OuterRef("snapshot_id")).order_by()
+    return sandboxes_for_team(team, include_deleted=include_deleted).values(
+        *SANDBOX_LIST_COLUMNS, snapshot_version=Subquery(version.values("snapshot_id")[:1])
+    )
+
+
+def sandbox_row(sandbox: Sandbox) -> dict:
+    """One sandbox as ``sandbox_list`` gives its rows."""
+    row = {name: getattr(sandbox, name) for name in SANDBOX_LIST_COLUMNS}
+    row["snapshot_version"] = sandbox.snapshot.snapshot_id if sandbox.snapshot_id else None
+    return row
 
 
 def get_sandbox(team: Team, sandbox_id: str) -> Sandbox:
     """The team's sandbox; ``Sandbox.DoesNotExist`` for anything else."""
     return Sandbox.objects.select_related("team", "preset", "snapshot").get(
         team=team, pk=sandbox_id
+    )
+
+
+def sandbox_status(team: Team, sandbox_id: str) -> str | None:
+    """Only the status column (cheap enough to poll); None when the team has no such sandbox."""
+    return Sandbox.objects.filter(team=team, pk=sandbox_id).values_list("status", flat=True).first()
+
+
+def sandbox_by_idempotency_key(team: Team, key: str) -> Sandbox | None:
+    if not key:
+        return None
+    return (
+        Sandbox.objects.select_related("preset", "snapshot")
+        .filter(team=team, idempotency_key=key)
+        .first()
     )
 
 
@@ -111,6 +177,55 @@ def snapshots_for_team(team: Team, *, include_deleted: bool = False) -> QuerySet
 
 def get_snapshot(team: Team, snapshot_id: str) -> Snapshot:
     return snapshots_for_team(team, include_deleted=True).get(snapshot_id=snapshot_id)
+
+
+def resolve_snapshot(team: Team, snapshot_id: str) -> Snapshot:
+    """A version by its id, or by the id without ``_vN`` (the team's active version)."""
+    exact = snapshots_for_team(team, include_deleted=True).filter(snapshot_id=snapshot_id).first()
+    if exact is not None:
+        return exact
+    try:
+        parsed = parse_snapshot_id(snapshot_id)
+    except InvalidSnapshotId:
+        raise Snapshot.DoesNotExist(snapshot_id) from None
+    active = None
+    if parsed.version is None:
+        active = active_version(team=team, provider=parsed.provider, preset_id=parsed.preset_id)
+    if active is None:
+        raise Snapshot.DoesNotExist(snapshot_id)
+    return get_snapshot(team, active.snapshot_id)
+
+
+def is_snapshot_id(text: str) -> bool:
+    """Whether ``text`` is written like one of our snapshot ids (with or without ``_vN``)."""
+    try:
+        parse_snapshot_id(text)
+    except InvalidSnapshotId:
+        return False
+    return True
+
+
+def snapshot_by_provider_ref(team: Team, ref: str) -> Snapshot | None:
+    """The newest ready version visible to ``team`` whose provider image is ``ref``."""
+    return (
+        Snapshot.objects.filter(visible_to(team), provider_ref=ref, status=SnapshotStatus.READY)
+        .order_by("-version")
+        .first()
+    )
+
+
+def active_snapshot_ids(team: Team) -> set[int]:
+    """Primary keys of the versions ``team`` starts from (its own pointer, else the shared)."""
+    chosen: dict[tuple[str, str], tuple[bool, int]] = {}
+    pointers = ActiveSnapshot.objects.filter(Q(team=team) | Q(team__isnull=True)).values_list(
+        "team_id", "provider", "preset_id", "snapshot_id"
+    )
+    for team_id, provider, preset_id, snapshot_pk in pointers:
+        own = team_id is not None
+        current = chosen.get((provider, preset_id))
+        if current is None or (own and not current[0]):
+            chosen[(provider, preset_id)] = (own, snapshot_pk)
+    return {pk for _, pk in chosen.values()}
 
 
 def active_snapshot(team: Team, provider: str, preset_id: str) -> Snapshot | None:

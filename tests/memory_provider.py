@@ -134,6 +134,11 @@ class MemoryInstance(Instance):
             )
         except subprocess.TimeoutExpired as exc:
             return ExecResult(-1, _text(exc.stdout), _text(exc.stderr), timed_out=True)
+        except OSError as exc:
+            # What a shell (and every real back end) answers for a program it cannot run:
+            # 127 when it does not exist, 126 when it cannot be executed.
+            code = 127 if isinstance(exc, FileNotFoundError) else 126
+            return ExecResult(code, "", f"{as_argv(command)[0]}: {exc.strerror}\n")
         return ExecResult(
             done.returncode,
             _text(done.stdout),

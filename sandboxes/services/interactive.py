@@ -13,7 +13,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from providers.base import ExecResult, Instance
+from providers.base import ExecResult, Instance, SshInfo
 from providers.errors import ProviderError
 from sandboxes.models import Outcome, Sandbox, TtlAction
 from sandboxes.services.actors import Actor
@@ -271,3 +271,25 @@ def update_sandbox_settings(
         )
     sandbox.refresh_from_db()
     return sandbox
+
+
+def ssh_access(*, sandbox: Sandbox, actor: Actor) -> SshInfo:
+    """How to connect to the sandbox over SSH, where its provider offers that.
+
+    Reading this needs only read access (it holds no secret: the SSH server still asks
+    for the user's key). The sandbox must be running, or paused with wake-on-SSH.
+    """
+    if not actor.can_read(sandbox.team):
+        raise NotAllowed("you are not a member of this sandbox's team")
+    caps = capabilities(sandbox.provider)
+    if not caps.supports_ssh:
+        raise CapabilityMissing(sandbox.provider, "supports_ssh", caps.reason("supports_ssh"))
+    reachable = {Status.RUNNING}
+    if sandbox.wake_on_ssh:
+        reachable |= {Status.PAUSED, Status.HIBERNATED}
+    if sandbox.status not in reachable:
+        raise IllegalTransition("connect over SSH to", sandbox.status, allowed=sorted(reachable))
+    try:
+        return _instance(sandbox).ssh_info()
+    except ProviderError as exc:
+        raise _failure(exc) from exc

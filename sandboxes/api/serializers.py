@@ -1,0 +1,409 @@
+"""Every request body and every response of the API has a serializer here.
+
+Request serializers derive from ``StrictSerializer``: a field the serializer does not
+know is refused (400, ``fields`` names it) instead of being silently ignored. Semantic
+checks (metadata keys, name characters, ...) are the services' job; the bounds written
+here are the same ones, so the OpenAPI schema tells clients what will be accepted.
+"""
+
+from __future__ import annotations
+
+from datetime import tzinfo
+from functools import cached_property
+from typing import Any
+
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from sandboxes import selectors
+from sandboxes.api.fields import (
+    CommandField,
+    MetadataField,
+    StrictBooleanField,
+    StrictCharField,
+    StrictIntegerField,
+    StrictRegexField,
+    StrictSerializer,
+    iso_datetime,
+    name_field,
+    seconds_field,
+)
+from sandboxes.models import Sandbox, TtlAction
+from sandboxes.services.interactive import MAX_EXEC_TIMEOUT
+from sandboxes.states import TRANSITIONAL, Status
+
+MAX_WAIT_SECONDS = 60
+
+
+class NoBodySerializer(StrictSerializer):
+    """An action without parameters: no body, or ``{}``."""
+
+
+# --- sandboxes -------------------------------------------------------------------------
+
+
+class ServiceSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    port = serializers.IntegerField()
+    url = serializers.CharField()
+
+
+class WakeOnStateSerializer(serializers.Serializer):
+    http = serializers.BooleanField()
+    ssh = serializers.BooleanField()
+
+
+class SandboxSerializer(serializers.Serializer):
+    """A sandbox as the API shows it. Reads only columns of the row and its snapshot."""
+
+    id = serializers.CharField()
+    name = serializers.CharField()
+    status = serializers.ChoiceField(choices=Status.choices)
+    transitional = serializers.BooleanField(
+        source="is_transitional", help_text="An operation is under way (starting, pausing, ...)."
+    )
+    operation = serializers.CharField(help_text="The operation under way; empty when settled.")
+    provider = serializers.CharField()
+    preset = serializers.CharField(source="preset_id")
+    snapshot_id = serializers.SerializerMethodField()
+    vcpus = serializers.IntegerField()
+    memory_mb = serializers.IntegerField()
+    disk_gb = serializers.IntegerField()
+    metadata = serializers.DictField(child=serializers.CharField())
+    services = ServiceSerializer(many=True)
+    ttl_seconds = serializers.IntegerField(allow_null=True)
+    ttl_action = serializers.ChoiceField(choices=TtlAction.choices)
+    expires_at = serializers.DateTimeField(allow_null=True)
+    idle_timeout_seconds = serializers.IntegerField(allow_null=True)
+    wake_on = serializers.SerializerMethodField()
+    last_error = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    status_changed_at = serializers.DateTimeField()
+    last_activity_at = serializers.DateTimeField()
+    deleted_at = serializers.DateTimeField(allow_null=True)
+
+    def get_snapshot_id(self, sandbox) -> str | None:
+        return sandbox.snapshot.snapshot_id if sandbox.snapshot_id else None
+
+    @extend_schema_field(WakeOnStateSerializer)
+    def get_wake_on(self, sandbox) -> dict[str, bool]:
+        return {"http": sandbox.wake_on_http, "ssh": sandbox.wake_on_ssh}
+
+    @cached_property
+    def _tz(self) -> tzinfo:
+        return timezone.get_current_timezone()
+
+    def to_representation(self, sandbox: Sandbox | dict) -> dict[str, Any]:
+        """The fields above, written out directly from a row of ``selectors.sandbox_list``
+        (or a Sandbox): a page of 50 is written on every list call, and DRF's per-field
+        machinery would be most of its cost. A test holds the two ways equal."""
+        row = sandbox if isinstance(sandbox, dict) else selectors.sandbox_row(sandbox)
+        tz = self._tz
+        return {
+            "id": row["id"],
+            "name": row["name"],
+            "status": row["status"],
+            "transitional": row["status"] in TRANSITIONAL,
+            "operation": row["operation"],
+            "provider": row["provider"],
+            "preset": row["preset_id"],
+            "snapshot_id": row["snapshot_version"],
+            "vcpus": row["vcpus"],
+            "memory_mb": row["memory_mb"],
+            "disk_gb": row["disk_gb"],
+            "metadata": row["metadata"],
+            "services": [
+                {"name": s["name"], "port": s["port"], "url": s["url"]} for s in row["services"]
+            ],
+            "ttl_seconds": row["ttl_seconds"],
+            "ttl_action": row["ttl_action"],
+            "expires_at": iso_datetime(row["expires_at"], tz),
+            "idle_timeout_seconds": row["idle_timeout_seconds"],
+            "wake_on": {"http": row["wake_on_http"], "ssh": row["wake_on_ssh"]},
+            "last_error": row["last_error"],
+            "created_at": iso_datetime(row["created_at"], tz),
+            "started_at": iso_datetime(row["started_at"], tz),
+            "status_changed_at": iso_datetime(row["status_changed_at"], tz),
+            "last_activity_at": iso_datetime(row["last_activity_at"], tz),
+            "deleted_at": iso_datetime(row["deleted_at"], tz),
+        }
+
+
+class SandboxCreateSerializer(StrictSerializer):
+    preset = StrictCharField(
+        required=False, max_length=40, help_text="Preset id, e.g. 2vcpu_4gb_16gb."
+    )
+    provider = StrictCharField(
+        required=False, max_length=32, help_text="Provider name; default: the site's default."
+    )
+    snapshot_id = StrictCharField(
+        required=False,
+        max_length=120,
+        help_text="A version (local_2vcpu_2gb_8gb_v3) or the id without _vN (the active one).",
+    )
+    name = name_field()
+    ttl_seconds = seconds_field(required=False, allow_null=True)
+    ttl_action = serializers.ChoiceField(choices=TtlAction.choices, required=False)
+    idle_timeout_seconds = seconds_field(required=False, allow_null=True)
+    metadata = MetadataField(required=False)
+
+
+class SandboxUpdateSerializer(StrictSerializer):
+    """PATCH: only the fields given change; ``null`` clears a TTL or idle timeout."""
+
+    name = name_field()
+    ttl_seconds = seconds_field(required=False, allow_null=True)
+    ttl_action = serializers.ChoiceField(choices=TtlAction.choices, required=False)
+    idle_timeout_seconds = seconds_field(required=False, allow_null=True)
+    metadata = MetadataField(required=False)
+
+
+class WaitQuerySerializer(serializers.Serializer):
+    wait = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_WAIT_SECONDS,
+        help_text="Wait up to this many seconds for a settled status (not starting, ...).",
+    )
+
+
+class ExecSerializer(StrictSerializer):
+    command = CommandField()
+    timeout_seconds = StrictIntegerField(
+        required=False, default=60, min_value=1, max_value=MAX_EXEC_TIMEOUT
+    )
+
+
+class ExecResultSerializer(serializers.Serializer):
+    exit_code = serializers.IntegerField()
+    stdout = serializers.CharField()
+    stderr = serializers.CharField()
+    stdout_truncated = serializers.BooleanField()
+    stderr_truncated = serializers.BooleanField()
+    timed_out = serializers.BooleanField()
+
+
+class TakeSnapshotSerializer(StrictSerializer):
+    label = StrictCharField(required=False, allow_blank=True, max_length=200)
+
+
+class ExposeServiceSerializer(StrictSerializer):
+    name = StrictRegexField(
+        r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$",
+        help_text="1-32 lowercase letters, digits and dashes, not at either end.",
+    )
+    port = StrictIntegerField(min_value=1, max_value=65535)
+
+
+class WakeOnSerializer(StrictSerializer):
+    http = StrictBooleanField(help_text="HTTP to an exposed service wakes the sandbox.")
+    ssh = StrictBooleanField(help_text="An SSH connection wakes the sandbox.")
+
+
+class EventSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    action = serializers.CharField()
+    outcome = serializers.CharField()
+    actor_kind = serializers.CharField()
+    actor = serializers.CharField(source="actor_label")
+    from_status = serializers.CharField()
+    to_status = serializers.CharField()
+    message = serializers.CharField()
+    data = serializers.DictField()
+    sandbox = serializers.CharField(source="sandbox_id", allow_null=True)
+    created_at = serializers.DateTimeField()
+
+
+class SshInfoSerializer(serializers.Serializer):
+    host = serializers.CharField()
+    port = serializers.IntegerField()
+    username = serializers.CharField()
+    command = serializers.CharField(help_text="A command line that connects.")
+
+
+# --- presets and snapshot versions -----------------------------------------------------
+
+
+class PresetSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    label = serializers.CharField()
+    description = serializers.CharField()
+    vcpus = serializers.IntegerField()
+    memory_mb = serializers.IntegerField()
+    disk_gb = serializers.IntegerField()
+    providers = serializers.SerializerMethodField(
+        help_text="The enabled providers this preset is offered on."
+    )
+
+    def get_providers(self, preset) -> list[str]:
+        enabled = self.context.get("enabled_providers")
+        return [p for p in preset.providers if enabled is None or p in enabled]
+
+
+class SnapshotSerializer(serializers.Serializer):
+    snapshot_id = serializers.CharField()
+    provider = serializers.CharField()
+    preset = serializers.CharField(source="preset_id")
+    version = serializers.IntegerField()
+    status = serializers.CharField(help_text="creating, ready, failed, deleting (or deleted).")
+    active = serializers.SerializerMethodField(
+        help_text="The version your team starts from for this provider and preset."
+    )
+    shared = serializers.SerializerMethodField(help_text="Shared by every team (not your own).")
+    parent = serializers.SerializerMethodField(help_text="The version this one was taken from.")
+    source_sandbox = serializers.CharField(source="source_sandbox_id", allow_null=True)
+    created_by = serializers.SerializerMethodField()
+    label = serializers.CharField()
+    size_bytes = serializers.IntegerField(allow_null=True)
+    error = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+    def get_active(self, snapshot) -> bool:
+        return snapshot.pk in self.context.get("active_ids", ())
+
+    def get_shared(self, snapshot) -> bool:
+        return snapshot.team_id is None
+
+    def get_parent(self, snapshot) -> str | None:
+        return snapshot.parent.snapshot_id if snapshot.parent_id else None
+
+    def get_created_by(self, snapshot) -> str | None:
+        return snapshot.created_by.get_username() if snapshot.created_by_id else None
+
+
+# --- tokens ----------------------------------------------------------------------------
+
+
+class TokenSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    prefix = serializers.CharField(help_text="The token's first characters, to recognise it.")
+    can_write = serializers.BooleanField()
+    active = serializers.BooleanField(source="is_usable")
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+
+
+class TokenCreatedSerializer(TokenSerializer):
+    token = serializers.CharField(help_text="The secret. Shown in this response only.")
+
+
+class TokenCreateSerializer(StrictSerializer):
+    name = StrictCharField(required=False, allow_blank=True, max_length=100)
+    can_write = StrictBooleanField(
+        required=False, default=True, help_text="false: a read-only token (writes get 403)."
+    )
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+    expires_in_seconds = seconds_field(
+        required=False, allow_null=True, help_text="Instead of expires_at."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("expires_at") and attrs.get("expires_in_seconds"):
+            raise serializers.ValidationError(
+                {"expires_in_seconds": ["give expires_at or expires_in_seconds, not both"]}
+            )
+        return attrs
+
+
+# --- config and health -----------------------------------------------------------------
+
+
+class ProviderConfigSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    default = serializers.BooleanField()
+    capabilities = serializers.DictField(child=serializers.BooleanField())
+    reasons = serializers.DictField(
+        child=serializers.CharField(), help_text="Why each missing capability is missing."
+    )
+
+
+class TeamInfoSerializer(serializers.Serializer):
+    slug = serializers.CharField()
+    name = serializers.CharField()
+    role = serializers.CharField()
+    quotas = serializers.DictField(child=serializers.IntegerField(), help_text="0 = unlimited")
+    usage = serializers.DictField(child=serializers.IntegerField())
+
+
+class LimitsSerializer(serializers.Serializer):
+    max_wait_seconds = serializers.IntegerField()
+    max_exec_timeout_seconds = serializers.IntegerField()
+    metadata_max_keys = serializers.IntegerField()
+    metadata_max_key_length = serializers.IntegerField()
+    metadata_max_value_length = serializers.IntegerField()
+    rate = serializers.CharField(allow_null=True)
+    create_rate = serializers.CharField(allow_null=True)
+
+
+class ConfigSerializer(serializers.Serializer):
+    default_provider = serializers.CharField(allow_null=True)
+    providers = ProviderConfigSerializer(many=True)
+    presets = PresetSerializer(many=True)
+    team = TeamInfoSerializer()
+    limits = LimitsSerializer()
+
+
+class ProviderHealthSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    reachable = serializers.BooleanField()
+    latency_ms = serializers.FloatField(allow_null=True)
+    detail = serializers.CharField()
+
+
+class HealthSerializer(serializers.Serializer):
+    ok = serializers.BooleanField(help_text="Every enabled provider is reachable.")
+    providers = ProviderHealthSerializer(many=True)
+
+
+# --- cmux compatibility ----------------------------------------------------------------
+
+
+class CmuxStartSerializer(StrictSerializer):
+    """The body of cmux's ``POST /api/sandboxes/start``, mapped onto create."""
+
+    snapshotId = StrictCharField(
+        max_length=255,
+        help_text="A snapshot version or id without _vN, or a provider's image reference.",
+    )
+    ttlSeconds = seconds_field(required=False, allow_null=True)
+    metadata = MetadataField(required=False)
+    teamSlugOrId = StrictCharField(
+        required=False, max_length=50, help_text="Must be the team of your token if given."
+    )
+
+
+class CmuxStartedSerializer(serializers.Serializer):
+    instanceId = serializers.CharField()
+    provider = serializers.CharField()
+    status = serializers.CharField()
+    snapshotId = serializers.CharField()
+    vscodeUrl = serializers.CharField(allow_null=True)
+    workerUrl = serializers.CharField(allow_null=True)
+
+
+# --- errors ----------------------------------------------------------------------------
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="Stable, machine-readable; see docs/api.md.")
+    message = serializers.CharField()
+    fields = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        help_text="Request field -> what is wrong with it.",
+    )
+    capability = serializers.CharField(required=False, help_text="capability_missing only.")
+    reason = serializers.CharField(required=False, help_text="capability_missing only.")
+    quota = serializers.CharField(required=False, help_text="quota_* only.")
+    limit = serializers.IntegerField(required=False, help_text="quota_* only.")
+    used = serializers.IntegerField(required=False, help_text="quota_* only.")
+    requested = serializers.IntegerField(required=False, help_text="quota_* only.")
+    retry_after = serializers.IntegerField(required=False, help_text="throttled only.")
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorDetailSerializer()

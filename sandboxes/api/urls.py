@@ -1,0 +1,55 @@
+"""Everything under ``/api/``: the v1 API, cmux's start route, the schema and its docs."""
+
+from __future__ import annotations
+
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from sandboxes.api import schema  # noqa: F401 - registers the OpenAPI extensions
+from sandboxes.api.views import cmux, sandboxes, site, snapshots, tokens
+
+SANDBOX = "sandboxes/<str:sandbox_id>"
+
+v1 = [
+    path("config", site.ConfigView.as_view(), name="config"),
+    path("health", site.HealthView.as_view(), name="health"),
+    path("sandboxes", sandboxes.SandboxListView.as_view(), name="sandbox-list"),
+    path(SANDBOX, sandboxes.SandboxDetailView.as_view(), name="sandbox-detail"),
+    *(
+        path(f"{SANDBOX}/{operation}", view.as_view(), name=f"sandbox-{operation}")
+        for operation, view in sandboxes.ACTION_VIEWS.items()
+    ),
+    path(f"{SANDBOX}/exec", sandboxes.SandboxExecView.as_view(), name="sandbox-exec"),
+    path(f"{SANDBOX}/snapshot", sandboxes.SandboxSnapshotView.as_view(), name="sandbox-snapshot"),
+    path(f"{SANDBOX}/services", sandboxes.SandboxServicesView.as_view(), name="sandbox-services"),
+    path(
+        f"{SANDBOX}/services/<str:name>",
+        sandboxes.SandboxServiceDetailView.as_view(),
+        name="sandbox-service",
+    ),
+    path(f"{SANDBOX}/wake-on", sandboxes.SandboxWakeOnView.as_view(), name="sandbox-wake-on"),
+    path(f"{SANDBOX}/events", sandboxes.SandboxEventsView.as_view(), name="sandbox-events"),
+    path(f"{SANDBOX}/ssh", sandboxes.SandboxSshView.as_view(), name="sandbox-ssh"),
+    path("presets", snapshots.PresetListView.as_view(), name="preset-list"),
+    path("snapshots", snapshots.SnapshotListView.as_view(), name="snapshot-list"),
+    path(
+        "snapshots/<str:snapshot_id>",
+        snapshots.SnapshotDetailView.as_view(),
+        name="snapshot-detail",
+    ),
+    path(
+        "snapshots/<str:snapshot_id>/activate",
+        snapshots.SnapshotActivateView.as_view(),
+        name="snapshot-activate",
+    ),
+    path("tokens", tokens.TokenListView.as_view(), name="token-list"),
+    path("tokens/<int:token_id>", tokens.TokenDetailView.as_view(), name="token-detail"),
+]
+
+urlpatterns = [
+    path("v1/", include((v1, "api"))),
+    path("sandboxes/start", cmux.CmuxStartView.as_view(), name="cmux-start"),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
+]

@@ -1,0 +1,71 @@
+"""``POST /api/sandboxes/start``: cmux's start call, for scripts written against cmux.
+
+The body (``snapshotId``, ``ttlSeconds``, ``metadata``, optionally ``teamSlugOrId``) maps
+onto create. ``snapshotId`` may be one of our snapshot ids (with or without ``_vN``) or a
+provider's own image reference (a Morph ``snapshot_...`` id) that a version was imported
+from. The answer carries cmux's field names; ``Idempotency-Key`` works as on create.
+"""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from sandboxes import selectors
+from sandboxes.api import serializers as s
+from sandboxes.api.errors import ApiError
+from sandboxes.api.views.base import TeamView
+from sandboxes.api.views.sandboxes import IDEMPOTENCY_HEADER
+from sandboxes.models import Sandbox
+from sandboxes.services import lifecycle
+
+
+def _service_url(sandbox: Sandbox, name: str) -> str | None:
+    return next((svc["url"] for svc in sandbox.services if svc["name"] == name), None)
+
+
+class CmuxStartView(TeamView):
+    serializer_class = s.CmuxStartedSerializer
+    throttle_kind = "create"
+
+    def snapshot_id(self, given: str) -> str:
+        """Our id as it is, or the version imported from a provider image reference."""
+        if selectors.is_snapshot_id(given):
+            return given
+        version = selectors.snapshot_by_provider_ref(self.team, given)
+        return version.snapshot_id if version is not None else given
+
+    @extend_schema(
+        operation_id="cmux_sandboxes_start",
+        summary="cmux compatibility: start a sandbox from a snapshot (maps onto create)",
+        request=s.CmuxStartSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={202: s.CmuxStartedSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        data = self.validated(s.CmuxStartSerializer)
+        team_ref = data.get("teamSlugOrId")
+        if team_ref and team_ref not in (self.team.slug, str(self.team.pk)):
+            raise ApiError(404, "not_found", "no such team for your credentials")
+        key = request.headers.get("Idempotency-Key", "")
+        sandbox = selectors.sandbox_by_idempotency_key(self.team, key)
+        if sandbox is None:
+            sandbox = lifecycle.create_sandbox(
+                team=self.team,
+                actor=self.actor,
+                snapshot_id=self.snapshot_id(data["snapshotId"]),
+                ttl_seconds=data.get("ttlSeconds"),
+                metadata=data.get("metadata"),
+                idempotency_key=key,
+            )
+        body = {
+            "instanceId": sandbox.pk,
+            "provider": sandbox.provider,
+            "status": sandbox.status,
+            "snapshotId": sandbox.snapshot.snapshot_id if sandbox.snapshot_id else "",
+            "vscodeUrl": _service_url(sandbox, "vscode"),
+            "workerUrl": _service_url(sandbox, "worker"),
+        }
+        return Response(s.CmuxStartedSerializer(body).data, status=status.HTTP_202_ACCEPTED)

@@ -1,0 +1,105 @@
+"""``/api/v1/config`` (what this site offers your team) and ``/api/v1/health`` (providers)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from drf_spectacular.utils import extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.settings import api_settings
+
+from sandboxes import selectors
+from sandboxes.api import serializers as s
+from sandboxes.api.views.base import TeamView
+from sandboxes.services import quotas
+from sandboxes.services.interactive import MAX_EXEC_TIMEOUT
+from sandboxes.services.validation import (
+    METADATA_MAX_KEY,
+    METADATA_MAX_KEYS,
+    METADATA_MAX_VALUE,
+)
+
+
+class ConfigView(TeamView):
+    serializer_class = s.ConfigSerializer
+
+    def providers(self) -> list[dict]:
+        default = selectors.default_provider()
+        out = []
+        for name in selectors.enabled_providers():
+            caps = selectors.provider_capabilities(name)
+            missing = [c for c in caps.names() if not caps.supports(c)]
+            out.append(
+                {
+                    "name": name,
+                    "default": name == default,
+                    "capabilities": caps.as_dict(),
+                    "reasons": {c: caps.reason(c) for c in missing},
+                }
+            )
+        return out
+
+    def team_info(self) -> dict:
+        usage = quotas.team_usage(self.team)
+        return {
+            "slug": self.team.slug,
+            "name": self.team.name,
+            "role": self.principal.role,
+            "quotas": quotas.team_limits(self.team),
+            "usage": {
+                "sandboxes": usage.sandboxes,
+                "vcpus": usage.vcpus,
+                "memory_mb": usage.memory_mb,
+            },
+        }
+
+    @extend_schema(
+        operation_id="config_get",
+        summary="Enabled providers and their capabilities, presets, your team, limits",
+    )
+    def get(self, request: Request) -> Response:
+        rates = api_settings.DEFAULT_THROTTLE_RATES
+        enabled = set(selectors.enabled_providers())
+        body = {
+            "default_provider": selectors.default_provider(),
+            "providers": self.providers(),
+            "presets": list(selectors.presets()),
+            "team": self.team_info(),
+            "limits": {
+                "max_wait_seconds": s.MAX_WAIT_SECONDS,
+                "max_exec_timeout_seconds": MAX_EXEC_TIMEOUT,
+                "metadata_max_keys": METADATA_MAX_KEYS,
+                "metadata_max_key_length": METADATA_MAX_KEY,
+                "metadata_max_value_length": METADATA_MAX_VALUE,
+                "rate": rates.get("team") or None,
+                "create_rate": rates.get("team_create") or None,
+            },
+        }
+        return Response(s.ConfigSerializer(body, context={"enabled_providers": enabled}).data)
+
+
+class HealthView(TeamView):
+    serializer_class = s.HealthSerializer
+
+    @extend_schema(
+        operation_id="health_get",
+        summary="Whether each enabled provider is reachable, and how fast it answered",
+    )
+    def get(self, request: Request) -> Response:
+        names = selectors.enabled_providers()
+        # Each provider bounds its own health check; asking them side by side means the
+        # answer takes as long as the slowest one, not their sum.
+        with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+            results = list(pool.map(selectors.provider_health, names))
+        providers = [
+            {
+                "name": name,
+                "reachable": health.reachable,
+                "latency_ms": health.latency_ms,
+                "detail": health.detail,
+            }
+            for name, health in zip(names, results, strict=True)
+        ]
+        body = {"ok": all(p["reachable"] for p in providers), "providers": providers}
+        return Response(s.HealthSerializer(body).data)
