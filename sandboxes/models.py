@@ -260,7 +260,13 @@ class Sandbox(models.Model):
         ]
         indexes = [
             # The list pages: a team's sandboxes, newest first, optionally by status.
-            models.Index(fields=["team", "-created_at"], name="sandbox_team_recent_idx"),
+            # Partial: deleted sandboxes pile up forever and no list shows them by default,
+            # and the page's COUNT(*) becomes an index-only scan of live rows only.
+            models.Index(
+                fields=["team", "-created_at"],
+                condition=~Q(status="deleted"),
+                name="sandbox_team_recent_idx",
+            ),
             models.Index(fields=["team", "status"], name="sandbox_team_status_idx"),
             # The schedules: expired TTLs, idle sandboxes, stuck transitions.
             models.Index(fields=["status", "expires_at"], name="sandbox_ttl_idx"),

@@ -81,13 +81,18 @@ SANDBOX_LIST_COLUMNS = (
 
 
 def sandbox_list(team: Team, *, include_deleted: bool = False) -> QuerySet[dict]:
-    """The rows of a list page as dicts: ``SANDBOX_LIST_COLUMNS`` and ``snapshot_version``.
+    """The rows of a list page as dicts: ``SANDBOX_LIST_COLUMNS`` and ``snapshot_version``."""
+    return sandbox_rows(sandboxes_for_team(team, include_deleted=include_deleted))
+
+
+def sandbox_rows(sandboxes: QuerySet[Sandbox]) -> QuerySet[dict]:
+    """``sandboxes`` (filtered, ordered, perhaps sliced to a page) as list-page rows.
 
     No model objects are built for a page. The version's id is a subquery rather than a
-    join, so the page's count stays a plain (index-only) count of the team's rows.
+    join, so counting the sandboxes stays a plain (index-only) count of the team's rows.
     """
     version = Snapshot.objects.filter(pk=OuterRef("snapshot_id")).order_by()
-    return sandboxes_for_team(team, include_deleted=include_deleted).values(
+    return sandboxes.values(
         *SANDBOX_LIST_COLUMNS, snapshot_version=Subquery(version.values("snapshot_id")[:1])
     )
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+from django.core.paginator import Paginator as DjangoPaginator
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
@@ -19,6 +22,21 @@ def _positive(request: Request, name: str, *, maximum: int | None = None) -> int
     if maximum is not None and int(raw) > maximum:
         raise ValidationError({name: [f"at most {maximum}"]})
     return int(raw)
+
+
+class RowPaginator(DjangoPaginator):
+    """Counts the model queryset it is given and turns only the page's slice into rows.
+
+    Counting the plain, filtered queryset (not the page's ``values()`` query with its
+    columns and subquery) keeps the count cheap to build as well as to run.
+    """
+
+    def __init__(self, object_list, per_page, *, rows: Callable, **kwargs) -> None:
+        super().__init__(object_list, per_page, **kwargs)
+        self.rows = rows
+
+    def _get_page(self, object_list, number, paginator):
+        return super()._get_page(self.rows(object_list), number, paginator)
 
 
 class Pagination(PageNumberPagination):
@@ -37,6 +55,8 @@ class Pagination(PageNumberPagination):
 
     def paginate_queryset(self, queryset, request: Request, view=None):
         _positive(request, self.page_query_param)
+        rows = getattr(view, "page_rows", None)  # a view that lists rows, not objects
+        self.django_paginator_class = partial(RowPaginator, rows=rows) if rows else DjangoPaginator
         return super().paginate_queryset(queryset, request, view)
 
     def get_schema_operation_parameters(self, view) -> list[dict[str, Any]]:

@@ -26,7 +26,11 @@ class Actor:
 
     @classmethod
     def for_token(cls, token: ApiToken) -> Actor:
-        return cls(ActorKind.TOKEN, user=token.user, token=token)
+        actor = cls(ActorKind.TOKEN, user=token.user, token=token)
+        role = getattr(token, "member_role", None)  # annotated by authenticate_token
+        if role is not None:
+            actor.__dict__["_roles"] = {token.team_id: role}  # a token acts in its team only
+        return actor
 
     @classmethod
     def scheduler(cls) -> Actor:

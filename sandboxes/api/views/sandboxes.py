@@ -93,12 +93,14 @@ class SandboxListView(mixins.ListModelMixin, TeamView):
     filter_backends = [FilterBackend]
     filterset_class = SandboxFilter
     throttle_kind = "create"
+    #: The pagination counts the filtered sandboxes and fetches only the page as rows.
+    page_rows = staticmethod(selectors.sandbox_rows)
 
     def get_queryset(self):
         if self.schema_only:
             return Sandbox.objects.none()
         wanted = self.request.query_params.getlist("status")
-        return selectors.sandbox_list(self.team, include_deleted="deleted" in wanted)
+        return selectors.sandboxes_for_team(self.team, include_deleted="deleted" in wanted)
 
     @extend_schema(
         operation_id="sandboxes_list",
