@@ -26,7 +26,6 @@ import fcntl
 import json
 import os
 import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,7 +34,6 @@ from datetime import datetime
 from pathlib import Path
 
 from providers.base import (
-    EXEC_OUTPUT_LIMIT,
     META_SANDBOX_ID,
     Capabilities,
     ExecResult,
@@ -48,9 +46,9 @@ from providers.base import (
     Networking,
     Provider,
     SnapshotResult,
-    as_argv,
 )
 from providers.errors import Conflict, InvalidState, NotFound, OperationFailed
+from tests.host_exec import run_in
 
 NAME = "filestore"
 ROOT_KEY = "SANDBOX_PROVIDER_FILESTORE_ROOT"
@@ -171,19 +169,7 @@ class FileStoreInstance(Instance):
         self._store.step("exec")
         if self._state()["status"] != InstanceStatus.RUNNING:
             raise InvalidState(f"instance {self.id} is not running")
-        try:
-            done = subprocess.run(
-                as_argv(command), cwd=self.workdir, capture_output=True, timeout=timeout
-            )
-        except subprocess.TimeoutExpired as exc:
-            return ExecResult(-1, _text(exc.stdout), _text(exc.stderr), timed_out=True)
-        return ExecResult(
-            done.returncode,
-            _text(done.stdout),
-            _text(done.stderr),
-            stdout_truncated=len(done.stdout) > EXEC_OUTPUT_LIMIT,
-            stderr_truncated=len(done.stderr) > EXEC_OUTPUT_LIMIT,
-        )
+        return run_in(self.workdir, command, timeout)
 
     def start(self) -> None:
         self._change("start", {"stopped", "hibernated"}, InstanceStatus.RUNNING)
@@ -243,10 +229,6 @@ class FileStoreInstance(Instance):
             shutil.copytree(self.workdir, target)
         size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
         return SnapshotResult(ref=ref, size_bytes=size)
-
-
-def _text(data: bytes | None) -> str:
-    return (data or b"")[:EXEC_OUTPUT_LIMIT].decode("utf-8", "replace")
 
 
 class FileStoreProvider(Provider):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import shutil
-import subprocess
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
@@ -24,7 +23,6 @@ from datetime import datetime
 from pathlib import Path
 
 from providers.base import (
-    EXEC_OUTPUT_LIMIT,
     META_SANDBOX_ID,
     Capabilities,
     ExecResult,
@@ -37,9 +35,9 @@ from providers.base import (
     Networking,
     Provider,
     SnapshotResult,
-    as_argv,
 )
 from providers.errors import Conflict, InvalidState, NotFound, ProviderError, Unsupported
+from tests.host_exec import run_in
 
 NAME = "memory"
 
@@ -128,24 +126,7 @@ class MemoryInstance(Instance):
             record = self._live()
             if record.status != InstanceStatus.RUNNING:
                 raise InvalidState(f"instance {record.ref} is {record.status}, not running")
-        try:
-            done = subprocess.run(
-                as_argv(command), cwd=record.workdir, capture_output=True, timeout=timeout
-            )
-        except subprocess.TimeoutExpired as exc:
-            return ExecResult(-1, _text(exc.stdout), _text(exc.stderr), timed_out=True)
-        except OSError as exc:
-            # What a shell (and every real back end) answers for a program it cannot run:
-            # 127 when it does not exist, 126 when it cannot be executed.
-            code = 127 if isinstance(exc, FileNotFoundError) else 126
-            return ExecResult(code, "", f"{as_argv(command)[0]}: {exc.strerror}\n")
-        return ExecResult(
-            done.returncode,
-            _text(done.stdout),
-            _text(done.stderr),
-            stdout_truncated=len(done.stdout) > EXEC_OUTPUT_LIMIT,
-            stderr_truncated=len(done.stderr) > EXEC_OUTPUT_LIMIT,
-        )
+        return run_in(record.workdir, command, timeout)
 
     def _transition(self, step: str, allowed: set[InstanceStatus], to: InstanceStatus) -> None:
         capability = {"pause": "supports_pause", "hibernate": "supports_hibernate"}.get(step)
@@ -221,10 +202,6 @@ class MemoryInstance(Instance):
             STORE.snapshots[ref] = target
             size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
             return SnapshotResult(ref=ref, size_bytes=size)
-
-
-def _text(data: bytes | None) -> str:
-    return (data or b"")[:EXEC_OUTPUT_LIMIT].decode("utf-8", "replace")
 
 
 class MemoryProvider(Provider):

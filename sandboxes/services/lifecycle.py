@@ -186,10 +186,6 @@ def create_sandbox(
     return sandbox
 
 
-def _request(sandbox: Sandbox, operation: str, actor: Actor) -> Sandbox:
-    return request_operation(sandbox=sandbox, operation=operation, actor=actor)
-
-
 def request_operation(
     *,
     sandbox: Sandbox,
@@ -231,27 +227,27 @@ def request_operation(
 
 
 def start_sandbox(*, sandbox: Sandbox, actor: Actor) -> Sandbox:
-    return _request(sandbox, "start", actor)
+    return request_operation(sandbox=sandbox, operation="start", actor=actor)
 
 
 def stop_sandbox(*, sandbox: Sandbox, actor: Actor) -> Sandbox:
-    return _request(sandbox, "stop", actor)
+    return request_operation(sandbox=sandbox, operation="stop", actor=actor)
 
 
 def pause_sandbox(*, sandbox: Sandbox, actor: Actor) -> Sandbox:
-    return _request(sandbox, "pause", actor)
+    return request_operation(sandbox=sandbox, operation="pause", actor=actor)
 
 
 def hibernate_sandbox(*, sandbox: Sandbox, actor: Actor) -> Sandbox:
-    return _request(sandbox, "hibernate", actor)
+    return request_operation(sandbox=sandbox, operation="hibernate", actor=actor)
 
 
 def resume_sandbox(*, sandbox: Sandbox, actor: Actor) -> Sandbox:
-    return _request(sandbox, "resume", actor)
+    return request_operation(sandbox=sandbox, operation="resume", actor=actor)
 
 
 def delete_sandbox(*, sandbox: Sandbox, actor: Actor) -> Sandbox:
-    return _request(sandbox, "delete", actor)
+    return request_operation(sandbox=sandbox, operation="delete", actor=actor)
 
 
 def enqueue_operation(sandbox: Sandbox) -> None:
