@@ -32,7 +32,8 @@ S = Status
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     S.PENDING: frozenset({S.STARTING, S.DELETING, S.FAILED}),
-    S.STARTING: frozenset({S.RUNNING, S.FAILED, S.DELETING}),
+    # A restart that fails settles on what the provider shows (its instance is kept).
+    S.STARTING: frozenset({S.RUNNING, S.FAILED, S.DELETING, S.STOPPED, S.PAUSED, S.HIBERNATED}),
     # The settled -> settled moves are the reconciler's drift corrections (someone paused,
     # stopped or broke the instance in the provider's own UI).
     S.RUNNING: frozenset(

@@ -64,7 +64,7 @@ class _Store:
         self.root = Path(tempfile.mkdtemp(prefix="memory-provider-"))
         self.instances: dict[str, _Record] = {}
         self.snapshots: dict[str, Path] = {}
-        self.faults: dict[str, list[ProviderError]] = {}
+        self.faults: dict[str, list[ProviderError | None]] = {}
         self.calls: list[str] = []
         #: Capabilities to switch off ("supports_pause", ...), to test refusals.
         self.disabled: set[str] = set()
@@ -84,7 +84,9 @@ class _Store:
         self.calls.append(name)
         pending = self.faults.get(name)
         if pending:
-            raise pending.pop(0)
+            error = pending.pop(0)  # None: this call succeeds, a later one fails
+            if error is not None:
+                raise error
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -165,6 +165,41 @@ def test_a_failed_pause_settles_on_what_the_provider_reports(memory_backend, tea
     assert sandbox.lease_token == ""
 
 
+def test_a_failed_restart_keeps_the_instance_and_its_files(memory_backend, team, actor):
+    sandbox = create(team, actor)
+    ref = sandbox.provider_ref
+    instance = memory_backend.instances[ref]
+    lifecycle.stop_sandbox(sandbox=sandbox, actor=actor)
+    memory_backend.faults["start"] = [OperationFailed("no free memory on the node")]
+    lifecycle.start_sandbox(sandbox=Sandbox.objects.get(pk=sandbox.pk), actor=actor)
+    sandbox.refresh_from_db()
+    assert sandbox.status == Status.STOPPED  # what the provider shows; nothing deleted
+    assert sandbox.provider_ref == ref
+    assert memory_backend.instances[ref] is instance
+    assert "delete" not in memory_backend.calls
+    assert sandbox.last_error == "start failed: no free memory on the node"
+    assert actions(sandbox)[-1] == ("start", Outcome.FAILED, "starting", "stopped")
+    lifecycle.start_sandbox(sandbox=sandbox, actor=actor)  # and it can be started again
+    sandbox.refresh_from_db()
+    assert (sandbox.status, sandbox.provider_ref) == (Status.RUNNING, ref)
+
+
+def test_an_unreadable_provider_leaves_the_operation_for_the_reconciler(
+    memory_backend, team, actor
+):
+    """Never 'failed' on a guess: failed sandboxes that never ran are cleaned up."""
+    sandbox = create(team, actor)
+    memory_backend.faults["pause"] = [OperationFailed("freezer busy")]
+    # The first read finds the instance; the look after the failed pause cannot.
+    memory_backend.faults["get"] = [None, Unavailable("the API is down")]
+    lifecycle.pause_sandbox(sandbox=sandbox, actor=actor)
+    sandbox.refresh_from_db()
+    assert sandbox.status == Status.PAUSING
+    assert sandbox.last_error == "pause failed: freezer busy"
+    assert sandbox.lease_token == ""
+    assert sandbox.provider_ref in memory_backend.instances
+
+
 def test_a_failed_delete_stays_deleting_with_the_reason(memory_backend, team, actor):
     sandbox = create(team, actor)
     memory_backend.faults["delete"] = [OperationFailed("storage busy")]

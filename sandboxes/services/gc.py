@@ -133,13 +133,14 @@ def act_on_expired(candidates: list[Sandbox], *, now: datetime) -> int:
 
 
 def clean_failed(*, now: datetime, limit: int) -> int:
-    """Delete sandboxes that have been failed for longer than the grace period.
+    """Delete sandboxes that failed before they ever ran, after the grace period.
 
     A failed start whose rollback failed too still holds a provider instance
-    (``provider_ref`` is kept for exactly this); the delete removes it.
+    (``provider_ref`` is kept for exactly this); the delete removes it. A sandbox that
+    has run may hold someone's work: it stays failed until a person (or its TTL) acts.
     """
     cutoff = now - timedelta(seconds=settings.SANDBOX_FAILED_GRACE_SECONDS)
-    old = Q(status_changed_at__lt=cutoff)
+    old = Q(status_changed_at__lt=cutoff, started_at__isnull=True)
     candidates = (
         Sandbox.objects.filter(old, status=S.FAILED)
         .select_related("team")

@@ -45,7 +45,7 @@ from sandboxes.services.queue import enqueue_on_commit
 from sandboxes.services.quotas import check_quota
 from sandboxes.services.snapshots import resolve_for_start
 from sandboxes.services.validation import validate_metadata, validate_name, validate_seconds
-from sandboxes.states import Status
+from sandboxes.states import TRANSITIONAL, Status
 
 logger = logging.getLogger(__name__)
 S = Status
@@ -350,8 +350,12 @@ def retrying(call: Callable[[], T], *, attempts: int = PROVIDER_RETRIES) -> T:
 def _perform_start(sandbox: Sandbox, token: str) -> None:
     provider = get_provider(sandbox.provider)
     instance: Instance | None = None
+    # Only an instance this start made is rolled back; one the sandbox already had (a
+    # restart, a retried start) may hold someone's work and is never deleted here.
+    had_instance = bool(sandbox.provider_ref)
+    made = False
     try:
-        if sandbox.provider_ref:
+        if had_instance:
             try:
                 instance = provider.get(sandbox.provider_ref)
             except NotFound:
@@ -362,11 +366,15 @@ def _perform_start(sandbox: Sandbox, token: str) -> None:
             instance = provider.create(
                 _spec(sandbox), sandbox.snapshot.provider_ref, provider_metadata(sandbox)
             )
+            made = True
             transitions.update_leased(sandbox.pk, token=token, provider_ref=instance.id)
         retrying(instance.start)
         instance = provider.get(instance.id)
     except ProviderError as exc:
-        _fail_start(sandbox, token, instance, exc)
+        if made or not had_instance:
+            _fail_start(sandbox, token, instance, exc)
+        else:
+            _fail_operation(sandbox, token, exc)
         return
     now = timezone.now()
     fields = {
@@ -434,28 +442,28 @@ def _perform_simple(sandbox: Sandbox, token: str) -> None:
 
 
 def _fail_operation(sandbox: Sandbox, token: str, error: ProviderError) -> None:
-    """The provider refused or failed: settle on what the provider says is true now."""
+    """The provider refused or failed: settle on what the provider says is true now.
+
+    When the provider cannot say (an outage, an instance still changing), the sandbox
+    stays in its transitional status with the reason and the reconciler retries; it is
+    never marked failed on a guess, because failed sandboxes that never ran are cleaned up.
+    """
+    operation, status = sandbox.operation, sandbox.status
+    message = f"{operation} failed: {error.message}"
     observed = observe(sandbox)
-    message = f"{sandbox.operation} failed: {error.message}"
+    if observed is None or observed in TRANSITIONAL:
+        transitions.update_leased(sandbox.pk, token=token, last_error=message)
+        _settled(sandbox, operation, status, status, outcome=Outcome.FAILED, message=message)
+        return
     transitions.finish(
-        sandbox.pk,
-        token=token,
-        from_status=sandbox.status,
-        to=observed,
-        fields={"last_error": message},
+        sandbox.pk, token=token, from_status=status, to=observed, fields={"last_error": message}
     )
-    _settled(
-        sandbox,
-        sandbox.operation,
-        sandbox.status,
-        observed,
-        outcome=Outcome.FAILED,
-        message=message,
-    )
+    _settled(sandbox, operation, status, observed, outcome=Outcome.FAILED, message=message)
 
 
-def observe(sandbox: Sandbox) -> Status:
-    """The status the provider reports for this sandbox (failed if it cannot be read)."""
+def observe(sandbox: Sandbox) -> Status | None:
+    """The status the provider reports for this sandbox: failed if its instance is gone,
+    None if the provider cannot be read."""
     if not sandbox.provider_ref:
         return S.FAILED
     try:
@@ -463,7 +471,7 @@ def observe(sandbox: Sandbox) -> Status:
     except NotFound:
         return S.FAILED
     except ProviderError:
-        return S.FAILED
+        return None
     return OBSERVED_STATUS[instance.status]
 
 

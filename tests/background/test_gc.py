@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from providers.base import InstanceStatus
 from providers.errors import Conflict, OperationFailed
 from sandboxes.models import Outcome, Sandbox, SandboxEvent, Snapshot, SnapshotStatus
 from sandboxes.services import gc, lifecycle, snapshots
@@ -152,6 +153,23 @@ def test_a_failed_start_is_cleaned_after_its_grace_period(memory_backend, team, 
     [(action, data)] = scheduler_requests(sandbox)
     assert (action, data["reason"], data["provider_ref"]) == ("delete", "failed_cleanup", leftover)
     assert "boot failed" in data["last_error"]
+
+
+def test_a_failed_sandbox_that_ran_is_never_cleaned_automatically(
+    memory_backend, team, actor, settings
+):
+    """Its instance may hold someone's work; a person decides."""
+    settings.SANDBOX_FAILED_GRACE_SECONDS = 3600
+    sandbox = create(team, actor)
+    memory_backend.instances[sandbox.provider_ref].status = InstanceStatus.ERROR
+    run_sweep()  # the reconciler sees the broken instance: failed
+    sandbox.refresh_from_db()
+    assert sandbox.status == Status.FAILED
+    later = timezone.now() + timedelta(days=30)
+    assert run_sweep(now=later).actions["failed"] == 0
+    sandbox.refresh_from_db()
+    assert sandbox.status == Status.FAILED
+    assert sandbox.provider_ref in memory_backend.instances
 
 
 # --- retention -----------------------------------------------------------------------------
