@@ -20,6 +20,7 @@ from providers.base import (
 from providers.errors import Conflict, NotFound, OperationFailed, ProviderError, Unavailable
 from providers.pve import metadata as meta_codec
 from providers.pve.agent import SECRET_ENV
+from providers.pve.client import is_exists_error
 from providers.pve.guest_exec import lxc_exec, vm_exec
 from providers.pve.kinds import dns_label
 from providers.pve.metadata import GuestMeta
@@ -314,6 +315,8 @@ class TemplateMaker:
         self.snapname = f"sbx{int(time.time() * 1000) % 10**12}"
         self.snapshot_made = False
         self.vmid: int | None = None
+        #: PVE accepted the clone to ``vmid``, so what is there is ours to destroy.
+        self.cloned = False
 
     def make(self) -> SnapshotResult:
         i, p, kind = self.i, self.p, self.kind
@@ -324,15 +327,22 @@ class TemplateMaker:
             p.wait(upid, f"taking PVE snapshot {self.snapname} of {kind.label} {i.vmid}")
             self.vmid = p.vmids.allocate(rows, owner=f"template:{i.sandbox_id}")
             meta = GuestMeta(dict(i.metadata), kind="template")
-            upid = p.client.post(
-                i._path("clone"),
-                slow=True,
-                newid=self.vmid,
-                snapname=self.snapname,
-                full=True,
-                description=meta.description(),
-                **{kind.name_key: dns_label(f"tpl-{i.sandbox_id}", f"tpl-{self.vmid}")},
-            )
+            try:
+                upid = p.client.post(
+                    i._path("clone"),
+                    slow=True,
+                    newid=self.vmid,
+                    snapname=self.snapname,
+                    full=True,
+                    description=meta.description(),
+                    **{kind.name_key: dns_label(f"tpl-{i.sandbox_id}", f"tpl-{self.vmid}")},
+                )
+            except ProviderError as exc:
+                if is_exists_error(exc):  # someone else's guest holds the VMID: not ours
+                    p.vmids.release(self.vmid)
+                    self.vmid = None
+                raise
+            self.cloned = True
             p.wait(upid, f"copying {kind.label} {i.vmid} to template {self.vmid}", long=True)
             path = kind.path(i.node, self.vmid)
             p.client.put(f"{path}/config", tags=meta.tags())
@@ -361,9 +371,12 @@ class TemplateMaker:
         problems = []
         if self.vmid is not None:
             try:
-                self.p.destroy(
-                    self.i.node, self.vmid, lock_wait=max(self.p.settings.lock_wait, 30.0)
-                )
+                # An unanswered clone request may or may not have made the template: only
+                # a guest carrying this sandbox's marker is destroyed.
+                if self.cloned or self.p.owned_by(self.i.node, self.vmid, self.i.sandbox_id):
+                    self.p.destroy(
+                        self.i.node, self.vmid, lock_wait=max(self.p.settings.lock_wait, 30.0)
+                    )
                 self.p.vmids.release(self.vmid)
             except ProviderError as exc:
                 problems.append(f"template {self.vmid}: {exc.message}")

@@ -238,6 +238,22 @@ def test_delete_snapshot_names_the_linked_clones_that_stand_on_it(sim, lxc):
     assert int(made.ref) not in sim.cluster.guests
 
 
+def test_a_failed_snapshot_never_destroys_a_guest_that_took_its_vmid(sim, lxc):
+    instance = lxc.create(spec("sbx-snapx"), "9000", meta("sbx-snapx"))
+    sim.add_fault(
+        "POST",
+        "/nodes/{node}/lxc/{vmid}/clone",
+        EXISTS,
+        where=lambda call: "snapname" in call.params,
+    )
+    with pytest.raises(Conflict, match="already exists"):
+        lxc.get(instance.id).snapshot()
+    foreign = [g for g in sim.guests() if g.owner == "foreign"]
+    assert len(foreign) == 1  # someone else's guest on that VMID is left alone
+    sim.cluster.remove(foreign[0])
+    assert sim.cluster.guests[int(instance.id)].snapshots == {}
+
+
 def test_pause_is_unsupported_for_containers_unless_switched_on(sim, lxc):
     assert not lxc.capabilities.supports_pause
     assert "PVE_LXC_SUSPEND" in lxc.capabilities.reason("supports_pause")
