@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
@@ -255,10 +256,15 @@ class MorphInstance(Instance):
         self._refresh()
         if self.status != InstanceStatus.RUNNING:
             raise Conflict(f"Morph instance {self.id} is {self.status}, not running", ref=self.id)
-        marker = {"source_instance": self.id}
+        # A token per request: a snapshot made though its answer was lost can be found.
+        marker = {"source_instance": self.id, "snapshot_request": secrets.token_hex(8)}
         if META_SANDBOX_ID in self.metadata:
             marker["source_sandbox"] = self.metadata[META_SANDBOX_ID]
-        made = self._call("snapshot", lambda: self._sdk.snapshot(metadata=marker))
+        try:
+            made = self._call("snapshot", lambda: self._sdk.snapshot(metadata=marker))
+        except ProviderError:
+            self._remove_snapshots(marker)
+            raise
         try:
             self._wait_snapshot(made.id)
         except ProviderError:
@@ -267,6 +273,20 @@ class MorphInstance(Instance):
             raise
         self._wait({SdkStatus.READY}, "snapshotting")
         return SnapshotResult(ref=made.id)
+
+    def _remove_snapshots(self, marker: dict[str, str]) -> None:
+        """Best effort: delete the snapshots carrying ``marker`` (a failed request's)."""
+        provider = self._provider
+        try:
+            listed = provider.call(
+                "list snapshots", lambda: provider.client.snapshots.list(metadata=marker)
+            )
+        except ProviderError:
+            return
+        for snap in listed:
+            if all(snap.metadata.get(k) == v for k, v in marker.items()):
+                with contextlib.suppress(ProviderError):
+                    provider.call("delete snapshot", snap.delete, ref=snap.id)
 
     def _wait_snapshot(self, ref: str) -> None:
         provider = self._provider

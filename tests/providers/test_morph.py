@@ -151,6 +151,19 @@ def test_a_failed_snapshot_is_deleted(provider, fake):
     assert provider.get(instance.id).status == InstanceStatus.RUNNING
 
 
+def test_a_snapshot_whose_answer_was_lost_is_deleted(provider, fake):
+    instance = started(provider, fake)
+    fake.fail("POST /instance/{id}/snapshot", status=502, after=True)
+    with pytest.raises(Unavailable):
+        instance.snapshot()
+    assert set(fake.state.snapshots) == {fake.state.BASE_SNAPSHOT}
+    made = instance.snapshot()  # earlier snapshots of the instance are kept
+    fake.fail("POST /instance/{id}/snapshot", status=502, after=True)
+    with pytest.raises(Unavailable):
+        instance.snapshot()
+    assert set(fake.state.snapshots) == {fake.state.BASE_SNAPSHOT, made.ref}
+
+
 def test_exposed_services_come_back_from_morph(provider, fake):
     instance = started(provider, fake)
     url = instance.expose_http_service("web", 3000)
