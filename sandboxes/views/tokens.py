@@ -50,7 +50,8 @@ def token_list(request: HttpRequest) -> HttpResponse:
                 team=request.team,
                 actor=actor(request),
                 name=form.cleaned_data["name"],
-                can_write=not form.cleaned_data["read_only"],
+                # As through the API: a viewer's tokens are read-only for good.
+                can_write=not form.cleaned_data["read_only"] and request.team_ctx.can_write,
                 expires_at=form.expires_at(),
             )
         except ServiceError as exc:

@@ -173,3 +173,10 @@ def test_team_switcher(alice, member, running, memory_backend):
     refused = alice.post(reverse("team-switch"), {"team": "beta"})
     assert refused.status_code == 404
     assert alice.session["current_team"] == "gamma"
+
+
+def test_a_viewers_tokens_are_read_only(viewer, team):
+    """As through the API: promoting the viewer later must not turn old tokens into writers."""
+    response = signed_in(viewer).post(reverse("token-list"), {"name": "mine"})
+    assert response.status_code == 200
+    assert ApiToken.objects.get(name="mine").can_write is False
