@@ -274,8 +274,12 @@ def api_tokens(team: Team, *, user=None) -> QuerySet[ApiToken]:
     return queryset.filter(user=user) if user is not None else queryset
 
 
-def get_api_token(team: Team, token_id: int) -> ApiToken:
-    return ApiToken.objects.select_related("user", "team").get(team=team, pk=token_id)
+def get_api_token(team: Team, token_id: int, *, user=None) -> ApiToken:
+    """The team's token (only ``user``'s when given); ``ApiToken.DoesNotExist`` otherwise."""
+    queryset = ApiToken.objects.select_related("user", "team").filter(team=team)
+    if user is not None:
+        queryset = queryset.filter(user=user)
+    return queryset.get(pk=token_id)
 
 
 @dataclass(frozen=True)
