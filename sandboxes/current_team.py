@@ -81,7 +81,9 @@ def current_team(request: HttpRequest) -> Team | None:
 
 def switch_team(request: HttpRequest, slug: str) -> Team:
     """Make ``slug`` the current team; ``Team.DoesNotExist`` unless the user is a member."""
-    membership = selectors.memberships_for_user(request.user).filter(team__slug=slug).first()
+    membership = None
+    if selectors.storable(slug):
+        membership = selectors.memberships_for_user(request.user).filter(team__slug=slug).first()
     if membership is None:
         raise Team.DoesNotExist(slug)
     request.session[SESSION_KEY] = membership.team.slug

@@ -30,6 +30,11 @@ from sandboxes.services.snapshots import active_version, visible_to
 from sandboxes.states import Status
 
 
+def storable(text: str) -> bool:
+    """Whether ``text`` can be looked up at all: PostgreSQL refuses text with NUL in it."""
+    return "\x00" not in text
+
+
 def teams_for_user(user) -> QuerySet[Team]:
     return Team.objects.filter(memberships__user=user).order_by("slug")
 
@@ -106,6 +111,8 @@ def sandbox_row(sandbox: Sandbox) -> dict:
 
 def get_sandbox(team: Team, sandbox_id: str) -> Sandbox:
     """The team's sandbox; ``Sandbox.DoesNotExist`` for anything else."""
+    if not storable(sandbox_id):
+        raise Sandbox.DoesNotExist(sandbox_id)
     return Sandbox.objects.select_related("team", "preset", "snapshot").get(
         team=team, pk=sandbox_id
     )
@@ -113,6 +120,8 @@ def get_sandbox(team: Team, sandbox_id: str) -> Sandbox:
 
 def sandbox_status(team: Team, sandbox_id: str) -> str | None:
     """Only the status column (cheap enough to poll); None when the team has no such sandbox."""
+    if not storable(sandbox_id):
+        return None
     return Sandbox.objects.filter(team=team, pk=sandbox_id).values_list("status", flat=True).first()
 
 
@@ -181,11 +190,15 @@ def snapshots_for_team(team: Team, *, include_deleted: bool = False) -> QuerySet
 
 
 def get_snapshot(team: Team, snapshot_id: str) -> Snapshot:
+    if not storable(snapshot_id):
+        raise Snapshot.DoesNotExist(snapshot_id)
     return snapshots_for_team(team, include_deleted=True).get(snapshot_id=snapshot_id)
 
 
 def resolve_snapshot(team: Team, snapshot_id: str) -> Snapshot:
     """A version by its id, or by the id without ``_vN`` (the team's active version)."""
+    if not storable(snapshot_id):
+        raise Snapshot.DoesNotExist(snapshot_id)
     exact = snapshots_for_team(team, include_deleted=True).filter(snapshot_id=snapshot_id).first()
     if exact is not None:
         return exact
@@ -261,8 +274,12 @@ def api_tokens(team: Team, *, user=None) -> QuerySet[ApiToken]:
     return queryset.filter(user=user) if user is not None else queryset
 
 
-def get_api_token(team: Team, token_id: int) -> ApiToken:
-    return ApiToken.objects.select_related("user", "team").get(team=team, pk=token_id)
+def get_api_token(team: Team, token_id: int, *, user=None) -> ApiToken:
+    """The team's token (only ``user``'s when given); ``ApiToken.DoesNotExist`` otherwise."""
+    queryset = ApiToken.objects.select_related("user", "team").filter(team=team)
+    if user is not None:
+        queryset = queryset.filter(user=user)
+    return queryset.get(pk=token_id)
 
 
 @dataclass(frozen=True)

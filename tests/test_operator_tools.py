@@ -64,6 +64,12 @@ def test_create_api_token_prints_only_a_working_token():
 
 
 @pytest.mark.django_db
+def test_a_viewers_token_is_read_only_however_it_is_made(viewer, team):
+    raw = run("create_api_token", viewer.username, "--team", team.slug).strip()
+    assert authenticate_token(raw).can_write is False  # promoting them later changes nothing
+
+
+@pytest.mark.django_db
 def test_create_api_token_without_create_missing_changes_nothing():
     with pytest.raises(CommandError, match="--create-missing"):
         run("create_api_token", "nobody", "--team", "nowhere")
@@ -93,7 +99,7 @@ def test_import_snapshot_registers_the_next_version(memory_backend):
         run("import_snapshot", "--provider", "nope", "--preset", "1vcpu_1gb_8gb", "--ref", "x")
     with pytest.raises(CommandError, match="preset"):
         run("import_snapshot", "--provider", "memory", "--preset", "3vcpu", "--ref", "x")
-    assert Snapshot.objects.count() == 2
+    assert Snapshot.objects.filter(provider="memory").count() == 2  # nothing else was made
 
 
 @pytest.mark.django_db

@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from sandboxes.models import ApiToken, Membership, Outcome, Team
+from sandboxes.models import ApiToken, Membership, Outcome, Role, Team
 from sandboxes.services.actors import Actor
 from sandboxes.services.errors import InvalidInput, NotAllowed
 from sandboxes.services.events import record_event
@@ -56,8 +56,12 @@ def create_api_token(
         raise NotAllowed("you can only create tokens for yourself")
     if actor.token is not None and not actor.token.can_write:
         raise NotAllowed("a read-only token cannot create tokens")
-    if not Membership.objects.filter(user=user, team=team).exists():
+    role = Membership.objects.filter(user=user, team=team).values_list("role", flat=True).first()
+    if role is None:
         raise NotAllowed(f"{user.get_username()} is not a member of {team.slug}")
+    # A viewer's token is read-only for good: promoting the viewer later must not silently
+    # turn old tokens into writing ones.
+    can_write = can_write and role != Role.VIEWER
     if not isinstance(name, str) or len(name) > 100:
         raise InvalidInput("name: at most 100 characters", fields={"name": ["100 at most"]})
     if expires_at is not None and expires_at <= timezone.now():

@@ -47,6 +47,8 @@ def validate_metadata(metadata: Any) -> dict[str, str]:
             raise _invalid(
                 "metadata", f"value of {key!r} must be text of at most {METADATA_MAX_VALUE}"
             )
+        if "\x00" in value:  # PostgreSQL cannot store it in JSON
+            raise _invalid("metadata", f"value of {key!r} must not contain NUL characters")
     return dict(metadata)
 
 

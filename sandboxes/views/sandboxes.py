@@ -195,7 +195,8 @@ def sandbox_bulk(request: HttpRequest) -> HttpResponse:
 
 
 def _apply_bulk(request: HttpRequest, action: str, ids: list[str]) -> None:
-    chosen = list(selectors.sandboxes_for_team(request.team).filter(pk__in=ids[:500]))
+    wanted = [pk for pk in ids[:500] if selectors.storable(pk)]
+    chosen = list(selectors.sandboxes_for_team(request.team).filter(pk__in=wanted))
     done = 0
     for sandbox in chosen:
         try:
@@ -284,12 +285,12 @@ def _new_form(request: HttpRequest, data=None) -> NewSandboxForm:
     presets = list(selectors.presets())
     initial: dict = {"provider": selectors.default_provider()}
     snapshot_id = source.get("snapshot", "")
-    if snapshot_id:
+    if snapshot_id and selectors.storable(snapshot_id):
         chosen = selectors.snapshots_for_team(request.team).filter(snapshot_id=snapshot_id).first()
         if chosen is not None:
             initial.update(provider=chosen.provider, preset=chosen.preset_id, snapshot=snapshot_id)
     for key in ("preset", "provider", "name", "ttl", "ttl_action", "idle_timeout"):
-        if source.get(key):
+        if source.get(key) and selectors.storable(source[key]):
             initial[key] = source[key]
     if "preset" not in initial and presets:
         offered = [p for p in presets if initial["provider"] in p.providers]

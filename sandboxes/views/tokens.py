@@ -67,7 +67,9 @@ def token_list(request: HttpRequest) -> HttpResponse:
 @require_POST
 @team_view
 def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
-    token = selectors.get_api_token(request.team, token_id)
+    # Other members' tokens only for owners and admins, as on the list.
+    owner = None if request.team_ctx.can_manage else request.user
+    token = selectors.get_api_token(request.team, token_id, user=owner)
     if not confirmed(request):
         return confirm_page(
             request,

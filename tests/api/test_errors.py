@@ -58,3 +58,19 @@ def test_a_bug_answers_500_in_the_one_shape_and_is_logged(caplog):
     page = server_error(RequestFactory().get("/api/v1/sandboxes"))
     assert page.status_code == 500
     assert page["Content-Type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/sandboxes/sbx-a%00b",
+        "/api/v1/sandboxes/sbx-a%00b/events",
+        "/api/v1/snapshots/memory_1vcpu_1gb_8gb_v1%00",
+        "/api/v1/snapshots/memory_1vcpu_1gb_8gb%00",
+    ],
+)
+def test_an_id_with_a_nul_character_is_not_found(api, path):
+    """Not a 500 on PostgreSQL, which cannot compare text with NUL in it."""
+    response = api.get(path)
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "not_found"

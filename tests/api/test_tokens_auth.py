@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from sandboxes.models import ApiToken, Membership, Sandbox
+from sandboxes.models import ApiToken, Membership, Role, Sandbox
 from sandboxes.services.tokens import digest_of
 from tests.api.conftest import bearer_client, error_of
 
@@ -112,10 +112,21 @@ def test_a_viewer_reads_cannot_write_and_gets_only_read_only_tokens(memory_backe
     assert client.get("/api/v1/sandboxes").status_code == 200
     response = client.post("/api/v1/sandboxes", {"preset": "1vcpu_1gb_8gb"}, format="json")
     assert response.status_code == 403
-    assert error_of(response)["code"] == "forbidden"
+    assert error_of(response)["code"] == "read_only_token"  # a viewer's tokens are read-only
+    assert client.token.can_write is False  # made with can_write=True
     made = client.post("/api/v1/tokens", {"name": "mine", "can_write": True}, format="json")
-    assert made.status_code == 201
-    assert made.json()["can_write"] is False
+    assert made.status_code == 403  # a read-only token mints no tokens
+    assert not Sandbox.objects.exists()
+    assert ApiToken.objects.filter(user=viewer).count() == 1
+
+
+def test_a_writing_token_stops_writing_when_its_user_becomes_a_viewer(memory_backend, member, team):
+    client = bearer_client(member, team)
+    Membership.objects.filter(user=member, team=team).update(role=Role.VIEWER)
+    assert client.get("/api/v1/sandboxes").status_code == 200
+    response = client.post("/api/v1/sandboxes", {"preset": "1vcpu_1gb_8gb"}, format="json")
+    assert response.status_code == 403
+    assert error_of(response)["code"] == "forbidden"
     assert not Sandbox.objects.exists()
 
 

