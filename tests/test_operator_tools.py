@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
@@ -258,3 +263,73 @@ def test_settings_refuse_to_start_without_a_secret_key(tmp_path):
 def test_sandbox_rows_are_not_deleted_from_the_admin(admin_client):
     assert admin_client.get("/admin/sandboxes/sandbox/add/").status_code == 403
     assert Sandbox.objects.count() == 0
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_serve_stops_the_web_server_and_the_worker_on_sigterm(tmp_path):
+    """`make run` behind a service manager or a script: SIGTERM to it alone stops every
+    process it started, quickly, and frees the port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        "PATH": os.environ["PATH"],
+        "DEBUG": "1",
+        "SANDBOXES_DATA_DIR": str(tmp_path),
+        "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
+        "ADMIN_PASSWORD": "correct horse battery staple",
+    }
+    serve = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--addr", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        # As when a script starts it with `&`: SIGINT ignored, inherited by the children.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    groups: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                answer = urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            pytest.fail("the dashboard did not answer within 90 s")
+        assert answer.status == 200
+        groups = _children_of(serve.pid)  # runserver and qcluster lead their own groups
+        assert len(groups) == 2
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=9) == 0  # before the 10 s grace ends in SIGKILL
+        assert [pgid for pgid in groups if _group_alive(pgid)] == []
+        with pytest.raises(ConnectionRefusedError):  # the port is free again
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)

@@ -1,8 +1,14 @@
 """`make run`: migrate, first-run set-up, then the web server and the django-q2 worker.
 
-Ctrl-C (or SIGTERM) stops both; if either exits, the other is stopped too.
+Ctrl-C (or SIGTERM) stops both; if either exits, the other is stopped too. Each child runs
+in its own process group, and what is left of a group after a 10 s grace is killed:
+runserver's autoreloader and qcluster's workers are processes of their own, and a SIGTERM
+sent to this command alone (``kill``, a service manager) must not leave one of them
+holding the port.
 """
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -25,21 +31,24 @@ class Command(BaseCommand):
             call_command("sync_schedules")
         manage = [sys.executable, "manage.py"]
         children = [
-            subprocess.Popen([*manage, "runserver", addr]),
-            subprocess.Popen([*manage, "qcluster"]),
+            subprocess.Popen([*manage, "runserver", addr], process_group=0),
+            subprocess.Popen([*manage, "qcluster"], process_group=0),
         ]
         self.stdout.write(f"Dashboard on http://{addr}/  (admin: http://{addr}/admin/)")
 
         def stop(*_):
-            for child in children:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGINT)
+            # SIGTERM, not SIGINT: a process started in the background by a shell ignores
+            # SIGINT, and runserver's autoreloader would then outlive this command. The
+            # web server's group stops at once; qcluster's leader stops its own workers.
+            web, worker = children
+            _signal_group(web, signal.SIGTERM)
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + 10
             for child in children:
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     child.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    child.kill()
+                _signal_group(child, signal.SIGKILL)  # whatever of the group is left
             sys.exit(0)
 
         signal.signal(signal.SIGINT, stop)
@@ -47,3 +56,8 @@ class Command(BaseCommand):
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         stop()
+
+
+def _signal_group(child: subprocess.Popen, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the whole group has exited
+        os.killpg(child.pid, signum)
