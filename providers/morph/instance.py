@@ -136,16 +136,21 @@ class MorphInstance(Instance):
         if self.status == InstanceStatus.CREATING:
             self._wait({SdkStatus.READY}, "booting")
             return
-        if self.status == InstanceStatus.RUNNING:
-            return
         if self.status == InstanceStatus.ERROR:
             raise OperationFailed(f"Morph instance {self.id} is in error", ref=self.id)
-        self._call("resume", self._sdk.resume)
-        self._wait({SdkStatus.READY}, "resuming")
-        if self._sdk.metadata.get(POWER_KEY) == "off":
-            parked = self._sdk.metadata.get(WAKE_KEY, "").split(",")
-            self._apply_wake_on(http="http" in parked, ssh="ssh" in parked)
-            self._set_internal(**{POWER_KEY: "on", WAKE_KEY: ""})
+        if self.status != InstanceStatus.RUNNING:
+            self._call("resume", self._sdk.resume)
+            self._wait({SdkStatus.READY}, "resuming")
+        self._unpark()
+
+    def _unpark(self) -> None:
+        """Power back on: the wake-on flags ``stop`` parked come back (also after a stop
+        whose pause failed, which left the instance running with them off)."""
+        if self._sdk.metadata.get(POWER_KEY, "on") == "on":
+            return
+        parked = self._sdk.metadata.get(WAKE_KEY, "").split(",")
+        self._apply_wake_on(http="http" in parked, ssh="ssh" in parked)
+        self._set_internal(**{POWER_KEY: "on", WAKE_KEY: ""})
 
     def stop(self) -> None:
         self._refresh()
@@ -153,10 +158,13 @@ class MorphInstance(Instance):
             return
         if self.status == InstanceStatus.CREATING:
             self._wait({SdkStatus.READY}, "booting")
-        wake = self._sdk.wake_on
-        parked = ",".join(
-            n for n, on in (("http", wake.wake_on_http), ("ssh", wake.wake_on_ssh)) if on
-        )
+        if self._sdk.metadata.get(POWER_KEY, "on") == "off":  # a stop that failed before
+            parked = self._sdk.metadata.get(WAKE_KEY, "")  # has the flags parked already
+        else:
+            wake = self._sdk.wake_on
+            parked = ",".join(
+                n for n, on in (("http", wake.wake_on_http), ("ssh", wake.wake_on_ssh)) if on
+            )
         # Marker first: if the pause then fails, the instance still reads as running.
         self._set_internal(**{POWER_KEY: "off", WAKE_KEY: parked})
         if parked:
@@ -173,8 +181,7 @@ class MorphInstance(Instance):
             raise Conflict(
                 f"cannot pause Morph instance {self.id}: it is {self.status}", ref=self.id
             )
-        if self._sdk.metadata.get(POWER_KEY, "on") != "on":
-            self._set_internal(**{POWER_KEY: "on"})
+        self._unpark()
         self._call("pause", self._sdk.pause)
         self._wait({SdkStatus.PAUSED}, "pausing")
 

@@ -117,6 +117,26 @@ def test_stop_pauses_reads_stopped_and_parks_wake_on(provider, fake):
     assert provider.get(instance.id).status == InstanceStatus.PAUSED
 
 
+def test_a_stop_that_fails_keeps_the_wake_on_flags(provider, fake):
+    instance = started(provider, fake)
+    instance.set_wake_on(True, False)
+    raw = fake.state.instances[instance.id]
+    for _ in range(2):  # a failed stop, and its retry failing too
+        fake.fail("POST /instance/{id}/pause", status=500)
+        with pytest.raises(ProviderError):
+            instance.stop()
+        assert provider.get(instance.id).status == InstanceStatus.RUNNING
+    provider.get(instance.id).start()  # running: start only puts the flags back
+    assert raw.wake_on == {"wake_on_ssh": False, "wake_on_http": True}
+    fake.fail("POST /instance/{id}/pause", status=500)
+    with pytest.raises(ProviderError):
+        instance.stop()
+    paused = provider.get(instance.id)
+    paused.pause()  # a pause after a failed stop wakes on HTTP as before
+    assert provider.get(instance.id).status == InstanceStatus.PAUSED
+    assert raw.wake_on == {"wake_on_ssh": False, "wake_on_http": True}
+
+
 def test_ttl_is_kept_by_morph_and_applies_its_action(provider, fake):
     instance = started(provider, fake)
     instance.set_ttl(60, "pause")
