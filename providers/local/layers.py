@@ -188,7 +188,9 @@ class Layers:
     def copy_layer(self, upper: Path) -> tuple[str, Path]:
         """Copy a (frozen or stopped) writable layer aside: the slow part of a snapshot."""
         ref = f"snap-{secrets.token_hex(8)}"
-        tmp = self.store.snapshots / f".tmp-{ref}"
+        # "@pid": a copy can outlast the stale-leftover sweep; this one is in use while
+        # its process lives (``in_use_leftover``).
+        tmp = self.store.snapshots / f".tmp-{ref}@{os.getpid()}"
         try:
             tmp.mkdir()
             _copy_tree(upper, tmp / "layer")
@@ -415,3 +417,17 @@ def _disk_usage(path: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(directory, name)).st_blocks * 512
     return total
+
+
+def in_use_leftover(name: str) -> bool:
+    """Whether a temporary directory named ``...@<pid>`` belongs to a live process."""
+    _, _, pid = name.rpartition("@")
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, someone else's
+    return True

@@ -47,7 +47,7 @@ from providers.local import execute, forwarder, host, initbin, launch
 from providers.local.cgroups import Cgroups, Layout, Limits
 from providers.local.config import CONFIG_KEYS, LocalConfig
 from providers.local.instance import LocalInstance, service_url
-from providers.local.layers import PARTS, Layers
+from providers.local.layers import PARTS, Layers, in_use_leftover
 from providers.local.state import (
     SANDBOX_ID_RE,
     SandboxState,
@@ -308,7 +308,8 @@ class LocalProvider(Provider):
             with contextlib.suppress(OSError):
                 for entry in os.scandir(directory):
                     leftover = entry.name.startswith((".tmp-", ".trash-", ".base-tmp-"))
-                    if leftover and now - entry.stat().st_mtime > STALE_SECONDS:
+                    stale = leftover and now - entry.stat().st_mtime > STALE_SECONDS
+                    if stale and not in_use_leftover(entry.name):
                         shutil.rmtree(entry.path, ignore_errors=True)
         if self.cgroups.enabled:
             known = set(self.store.ids())

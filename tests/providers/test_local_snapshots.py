@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import time
 
 import pytest
 
 from providers.base import InstanceStatus
 from providers.errors import Conflict, NotFound
 from providers.local.layers import BASE_REF
+from providers.local.provider import STALE_SECONDS
 from tests.local_support import local_provider
 from tests.providers.conftest import Sandboxes, sh
 
@@ -121,3 +125,21 @@ def test_deep_chains_are_flattened_and_keep_their_meaning(tmp_path):
             made.running(provider, snapshot_ref=v3.ref).exec("true", timeout=30)
         finally:
             made.cleanup()
+
+
+def test_the_leftover_sweep_spares_a_snapshot_copy_still_in_progress(local):
+    """A copy of a big layer can take longer than the stale age; its process still runs."""
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    copies = {
+        "in progress": f".tmp-snap-00000000000000a1@{os.getpid()}",
+        "process gone": f".tmp-snap-00000000000000a2@{finished.pid}",
+        "no owner": ".tmp-snap-00000000000000a3",
+    }
+    long_ago = time.time() - 2 * STALE_SECONDS
+    for name in copies.values():
+        (local.store.snapshots / name / "layer").mkdir(parents=True)
+        os.utime(local.store.snapshots / name, (long_ago, long_ago))
+    local.list()  # sweeps leftovers
+    kept = {what for what, name in copies.items() if (local.store.snapshots / name).exists()}
+    assert kept == {"in progress"}
