@@ -139,6 +139,23 @@ def test_tokens_expire_and_revoke(member, team):
 
 
 @pytest.mark.django_db
+def test_an_authenticated_token_reads_as_the_orm_reads_it(member, team):
+    """The API's token lookup is hand-composed SQL: every field must convert as usual."""
+    soon = timezone.now() + timedelta(hours=1)
+    made, raw = create_api_token(
+        user=member, team=team, actor=Actor.for_user(member), expires_at=soon, can_write=False
+    )
+    found = authenticate_token(raw)
+    fresh = ApiToken.objects.select_related("user", "team").get(pk=made.pk)
+    for ours, orms in ((found, fresh), (found.user, fresh.user), (found.team, fresh.team)):
+        for field in type(orms)._meta.concrete_fields:
+            value = getattr(ours, field.attname)
+            assert value == getattr(orms, field.attname), field.name
+            assert type(value) is type(getattr(orms, field.attname)), field.name
+    assert (found.member_role, found.can_write, found.expires_at) == ("member", False, soon)
+
+
+@pytest.mark.django_db
 def test_token_use_is_recorded_at_most_once_a_minute(member, team):
     token, raw = create_api_token(user=member, team=team, actor=Actor.for_user(member))
     first = authenticate_token(raw).last_used_at

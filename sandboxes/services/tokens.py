@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from django.db import transaction
-from django.db.models.expressions import RawSQL
+from django.contrib.auth import get_user_model
+from django.db import connection, models, transaction
+from django.db.models.expressions import Col
 from django.utils import timezone
 
 from sandboxes.models import ApiToken, Membership, Outcome, Role, Team
@@ -27,15 +29,85 @@ PREFIX_LENGTH = 12
 LAST_USED_GRANULARITY = timedelta(minutes=1)
 
 
-#: The token user's role in the token's team, fetched with the token: a token stops
-#: working when its user leaves the team, and the Actor needs the role for every check.
-#: Raw SQL because this runs on every API request and the ORM takes longer to build the
-#: equivalent correlated Subquery than the database takes to run it.
-MEMBER_ROLE = RawSQL(
-    "SELECT m.role FROM sandboxes_membership m"
-    " WHERE m.user_id = sandboxes_apitoken.user_id AND m.team_id = sandboxes_apitoken.team_id",
-    (),
-)
+class _TokenLookup:
+    """The token, its user, its team and the user's role in that team, in one query.
+
+    This runs on every API request, and Django takes longer to compose the equivalent
+    ``select_related`` query (about 1 ms here) than the database takes to answer it, so
+    the SQL is composed once from the models' fields. Values go through the same
+    converters the ORM would apply, and the instances are built with ``Model.from_db``.
+    The role comes with the token: a token stops working when its user leaves the team,
+    and the Actor needs the role for every check.
+    """
+
+    def __init__(self) -> None:
+        quote = connection.ops.quote_name
+        columns: list[str] = []
+        self.converters: list[tuple[int, Col, list]] = []
+        self.layout: list[tuple[type[models.Model], list[str], slice]] = []
+        for model, alias in ((ApiToken, "t"), (get_user_model(), "u"), (Team, "tm")):
+            start = len(columns)
+            for field in model._meta.concrete_fields:
+                col = field.get_col(alias)
+                found = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
+                if found:
+                    self.converters.append((len(columns), col, found))
+                columns.append(f"{alias}.{quote(field.column)}")
+            names = [field.attname for field in model._meta.concrete_fields]
+            self.layout.append((model, names, slice(start, len(columns))))
+        self.sql = _lookup_sql(columns, quote)
+
+    def __call__(self, digest: str) -> ApiToken | None:
+        with connection.cursor() as cursor:
+            cursor.execute(self.sql, [digest])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        row = list(row)
+        for index, col, converters in self.converters:
+            for converter in converters:
+                row[index] = converter(row[index], col, connection)
+        token, user, team = (
+            model.from_db(connection.alias, names, row[span]) for model, names, span in self.layout
+        )
+        token.user, token.team = user, team
+        token.member_role = row[-1]
+        return token
+
+
+def _lookup_sql(columns: list[str], quote: Callable[[str], str]) -> str:
+    """Every name comes from the models; the digest is the only parameter."""
+    user_model = get_user_model()
+
+    def table(model) -> str:
+        return quote(model._meta.db_table)
+
+    def col(model, name: str) -> str:
+        return quote(model._meta.get_field(name).column)
+
+    def pk(model) -> str:
+        return quote(model._meta.pk.column)
+
+    user, team = col(ApiToken, "user"), col(ApiToken, "team")
+    return (
+        f"SELECT {', '.join(columns)}, m.{col(Membership, 'role')}"  # noqa: S608
+        f" FROM {table(ApiToken)} t"
+        f" JOIN {table(user_model)} u ON u.{pk(user_model)} = t.{user}"
+        f" JOIN {table(Team)} tm ON tm.{pk(Team)} = t.{team}"
+        f" LEFT JOIN {table(Membership)} m"
+        f" ON m.{col(Membership, 'user')} = t.{user} AND m.{col(Membership, 'team')} = t.{team}"
+        f" WHERE t.{col(ApiToken, 'digest')} = %s"
+    )
+
+
+_lookups: dict[str, _TokenLookup] = {}
+
+
+def _lookup_token(digest: str) -> ApiToken | None:
+    lookup = _lookups.get(connection.vendor)
+    if lookup is None:
+        lookup = _lookups[connection.vendor] = _TokenLookup()
+    return lookup(digest)
 
 
 def digest_of(raw: str) -> str:
@@ -94,15 +166,8 @@ def authenticate_token(raw: str) -> ApiToken | None:
     if not isinstance(raw, str) or not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
         return None
     digest = digest_of(raw)
-    try:
-        token = (
-            ApiToken.objects.select_related("user", "team")
-            .annotate(member_role=MEMBER_ROLE)
-            .get(digest=digest)
-        )
-    except ApiToken.DoesNotExist:
-        return None
-    if not hmac.compare_digest(token.digest, digest):
+    token = _lookup_token(digest)
+    if token is None or not hmac.compare_digest(token.digest, digest):
         return None
     if not token.is_usable or not token.user.is_active or token.member_role is None:
         return None
