@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from providers.local import idmap
 from providers.settings import int_setting
 
 CONFIG_KEYS = (
@@ -22,9 +23,8 @@ CONFIG_KEYS = (
     "LOCAL_SANDBOX_MIN_FREE_MB",
     "LOCAL_SANDBOX_BWRAP",
     "LOCAL_SANDBOX_HOST_USR",
-    "LOCAL_SANDBOX_INIT",
+    "LOCAL_SANDBOX_ID_RANGE",
 )
-INIT_CHOICES = ("auto", "bwrap")
 
 _CGROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
@@ -49,9 +49,8 @@ class LocalConfig:
     bwrap: str = "bwrap"
     #: The host directory every sandbox sees (copy-on-write) as its /usr.
     host_usr: Path = Path("/usr")
-    #: "auto": sbx-init when it can be built (fast exec), else bubblewrap's init;
-    #: "bwrap": always bubblewrap's init (exec enters the namespaces from outside).
-    init: str = "auto"
+    #: Host ids for sandboxes' user namespaces (see idmap.py).
+    id_range: idmap.IdRange = field(default_factory=idmap.default)
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, str]) -> LocalConfig:
@@ -65,9 +64,7 @@ class LocalConfig:
                 f"(letters, digits, '-', '_', '.'), not {parent!r}"
             )
         host_usr = Path(config.get("LOCAL_SANDBOX_HOST_USR", "").strip() or cls.host_usr)
-        init = config.get("LOCAL_SANDBOX_INIT", "").strip() or cls.init
-        if init not in INIT_CHOICES:
-            raise ValueError(f"LOCAL_SANDBOX_INIT must be one of {', '.join(INIT_CHOICES)}")
+        id_range = config.get("LOCAL_SANDBOX_ID_RANGE", "").strip()
         if any(c in str(root) for c in ",:\\"):
             # overlayfs mount options separate paths with ':' and options with ','.
             raise ValueError("LOCAL_SANDBOX_ROOT must not contain ',', ':' or '\\'")
@@ -81,7 +78,7 @@ class LocalConfig:
             ),
             bwrap=config.get("LOCAL_SANDBOX_BWRAP", "").strip() or cls.bwrap,
             host_usr=host_usr.resolve(),
-            init=init,
+            id_range=idmap.parse(id_range) if id_range else idmap.default(),
         )
         if made.root == made.host_usr or made.host_usr in made.root.parents:
             # Every sandbox sees the host's /usr: sandboxes kept under it would see each other.

@@ -1,12 +1,15 @@
 """Starting a sandbox: overlay mounts in a private mount namespace, then bubblewrap.
 
-The process tree of a running sandbox, all inside its cgroups:
+The process tree of a running sandbox, all inside its cgroups and its user namespace:
 
     bwrap (supervisor, host pid namespace)
       └─ sbx-init (pid 1 inside: reaps orphans, forks exec'd commands; see sbx-init.c)
 
-or, where no C compiler could build sbx-init, bubblewrap's own init with a
-``sleep infinity`` under it (exec then enters the namespaces from outside).
+Root inside is an unprivileged id range outside (``IdMap``): the user namespace is made
+first (by sbx-init in its ``--userns`` role), its maps are written by the launcher, the
+layers are mounted through that mapping (idmapped mounts, so layers on disk keep the ids
+the sandbox sees), and bubblewrap then runs as the namespace's root, so every namespace it
+makes is owned by the sandbox's user namespace.
 
 Nothing of it is a Python process, and it does not depend on the process that started it:
 that one may exit (web or worker restart) and the sandbox keeps running; it is found
@@ -79,6 +82,19 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class IdMap:
+    """Where a sandbox's ids live on the host: root inside is ``uid`` (and ``gid``) outside,
+    and the ``count`` ids after it belong to the sandbox alone."""
+
+    uid: int
+    gid: int
+    count: int
+
+    def lines(self) -> tuple[str, str]:
+        return f"0 {self.uid} {self.count}", f"0 {self.gid} {self.count}"
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     sandbox_id: str
     bwrap: str
@@ -87,25 +103,80 @@ class LaunchSpec:
     mounts: list[Mount]
     cgroup_procs: list[str]
     log: Path
-    #: The compiled sbx-init, or None to use bubblewrap's init.
-    init_binary: Path | None = None
+    #: The compiled sbx-init: the sandbox's pid 1, and the maker of its user namespace.
+    init_binary: Path
     #: Where sbx-init's exec socket is bound (host side, never visible inside).
-    exec_socket: Path | None = None
+    exec_socket: Path
+    #: Root: the sandbox's user namespace maps its root to this host range.
+    idmap: IdMap | None = None
+    #: Directories seen through the sandbox's id mapping (layers, and the directory
+    #: holding its writable layer and overlay work directories).
+    idmapped: tuple[Path, ...] = ()
+    #: The compiled seccomp filter (bubblewrap loads it into every sandbox process).
+    seccomp: Path | None = None
     #: Not root: the sandbox gets a user namespace mapping root inside to this user.
     rootless: bool = False
 
 
 INIT_PATH = "/dev/.sbx-init"
+#: An empty directory of the host that only the launcher's private mount namespace covers
+#: with a tmpfs holding the sandbox's finished root and init: the sandbox's root user (an
+#: unprivileged host id) can reach it there, while LOCAL_SANDBOX_ROOT stays 0700.
+STAGE = Path("/run/sandboxes-local")
+
+#: /proc entries that change the host (or read the kernel's memory): read-only or hidden,
+#: as OCI runtimes do by default. Only those this kernel has are listed at launch.
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
+PROC_MASKED_FILES = (
+    "kcore",
+    "keys",
+    "key-users",
+    "latency_stats",
+    "timer_list",
+    "timer_stats",
+    "sched_debug",
+    "kallsyms",
+    "kmsg",
+    "kpagecount",
+    "kpageflags",
+    "kpagecgroup",
+    "pagetypeinfo",
+    "vmallocinfo",
+    "slabinfo",
+    "config.gz",
+)
+PROC_MASKED_DIRS = ("acpi", "asound", "scsi", "driver", "dynamic_debug", "tty/driver")
+
+
+def proc_protection_argv() -> list[str]:
+    """bubblewrap options making the host-facing parts of /proc read-only or empty."""
+    argv: list[str] = []
+    for name in PROC_READ_ONLY:
+        if os.path.exists(f"/proc/{name}"):
+            argv += ["--ro-bind", f"/proc/{name}", f"/proc/{name}"]
+    for name in PROC_MASKED_FILES:
+        if os.path.isfile(f"/proc/{name}"):
+            argv += ["--ro-bind", "/dev/null", f"/proc/{name}"]
+    for name in PROC_MASKED_DIRS:
+        if os.path.isdir(f"/proc/{name}"):
+            argv += ["--tmpfs", f"/proc/{name}", "--remount-ro", f"/proc/{name}"]
+    return argv
 
 
 def bwrap_argv(
-    spec: LaunchSpec, ready_fd: int, info_fd: int, listen_fd: int | None = None
+    spec: LaunchSpec,
+    ready_fd: int,
+    info_fd: int,
+    listen_fd: int,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
+    staged = spec.idmap is not None
     argv = [
         spec.bwrap,
-        "--bind", str(spec.merged), "/",
+        "--bind", str(STAGE / "root") if staged else str(spec.merged), "/",
         "--proc", "/proc",
         "--dev", "/dev",
+        *proc_protection_argv(),
         "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
         "--hostname", spec.sandbox_id,
         "--new-session",
@@ -116,73 +187,133 @@ def bwrap_argv(
     argv.append("--clearenv")
     for key, value in sandbox_env(spec.sandbox_id).items():
         argv += ["--setenv", key, value]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     # "/": the init needs no working directory, and a sandbox may delete /workspace.
-    argv += ["--chdir", "/", "--info-fd", str(info_fd)]
-    if spec.init_binary is not None and listen_fd is not None:
-        # No cgroup namespace here: sbx-init joins its cgroups only after bwrap cloned it
-        # (see launch), and a namespace made at clone time would be rooted elsewhere.
-        # /dev is bwrap's own tmpfs: the bind leaves no trace in the sandbox's layers.
-        argv += ["--as-pid-1", "--ro-bind", str(spec.init_binary), INIT_PATH, "--"]
-        return [*argv, INIT_PATH, str(listen_fd), str(ready_fd)]
-    argv.insert(argv.index("--hostname"), "--unshare-cgroup")
-    # The init tells us it runs inside the finished root, then becomes a long sleep.
-    # (Through /proc: dash cannot name file descriptors above 9 in redirections.)
-    # (stdout/stderr are the host's bwrap.log: the long-lived sleep must not keep them.)
-    script = f"echo > /proc/self/fd/{ready_fd}; exec sleep infinity </dev/null >/dev/null 2>&1"
-    argv += ["--", "/bin/sh", "-c", script]
+    # No cgroup namespace: sbx-init joins its cgroups only after bwrap cloned it (see
+    # launch), and a namespace made at clone time would be rooted elsewhere.
+    # /dev is bwrap's own tmpfs: the bind leaves no trace in the sandbox's layers.
+    init = str(STAGE / "init") if staged else str(spec.init_binary)
+    argv += ["--chdir", "/", "--info-fd", str(info_fd), "--as-pid-1"]
+    argv += ["--ro-bind", init, INIT_PATH, "--", INIT_PATH, str(listen_fd), str(ready_fd)]
     return argv
 
 
 def _mount_overlays(spec: LaunchSpec, extra: str) -> None:
-    """Make the current mount namespace private and mount the sandbox's overlays in it."""
-    syscalls.mount("none", "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE, None)
+    """Mount the sandbox's overlays (in the current, private mount namespace)."""
     os.chdir(spec.root)
-    for mount in spec.mounts:
-        target = spec.merged / mount.target.lstrip("/")
-        syscalls.mount("overlay", str(target), "overlay", 0, mount.options(spec.root) + extra)
-    os.chdir("/")
+    try:
+        for mount in spec.mounts:
+            target = spec.merged / mount.target.lstrip("/")
+            syscalls.mount("overlay", str(target), "overlay", 0, mount.options(spec.root) + extra)
+    finally:
+        os.chdir("/")
 
 
-def _prepare(spec: LaunchSpec, error_fd: int) -> None:
-    """Runs in the forked child before bwrap: cgroups, private mounts, overlays."""
+def _make_private() -> None:
+    syscalls.mount("none", "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE, None)
+
+
+def _prepare_rootless(spec: LaunchSpec, error_fd: int) -> None:
+    """Runs in the forked child before bwrap (not root): a user namespace of our own."""
     try:
         _join_cgroups(spec, "0")
-        if spec.rootless:
-            _enter_user_namespace()
-            _mount_overlays(spec, ",userxattr")  # implies redirect_dir=nofollow
-        else:
-            syscalls.unshare(syscalls.CLONE_NEWNS)
-            _mount_overlays(spec, ",redirect_dir=off")
+        _enter_user_namespace()
+        _make_private()
+        _mount_overlays(spec, ",userxattr")  # implies redirect_dir=nofollow
     except BaseException as exc:
         os.write(error_fd, str(exc).encode()[:2000])
         raise
 
 
-def _spawn_from_thread(spec: LaunchSpec, **popen) -> subprocess.Popen:
-    """Mount the overlays in a thread's own mount namespace and spawn bwrap from it.
+def _stage_root(spec: LaunchSpec, userns_fd: int) -> None:
+    """In this thread's private mount namespace: layers through the sandbox's id mapping,
+    the overlays on them, and the finished root and init where bubblewrap can reach them.
 
-    A thread can have a mount namespace of its own (after unsharing its fs_struct), and
-    a child spawned from it inherits that namespace. So the Python process is never
-    forked (a fork copies its page tables: milliseconds for a large web process), and
-    subprocess can use vfork. Root only: a multi-threaded process cannot enter a new
-    user namespace.
+    The overlays are mounted with the sandbox's root as the file-system id: overlayfs
+    creates its work files (and copies up) with the mounter's ids, which must exist in
+    the idmapped writable layer.
     """
+    for path in spec.idmapped:
+        syscalls.idmap_in_place(str(path), userns_fd)
+    syscalls.set_thread_fs_ids(spec.idmap.uid, spec.idmap.gid)
+    try:
+        _mount_overlays(spec, ",redirect_dir=off")
+    finally:
+        syscalls.set_thread_fs_ids(0, 0)
+    syscalls.mount("sandbox-stage", str(STAGE), "tmpfs", _STAGE_FLAGS, "mode=0755,size=16k")
+    (STAGE / "root").mkdir()
+    (STAGE / "init").touch()
+    syscalls.mount(
+        str(spec.merged), str(STAGE / "root"), None, syscalls.MS_BIND | syscalls.MS_REC, None
+    )
+    syscalls.mount(str(spec.init_binary), str(STAGE / "init"), None, syscalls.MS_BIND, None)
+
+
+_STAGE_FLAGS = syscalls.MS_NOSUID | syscalls.MS_NODEV
+
+
+def _spawn_from_thread(spec: LaunchSpec, argv: list[str], **popen) -> subprocess.Popen:
+    """Start the sandbox from a thread with its own mount namespace.
+
+    A thread can have a mount namespace of its own (after unsharing its fs_struct), and a
+    child spawned from it shares it. So the Python process is never forked (a fork copies
+    its page tables: milliseconds for a large web process), and subprocess can use vfork.
+    The child is sbx-init in its ``--userns`` role: it makes the sandbox's user namespace
+    and waits while this thread writes the namespace's id maps, mounts the layers through
+    them, and stages the root; then it becomes the namespace's root and execs bubblewrap.
+    """
+    STAGE.mkdir(mode=0o755, parents=True, exist_ok=True)
     outcome: dict = {}
+    sync_r, sync_w = os.pipe()
+    go_r, go_w = os.pipe()
 
     def work() -> None:
+        process = None
         try:
             syscalls.unshare(syscalls.CLONE_FS | syscalls.CLONE_NEWNS)
-            _mount_overlays(spec, ",redirect_dir=off")
-            outcome["process"] = subprocess.Popen(**popen)
+            _make_private()
+            holder = [str(spec.init_binary), "--userns", str(sync_w), str(go_r), "--"]
+            passed = [*popen.pop("pass_fds"), sync_w, go_r]
+            process = subprocess.Popen([*holder, *argv], pass_fds=passed, **popen)
+            outcome["process"] = process
+            os.close(sync_w)
+            os.close(go_r)
+            if os.read(sync_r, 1) != b"\n":
+                raise OSError(f"the sandbox's user namespace was not made: {_tail(spec.log)}")
+            userns_fd = _map_ids(process.pid, spec.idmap)
+            try:
+                _stage_root(spec, userns_fd)
+            finally:
+                os.close(userns_fd)
+            os.write(go_w, b"g")
         except BaseException as exc:
             outcome["error"] = exc
+        finally:
+            for fd in (sync_r, go_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     thread = threading.Thread(target=work, name=f"launch-{spec.sandbox_id}")
     thread.start()
     thread.join()
     if "error" in outcome:
+        process = outcome.get("process")
+        if process is not None:
+            process.kill()
+            process.wait()
         raise OperationFailed(f"could not set up sandbox {spec.sandbox_id}: {outcome['error']}")
     return outcome["process"]
+
+
+def _map_ids(pid: int, idmap: IdMap) -> int:
+    """Write the id maps of ``pid``'s new user namespace; return a descriptor of it."""
+    uid_line, gid_line = idmap.lines()
+    with open(f"/proc/{pid}/uid_map", "w") as handle:
+        handle.write(uid_line)
+    with open(f"/proc/{pid}/gid_map", "w") as handle:
+        handle.write(gid_line)
+    return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
 
 
 def _join_cgroups(spec: LaunchSpec, pid: str) -> None:
@@ -226,20 +357,19 @@ def launch(spec: LaunchSpec) -> Runtime:
     error_r, error_w = os.pipe()
     process = None
     server = None
+    seccomp_fd = -1
     init_fd = -1
     try:
-        passed = [ready_w, info_w]
-        if spec.init_binary is not None and spec.exec_socket is not None:
-            server = sockets.listen(spec.exec_socket)
-            passed.append(server.fileno())
-        # sbx-init forks nothing before it is ready, so it can join its cgroups once bwrap
-        # has cloned it, while bwrap builds its root: a cgroup v1 migration costs a few
-        # milliseconds (an RCU grace period) that then overlap the setup. bubblewrap's own
-        # init forks at once, so it must be in them from the start.
-        join_late = server is not None
+        server = sockets.listen(spec.exec_socket)
+        passed = [ready_w, info_w, server.fileno()]
+        if spec.seccomp is not None:
+            seccomp_fd = os.open(spec.seccomp, os.O_RDONLY | os.O_CLOEXEC)
+            passed.append(seccomp_fd)
+        argv = bwrap_argv(
+            spec, ready_w, info_w, server.fileno(), seccomp_fd if seccomp_fd >= 0 else None
+        )
         with open(spec.log, "wb") as log:
             popen = {
-                "args": bwrap_argv(spec, ready_w, info_w, server.fileno() if server else None),
                 "stdin": subprocess.DEVNULL,
                 "stdout": log,
                 "stderr": log,
@@ -247,10 +377,12 @@ def launch(spec: LaunchSpec) -> Runtime:
                 "start_new_session": True,
             }
             try:
-                if join_late and not spec.rootless:
-                    process = _spawn_from_thread(spec, **popen)
+                if spec.rootless:
+                    process = subprocess.Popen(
+                        argv, **popen, preexec_fn=lambda: _prepare_rootless(spec, error_w)
+                    )
                 else:
-                    process = subprocess.Popen(**popen, preexec_fn=lambda: _prepare(spec, error_w))
+                    process = _spawn_from_thread(spec, argv, **popen)
             except (subprocess.SubprocessError, OSError) as exc:
                 os.close(error_w)
                 error_w = -1
@@ -258,10 +390,10 @@ def launch(spec: LaunchSpec) -> Runtime:
                 raise OperationFailed(
                     f"could not set up sandbox {spec.sandbox_id}: {detail}"
                 ) from exc
-        for fd in (ready_w, info_w, error_w):
+        for fd in (ready_w, info_w, error_w, seccomp_fd):
             if fd >= 0:
                 os.close(fd)
-        ready_w = info_w = error_w = -1
+        ready_w = info_w = error_w = seccomp_fd = -1
         _children[process.pid] = process
         info = _read_info(info_r, process)
         if "child-pid" not in info:
@@ -270,7 +402,10 @@ def launch(spec: LaunchSpec) -> Runtime:
             )
         pid = int(info["child-pid"])
         init_fd = os.pidfd_open(pid)  # pins it: a failure below kills exactly this init
-        if join_late and not spec.rootless:
+        if not spec.rootless:
+            # sbx-init forks nothing before it is ready, so it joins its cgroups now, while
+            # bwrap builds its root: a cgroup v1 migration costs a few milliseconds (an RCU
+            # grace period) that then overlap the setup.
             _join_cgroups(spec, str(pid))
             # The supervisor too (quick now: migrations right after another are cheap),
             # so the sandbox's cgroups hold and limit all of it, and a service manager
@@ -288,7 +423,7 @@ def launch(spec: LaunchSpec) -> Runtime:
             start_ticks=ticks,
             boot_id=boot_id(),
             supervisor=process.pid,
-            exec_socket=server is not None,
+            exec_socket=True,
         )
     except BaseException:
         # The init runs in its own session: killing bwrap's group would orphan it.
@@ -305,7 +440,7 @@ def launch(spec: LaunchSpec) -> Runtime:
             os.close(init_fd)
         if server is not None:
             server.close()
-        for fd in (ready_r, ready_w, info_r, info_w, error_r, error_w):
+        for fd in (ready_r, ready_w, info_r, info_w, error_r, error_w, seccomp_fd):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)

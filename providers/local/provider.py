@@ -43,7 +43,7 @@ from providers.errors import (
     Unavailable,
     Unsupported,
 )
-from providers.local import execute, forwarder, host, initbin, launch
+from providers.local import execute, forwarder, host, idmap, initbin, launch
 from providers.local.cgroups import Cgroups, Layout, Limits
 from providers.local.config import CONFIG_KEYS, LocalConfig
 from providers.local.instance import LocalInstance, service_url
@@ -81,9 +81,8 @@ class LocalProvider(Provider):
         self._bwrap = config.bwrap
 
     def init_binary(self) -> Path | None:
-        """The compiled sbx-init, or None (then bubblewrap's init; see launch.py)."""
-        if self.config.init == "bwrap":
-            return None
+        """The compiled sbx-init, or None when it cannot be built (``_init_problem`` says
+        why): sandboxes need it as their pid 1 and to make their user namespace."""
         if self._init_path is not None and self._init_path.exists():
             return self._init_path
         try:
@@ -123,7 +122,10 @@ class LocalProvider(Provider):
             "LOCAL_SANDBOX_MIN_FREE_MB": str(c.min_free_mb),
             "LOCAL_SANDBOX_BWRAP": c.bwrap,
             "LOCAL_SANDBOX_HOST_USR": str(c.host_usr),
-            "LOCAL_SANDBOX_INIT": c.init,
+            # Empty: the default again (root's subordinate ranges may differ for gids).
+            "LOCAL_SANDBOX_ID_RANGE": f"{c.id_range.uid_first}:{c.id_range.count}"
+            if c.id_range.uid_first == c.id_range.gid_first
+            else "",
         }
 
     # --- capabilities and health
@@ -177,8 +179,6 @@ class LocalProvider(Provider):
                 found.append(f"{role} limits are not enforced: {why}")
             elif role == "freeze":
                 found.append(f"pause is unavailable: {why}")
-        if self._init_problem:
-            found.append(f"exec is slower: {self._init_problem}")
         return found
 
     def health(self) -> Health:
@@ -391,11 +391,10 @@ class LocalProvider(Provider):
                 raise OperationFailed(f"could not set up cgroups for {sandbox_id}: {exc}") from exc
             directory = self.store.sandbox_dir(sandbox_id)
             init = self.init_binary()
-            if init is None and host.rootless():
-                raise Unavailable(
-                    "without root, sandboxes need their own init (sbx-init): "
-                    f"{self._init_problem or 'LOCAL_SANDBOX_INIT=bwrap needs root'}"
-                )
+            if init is None:
+                raise Unavailable(f"local sandboxes need their init: {self._init_problem}")
+            rootless = host.rootless()
+            ids = None if rootless else self._idmap(state)
             state.runtime = launch.launch(
                 launch.LaunchSpec(
                     sandbox_id=sandbox_id,
@@ -407,7 +406,9 @@ class LocalProvider(Provider):
                     log=directory / "bwrap.log",
                     init_binary=init,
                     exec_socket=directory / "exec.sock",
-                    rootless=host.rootless(),
+                    idmap=ids,
+                    idmapped=_idmapped_dirs(directory, mounts),
+                    rootless=rootless,
                 )
             )
             try:
@@ -417,6 +418,27 @@ class LocalProvider(Provider):
                 raise
         if state.services:
             self._forwarder({"op": "ping"})
+
+    def _idmap(self, state: SandboxState) -> launch.IdMap:
+        """The sandbox's host id range: its own slot, kept in its state (see idmap.py)."""
+        if state.id_slot is None:
+            with locked(self.store.root / "idmap.lock"):
+                taken = set()
+                for other in self.store.ids():
+                    loaded = self.store.load(other) if other != state.id else None
+                    if loaded is not None and loaded.id_slot is not None:
+                        taken.add(loaded.id_slot)
+                free = next((i for i in range(self.config.id_range.slots) if i not in taken), None)
+                if free is None:
+                    raise QuotaExceeded(
+                        f"all {self.config.id_range.slots} host id ranges for sandboxes are in "
+                        "use: delete sandboxes, or give LOCAL_SANDBOX_ID_RANGE (or root's "
+                        "range in /etc/subuid and /etc/subgid) more ids, 65536 per sandbox"
+                    )
+                state.id_slot = free
+                self.store.save(state)
+        uid, gid = self.config.id_range.slot(state.id_slot)
+        return launch.IdMap(uid=uid, gid=gid, count=idmap.SLOT)
 
     def _kill(self, state: SandboxState) -> None:
         """End every process of the sandbox and wait until they are gone."""
@@ -526,16 +548,16 @@ class LocalProvider(Provider):
         status = self.status_of(state)
         if status != InstanceStatus.RUNNING:
             raise Conflict(f"sandbox {sandbox_id} is {status}, not running", ref=sandbox_id)
-        runtime = state.runtime
+        if not state.runtime.exec_socket:
+            raise Conflict(
+                f"sandbox {sandbox_id} runs an init from an older version without exec; "
+                "stop and start it",
+                ref=sandbox_id,
+            )
         target = execute.Target(
-            pid=runtime.pid,
-            start_ticks=runtime.start_ticks,
             cwd=launch.WORKDIR,
             env=launch.sandbox_env(sandbox_id),
-            socket=self.store.sandbox_dir(sandbox_id) / "exec.sock"
-            if runtime.exec_socket
-            else None,
-            cgroup_procs=tuple(self.cgroups.procs_files(sandbox_id)),
+            socket=self.store.sandbox_dir(sandbox_id) / "exec.sock",
         )
         self.store.touch_activity(sandbox_id)
         try:
@@ -632,6 +654,16 @@ def _wait_gone(pid: int, *, timeout: float) -> None:
     while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
         time.sleep(delay)
         delay = min(delay * 2, 0.02)
+
+
+def _idmapped_dirs(directory: Path, mounts: list[launch.Mount]) -> tuple[Path, ...]:
+    """What a sandbox sees through its id mapping: every lower layer, and its own
+    directory (holding the writable layers and the overlays' work directories)."""
+    found: dict[Path, None] = {}
+    for mount in mounts:
+        found.update(dict.fromkeys(mount.lowers))
+    found[directory] = None
+    return tuple(found)
 
 
 def _check_id(sandbox_id: str) -> None:

@@ -2,6 +2,7 @@
  * sbx-init: pid 1 of a local sandbox, and its exec server.
  *
  * Usage (bwrap runs it with --as-pid-1):  sbx-init LISTEN_FD READY_FD
+ *        (the launcher, before bwrap):     sbx-init --userns SYNC_FD GO_FD -- BWRAP ARGS...
  *
  * - Reaps every orphan of the sandbox (it is the pid namespace's init).
  * - Writes one newline to READY_FD once it runs inside the finished root, then closes it.
@@ -27,6 +28,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/capability.h>
+#include <grp.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -190,7 +193,46 @@ static int bound_capabilities(void) {
     return 0;
 }
 
+/* sbx-init --userns SYNC_FD GO_FD -- PROGRAM ARGS...
+ *
+ * Make a new user namespace, say so on SYNC_FD, and wait for a "g" on GO_FD: meanwhile the
+ * host writes the namespace's id maps (root inside = the sandbox's unprivileged host id
+ * range) and uses the namespace for idmapped mounts of the sandbox's layers. Then become
+ * root of the namespace (an unprivileged id on the host) and exec PROGRAM (bubblewrap),
+ * whose namespaces are then owned by this user namespace. Made by root, so it works
+ * where unprivileged user namespaces are switched off. */
+static int enter_userns(int argc, char **argv) {
+    if (argc < 6 || strcmp(argv[4], "--") != 0) {
+        fprintf(stderr, "usage: sbx-init --userns SYNC_FD GO_FD -- PROGRAM ARGS...\n");
+        return 2;
+    }
+    int sync_fd = atoi(argv[2]);
+    int go_fd = atoi(argv[3]);
+    if (unshare(CLONE_NEWUSER) != 0) {
+        fprintf(stderr, "sbx-init: cannot make a user namespace: %s\n", strerror(errno));
+        return 1;
+    }
+    if (write(sync_fd, "\n", 1) != 1) return 1;
+    close(sync_fd);
+    char go = 0;
+    ssize_t n;
+    do {
+        n = read(go_fd, &go, 1);
+    } while (n < 0 && errno == EINTR);
+    if (n != 1 || go != 'g') return 1; /* the launcher gave up */
+    close(go_fd);
+    if (setgroups(0, NULL) != 0 || setresgid(0, 0, 0) != 0 || setresuid(0, 0, 0) != 0) {
+        fprintf(stderr, "sbx-init: cannot become root of the user namespace: %s\n",
+                strerror(errno));
+        return 1;
+    }
+    execv(argv[5], &argv[5]);
+    fprintf(stderr, "sbx-init: %s: %s\n", argv[5], strerror(errno));
+    return 127;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "--userns") == 0) return enter_userns(argc, argv);
     if (argc != 3) {
         fprintf(stderr, "usage: sbx-init LISTEN_FD READY_FD\n");
         return 2;

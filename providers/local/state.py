@@ -70,6 +70,8 @@ class SandboxState:
     runtime: Runtime | None = None
     services: dict[str, ServiceEntry] = field(default_factory=dict)
     wake_on_http: bool = False
+    #: The sandbox's slot of host ids (see idmap.py), assigned at its first start.
+    id_slot: int | None = None
     version: int = STATE_VERSION
 
     def to_json(self) -> str:

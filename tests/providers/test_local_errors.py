@@ -114,7 +114,9 @@ def test_a_root_on_overlayfs_is_refused_naming_the_fix(tmp_path):
         ({"LOCAL_SANDBOX_CGROUP_PARENT": "a/b"}, "one cgroup name"),
         ({"LOCAL_SANDBOX_MAX_LAYERS": "0"}, "between"),
         ({"LOCAL_SANDBOX_PIDS_MAX": "lots"}, "whole number"),
-        ({"LOCAL_SANDBOX_INIT": "systemd"}, "LOCAL_SANDBOX_INIT"),
+        ({"LOCAL_SANDBOX_ID_RANGE": "100000"}, "FIRST:COUNT"),
+        ({"LOCAL_SANDBOX_ID_RANGE": "0:65536"}, "1000 or above"),
+        ({"LOCAL_SANDBOX_ID_RANGE": "100000:1000"}, "at least 65536"),
     ],
 )
 def test_bad_settings_name_the_setting(settings, message):

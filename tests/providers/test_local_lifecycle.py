@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from providers.base import EXEC_OUTPUT_LIMIT, InstanceStatus
-from providers.errors import Conflict, NotFound, Unsupported
+from providers.errors import Conflict, NotFound, Unavailable, Unsupported
 from providers.local import LocalProvider
 from providers.local.cgroups import Cgroups, Layout
 from providers.local.state import process_start_ticks
@@ -326,31 +326,20 @@ def test_exec_records_activity(local, sandboxes):
     assert local.get(box.id).last_activity > before
 
 
-def test_bubblewraps_own_init_works_when_sbx_init_is_not_used(tmp_path):
-    with local_provider(tmp_path, LOCAL_SANDBOX_INIT="bwrap") as provider:
-        made = Sandboxes()
-        try:
-            box = made.running(provider)
-            assert not json.loads(provider.store.state_path(box.id).read_text())["runtime"][
-                "exec_socket"
-            ]
-            result = box.exec("echo out; echo err >&2; hostname; exit 4", timeout=30)
-            assert (result.exit_code, result.stdout, result.stderr) == (
-                4,
-                f"out\n{box.id}\n",
-                "err\n",
-            )
-            assert box.exec("sleep 30", timeout=1).timed_out
-            assert "bwrap" in sh(box, "cat /proc/1/comm")
-            bounding = int(sh(box, "grep CapBnd /proc/self/status").split()[1], 16)
-            assert not bounding & (1 << 21)  # no CAP_SYS_ADMIN when entering from outside
-            sh(box, "nohup sleep 300 >/dev/null 2>&1 &")
-            assert provider.cgroups.pids(box.id)
-            box.stop()
+def test_without_a_compiler_sandboxes_refuse_to_start_and_say_what_to_install(
+    tmp_path, monkeypatch
+):
+    # sbx-init is every sandbox's pid 1 and the maker of its user namespace: without it
+    # there is no sandbox, rather than a weaker one.
+    with local_provider(tmp_path) as provider:
+        spec = new_spec()
+        box = provider.create(spec, "base", metadata(spec))
+        monkeypatch.setattr("providers.local.initbin.SOURCE", tmp_path / "changed.c")
+        (tmp_path / "changed.c").write_text("int main(void) { return 0; }\n")
+        monkeypatch.setattr("shutil.which", lambda name, *a, **k: None)
+        with pytest.raises(Unavailable, match="gcc"):
             box.start()
-            assert sh(box, "echo again") == "again\n"
-        finally:
-            made.cleanup()
+        assert provider.get(box.id).status == InstanceStatus.STOPPED
 
 
 # --- hosts with fewer cgroup features
