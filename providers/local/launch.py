@@ -273,7 +273,9 @@ def _spawn_from_thread(spec: LaunchSpec, argv: list[str], **popen) -> subprocess
         try:
             syscalls.unshare(syscalls.CLONE_FS | syscalls.CLONE_NEWNS)
             _make_private()
-            holder = [str(spec.init_binary), "--userns", str(sync_w), str(go_r), "--"]
+            # The namespace's owner is the sandbox's root id (see sbx-init.c).
+            ids = [str(spec.idmap.uid), str(spec.idmap.gid)]
+            holder = [str(spec.init_binary), "--userns", *ids, str(sync_w), str(go_r), "--"]
             passed = [*popen.pop("pass_fds"), sync_w, go_r]
             process = subprocess.Popen([*holder, *argv], pass_fds=passed, **popen)
             outcome["process"] = process

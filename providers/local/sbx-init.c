@@ -2,7 +2,7 @@
  * sbx-init: pid 1 of a local sandbox, and its exec server.
  *
  * Usage (bwrap runs it with --as-pid-1):  sbx-init LISTEN_FD READY_FD
- *        (the launcher, before bwrap):     sbx-init --userns SYNC_FD GO_FD -- BWRAP ARGS...
+ *        (the launcher, before bwrap):     sbx-init --userns UID GID SYNC_FD GO_FD -- BWRAP ARGS...
  *
  * - Reaps every orphan of the sandbox (it is the pid namespace's init).
  * - Writes one newline to READY_FD once it runs inside the finished root, then closes it.
@@ -193,21 +193,32 @@ static int bound_capabilities(void) {
     return 0;
 }
 
-/* sbx-init --userns SYNC_FD GO_FD -- PROGRAM ARGS...
+/* sbx-init --userns UID GID SYNC_FD GO_FD -- PROGRAM ARGS...
  *
- * Make a new user namespace, say so on SYNC_FD, and wait for a "g" on GO_FD: meanwhile the
- * host writes the namespace's id maps (root inside = the sandbox's unprivileged host id
- * range) and uses the namespace for idmapped mounts of the sandbox's layers. Then become
- * root of the namespace (an unprivileged id on the host) and exec PROGRAM (bubblewrap),
- * whose namespaces are then owned by this user namespace. Made by root, so it works
- * where unprivileged user namespaces are switched off. */
+ * Become host UID and GID (the sandbox's root outside), make a new user namespace, say
+ * so on SYNC_FD, and wait for a "g" on GO_FD: meanwhile the host writes the namespace's id
+ * maps (root inside = UID and GID) and uses the namespace for idmapped mounts of the sandbox's
+ * layers. Then exec PROGRAM (bubblewrap) as the namespace's root, so every namespace it
+ * makes is owned by this one. The namespace is made by UID, not by host root, on purpose:
+ * the kernel charges a namespace's per-user counts (inotify instances, processes, keys)
+ * to its owner too, and they must never add up to host root's. */
 static int enter_userns(int argc, char **argv) {
-    if (argc < 6 || strcmp(argv[4], "--") != 0) {
-        fprintf(stderr, "usage: sbx-init --userns SYNC_FD GO_FD -- PROGRAM ARGS...\n");
+    if (argc < 8 || strcmp(argv[6], "--") != 0) {
+        fprintf(stderr, "usage: sbx-init --userns UID GID SYNC_FD GO_FD -- PROGRAM ARGS...\n");
         return 2;
     }
-    int sync_fd = atoi(argv[2]);
-    int go_fd = atoi(argv[3]);
+    char *uid_end = NULL, *gid_end = NULL;
+    unsigned long uid = strtoul(argv[2], &uid_end, 10);
+    unsigned long gid = strtoul(argv[3], &gid_end, 10);
+    int sync_fd = atoi(argv[4]);
+    int go_fd = atoi(argv[5]);
+    if (*uid_end || *gid_end || uid == 0 || gid == 0 || uid > 0xfffffffeUL || gid > 0xfffffffeUL)
+        return 2;
+    if (setgroups(0, NULL) != 0 || setresgid(gid, gid, gid) != 0 ||
+        setresuid(uid, uid, uid) != 0) {
+        fprintf(stderr, "sbx-init: cannot become the sandbox's host id: %s\n", strerror(errno));
+        return 1;
+    }
     if (unshare(CLONE_NEWUSER) != 0) {
         fprintf(stderr, "sbx-init: cannot make a user namespace: %s\n", strerror(errno));
         return 1;
@@ -221,13 +232,8 @@ static int enter_userns(int argc, char **argv) {
     } while (n < 0 && errno == EINTR);
     if (n != 1 || go != 'g') return 1; /* the launcher gave up */
     close(go_fd);
-    if (setgroups(0, NULL) != 0 || setresgid(0, 0, 0) != 0 || setresuid(0, 0, 0) != 0) {
-        fprintf(stderr, "sbx-init: cannot become root of the user namespace: %s\n",
-                strerror(errno));
-        return 1;
-    }
-    execv(argv[5], &argv[5]);
-    fprintf(stderr, "sbx-init: %s: %s\n", argv[5], strerror(errno));
+    execv(argv[7], &argv[7]);
+    fprintf(stderr, "sbx-init: %s: %s\n", argv[7], strerror(errno));
     return 127;
 }
 
