@@ -169,7 +169,8 @@ def test_kernel_information_in_proc_is_hidden(local, sandboxes):
     box = sandboxes.running(local)
     for name in ("keys", "timer_list", "kallsyms", "vmallocinfo"):
         if os.path.exists(f"/proc/{name}"):
-            assert open(f"/proc/{name}").read(1)  # the host has something to hide here
+            with open(f"/proc/{name}") as handle:
+                assert handle.read(1)  # the host has something to hide here
             # Covered by an unreadable device node: nothing comes out.
             assert box.exec(["cat", f"/proc/{name}"], timeout=30).stdout == "", name
     if os.path.isdir("/proc/driver"):
