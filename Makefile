@@ -12,10 +12,11 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# Installs what the local provider needs (bubblewrap; a C compiler for its sandbox init)
-# when it can; says what to install when it cannot (not root, no apt-get).
+# Installs what the local provider needs (bubblewrap; a C compiler for its sandbox init;
+# libseccomp-dev for its seccomp filter) when it can; says what to install when it cannot
+# (not root, no apt-get).
 system-packages:
-	@scripts/ensure-system-packages bubblewrap gcc libc6-dev
+	@scripts/ensure-system-packages bubblewrap gcc libc6-dev libseccomp-dev
 
 run: install system-packages
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py serve
