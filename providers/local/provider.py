@@ -43,7 +43,7 @@ from providers.errors import (
     Unavailable,
     Unsupported,
 )
-from providers.local import execute, forwarder, host, idmap, initbin, launch
+from providers.local import execute, forwarder, host, idmap, initbin, launch, seccompbin
 from providers.local.cgroups import Cgroups, Layout, Limits
 from providers.local.config import CONFIG_KEYS, LocalConfig
 from providers.local.instance import LocalInstance, service_url
@@ -395,6 +395,10 @@ class LocalProvider(Provider):
                 raise Unavailable(f"local sandboxes need their init: {self._init_problem}")
             rootless = host.rootless()
             ids = None if rootless else self._idmap(state)
+            try:
+                seccomp = seccompbin.ensure_filter(self.store.root)
+            except (seccompbin.SeccompUnavailable, OSError) as exc:
+                raise Unavailable(f"local sandboxes need their seccomp filter: {exc}") from exc
             state.runtime = launch.launch(
                 launch.LaunchSpec(
                     sandbox_id=sandbox_id,
@@ -408,6 +412,7 @@ class LocalProvider(Provider):
                     exec_socket=directory / "exec.sock",
                     idmap=ids,
                     idmapped=_idmapped_dirs(directory, mounts),
+                    seccomp=seccomp,
                     rootless=rootless,
                 )
             )
