@@ -12,7 +12,9 @@ probe made: nothing here changes the host.
 
 from __future__ import annotations
 
+import base64
 import ctypes
+import io
 import os
 import platform
 import shlex
@@ -21,6 +23,7 @@ import socket
 import subprocess
 import tempfile
 import textwrap
+import zipfile
 
 import pytest
 
@@ -423,3 +426,52 @@ def test_bare_bubblewrap_is_what_the_controls_use():
     require_local_runtime()
     out = in_bare_bwrap('print(os.getuid(), open("/proc/self/uid_map").read().split())')
     assert out == "0 ['0', '0', '4294967295']"
+
+
+# --- what root inside a sandbox can still do
+
+
+def _tiny_wheel() -> bytes:
+    """A pure-Python wheel made here (no index, no network), for pip inside a sandbox."""
+    files = {
+        "sbxdemo/__init__.py": "ANSWER = 42\n",
+        "sbxdemo-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: sbxdemo\nVersion: 1.0\n",
+        "sbxdemo-1.0.dist-info/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = "".join(f"{name},,\n" for name in [*files, "sbxdemo-1.0.dist-info/RECORD"])
+    files["sbxdemo-1.0.dist-info/RECORD"] = record
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as wheel:
+        for name, text in files.items():
+            wheel.writestr(name, text)
+    return buffer.getvalue()
+
+
+def test_root_inside_still_administers_its_own_sandbox(local, sandboxes):
+    box = sandboxes.running(local)
+    wheel = base64.b64encode(_tiny_wheel()).decode()
+    sh(box, f"echo {wheel} | base64 -d > /tmp/sbxdemo-1.0-py3-none-any.whl")
+    sh(
+        box,
+        "python3 -m pip install --no-index --break-system-packages --quiet "
+        "/tmp/sbxdemo-1.0-py3-none-any.whl",
+    )
+    assert sh(box, "python3 -c 'import sbxdemo; print(sbxdemo.ANSWER)'") == "42\n"
+    # Accounts, ownership and privileged ports are root's inside its own namespaces.
+    sh(box, "echo 'dev:x:1000:1000::/home/dev:/bin/sh' >> /etc/passwd && mkdir /home/dev")
+    sh(box, "chown dev /home/dev && setpriv --reuid=dev --regid=1000 --clear-groups touch ~dev/x")
+    assert sh(box, "stat -c %U /home/dev/x") == "dev\n"
+    sh(box, "nohup python3 -m http.server 80 --bind 127.0.0.1 >/dev/null 2>&1 &")
+    assert wait_for(lambda: "200" in sh(box, _FETCH_80))
+    snapshot = box.snapshot()
+    child = sandboxes.running(local, snapshot.ref)
+    assert sh(child, "python3 -c 'import sbxdemo; print(sbxdemo.ANSWER)'") == "42\n"
+    assert sh(child, "stat -c %U:%u /home/dev/x") == "dev:1000\n"
+
+
+_FETCH_80 = (
+    "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1/').status)\""
+    " 2>/dev/null; true"
+)
