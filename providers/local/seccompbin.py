@@ -9,15 +9,11 @@ that file for each launch and hands the descriptor to bubblewrap::
     path = seccompbin.ensure_filter(root)
     fd = os.open(path, os.O_RDONLY)          # a fresh one per bwrap: bwrap reads to EOF
     argv += ["--seccomp", str(fd)]           # and Popen(..., pass_fds=[fd]); close after
-
-A process that enters a running sandbox from outside (``setns``, as exec does without
-sbx-init) does not inherit the filter: it calls ``load(path)`` in the child before exec.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import os
 import platform
@@ -32,9 +28,6 @@ SOURCE = Path(__file__).with_name("seccomp.c")
 PACKAGE_HINT = "apt-get install -y gcc libc6-dev libseccomp-dev"
 #: One classic-BPF instruction (struct sock_filter); bubblewrap refuses other sizes.
 INSTRUCTION_BYTES = 8
-PR_SET_SECCOMP = 22
-PR_SET_NO_NEW_PRIVS = 38
-SECCOMP_MODE_FILTER = 2
 
 
 class SeccompUnavailable(Exception):
@@ -97,28 +90,3 @@ def _generate(generator: Path, target: Path) -> None:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
-def load(path: Path) -> None:
-    """Put the current process (and what it execs) under the filter, for good.
-
-    Sets no_new_privs first, as bubblewrap does for every sandbox process: the kernel
-    requires it (or CAP_SYS_ADMIN) to install a filter. Raises OSError on failure.
-    """
-    program = path.read_bytes()
-    if not program or len(program) % INSTRUCTION_BYTES:
-        raise OSError(f"{path} is not a seccomp BPF program ({len(program)} bytes)")
-    buffer = ctypes.create_string_buffer(program, len(program))
-    fprog = _SockFprog(len(program) // INSTRUCTION_BYTES, ctypes.addressof(buffer))
-    libc = ctypes.CDLL(None, use_errno=True)
-    for args in (
-        (PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
-        (PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0),
-    ):
-        if libc.prctl(*(ctypes.c_ulong(arg) for arg in args)) != 0:
-            error = ctypes.get_errno()
-            raise OSError(error, f"loading the seccomp filter: {os.strerror(error)}")

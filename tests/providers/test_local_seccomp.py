@@ -11,7 +11,6 @@ import errno
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -223,22 +222,3 @@ def test_no_compiler_is_said_plainly(broken_source, monkeypatch):
     monkeypatch.setattr(seccompbin.shutil, "which", lambda _name: None)
     with pytest.raises(seccompbin.SeccompUnavailable, match="no C compiler"):
         seccompbin.ensure_filter(broken_source)
-
-
-def test_a_process_entering_from_outside_can_load_the_filter_itself(bpf_filter):
-    # The exec path without sbx-init joins the namespaces with setns: nothing inherited.
-    script = (
-        "import ctypes, sys\n"
-        "from pathlib import Path\n"
-        "from providers.local import seccompbin\n"
-        "libc = ctypes.CDLL(None, use_errno=True)\n"
-        "seccompbin.load(Path(sys.argv[1]))\n"
-        "print(libc.unshare(0x10000000), ctypes.get_errno())\n"  # CLONE_NEWUSER
-        "print(open('/proc/self/status').read().split('Seccomp:')[1].split()[0])\n"
-    )
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(bpf_filter)], cwd=root, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n") == [f"-1 {errno.EPERM}", "2", ""]
