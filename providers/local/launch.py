@@ -124,28 +124,13 @@ INIT_PATH = "/dev/.sbx-init"
 #: unprivileged host id) can reach it there, while LOCAL_SANDBOX_ROOT stays 0700.
 STAGE = Path("/run/sandboxes-local")
 
-#: /proc entries that change the host (or read the kernel's memory): read-only or hidden,
-#: as OCI runtimes do by default. Only those this kernel has are listed at launch.
-PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
-PROC_MASKED_FILES = (
-    "kcore",
-    "keys",
-    "key-users",
-    "latency_stats",
-    "timer_list",
-    "timer_stats",
-    "sched_debug",
-    "kallsyms",
-    "kmsg",
-    "kpagecount",
-    "kpageflags",
-    "kpagecgroup",
-    "pagetypeinfo",
-    "vmallocinfo",
-    "slabinfo",
-    "config.gz",
-)
-PROC_MASKED_DIRS = ("acpi", "asound", "scsi", "driver", "dynamic_debug", "tty/driver")
+#: /proc entries that change the host or tell about it: read-only, or covered, as OCI
+#: runtimes do by default (the same lists as Docker's). Only those this kernel has are
+#: listed at launch. Files under /proc that only host root may read (kallsyms, kmsg,
+#: kpage*, slabinfo...) need no cover: root inside is not host root.
+PROC_READ_ONLY = ("bus", "fs", "irq", "sys", "sysrq-trigger")
+PROC_MASKED_FILES = ("kcore", "keys", "latency_stats", "timer_list", "timer_stats", "sched_debug")
+PROC_MASKED_DIRS = ("acpi", "asound", "scsi")
 
 
 def proc_protection_argv() -> list[str]:

@@ -43,7 +43,7 @@ from providers.errors import (
     Unavailable,
     Unsupported,
 )
-from providers.local import execute, forwarder, host, idmap, initbin, launch, seccompbin
+from providers.local import disk, execute, forwarder, host, idmap, initbin, launch, seccompbin
 from providers.local.cgroups import Cgroups, Layout, Limits
 from providers.local.config import CONFIG_KEYS, LocalConfig
 from providers.local.instance import LocalInstance, service_url
@@ -179,6 +179,8 @@ class LocalProvider(Provider):
                 found.append(f"{role} limits are not enforced: {why}")
             elif role == "freeze":
                 found.append(f"pause is unavailable: {why}")
+        if disk.problem():
+            found.append(disk.problem())
         return found
 
     def health(self) -> Health:
@@ -258,20 +260,22 @@ class LocalProvider(Provider):
         """Write the sandbox's directory atomically; False when it appeared meanwhile."""
         tmp = self.store.sandboxes / f".tmp-{state.id}-{secrets.token_hex(4)}"
         try:
-            for part in state.parts.values():
-                (tmp / "upper" / part).mkdir(parents=True)
-                (tmp / "work" / part).mkdir(parents=True)
+            tmp.mkdir()
+            disk.provision(tmp, state.disk_gb, list(state.parts.values()), self._templates())
             (tmp / "merged").mkdir()
             (tmp / "state.json").write_text(state.to_json())
             (tmp / "activity").touch()
             os.rename(tmp, self.store.sandbox_dir(state.id))
             return True
         except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(tmp)
             if self.store.sandbox_dir(state.id).exists():
                 return False
             raise_disk_full(exc, self.store.root)
             raise OperationFailed(f"could not create sandbox {state.id}: {exc}") from exc
+
+    def _templates(self) -> Path:
+        return self.store.root / "disk-templates"
 
     def _limits(self, state: SandboxState) -> Limits:
         return Limits(state.vcpus, state.memory_mb, self.config.pids_max)
@@ -310,7 +314,7 @@ class LocalProvider(Provider):
                     leftover = entry.name.startswith((".tmp-", ".trash-", ".base-tmp-"))
                     stale = leftover and now - entry.stat().st_mtime > STALE_SECONDS
                     if stale and not in_use_leftover(entry.name):
-                        shutil.rmtree(entry.path, ignore_errors=True)
+                        _remove(Path(entry.path))
         if self.cgroups.enabled:
             known = set(self.store.ids())
             for name in self.cgroups.children():
@@ -376,14 +380,12 @@ class LocalProvider(Provider):
             if stale or self.cgroups.freeze_requested(sandbox_id):
                 self._kill(state)  # whatever a crash, a stale runtime or a pause left
             self._check_space()
+            layer = self._layer_dir(sandbox_id)
             mounts = []
             for target, part in state.parts.items():
-                directory = self.store.sandbox_dir(sandbox_id)
                 lowers = self.layers.lowers(state.chain, part)
                 mounts.append(
-                    launch.Mount(
-                        target, lowers, directory / "upper" / part, directory / "work" / part
-                    )
+                    launch.Mount(target, lowers, layer / "upper" / part, layer / "work" / part)
                 )
             try:
                 self.cgroups.ensure(sandbox_id, self._limits(state), reapply=False)
@@ -411,7 +413,7 @@ class LocalProvider(Provider):
                     init_binary=init,
                     exec_socket=directory / "exec.sock",
                     idmap=ids,
-                    idmapped=_idmapped_dirs(directory, mounts),
+                    idmapped=_idmapped_dirs(layer, mounts),
                     seccomp=seccomp,
                     rootless=rootless,
                 )
@@ -444,6 +446,13 @@ class LocalProvider(Provider):
                 self.store.save(state)
         uid, gid = self.config.id_range.slot(state.id_slot)
         return launch.IdMap(uid=uid, gid=gid, count=idmap.SLOT)
+
+    def _layer_dir(self, sandbox_id: str) -> Path:
+        """The directory holding the sandbox's upper/ and work/, its disk mounted."""
+        try:
+            return disk.ensure_mounted(self.store.sandbox_dir(sandbox_id))
+        except OSError as exc:
+            raise OperationFailed(f"could not mount the disk of {sandbox_id}: {exc}") from exc
 
     def _kill(self, state: SandboxState) -> None:
         """End every process of the sandbox and wait until they are gone."""
@@ -532,7 +541,7 @@ class LocalProvider(Provider):
             with contextlib.suppress(Unavailable):
                 self._forwarder({"op": "sync"})
         self.cgroups.remove(sandbox_id)
-        shutil.rmtree(trash, ignore_errors=True)
+        _remove(trash)
 
     def _destroy(self, sandbox_id: str) -> None:
         """Remove what a failed create made (no processes run yet)."""
@@ -541,7 +550,7 @@ class LocalProvider(Provider):
             trash = self.store.sandboxes / f".trash-{sandbox_id}-{secrets.token_hex(4)}"
             with contextlib.suppress(OSError):
                 os.rename(directory, trash)
-                shutil.rmtree(trash, ignore_errors=True)
+                _remove(trash)
         if not self.store.sandbox_dir(sandbox_id).exists() and not self.cgroups.pids(sandbox_id):
             self.cgroups.remove(sandbox_id, wait=0)
 
@@ -572,8 +581,8 @@ class LocalProvider(Provider):
 
     def snapshot(self, sandbox_id: str) -> SnapshotResult:
         with self._locked_state(sandbox_id) as state:
-            directory = self.store.sandbox_dir(sandbox_id)
-            upper = directory / "upper"
+            upper = self._layer_dir(sandbox_id) / "upper"
+            disk.flush(self.store.sandbox_dir(sandbox_id))
             self._check_space(_disk_usage(upper))
             froze = False
             if self.status_of(state) == InstanceStatus.RUNNING:
@@ -661,13 +670,13 @@ def _wait_gone(pid: int, *, timeout: float) -> None:
         delay = min(delay * 2, 0.02)
 
 
-def _idmapped_dirs(directory: Path, mounts: list[launch.Mount]) -> tuple[Path, ...]:
-    """What a sandbox sees through its id mapping: every lower layer, and its own
-    directory (holding the writable layers and the overlays' work directories)."""
+def _idmapped_dirs(layer: Path, mounts: list[launch.Mount]) -> tuple[Path, ...]:
+    """What a sandbox sees through its id mapping: every lower layer, and the directory
+    holding its writable layers and the overlays' work directories (its disk)."""
     found: dict[Path, None] = {}
     for mount in mounts:
         found.update(dict.fromkeys(mount.lowers))
-    found[directory] = None
+    found[layer] = None
     return tuple(found)
 
 
@@ -677,6 +686,13 @@ def _check_id(sandbox_id: str) -> None:
             f"sandbox id {str(sandbox_id)[:80]!r} must be lowercase letters, digits and '-' "
             "(it becomes the hostname)"
         )
+
+
+def _remove(directory: Path) -> None:
+    """Remove a sandbox directory (or a leftover one), its disk unmounted first."""
+    with contextlib.suppress(OSError):
+        disk.release(directory)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _disk_usage(path: Path) -> int:

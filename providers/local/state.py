@@ -1,8 +1,9 @@
 """What the local provider keeps on disk, under ``LOCAL_SANDBOX_ROOT``.
 
     <root>/sandboxes/<id>/state.json   the sandbox: spec, metadata, layers, runtime, services
-    <root>/sandboxes/<id>/upper/<part> its writable layer (one directory per overlay part)
-    <root>/sandboxes/<id>/work/<part>  overlayfs work directories
+    <root>/sandboxes/<id>/disk.img     its disk, mounted at disk/ (see disk.py)
+    <root>/sandboxes/<id>/disk/upper/<part> its writable layer (one directory per part)
+    <root>/sandboxes/<id>/disk/work/<part>  overlayfs work directories
     <root>/sandboxes/<id>/lock         flock taken by every state-changing operation
     <root>/sandboxes/<id>/activity     mtime = last exec or exposed-service traffic
     <root>/snapshots/<ref>/            immutable snapshot layers (see layers.py)

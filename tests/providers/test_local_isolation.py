@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from providers.local import disk
 from tests.providers.conftest import sh, wait_for
 
 #: Look everywhere a sandbox can write or read host-provided files, except /usr (the
@@ -160,7 +161,7 @@ def test_writes_land_in_the_sandbox_layer_not_on_the_host(local, sandboxes, mark
     assert sh(box, f"cat {target}") == f"{marker}\n"
     assert not target.exists()
     assert "intruder" not in Path("/etc/passwd").read_text()
-    upper = local.store.sandbox_dir(box.id) / "upper"
+    upper = disk.layer_dir(local.store.sandbox_dir(box.id)) / "upper"
     assert (upper / "usr" / "share" / f"{marker}.txt").read_text() == f"{marker}\n"
 
 

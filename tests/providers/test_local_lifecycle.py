@@ -16,7 +16,7 @@ import pytest
 
 from providers.base import EXEC_OUTPUT_LIMIT, InstanceStatus
 from providers.errors import Conflict, NotFound, Unavailable, Unsupported
-from providers.local import LocalProvider
+from providers.local import LocalProvider, disk
 from providers.local.cgroups import Cgroups, Layout
 from providers.local.state import process_start_ticks
 from tests.local_support import local_provider
@@ -31,7 +31,8 @@ COUNTER = (
 
 def counter(provider: LocalProvider, sandbox_id: str) -> int:
     """The counter, read from the host side (works while the sandbox is frozen)."""
-    path = provider.store.sandbox_dir(sandbox_id) / "upper" / "root" / "workspace" / "counter"
+    layer = disk.layer_dir(provider.store.sandbox_dir(sandbox_id))
+    path = layer / "upper" / "root" / "workspace" / "counter"
     try:
         return int(path.read_text())
     except (OSError, ValueError):

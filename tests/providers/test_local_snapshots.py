@@ -11,6 +11,7 @@ import pytest
 
 from providers.base import InstanceStatus
 from providers.errors import Conflict, NotFound
+from providers.local import disk
 from providers.local.layers import BASE_REF
 from providers.local.provider import STALE_SECONDS
 from tests.local_support import local_provider
@@ -56,7 +57,9 @@ def test_starting_from_a_snapshot_copies_nothing(local, sandboxes):
     child = sandboxes.running(local, snapshot_ref=made.ref)
     assert sh(child, "wc -c < /workspace/big") == "20000000\n"
     # The big file is read through the stacked layer, not copied into the sandbox.
-    assert disk_usage(local.store.sandbox_dir(child.id) / "upper") < 1_000_000
+    upper = disk.layer_dir(local.store.sandbox_dir(child.id)) / "upper"
+    assert upper.is_dir()
+    assert disk_usage(upper) < 1_000_000
 
 
 def test_snapshot_keeps_the_sandbox_state(local, sandboxes):
