@@ -173,16 +173,16 @@ def _forward(request: HttpRequest, sandbox: Sandbox, entry: dict, path: str) -> 
     headers["X-Forwarded-Host"] = request.get_host()
     headers["X-Forwarded-Prefix"] = prefix.rstrip("/")
     try:
-        with _session() as session:
-            upstream = session.request(
-                request.method,
-                _target(entry, path, request.META.get("QUERY_STRING", "")),
-                headers=headers,
-                data=request.body or None,
-                stream=True,
-                allow_redirects=False,
-                timeout=(10, settings.SANDBOX_PROXY_TIMEOUT_SECONDS),
-            )
+        try:
+            upstream = _send(request, entry, path, headers)
+        except requests.ConnectionError:
+            # Nothing at the URL the row holds: the provider may have moved the service
+            # (an upgrade); ask it once and try its current URL.
+            fresh = interactive.refresh_service_url(sandbox, entry["name"])
+            if fresh is None:
+                raise
+            entry = fresh
+            upstream = _send(request, entry, path, headers)
     except requests.RequestException as exc:
         logger.info("proxy %s/%s: %s", sandbox.pk, entry["name"], exc)
         return _error(502, "bad_gateway", f"the service {entry['name']!r} did not answer")
@@ -198,6 +198,19 @@ def _forward(request: HttpRequest, sandbox: Sandbox, entry: dict, path: str) -> 
     if settings.SANDBOX_PROXY_ISOLATE:
         response["Content-Security-Policy"] = ISOLATION_POLICY
     return response
+
+
+def _send(request: HttpRequest, entry: dict, path: str, headers: dict) -> requests.Response:
+    with _session() as session:
+        return session.request(
+            request.method,
+            _target(entry, path, request.META.get("QUERY_STRING", "")),
+            headers=headers,
+            data=request.body or None,
+            stream=True,
+            allow_redirects=False,
+            timeout=(10, settings.SANDBOX_PROXY_TIMEOUT_SECONDS),
+        )
 
 
 def _body(upstream: requests.Response) -> Iterator[bytes]:
