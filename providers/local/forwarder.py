@@ -43,6 +43,8 @@ from providers.local.state import SANDBOX_ID_RE, Store, process_start_ticks, run
 log = logging.getLogger("providers.local.forwarder")
 
 SOCKET_NAME = "forwarder.sock"
+#: 2: services on unix sockets, no waking (1, unnamed: host loopback ports).
+PROTOCOL = 2
 IDLE_EXIT_SECONDS = 300
 BUFFER = 65536
 
@@ -51,15 +53,29 @@ BUFFER = 65536
 
 
 def request(root: Path, message: dict, config: dict[str, str], timeout: float = 10.0) -> dict:
-    """Send one control message, starting the daemon when it is not running."""
+    """Send one control message, starting the daemon when it is not running.
+
+    A daemon from before an upgrade (it does not answer with this ``PROTOCOL``: the one
+    that listened on host loopback ports) is asked to stop and replaced.
+    """
     path = root / SOCKET_NAME
     for attempt in range(3):
         try:
-            return _send(path, message, timeout)
+            answer = _send(path, {**message, "protocol": PROTOCOL}, timeout)
         except (FileNotFoundError, ConnectionRefusedError):
             if attempt == 2:
                 break
             _spawn(root, config)
+            continue
+        if answer.get("protocol") == PROTOCOL:
+            if "error" in answer:
+                raise Unavailable(f"port forwarder: {answer['error']}")
+            return answer
+        log.warning("replacing a forwarder of another version under %s", root)
+        stop(root)
+        deadline = time.monotonic() + 10
+        while path.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
     raise Unavailable(f"the local port forwarder did not start; see {root / 'forwarder.log'}")
 
 
@@ -78,10 +94,7 @@ def _send(path: Path, message: dict, timeout: float) -> dict:
             if not chunk:
                 break
             reply += chunk
-    answer = json.loads(reply or b"{}")
-    if "error" in answer:
-        raise Unavailable(f"port forwarder: {answer['error']}")
-    return answer
+    return json.loads(reply or b"{}")
 
 
 def _spawn(root: Path, config: dict[str, str]) -> None:
@@ -217,6 +230,7 @@ class Forwarder:
                 reply = {"error": f"unknown op {op!r}"}
         except Exception as exc:  # a bad request must not take the daemon down
             reply = {"error": str(exc)}
+        reply["protocol"] = PROTOCOL
         writer.write(json.dumps(reply).encode() + b"\n")
         with contextlib.suppress(ConnectionError):
             await writer.drain()

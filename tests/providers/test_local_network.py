@@ -9,6 +9,7 @@ import os
 import secrets
 import stat
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import requests
 from providers import unix_http
 from providers.base import InstanceStatus
 from providers.errors import Unsupported
-from providers.local import LocalProvider, forwarder
+from providers.local import LocalProvider, forwarder, sockets
 from tests.providers.conftest import sh, wait_for
 
 PORT = 8080
@@ -272,3 +273,35 @@ def test_a_state_file_with_a_host_port_is_served_on_its_socket(local, site):
     wait_for(lambda: "host_port" not in state_path.read_text())
     assert json.loads(state_path.read_text())["services"] == {"web": {"port": PORT}}
     assert tcp_listeners(forwarder_pid(local.store.root)) == []
+
+
+def test_a_forwarder_from_before_the_upgrade_is_replaced(local, site):
+    """A daemon of the loopback-port version outlives an upgrade (it is detached): it
+    answers without the protocol number, so the provider stops it and starts its own."""
+    box, body = site
+    forwarder.stop(local.store.root)
+    path = local.store.root / forwarder.SOCKET_NAME
+    wait_for(lambda: not path.exists())
+    asked = []
+    old = sockets.listen(path)
+
+    def answer_like_version_one() -> None:
+        while True:
+            client, _ = old.accept()
+            with client:
+                message = json.loads(client.makefile().readline())
+                asked.append(message["op"])
+                if message["op"] == "stop":
+                    client.sendall(b'{"ok": true}\n')
+                    path.unlink()
+                    old.close()
+                    return
+                client.sendall(b'{"error": "KeyError: \'host_port\'"}\n')
+
+    thread = threading.Thread(target=answer_like_version_one, daemon=True)
+    thread.start()
+    url = box.expose_http_service("web", PORT)
+    thread.join(10)
+    assert asked == ["bind", "stop"]
+    status, text = wait_for(lambda: answered(url))
+    assert (status, text.strip()) == (200, body)
