@@ -78,6 +78,14 @@ class InstanceSpec:
 
 @dataclass(frozen=True)
 class HttpService:
+    """An exposed service: ``port`` inside the instance, reached by the control plane at
+    ``url``. The URL is ``http://`` or ``https://`` (a host and port), or
+    ``http+unix://<socket path, percent-encoded>/`` for a service the control plane
+    reaches through a unix socket on its own host (``local``: only the control plane's
+    user may connect). Only the control plane's service proxy (``/s/<sandbox>/<name>/``)
+    is meant to use it; ``providers.unix_http.session()`` sends requests to either form.
+    """
+
     name: str
     port: int
     url: str

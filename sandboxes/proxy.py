@@ -27,6 +27,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from providers import unix_http
 from sandboxes import selectors
 from sandboxes.current_team import team_context
 from sandboxes.models import Sandbox, Team
@@ -145,6 +146,20 @@ def wake(sandbox: Sandbox, actor: Actor) -> Sandbox:
         time.sleep(0.1)
 
 
+def _session() -> requests.Session:
+    """A session for one request: ``http(s)://`` as usual, and ``http+unix://`` (services
+    reachable only through a unix socket on this host, see providers/unix_http.py)."""
+    return unix_http.session()
+
+
+def _origins(url: str) -> tuple[str, ...]:
+    """Prefixes of an absolute ``Location`` that point back at the service itself."""
+    url = url.rstrip("/")
+    if url.startswith(f"{unix_http.SCHEME}://"):
+        return (url, unix_http.UPSTREAM_ORIGIN)  # it sees its requests as for localhost
+    return (url,)
+
+
 def _target(entry: dict, path: str, query: str) -> str:
     url = entry["url"].rstrip("/") + "/" + path
     return f"{url}?{query}" if query else url
@@ -158,15 +173,16 @@ def _forward(request: HttpRequest, sandbox: Sandbox, entry: dict, path: str) -> 
     headers["X-Forwarded-Host"] = request.get_host()
     headers["X-Forwarded-Prefix"] = prefix.rstrip("/")
     try:
-        upstream = requests.request(
-            request.method,
-            _target(entry, path, request.META.get("QUERY_STRING", "")),
-            headers=headers,
-            data=request.body or None,
-            stream=True,
-            allow_redirects=False,
-            timeout=(10, settings.SANDBOX_PROXY_TIMEOUT_SECONDS),
-        )
+        try:
+            upstream = _send(request, entry, path, headers)
+        except requests.ConnectionError:
+            # Nothing at the URL the row holds: the provider may have moved the service
+            # (an upgrade); ask it once and try its current URL.
+            fresh = interactive.refresh_service_url(sandbox, entry["name"])
+            if fresh is None:
+                raise
+            entry = fresh
+            upstream = _send(request, entry, path, headers)
     except requests.RequestException as exc:
         logger.info("proxy %s/%s: %s", sandbox.pk, entry["name"], exc)
         return _error(502, "bad_gateway", f"the service {entry['name']!r} did not answer")
@@ -175,11 +191,26 @@ def _forward(request: HttpRequest, sandbox: Sandbox, entry: dict, path: str) -> 
         if name.lower() not in DROP_RESPONSE:
             response[name] = value
     location = response.get("Location", "")
-    if location.startswith(entry["url"].rstrip("/")):
-        response["Location"] = prefix + location[len(entry["url"].rstrip("/")) :].lstrip("/")
+    for origin in _origins(entry["url"]):
+        if location == origin or location.startswith(origin + "/"):
+            response["Location"] = prefix + location[len(origin) :].lstrip("/")
+            break
     if settings.SANDBOX_PROXY_ISOLATE:
         response["Content-Security-Policy"] = ISOLATION_POLICY
     return response
+
+
+def _send(request: HttpRequest, entry: dict, path: str, headers: dict) -> requests.Response:
+    with _session() as session:
+        return session.request(
+            request.method,
+            _target(entry, path, request.META.get("QUERY_STRING", "")),
+            headers=headers,
+            data=request.body or None,
+            stream=True,
+            allow_redirects=False,
+            timeout=(10, settings.SANDBOX_PROXY_TIMEOUT_SECONDS),
+        )
 
 
 def _body(upstream: requests.Response) -> Iterator[bytes]:

@@ -1,19 +1,24 @@
 """One shared forwarder for every exposed service of one ``LOCAL_SANDBOX_ROOT``.
 
-Sandboxes have loopback-only networks. ``expose_http_service`` gives a service a port on
-the host's loopback; this daemon listens there and, per connection, opens a socket inside
-the sandbox's network namespace (``setns`` to it just for the ``socket()`` call) and
-connects it to the service's port. It is one small asyncio process for all sandboxes,
-started on demand, detached from the web and worker processes (it outlives them), and it
-finds everything again from the sandboxes' state files when it restarts.
+Sandboxes have loopback-only networks. ``expose_http_service`` gives a service a unix
+socket, ``<root>/sandboxes/<id>/services/<name>.sock`` (mode 0600 in a 0700 directory
+under the 0700 ``sandboxes`` directory: only the control plane's user, root, can connect;
+no other local user can, and nothing listens on a TCP port). This daemon listens there
+and, per connection, opens a socket inside the sandbox's network namespace (``setns`` to
+it just for the ``socket()`` call) and connects it to the service's port. It is one small
+asyncio process for all sandboxes, started on demand, detached from the web and worker
+processes (it outlives them), and it finds everything again from the sandboxes' state
+files when it restarts (socket files are made anew; sandboxes never depend on it).
 
 Traffic through it is activity: it touches the sandbox's ``activity`` file (at most once a
-second), which the provider reports as ``Instance.last_activity``. With wake-on-HTTP set,
-a connection to a paused or stopped sandbox resumes or starts it first.
+second), which the provider reports as ``Instance.last_activity``. It never wakes a
+sandbox: a connection for a paused or stopped one is answered 503. Waking on HTTP is the
+control plane's service proxy's job, through its lifecycle service, so the database and
+the audit log always say what the sandbox is doing.
 
-Control: JSON lines over ``<root>/forwarder.sock`` (mode 0600): ``bind`` (sandbox, name,
-host_port -> the port it listens on), ``sync`` (drop listeners no state file mentions),
-``ping``, ``stop``.
+Control: JSON lines over ``<root>/forwarder.sock`` (mode 0600): ``bind`` (sandbox, name
+-> the socket it listens on), ``sync`` (drop listeners no state file mentions), ``ping``,
+``stop``.
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ from pathlib import Path
 
 from providers.errors import ProviderError, Unavailable
 from providers.local import sockets, syscalls
-from providers.local.state import Store, process_start_ticks, runtime_alive
+from providers.local.state import SANDBOX_ID_RE, Store, process_start_ticks, runtime_alive
 
 log = logging.getLogger("providers.local.forwarder")
 
 SOCKET_NAME = "forwarder.sock"
+#: 2: services on unix sockets, no waking (1, unnamed: host loopback ports).
+PROTOCOL = 2
 IDLE_EXIT_SECONDS = 300
 BUFFER = 65536
 
@@ -46,15 +53,29 @@ BUFFER = 65536
 
 
 def request(root: Path, message: dict, config: dict[str, str], timeout: float = 10.0) -> dict:
-    """Send one control message, starting the daemon when it is not running."""
+    """Send one control message, starting the daemon when it is not running.
+
+    A daemon from before an upgrade (it does not answer with this ``PROTOCOL``: the one
+    that listened on host loopback ports) is asked to stop and replaced.
+    """
     path = root / SOCKET_NAME
     for attempt in range(3):
         try:
-            return _send(path, message, timeout)
+            answer = _send(path, {**message, "protocol": PROTOCOL}, timeout)
         except (FileNotFoundError, ConnectionRefusedError):
             if attempt == 2:
                 break
             _spawn(root, config)
+            continue
+        if answer.get("protocol") == PROTOCOL:
+            if "error" in answer:
+                raise Unavailable(f"port forwarder: {answer['error']}")
+            return answer
+        log.warning("replacing a forwarder of another version under %s", root)
+        stop(root)
+        deadline = time.monotonic() + 10
+        while path.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
     raise Unavailable(f"the local port forwarder did not start; see {root / 'forwarder.log'}")
 
 
@@ -73,10 +94,7 @@ def _send(path: Path, message: dict, timeout: float) -> dict:
             if not chunk:
                 break
             reply += chunk
-    answer = json.loads(reply or b"{}")
-    if "error" in answer:
-        raise Unavailable(f"port forwarder: {answer['error']}")
-    return answer
+    return json.loads(reply or b"{}")
 
 
 def _spawn(root: Path, config: dict[str, str]) -> None:
@@ -113,6 +131,28 @@ def _spawn(root: Path, config: dict[str, str]) -> None:
 # --- the daemon
 
 
+class _Listener:
+    """One service's unix socket server, and the inode of the socket file it made (so a
+    file some later bind put at the same path is never removed by mistake)."""
+
+    def __init__(self, server: asyncio.Server, path: Path) -> None:
+        self.server = server
+        self.path = path
+        self.inode = path.stat().st_ino
+
+    def current(self) -> bool:
+        try:
+            return self.path.stat().st_ino == self.inode
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        self.server.close()
+        if self.current():
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+
 class Forwarder:
     def __init__(self, config: dict[str, str]) -> None:
         from providers.local.provider import LocalProvider
@@ -120,7 +160,7 @@ class Forwarder:
         self.provider = LocalProvider.from_config(config)
         self.store: Store = self.provider.store
         self.root = self.store.root
-        self.listeners: dict[tuple[str, str], asyncio.Server] = {}
+        self.listeners: dict[tuple[str, str], _Listener] = {}
         self.activity: dict[str, float] = {}
         self.host_netns = os.open("/proc/self/ns/net", os.O_RDONLY)
         self.idle_since = time.monotonic()
@@ -136,8 +176,8 @@ class Forwarder:
             while not self.stopping and not self.idle_for(IDLE_EXIT_SECONDS):
                 await asyncio.sleep(0.2)
                 self.flush_activity()
-        for server in self.listeners.values():
-            server.close()
+        for listener in self.listeners.values():
+            listener.close()
         self.flush_activity()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -149,35 +189,35 @@ class Forwarder:
         return time.monotonic() - self.idle_since > seconds
 
     async def restore(self) -> None:
-        """Listen again on every port the state files record (after a restart)."""
-        moved = []
+        """Listen again on every service the state files record (after a restart)."""
+        legacy = []
         for sandbox_id in self.store.ids():
             state = self.store.load(sandbox_id)
-            for name, entry in (state.services if state else {}).items():
-                with contextlib.suppress(OSError):
-                    port = await self.bind(sandbox_id, name, entry.host_port)
-                    if port != entry.host_port:  # someone else took the old port
-                        moved.append((sandbox_id, name, port))
-        if moved:
-            await asyncio.to_thread(self.record_ports, moved)
+            for name in state.services if state else {}:
+                with contextlib.suppress(OSError, ValueError):
+                    await self.bind(sandbox_id, name)
+            with contextlib.suppress(OSError):
+                if state and '"host_port"' in self.store.state_path(sandbox_id).read_text():
+                    legacy.append(sandbox_id)
+        if legacy:
+            await asyncio.to_thread(self.drop_host_ports, legacy)
 
-    def record_ports(self, moved: list[tuple[str, str, int]]) -> None:
-        for sandbox_id, name, port in moved:
+    def drop_host_ports(self, sandbox_ids: list[str]) -> None:
+        """Rewrite state files from before unix sockets (their ``host_port`` goes)."""
+        for sandbox_id in sandbox_ids:
             with (
                 contextlib.suppress(ProviderError, OSError),
                 self.provider._locked_state(sandbox_id) as state,
             ):
-                if name in state.services:
-                    state.services[name].host_port = port
-                    self.store.save(state)
+                self.store.save(state)
 
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             message = json.loads(await reader.readline())
             op = message.get("op")
             if op == "bind":
-                port = await self.bind(message["sandbox"], message["name"], message["host_port"])
-                reply = {"host_port": port}
+                path = await self.bind(message["sandbox"], message["name"])
+                reply = {"socket": str(path)}
             elif op == "sync":
                 self.sync()
                 reply = {"ok": True}
@@ -190,28 +230,37 @@ class Forwarder:
                 reply = {"error": f"unknown op {op!r}"}
         except Exception as exc:  # a bad request must not take the daemon down
             reply = {"error": str(exc)}
+        reply["protocol"] = PROTOCOL
         writer.write(json.dumps(reply).encode() + b"\n")
         with contextlib.suppress(ConnectionError):
             await writer.drain()
         writer.close()
 
-    async def bind(self, sandbox_id: str, name: str, host_port: int) -> int:
+    async def bind(self, sandbox_id: str, name: str) -> Path:
+        if not SANDBOX_ID_RE.fullmatch(sandbox_id) or not SANDBOX_ID_RE.fullmatch(name):
+            raise ValueError(f"bad sandbox or service name: {sandbox_id!r} {name!r}")
         key = (sandbox_id, name)
-        server = self.listeners.get(key)
-        if server is not None:
-            return server.sockets[0].getsockname()[1]
+        listener = self.listeners.get(key)
+        if listener is not None:
+            if listener.current():
+                return listener.path
+            self.listeners.pop(key).close()  # its file is gone (the sandbox was deleted)
+        path = self.store.service_socket(sandbox_id, name)
+        if not path.parent.parent.is_dir():
+            raise ValueError(f"no sandbox {sandbox_id}")
+        with contextlib.suppress(FileExistsError):
+            path.parent.mkdir(mode=0o700)
+        if path.parent.stat().st_mode & 0o077:
+            os.chmod(path.parent, 0o700)
 
         async def handle(reader, writer) -> None:
             await self.forward(sandbox_id, name, reader, writer)
 
-        try:
-            server = await asyncio.start_server(handle, "127.0.0.1", host_port)
-        except OSError:
-            if not host_port:
-                raise
-            server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        self.listeners[key] = server
-        return server.sockets[0].getsockname()[1]
+        listening = sockets.listen(path)
+        listening.setblocking(False)
+        server = await asyncio.start_unix_server(handle, sock=listening)
+        self.listeners[key] = _Listener(server, path)
+        return path
 
     def sync(self) -> None:
         wanted = set()
@@ -270,15 +319,11 @@ class Forwarder:
         entry = state.services.get(name) if state else None
         if state is None or entry is None:
             raise _Refused(404, "Not Found", f"no service {name} on sandbox {sandbox_id}")
-        paused = runtime_alive(state.runtime) and self.provider.cgroups.freeze_requested(sandbox_id)
-        if not runtime_alive(state.runtime) or paused:
-            if not state.wake_on_http:
-                what = "paused" if paused else "stopped"
-                raise _Refused(503, "Service Unavailable", f"sandbox {sandbox_id} is {what}")
-            await asyncio.to_thread(self.wake, sandbox_id, paused)
-            state = self.store.load(sandbox_id)
-            if state is None or state.runtime is None:
-                raise _Refused(503, "Service Unavailable", f"sandbox {sandbox_id} did not wake")
+        # Never woken from here (wake-on-HTTP is the control plane's, see the docstring).
+        if not runtime_alive(state.runtime):
+            raise _Refused(503, "Service Unavailable", f"sandbox {sandbox_id} is stopped")
+        if self.provider.cgroups.freeze_requested(sandbox_id):
+            raise _Refused(503, "Service Unavailable", f"sandbox {sandbox_id} is paused")
         runtime = state.runtime
         sock = self.socket_in(runtime.pid, runtime.start_ticks)
         sock.setblocking(False)
@@ -293,16 +338,12 @@ class Forwarder:
             ) from None
         return sock
 
-    def wake(self, sandbox_id: str, paused: bool) -> None:
-        instance = self.provider.get(sandbox_id)
-        if paused:
-            instance.resume()
-        else:
-            instance.start()
-
     def socket_in(self, pid: int, start_ticks: int) -> socket.socket:
         """A TCP socket created inside the network namespace of process ``pid``."""
-        netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+        try:
+            netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+        except OSError:
+            raise _Refused(503, "Service Unavailable", "the sandbox stopped") from None
         try:
             if process_start_ticks(pid) != start_ticks:
                 raise _Refused(503, "Service Unavailable", "the sandbox stopped")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from providers.base import (
     ExecResult,
@@ -14,14 +15,16 @@ from providers.base import (
     Networking,
     SnapshotResult,
 )
-from providers.local.state import SandboxState, ServiceEntry
+from providers.local.state import SandboxState, Store
 
 if TYPE_CHECKING:
     from providers.local.provider import LocalProvider
 
 
-def service_url(entry: ServiceEntry) -> str:
-    return f"http://127.0.0.1:{entry.host_port}/"
+def service_url(store: Store, sandbox_id: str, name: str) -> str:
+    """``http+unix://<socket path, percent-encoded>/`` (see providers/unix_http.py, which
+    the control plane sends requests with): only the control plane's user can connect."""
+    return f"http+unix://{quote(str(store.service_socket(sandbox_id, name)), safe='')}/"
 
 
 class LocalInstance(Instance):
@@ -34,7 +37,7 @@ class LocalInstance(Instance):
         self.metadata = dict(state.metadata)
         self.networking = Networking(
             tuple(
-                HttpService(name, entry.port, service_url(entry))
+                HttpService(name, entry.port, service_url(provider.store, state.id, name))
                 for name, entry in sorted(state.services.items())
             )
         )

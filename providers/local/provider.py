@@ -41,7 +41,6 @@ from providers.errors import (
     ProviderError,
     QuotaExceeded,
     Unavailable,
-    Unsupported,
 )
 from providers.local import disk, execute, forwarder, host, idmap, initbin, launch, seccompbin
 from providers.local.cgroups import Cgroups, Layout, Limits
@@ -151,20 +150,23 @@ class LocalProvider(Provider):
         if not metrics:
             reasons["supports_metrics"] = "no memory cgroup accounting on this host"
         networking = not host.rootless()
+        reasons["supports_wake_on"] = (
+            "local sandboxes do not wake on traffic by themselves (their exposed services "
+            "answer 503 while parked, and they run no SSH server); the control plane's "
+            "service proxy wakes them on HTTP"
+        )
         if not networking:
-            why = (
+            reasons["supports_expose_http"] = (
                 "exposing services needs root: the forwarder enters sandboxes' network "
                 "namespaces (run the control plane as root)"
             )
-            reasons["supports_expose_http"] = why
-            reasons["supports_wake_on"] = f"waking on traffic needs exposed services; {why}"
         return Capabilities(
             supports_pause=can_pause,
             supports_hibernate=False,
             supports_snapshots=True,
             supports_exec=True,
             supports_expose_http=networking,
-            supports_wake_on=networking,
+            supports_wake_on=False,
             supports_ssh=False,
             supports_resize=False,
             supports_metrics=metrics,
@@ -299,7 +301,7 @@ class LocalProvider(Provider):
                 found.append(LocalInstance(self, state))
                 services = services or bool(state.services)
         if services and not host.rootless():
-            # After a host reboot nothing listens on exposed ports until the forwarder runs
+            # After a host reboot nothing listens on exposed sockets until the forwarder runs
             # again; reconciliation lists regularly, so this brings it back.
             with contextlib.suppress(Unavailable):
                 self._forwarder({"op": "ping"})
@@ -610,14 +612,10 @@ class LocalProvider(Provider):
         if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
             raise ValueError(f"port must be 1..65535, not {port!r}")
         with self._locked_state(sandbox_id) as state:
-            entry = state.services.get(name)
-            wanted = entry.host_port if entry else 0
-            answer = self._forwarder(
-                {"op": "bind", "sandbox": sandbox_id, "name": name, "host_port": wanted}
-            )
-            state.services[name] = ServiceEntry(port=port, host_port=int(answer["host_port"]))
+            self._forwarder({"op": "bind", "sandbox": sandbox_id, "name": name})
+            state.services[name] = ServiceEntry(port=port)
             self.store.save(state)
-            return service_url(state.services[name])
+            return service_url(self.store, sandbox_id, name)
 
     def hide(self, sandbox_id: str, name: str) -> None:
         with self._locked_state(sandbox_id) as state:
@@ -627,16 +625,10 @@ class LocalProvider(Provider):
         self._forwarder({"op": "sync"})
 
     def set_wake_on(self, sandbox_id: str, http: bool, ssh: bool) -> None:
+        """Unsupported: nothing of the provider's wakes a sandbox on traffic (the exposed
+        sockets answer 503 while it is parked); the control plane's service proxy does."""
+        self.get(sandbox_id)  # NotFound first
         self.capabilities.require("supports_wake_on", provider=self.name)
-        if ssh:
-            raise Unsupported(
-                "local sandboxes run no SSH server, so they cannot wake on SSH",
-                capability="supports_ssh",
-                ref=sandbox_id,
-            )
-        with self._locked_state(sandbox_id) as state:
-            state.wake_on_http = bool(http)
-            self.store.save(state)
 
     def metrics(self, sandbox_id: str) -> list[MetricSample]:
         memory = self.cgroups.memory_bytes(sandbox_id)

@@ -6,6 +6,7 @@
     <root>/sandboxes/<id>/disk/work/<part>  overlayfs work directories
     <root>/sandboxes/<id>/lock         flock taken by every state-changing operation
     <root>/sandboxes/<id>/activity     mtime = last exec or exposed-service traffic
+    <root>/sandboxes/<id>/services/<name>.sock   an exposed service (0600, directory 0700)
     <root>/snapshots/<ref>/            immutable snapshot layers (see layers.py)
     <root>/base/                       the built-in base layer
 
@@ -50,8 +51,15 @@ class Runtime:
 
 @dataclass
 class ServiceEntry:
+    """An exposed service: the port inside the sandbox. The forwarder serves it on
+    ``<sandbox dir>/services/<name>.sock`` (earlier versions used a host loopback port,
+    ``host_port``: state files that still name one load, and the field is dropped)."""
+
     port: int
-    host_port: int
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ServiceEntry:
+        return cls(port=int(data["port"]))
 
 
 @dataclass
@@ -70,6 +78,8 @@ class SandboxState:
     created_at: float
     runtime: Runtime | None = None
     services: dict[str, ServiceEntry] = field(default_factory=dict)
+    #: Unused: a local sandbox wakes on HTTP through the control plane's service proxy
+    #: only (never by a connection to its socket). Kept so state files written with it load.
     wake_on_http: bool = False
     #: The sandbox's slot of host ids (see idmap.py), assigned at its first start.
     id_slot: int | None = None
@@ -85,7 +95,7 @@ class SandboxState:
         services = data.pop("services", {}) or {}
         state = cls(**data)
         state.runtime = Runtime(**runtime) if runtime else None
-        state.services = {name: ServiceEntry(**s) for name, s in services.items()}
+        state.services = {name: ServiceEntry.from_dict(s) for name, s in services.items()}
         return state
 
 
@@ -185,6 +195,9 @@ class Store:
 
     def sandbox_dir(self, sandbox_id: str) -> Path:
         return self.sandboxes / sandbox_id
+
+    def service_socket(self, sandbox_id: str, name: str) -> Path:
+        return self.sandbox_dir(sandbox_id) / "services" / f"{name}.sock"
 
     def state_path(self, sandbox_id: str) -> Path:
         return self.sandbox_dir(sandbox_id) / "state.json"

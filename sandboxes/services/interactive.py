@@ -156,6 +156,27 @@ def expose_service(*, sandbox: Sandbox, actor: Actor, name: str, port: int) -> d
     return service
 
 
+def refresh_service_url(sandbox: Sandbox, name: str) -> dict[str, Any] | None:
+    """The service as the provider reports it now, stored on the row, when its URL is not
+    the row's (a provider that moved it: ``local`` services left host loopback ports for
+    unix sockets); None when it is the same or the provider cannot tell."""
+    try:
+        current = _instance(sandbox).networking.http_services
+    except ProviderError:
+        return None
+    fresh = next((s for s in current if s.name == name), None)
+    with transaction.atomic():
+        row = Sandbox.objects.select_for_update().get(pk=sandbox.pk)
+        known = next((s for s in row.services if s["name"] == name), None)
+        if fresh is None or known is None or known["url"] == fresh.url:
+            return None
+        service = {**known, "url": fresh.url}
+        row.services = [service if s["name"] == name else s for s in row.services]
+        row.save(update_fields=["services", "updated_at"])
+    sandbox.services = row.services
+    return service
+
+
 def hide_service(*, sandbox: Sandbox, actor: Actor, name: str) -> None:
     _require(
         sandbox,

@@ -288,3 +288,19 @@ def test_a_resume_the_provider_refuses_is_tried_once_and_reported(
     assert "is paused" in response.json()["error"]["message"]
     assert memory_backend.calls.count("resume") == 1
     assert service.seen == []
+
+
+def test_a_service_the_provider_moved_is_found_again(served, client, member):
+    """A row still holding an old URL (local services moved from host loopback ports to
+    unix sockets) is corrected from the provider on the first failed connection."""
+    sandbox, _ = served
+    stale = FakeService(lambda: True, b"", offset=0)
+    stale.close()  # nothing answers there any more
+    moved = [{**s, "url": f"http://127.0.0.1:{stale.port}/"} for s in sandbox.services]
+    Sandbox.objects.filter(pk=sandbox.pk).update(services=moved)
+    client.force_login(member)
+    response = client.get(f"/s/{sandbox.pk}/web/")
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == b"served"
+    sandbox.refresh_from_db()
+    assert [s["url"] for s in sandbox.services] != [s["url"] for s in moved]

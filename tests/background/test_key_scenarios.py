@@ -21,6 +21,7 @@ from django.utils import timezone
 from django_q.models import Task
 from django_q.tasks import async_task
 
+from providers import unix_http
 from providers.base import InstanceStatus
 from providers.errors import NotFound
 from sandboxes.models import Outcome, Sandbox, SandboxEvent, Snapshot, SnapshotStatus
@@ -336,6 +337,14 @@ def test_an_idle_sandbox_is_paused_and_woken_by_a_request(backend, team, actor, 
         assert event.data["idle_seconds"] >= 60
         if serve is None:
             pytest.skip(f"parked; no HTTP service recipe for {backend.name} in HTTP_SERVICES")
+
+        if serve is not None and backend.name == "local":
+            # The provider's own endpoint never wakes it: only the proxy, which records it.
+            url = backend.provider.get(sandbox.provider_ref).networking.http_services[0].url
+            with unix_http.session() as session:
+                assert session.get(url + "hello", timeout=10).status_code == 503
+            assert backend.status_of(sandbox.provider_ref) == InstanceStatus.PAUSED
+            assert Sandbox.objects.get(pk=sandbox.pk).status == Status.PAUSED
 
         client.force_login(member)
         response = client.get(f"/s/{sandbox.pk}/web/hello?x=1")

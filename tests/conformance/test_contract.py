@@ -164,7 +164,7 @@ def test_expose_and_hide_http_service_or_unsupported(pt):
             instance.expose_http_service("web", 8080)
         return
     url = instance.expose_http_service("web", 8080)
-    assert url.startswith(("http://", "https://"))
+    assert url.startswith(("http://", "https://", "http+unix://"))  # see HttpService
     services = pt.provider.get(instance.id).networking.http_services
     assert [(s.name, s.port, s.url) for s in services] == [("web", 8080, url)]
     instance.hide_http_service("web")

@@ -59,7 +59,10 @@ def test_services_are_exposed_linked_and_removed(htmx, running):
     body = add.content.decode()
     running.refresh_from_db()
     url = running.services[0]["url"]
-    assert f'<a href="{url}"' in body
+    # Linked through the control plane's proxy (a provider's own URL, such as local's
+    # http+unix socket, is for the control plane only); the provider's URL is shown.
+    assert f'<a href="/s/{running.pk}/web/"' in body
+    assert url in body
     assert "Exposed web at" in body
     bad = htmx.post(reverse("sandbox-service-add", args=[running.pk]), {"name": "Web!", "port": 1})
     assert b"1-32 lowercase letters" in bad.content

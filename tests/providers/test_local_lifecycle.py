@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from providers import unix_http
 from providers.base import EXEC_OUTPUT_LIMIT, InstanceStatus
 from providers.errors import Conflict, NotFound, Unavailable, Unsupported
 from providers.local import LocalProvider, disk
@@ -459,7 +460,10 @@ def test_a_deeply_nested_root_works(tmp_path):
             box = made.running(provider)
             assert len(str(provider.store.sandbox_dir(box.id) / "exec.sock")) > 108
             assert sh(box, "echo deep") == "deep\n"
-            assert box.expose_http_service("web", 8080).startswith("http://127.0.0.1:")
+            url = box.expose_http_service("web", 8080)
+            assert len(unix_http.socket_path(url)) > 108
+            with unix_http.session() as session:  # the forwarder answers: nothing inside
+                assert session.get(url, timeout=10).status_code == 502
         finally:
             made.cleanup()
 
