@@ -143,8 +143,6 @@ class Cgroups:
         self.layout = layout
         self.parent = parent
         self.totals = totals or Totals()
-        #: Whether this object has set the parent's caps (a start skips it afterwards).
-        self._totals_applied = False
         self.enabled = layout.writable()
         # role -> ("v1" | "v2", mount); a role missing here is not available.
         self.roles: dict[str, tuple[str, Path]] = {}
@@ -210,8 +208,7 @@ class Cgroups:
         if not self.enabled:
             return
         if not reapply and all(d.is_dir() for d in self.dirs(sandbox_id)):
-            if not self._totals_applied:
-                self.apply_totals()
+            self.apply_totals()  # a read each when they hold (an operator may lift them)
             return
         for mount in self._mounts():
             parent = mount / self.parent
@@ -242,7 +239,6 @@ class Cgroups:
                 # Kernels before 4.16 let a v1 child escape its parent's limit without it.
                 with contextlib.suppress(OSError):
                     _write_if_changed(memory[1] / "memory.use_hierarchy", "1")
-        self._totals_applied = True
 
     def _parent_dir(self, role: str) -> tuple[str, Path] | None:
         found = self.roles.get(role)
