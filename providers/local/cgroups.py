@@ -234,7 +234,17 @@ class Cgroups:
         memory = self._parent_dir("memory")
         if memory and self.totals.memory_mb:
             name = "memory.max" if memory[0] == "v2" else "memory.limit_in_bytes"
-            _write_if_changed(memory[1] / name, str(self.totals.memory_mb * 1024 * 1024))
+            try:
+                _write_if_changed(memory[1] / name, str(self.totals.memory_mb * 1024 * 1024))
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+                # v1 refuses a limit below what the sandboxes use now.
+                raise OSError(
+                    exc.errno,
+                    f"sandboxes use more memory than the {self.totals.memory_mb} MB "
+                    "LOCAL_SANDBOX_TOTAL_MEMORY_MB allows them: stop some, or raise it",
+                ) from exc
             if memory[0] == "v1":
                 # Kernels before 4.16 let a v1 child escape its parent's limit without it.
                 with contextlib.suppress(OSError):

@@ -51,6 +51,7 @@ from providers.local.instance import LocalInstance, service_url
 from providers.local.layers import PARTS, Layers, in_use_leftover
 from providers.local.state import (
     SANDBOX_ID_RE,
+    Runtime,
     SandboxState,
     ServiceEntry,
     Store,
@@ -207,12 +208,18 @@ class LocalProvider(Provider):
         if not self.totals.memory_mb:
             return None
         committed = running = 0
+        directory = str(self.store.sandboxes)
         for sandbox_id in self.store.ids():
-            with contextlib.suppress(OSError, ValueError):
-                state = self.store.load(sandbox_id)
-                if state is not None and runtime_alive(state.runtime):
-                    committed += state.memory_mb
-                    running += 1
+            # Only two fields of each state file: a start asks this, so it stays cheap.
+            try:
+                with open(os.path.join(directory, sandbox_id, "state.json"), "rb") as handle:
+                    data = json.loads(handle.read())
+                alive = bool(data.get("runtime")) and runtime_alive(Runtime(**data["runtime"]))
+            except (OSError, ValueError, TypeError):
+                continue
+            if alive:
+                committed += int(data.get("memory_mb") or 0)
+                running += 1
         return Capacity(
             memory_mb_total=self.totals.memory_mb,
             memory_mb_used=committed,
