@@ -18,8 +18,8 @@ from providers.local.cgroups import (
     host_pid_space,
 )
 from providers.local.config import LocalConfig
-from tests.local_support import local_provider
-from tests.providers.conftest import Sandboxes, sh
+from tests.local_support import local_provider, make_provider
+from tests.providers.conftest import Sandboxes, sh, wait_for
 
 MB = 1024 * 1024
 
@@ -200,5 +200,30 @@ def test_creates_and_starts_that_would_commit_more_memory_than_the_total_are_ref
             other.delete()
             first.start()
             assert sh(provider.get(first.id), "echo up") == "up\n"
+        finally:
+            made.cleanup()
+
+
+def test_a_total_below_what_sandboxes_use_now_is_refused_with_the_setting(tmp_path):
+    with local_provider(tmp_path) as provider:
+        made = Sandboxes()
+        try:
+            box = made.running(provider, memory_mb=256)
+            sh(
+                box,
+                "nohup python3 -c 'import time; b = b\"x\" * (96 << 20); time.sleep(60)' "
+                ">/dev/null 2>&1 &",
+            )
+            wait_for(lambda: (provider.cgroups.memory_bytes(box.id) or 0) > 64 * MB)
+            version, _ = provider.cgroups.roles["memory"]
+            shrunk = make_provider(
+                tmp_path,
+                LOCAL_SANDBOX_CGROUP_PARENT=provider.config.cgroup_parent,
+                LOCAL_SANDBOX_TOTAL_MEMORY_MB="32",
+            )
+            if version == "v2":  # v2 takes any limit and reclaims or OOM-kills
+                return
+            with pytest.raises(OSError, match="LOCAL_SANDBOX_TOTAL_MEMORY_MB"):
+                shrunk.cgroups.ensure(box.id, shrunk._limits(shrunk.store.load(box.id)))
         finally:
             made.cleanup()
