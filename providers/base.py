@@ -124,6 +124,40 @@ class Health:
 
 
 @dataclass(frozen=True)
+class Capacity:
+    """How much a provider can hold, and how much of it sandboxes have taken.
+
+    ``memory_mb_used`` is what running and paused sandboxes are promised (their presets'
+    memory), not what they touch: a create or start that would push it past
+    ``memory_mb_total`` is refused.
+    """
+
+    memory_mb_total: int
+    memory_mb_used: int
+    #: Tasks all sandboxes together may have (None: not capped).
+    pids_total: int | None = None
+    #: Tasks they have now (None: not known).
+    pids_used: int | None = None
+    sandboxes_running: int = 0
+    #: The setting that changes ``memory_mb_total``, for messages.
+    memory_setting: str = ""
+
+    @property
+    def memory_mb_free(self) -> int:
+        return max(0, self.memory_mb_total - self.memory_mb_used)
+
+    def as_dict(self) -> dict[str, int | None]:
+        return {
+            "memory_mb_total": self.memory_mb_total,
+            "memory_mb_used": self.memory_mb_used,
+            "memory_mb_free": self.memory_mb_free,
+            "pids_total": self.pids_total,
+            "pids_used": self.pids_used,
+            "sandboxes_running": self.sandboxes_running,
+        }
+
+
+@dataclass(frozen=True)
 class MetricSample:
     time: datetime
     cpu_fraction: float | None = None  # 0..vcpus
@@ -332,6 +366,10 @@ class Provider(ABC):
 
     @abstractmethod
     def health(self) -> Health: ...
+
+    def capacity(self) -> Capacity | None:
+        """What this provider can still hold (None: it does not say; nothing is refused)."""
+        return None
 
     def use_reservations(self, store: ReservationStore) -> None:
         """Claim shared keys (PVE VMIDs) through ``store``; providers that need none ignore it."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 
-from providers.base import Capabilities, Health, MetricSample
+from providers.base import Capabilities, Capacity, Health, MetricSample
 from providers.errors import InvalidSnapshotId, ProviderError
 from providers.snapshot_ids import parse_snapshot_id
 from sandboxes.models import (
@@ -316,3 +316,12 @@ def provider_health(name: str) -> Health:
         return backends.get_provider(name).health()
     except ProviderError as exc:
         return Health(reachable=False, detail=exc.message)
+
+
+def provider_capacity(name: str) -> Capacity | None:
+    """What the provider can still hold (None: it does not say)."""
+    return backends.provider_capacity(name)
+
+
+def provider_health_and_capacity(name: str) -> tuple[Health, Capacity | None]:
+    return provider_health(name), provider_capacity(name)

@@ -59,6 +59,39 @@ def memory_backend(settings, presets):
 
 
 @pytest.fixture
+def local_backend(settings, presets, tmp_path):
+    """The service layer pointed at the local provider (on a private root and cgroup
+    parent), with a ready shared version of the two smallest presets and all sandboxes
+    together capped at 1536 MB of memory. Nothing here starts a sandbox.
+
+    Returns the provider."""
+    import os
+    import secrets
+
+    from sandboxes.services import backends
+    from sandboxes.services.actors import Actor
+    from sandboxes.services.snapshots import import_snapshot
+    from tests.local_support import teardown
+
+    settings.SANDBOX_PROVIDER_CONFIG = {
+        "SANDBOX_PROVIDERS": "local",
+        "LOCAL_SANDBOX_ROOT": str(tmp_path / "local"),
+        "LOCAL_SANDBOX_CGROUP_PARENT": f"sbx-test-{os.getpid()}-{secrets.token_hex(3)}",
+        "LOCAL_SANDBOX_MIN_FREE_MB": "8",
+        "LOCAL_SANDBOX_TOTAL_MEMORY_MB": "1536",
+        "LOCAL_SANDBOX_TOTAL_PIDS": "1000",
+    }
+    for preset_id in ("1vcpu_1gb_8gb", "2vcpu_2gb_8gb"):
+        import_snapshot(
+            provider="local", preset_id=preset_id, ref="base", actor=Actor.system(), activate=True
+        )
+    provider = backends.get_provider("local")
+    yield provider
+    teardown(provider)
+    backends.reset()
+
+
+@pytest.fixture
 def team(db):
     from sandboxes.models import Team
 

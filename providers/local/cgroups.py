@@ -32,6 +32,65 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Totals:
+    """Caps on the sum of all sandboxes, set on the parent cgroup (0 = no cap)."""
+
+    pids: int = 0
+    memory_mb: int = 0
+
+
+#: The host keeps at least this many pids (and a quarter of its pid space) for itself.
+HOST_PIDS_RESERVE = 4096
+#: ... and at least this much memory (and a tenth of it).
+HOST_MEMORY_RESERVE_MB = 1024
+
+
+def host_pid_space() -> int:
+    """How many tasks the host can have at once: the lower of pid_max and threads-max."""
+    values = [
+        _read_int(Path("/proc/sys/kernel/pid_max")),
+        _read_int(Path("/proc/sys/kernel/threads-max")),
+    ]
+    found = [v for v in values if v]
+    return min(found) if found else 32768
+
+
+def host_memory_mb() -> int:
+    """MemTotal of /proc/meminfo, in MiB (0 when unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def default_total_pids(pid_space: int) -> int:
+    """The pids all sandboxes together may use: 75% of the host's pid space.
+
+    The host keeps max(4096, 25%) for its own services, the control plane and its workers
+    (and an operator's shell): a sandbox at its own limit, or all of them together, can
+    then never stop the host from forking. Never less than half of the pid space (hosts
+    with a tiny pid_max).
+    """
+    reserve = min(max(HOST_PIDS_RESERVE, pid_space // 4), pid_space // 2)
+    return max(1, pid_space - reserve)
+
+
+def default_total_memory_mb(memory_mb: int) -> int:
+    """The memory all sandboxes together may use: MemTotal less max(1 GiB, 10%).
+
+    What is kept back serves the kernel, the page cache of the host's own services and
+    the control plane. Never less than half of MemTotal (small hosts); 0 (no cap) when
+    MemTotal is unknown."""
+    if memory_mb <= 0:
+        return 0
+    reserve = min(max(HOST_MEMORY_RESERVE_MB, memory_mb // 10), memory_mb // 2)
+    return max(1, memory_mb - reserve)
+
+
+@dataclass(frozen=True)
 class Layout:
     """Which cgroup hierarchies this host has mounted, and what they offer."""
 
@@ -80,9 +139,10 @@ class Layout:
 class Cgroups:
     """Creates, limits, freezes, kills and removes the cgroups of sandboxes."""
 
-    def __init__(self, layout: Layout, parent: str) -> None:
+    def __init__(self, layout: Layout, parent: str, totals: Totals | None = None) -> None:
         self.layout = layout
         self.parent = parent
+        self.totals = totals or Totals()
         self.enabled = layout.writable()
         # role -> ("v1" | "v2", mount); a role missing here is not available.
         self.roles: dict[str, tuple[str, Path]] = {}
@@ -148,14 +208,74 @@ class Cgroups:
         if not self.enabled:
             return
         if not reapply and all(d.is_dir() for d in self.dirs(sandbox_id)):
+            self.apply_totals()  # a read each when they hold (an operator may lift them)
             return
         for mount in self._mounts():
             parent = mount / self.parent
             parent.mkdir(exist_ok=True)
             if mount == self.layout.v2:
                 self._delegate_v2(mount, parent)
-            (parent / sandbox_id).mkdir(exist_ok=True)
+        self.apply_totals()
+        for mount in self._mounts():
+            (mount / self.parent / sandbox_id).mkdir(exist_ok=True)
         self._apply(sandbox_id, limits)
+
+    def apply_totals(self) -> None:
+        """Cap the parent cgroup: the pids and memory of all sandboxes together (idempotent).
+
+        The kernel enforces a parent's limits on everything below it (cgroup v1's memory
+        hierarchy is always on in kernels since 4.16+; v2 always), so however many
+        sandboxes run at their own limits, the host keeps what the caps leave it."""
+        if not self.enabled:
+            return
+        pids = self._parent_dir("pids")
+        if pids and self.totals.pids:
+            _write_if_changed(pids[1] / "pids.max", str(self.totals.pids))
+        memory = self._parent_dir("memory")
+        if memory and self.totals.memory_mb:
+            name = "memory.max" if memory[0] == "v2" else "memory.limit_in_bytes"
+            try:
+                _write_if_changed(memory[1] / name, str(self.totals.memory_mb * 1024 * 1024))
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+                # v1 refuses a limit below what the sandboxes use now.
+                raise OSError(
+                    exc.errno,
+                    f"sandboxes use more memory than the {self.totals.memory_mb} MB "
+                    "LOCAL_SANDBOX_TOTAL_MEMORY_MB allows them: stop some, or raise it",
+                ) from exc
+            if memory[0] == "v1":
+                # Kernels before 4.16 let a v1 child escape its parent's limit without it.
+                with contextlib.suppress(OSError):
+                    _write_if_changed(memory[1] / "memory.use_hierarchy", "1")
+
+    def _parent_dir(self, role: str) -> tuple[str, Path] | None:
+        found = self.roles.get(role)
+        if found is None or not (found[1] / self.parent).is_dir():
+            return None
+        return found[0], found[1] / self.parent
+
+    def parent_limits(self) -> dict[str, int | None]:
+        """The caps the kernel holds on the parent now: ``pids`` and ``memory_mb``
+        (None when unset, unlimited, or the controller is missing)."""
+        out: dict[str, int | None] = {"pids": None, "memory_mb": None}
+        pids = self._parent_dir("pids")
+        if pids:
+            out["pids"] = _read_int(pids[1] / "pids.max")  # "max" reads as None
+        memory = self._parent_dir("memory")
+        if memory:
+            name = "memory.max" if memory[0] == "v2" else "memory.limit_in_bytes"
+            value = _read_int(memory[1] / name)
+            # v1 reports "unlimited" as a huge page-aligned number.
+            if value is not None and value < 1 << 60:
+                out["memory_mb"] = value // (1024 * 1024)
+        return out
+
+    def total_pids_in_use(self) -> int | None:
+        """pids.current of the parent: every task of every sandbox."""
+        pids = self._parent_dir("pids")
+        return _read_int(pids[1] / "pids.current") if pids else None
 
     def _delegate_v2(self, mount: Path, parent: Path) -> None:
         wanted = [r for r, (v, _) in self.roles.items() if v == "v2" and r in LIMIT_ROLES]
@@ -359,6 +479,14 @@ class Cgroups:
 def _write(path: Path, value: str) -> None:
     with open(path, "w") as handle:
         handle.write(value)
+
+
+def _write_if_changed(path: Path, value: str) -> None:
+    """Write ``value`` unless the file already holds it (v1 memory limits echo as bytes)."""
+    with contextlib.suppress(OSError):
+        if path.read_text().strip() == value:
+            return
+    _write(path, value)
 
 
 def _read_int(path: Path) -> int | None:

@@ -13,6 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from providers.local import idmap
+from providers.local.cgroups import (
+    Totals,
+    default_total_memory_mb,
+    default_total_pids,
+    host_memory_mb,
+    host_pid_space,
+)
 from providers.settings import int_setting
 
 CONFIG_KEYS = (
@@ -20,6 +27,8 @@ CONFIG_KEYS = (
     "LOCAL_SANDBOX_CGROUP_PARENT",
     "LOCAL_SANDBOX_MAX_LAYERS",
     "LOCAL_SANDBOX_PIDS_MAX",
+    "LOCAL_SANDBOX_TOTAL_PIDS",
+    "LOCAL_SANDBOX_TOTAL_MEMORY_MB",
     "LOCAL_SANDBOX_MIN_FREE_MB",
     "LOCAL_SANDBOX_BWRAP",
     "LOCAL_SANDBOX_HOST_USR",
@@ -44,6 +53,12 @@ class LocalConfig:
     #: Snapshot layers a version may stack before a snapshot flattens them into one.
     max_layers: int = 16
     pids_max: int = 4096
+    #: pids.max of the parent cgroup: all sandboxes together. 0: derived from the host
+    #: (75% of pid_max; see cgroups.default_total_pids).
+    total_pids: int = 0
+    #: Memory limit of the parent cgroup, and the memory creates and starts may commit.
+    #: 0: derived from the host (MemTotal less max(1 GiB, 10%)).
+    total_memory_mb: int = 0
     #: Refuse to create, start or snapshot when the root's file system has less free.
     min_free_mb: int = 256
     bwrap: str = "bwrap"
@@ -73,6 +88,12 @@ class LocalConfig:
             cgroup_parent=parent,
             max_layers=int_setting(config, "LOCAL_SANDBOX_MAX_LAYERS", cls.max_layers, high=64),
             pids_max=int_setting(config, "LOCAL_SANDBOX_PIDS_MAX", cls.pids_max, high=4_194_304),
+            total_pids=int_setting(
+                config, "LOCAL_SANDBOX_TOTAL_PIDS", cls.total_pids, low=16, high=4_194_304
+            ),
+            total_memory_mb=int_setting(
+                config, "LOCAL_SANDBOX_TOTAL_MEMORY_MB", cls.total_memory_mb, low=16, high=2**32
+            ),
             min_free_mb=int_setting(
                 config, "LOCAL_SANDBOX_MIN_FREE_MB", cls.min_free_mb, low=0, high=10**7
             ),
@@ -87,3 +108,10 @@ class LocalConfig:
                 "which every sandbox can read"
             )
         return made
+
+    def totals(self) -> Totals:
+        """The caps on all sandboxes together: the settings, or what the host can spare."""
+        return Totals(
+            pids=self.total_pids or default_total_pids(host_pid_space()),
+            memory_mb=self.total_memory_mb or default_total_memory_mb(host_memory_mb()),
+        )

@@ -25,6 +25,7 @@ from pathlib import Path
 from providers.base import (
     META_SANDBOX_ID,
     Capabilities,
+    Capacity,
     ExecResult,
     Health,
     InstanceSpec,
@@ -49,6 +50,7 @@ from providers.local.instance import LocalInstance, service_url
 from providers.local.layers import PARTS, Layers, in_use_leftover
 from providers.local.state import (
     SANDBOX_ID_RE,
+    Runtime,
     SandboxState,
     ServiceEntry,
     Store,
@@ -73,7 +75,9 @@ class LocalProvider(Provider):
         self.config = config
         self.store = Store(config.root)
         self.layers = Layers(self.store, config.host_usr, config.max_layers)
-        self.cgroups = Cgroups(Layout.discover(), config.cgroup_parent)
+        #: Caps on all sandboxes together (the parent cgroup's limits; admission of memory).
+        self.totals = config.totals()
+        self.cgroups = Cgroups(Layout.discover(), config.cgroup_parent, self.totals)
         self._init_problem: str | None = None
         self._init_path: Path | None = None
         self._probed: tuple[float, list[str]] = (0.0, [])
@@ -118,6 +122,8 @@ class LocalProvider(Provider):
             "LOCAL_SANDBOX_CGROUP_PARENT": c.cgroup_parent,
             "LOCAL_SANDBOX_MAX_LAYERS": str(c.max_layers),
             "LOCAL_SANDBOX_PIDS_MAX": str(c.pids_max),
+            "LOCAL_SANDBOX_TOTAL_PIDS": str(c.total_pids or ""),
+            "LOCAL_SANDBOX_TOTAL_MEMORY_MB": str(c.total_memory_mb or ""),
             "LOCAL_SANDBOX_MIN_FREE_MB": str(c.min_free_mb),
             "LOCAL_SANDBOX_BWRAP": c.bwrap,
             "LOCAL_SANDBOX_HOST_USR": str(c.host_usr),
@@ -200,6 +206,56 @@ class LocalProvider(Provider):
         detail = "; ".join(problems) or "; ".join(self.limitations()) or "ok"
         return Health(reachable=not problems, latency_ms=round(latency, 3), detail=detail)
 
+    def capacity(self) -> Capacity | None:
+        """Memory committed to running and paused sandboxes (from their state files) against
+        the total all of them may have; None when the host's memory is unknown."""
+        if not self.totals.memory_mb:
+            return None
+        committed = running = 0
+        directory = str(self.store.sandboxes)
+        for sandbox_id in self.store.ids():
+            # Only two fields of each state file: a start asks this, so it stays cheap.
+            try:
+                with open(os.path.join(directory, sandbox_id, "state.json"), "rb") as handle:
+                    data = json.loads(handle.read())
+                alive = bool(data.get("runtime")) and runtime_alive(Runtime(**data["runtime"]))
+            except (OSError, ValueError, TypeError):
+                continue
+            if alive:
+                committed += int(data.get("memory_mb") or 0)
+                running += 1
+        return Capacity(
+            memory_mb_total=self.totals.memory_mb,
+            memory_mb_used=committed,
+            pids_total=self.totals.pids or None,
+            pids_used=self.cgroups.total_pids_in_use(),
+            sandboxes_running=running,
+            memory_setting="LOCAL_SANDBOX_TOTAL_MEMORY_MB",
+        )
+
+    def _check_capacity(self, sandbox_id: str, memory_mb: int) -> None:
+        """QuotaExceeded when running this sandbox would commit more memory than the total."""
+        capacity = self.capacity()
+        if capacity is None:
+            return
+        total = capacity.memory_mb_total
+        if memory_mb > total:
+            raise QuotaExceeded(
+                f"sandbox {sandbox_id} needs {memory_mb} MB of memory, more than the {total} MB "
+                "all local sandboxes may use together (LOCAL_SANDBOX_TOTAL_MEMORY_MB): choose "
+                "a smaller preset",
+                ref=sandbox_id,
+            )
+        if capacity.memory_mb_used + memory_mb > total:
+            raise QuotaExceeded(
+                f"sandbox {sandbox_id} needs {memory_mb} MB of memory but only "
+                f"{capacity.memory_mb_free} MB of {total} MB is free "
+                f"({capacity.memory_mb_used} MB is committed to {capacity.sandboxes_running} "
+                "running or paused sandboxes; LOCAL_SANDBOX_TOTAL_MEMORY_MB): stop a sandbox "
+                "first",
+                ref=sandbox_id,
+            )
+
     def _require_runtime(self) -> None:
         problems = self._problems()
         if problems:
@@ -232,6 +288,7 @@ class LocalProvider(Provider):
         existing = self.store.load(sandbox_id)
         if existing is not None:
             return LocalInstance(self, existing)
+        self._check_capacity(sandbox_id, spec.memory_mb)
         with locked(self.store.root / "snapshots.lock", shared=True):
             chain = self.layers.chain(snapshot_ref)
             self._check_space()
@@ -378,6 +435,7 @@ class LocalProvider(Provider):
                 return
             if status == InstanceStatus.PAUSED:
                 raise Conflict(f"sandbox {sandbox_id} is paused; resume it", ref=sandbox_id)
+            self._check_capacity(sandbox_id, state.memory_mb)
             stale = state.runtime is not None or self.cgroups.pids(sandbox_id)
             if stale or self.cgroups.freeze_requested(sandbox_id):
                 self._kill(state)  # whatever a crash, a stale runtime or a pause left

@@ -348,11 +348,33 @@ class ConfigSerializer(serializers.Serializer):
     limits = LimitsSerializer()
 
 
+class ProviderCapacitySerializer(serializers.Serializer):
+    memory_mb_total = serializers.IntegerField(
+        help_text="Memory all sandboxes of the provider may be given together."
+    )
+    memory_mb_used = serializers.IntegerField(
+        help_text="Memory given to running and paused sandboxes (their presets' memory)."
+    )
+    memory_mb_free = serializers.IntegerField(
+        help_text="What a create or start may still take; more is refused."
+    )
+    pids_total = serializers.IntegerField(
+        allow_null=True, help_text="Processes all sandboxes together may have (null: no cap)."
+    )
+    pids_used = serializers.IntegerField(
+        allow_null=True, help_text="Processes they have now (null: not known)."
+    )
+    sandboxes_running = serializers.IntegerField(help_text="Running and paused sandboxes.")
+
+
 class ProviderHealthSerializer(serializers.Serializer):
     name = serializers.CharField()
     reachable = serializers.BooleanField()
     latency_ms = serializers.FloatField(allow_null=True)
     detail = serializers.CharField()
+    capacity = ProviderCapacitySerializer(
+        allow_null=True, help_text="What the provider can still hold (null: it does not say)."
+    )
 
 
 class HealthSerializer(serializers.Serializer):

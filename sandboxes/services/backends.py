@@ -12,7 +12,8 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from providers.base import Capabilities, Provider
+from providers.base import Capabilities, Capacity, Provider
+from providers.errors import ProviderError
 from providers.registry import build_providers, default_provider_name
 from sandboxes.services.errors import InvalidInput
 from sandboxes.services.reservations import DbReservationStore
@@ -77,3 +78,14 @@ def default_provider() -> str | None:
 
 def capabilities(name: str) -> Capabilities:
     return get_provider(name).capabilities
+
+
+def provider_capacity(name: str) -> Capacity | None:
+    """What the provider can still hold; None when it does not say or cannot tell now.
+
+    Raises InvalidInput when the provider is not enabled."""
+    provider = get_provider(name)
+    try:
+        return provider.capacity()
+    except (ProviderError, OSError):
+        return None

@@ -57,9 +57,12 @@ class CapabilityMissing(ServiceError):
 class QuotaExceeded(ServiceError):
     """A team quota would be exceeded. ``code`` names the quota, e.g. quota_max_vcpus."""
 
-    def __init__(self, quota: str, *, limit: int, used: int, requested: int) -> None:
+    def __init__(
+        self, quota: str, *, limit: int, used: int, requested: int, message: str = ""
+    ) -> None:
         super().__init__(
-            f"team quota {quota} is {limit}; {used} in use and this needs {requested} more"
+            message
+            or f"team quota {quota} is {limit}; {used} in use and this needs {requested} more"
         )
         self.quota = quota
         self.code = f"quota_{quota}"

@@ -38,11 +38,16 @@ from providers.errors import NotFound, ProviderError
 from sandboxes.models import Outcome, Preset, Sandbox, Snapshot, SnapshotStatus, Team, TtlAction
 from sandboxes.services import transitions
 from sandboxes.services.actors import Actor
-from sandboxes.services.backends import capabilities, default_provider, get_provider
+from sandboxes.services.backends import (
+    capabilities,
+    default_provider,
+    get_provider,
+    provider_capacity,
+)
 from sandboxes.services.errors import CapabilityMissing, InvalidInput, NotAllowed
 from sandboxes.services.events import record_event
 from sandboxes.services.queue import enqueue_on_commit
-from sandboxes.services.quotas import check_quota
+from sandboxes.services.quotas import check_provider_capacity, check_quota
 from sandboxes.services.snapshots import resolve_for_start
 from sandboxes.services.validation import validate_metadata, validate_name, validate_seconds
 from sandboxes.states import TRANSITIONAL, Status
@@ -136,7 +141,7 @@ def create_sandbox(
         snapshot_id=snapshot_id,
     )
     preset: Preset = snapshot.preset
-    get_provider(snapshot.provider)  # enabled?
+    capacity = provider_capacity(snapshot.provider)  # also: is it enabled?
     with transaction.atomic():
         locked_team = Team.objects.select_for_update().get(pk=team.pk)
         if idempotency_key:  # re-check under the lock: two retries racing
@@ -144,6 +149,12 @@ def create_sandbox(
             if existing is not None:
                 return existing
         check_quota(team=locked_team, vcpus=preset.vcpus, memory_mb=preset.memory_mb)
+        check_provider_capacity(
+            team=locked_team,
+            provider=snapshot.provider,
+            capacity=capacity,
+            memory_mb=preset.memory_mb,
+        )
         # Lock the version: its deletion (retention, a person) checks "in use" under the
         # same lock, so a version is never deleted under a sandbox that starts from it.
         if not Snapshot.objects.select_for_update().filter(

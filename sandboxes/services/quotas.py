@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db.models import Count, Sum
 
+from providers.base import Capacity
 from sandboxes.models import Sandbox, Team
 from sandboxes.services.errors import QuotaExceeded
 from sandboxes.states import LIVE
@@ -54,3 +55,49 @@ def check_quota(*, team: Team, vcpus: int, memory_mb: int) -> None:
         limit = team_limits(team)[quota]
         if limit and used + requested > limit:
             raise QuotaExceeded(quota, limit=limit, used=used, requested=requested)
+
+
+def check_provider_capacity(
+    *, team: Team, provider: str, capacity: Capacity | None, memory_mb: int
+) -> None:
+    """Raise QuotaExceeded (quota ``provider_memory_mb``) when the provider cannot hold it.
+
+    Refused: a preset bigger than everything the provider can give all sandboxes together,
+    and a create that the team's memory quota allows although the provider's total cannot
+    hold the team's live sandboxes on it plus this one (a quota set above what the host
+    has is a promise nobody can keep). ``capacity`` None (the provider does not say):
+    nothing is refused. Call it under the team row lock, like ``check_quota``.
+    """
+    if capacity is None:
+        return
+    total = capacity.memory_mb_total
+    setting = f" ({capacity.memory_setting})" if capacity.memory_setting else ""
+    if memory_mb > total:
+        raise QuotaExceeded(
+            "provider_memory_mb",
+            limit=total,
+            used=capacity.memory_mb_used,
+            requested=memory_mb,
+            message=f"this preset needs {memory_mb} MB of memory but {provider} can give all "
+            f"its sandboxes together only {total} MB{setting}: choose a smaller preset",
+        )
+    team_quota = team_limits(team)["max_memory_mb"]
+    if team_quota == 0 or team_quota > total:
+        used = (
+            Sandbox.objects.filter(team=team, provider=provider, status__in=LIVE).aggregate(
+                used=Sum("memory_mb")
+            )["used"]
+            or 0
+        )
+        if used + memory_mb > total:
+            quota = "unlimited" if team_quota == 0 else f"{team_quota} MB"
+            raise QuotaExceeded(
+                "provider_memory_mb",
+                limit=total,
+                used=used,
+                requested=memory_mb,
+                message=f"the team's memory quota (max_memory_mb: {quota}) is more than "
+                f"{provider} can hold: {total} MB for all sandboxes together{setting}; the "
+                f"team's live sandboxes there have {used} MB and this needs {memory_mb} MB "
+                "more: stop or delete one first",
+            )

@@ -73,14 +73,15 @@ def provider_health(request: HttpRequest) -> HttpResponse:
     # Health checks talk to back ends; asking them at once keeps the page as slow as the
     # slowest one, not the sum.
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(names)))) as pool:
-        healths = list(pool.map(selectors.provider_health, names))
+        results = list(pool.map(selectors.provider_health_and_capacity, names))
     rows = []
-    for name, health in zip(names, healths, strict=True):
+    for name, (health, capacity) in zip(names, results, strict=True):
         caps = selectors.provider_capabilities(name)
         rows.append(
             {
                 "name": name,
                 "health": health,
+                "capacity": capacity,
                 "default": name == selectors.default_provider(),
                 "capabilities": [
                     (

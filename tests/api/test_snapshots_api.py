@@ -113,5 +113,13 @@ def test_config_and_health(memory_backend, api):
     health = api.get("/api/v1/health").json()
     assert health == {
         "ok": True,
-        "providers": [{"name": "memory", "reachable": True, "latency_ms": 0.0, "detail": ""}],
+        "providers": [
+            {
+                "name": "memory",
+                "reachable": True,
+                "latency_ms": 0.0,
+                "detail": "",
+                "capacity": None,  # the in-memory provider does not say
+            }
+        ],
     }

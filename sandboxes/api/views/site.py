@@ -91,15 +91,16 @@ class HealthView(TeamView):
         # Each provider bounds its own health check; asking them side by side means the
         # answer takes as long as the slowest one, not their sum.
         with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
-            results = list(pool.map(selectors.provider_health, names))
+            results = list(pool.map(selectors.provider_health_and_capacity, names))
         providers = [
             {
                 "name": name,
                 "reachable": health.reachable,
                 "latency_ms": health.latency_ms,
                 "detail": health.detail,
+                "capacity": capacity.as_dict() if capacity is not None else None,
             }
-            for name, health in zip(names, results, strict=True)
+            for name, (health, capacity) in zip(names, results, strict=True)
         ]
         body = {"ok": all(p["reachable"] for p in providers), "providers": providers}
         return Response(s.HealthSerializer(body).data)
