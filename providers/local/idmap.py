@@ -14,6 +14,9 @@ mapping (idmapped mounts), so a slot can change between starts at no cost.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,3 +76,38 @@ def default(etc: Path = Path("/etc")) -> IdRange:
     if uids and gids:
         return checked(uids[0], gids[0], min(uids[1], gids[1]), "root's range in /etc/subuid")
     return IdRange(DEFAULT_FIRST, DEFAULT_FIRST, DEFAULT_COUNT)
+
+
+# --- slots: which sandbox holds which range, as symlinks <root>/slots/<n> -> <sandbox id>
+
+
+def claim(slots: Path, sandbox_id: str, count: int) -> int:
+    """Take a free slot for ``sandbox_id`` (atomically: a symlink either exists or not).
+
+    The search starts at a random slot, so claims cost one system call while the range is
+    far from full, however many sandboxes exist.
+    """
+    slots.mkdir(mode=0o700, exist_ok=True)
+    start = secrets.randbelow(count)
+    for offset in range(count):
+        index = (start + offset) % count
+        try:
+            os.symlink(sandbox_id, slots / str(index))
+        except FileExistsError:
+            continue
+        return index
+    raise LookupError(f"all {count} host id ranges are in use")
+
+
+def holds(slots: Path, sandbox_id: str, index: int) -> bool:
+    try:
+        return os.readlink(slots / str(index)) == sandbox_id
+    except OSError:
+        return False
+
+
+def release(slots: Path, sandbox_id: str, index: int | None) -> None:
+    """Give a sandbox's slot back (idempotent; never another sandbox's)."""
+    if index is not None and holds(slots, sandbox_id, index):
+        with contextlib.suppress(FileNotFoundError):
+            (slots / str(index)).unlink()

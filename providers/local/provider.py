@@ -303,8 +303,14 @@ class LocalProvider(Provider):
                 chain=chain,
                 parts=dict(PARTS),
                 created_at=time.time(),
+                id_slot=None if host.rootless() else self._claim_slot(sandbox_id),
             )
-            if not self._commit_new(state):
+            try:
+                made = self._commit_new(state)
+            finally:
+                if not self.store.sandbox_dir(sandbox_id).exists():
+                    idmap.release(self.store.slots, sandbox_id, state.id_slot)
+            if not made:
                 return LocalInstance(self, self.store.load(sandbox_id))
         try:
             self.cgroups.ensure(sandbox_id, self._limits(state))
@@ -374,6 +380,14 @@ class LocalProvider(Provider):
                     stale = leftover and now - entry.stat().st_mtime > STALE_SECONDS
                     if stale and not in_use_leftover(entry.name):
                         _remove(Path(entry.path))
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.store.slots):
+                # A slot whose sandbox is gone (a crash between claim and delete); fresh
+                # ones may belong to a create in progress.
+                owner = os.readlink(entry.path)
+                old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_SECONDS
+                if old and not self.store.sandbox_dir(owner).exists():
+                    os.unlink(entry.path)
         if self.cgroups.enabled:
             known = set(self.store.ids())
             for name in self.cgroups.children():
@@ -486,23 +500,28 @@ class LocalProvider(Provider):
         if state.services:
             self._forwarder({"op": "ping"})
 
+    def _claim_slot(self, sandbox_id: str) -> int:
+        try:
+            return idmap.claim(self.store.slots, sandbox_id, self.config.id_range.slots)
+        except LookupError:
+            raise QuotaExceeded(
+                f"all {self.config.id_range.slots} host id ranges for sandboxes are in use: "
+                "delete sandboxes, or give LOCAL_SANDBOX_ID_RANGE (or root's range in "
+                "/etc/subuid and /etc/subgid) more ids, 65536 per sandbox"
+            ) from None
+
     def _idmap(self, state: SandboxState) -> launch.IdMap:
-        """The sandbox's host id range: its own slot, kept in its state (see idmap.py)."""
-        if state.id_slot is None:
-            with locked(self.store.root / "idmap.lock"):
-                taken = set()
-                for other in self.store.ids():
-                    loaded = self.store.load(other) if other != state.id else None
-                    if loaded is not None and loaded.id_slot is not None:
-                        taken.add(loaded.id_slot)
-                free = next((i for i in range(self.config.id_range.slots) if i not in taken), None)
-                if free is None:
-                    raise QuotaExceeded(
-                        f"all {self.config.id_range.slots} host id ranges for sandboxes are in "
-                        "use: delete sandboxes, or give LOCAL_SANDBOX_ID_RANGE (or root's "
-                        "range in /etc/subuid and /etc/subgid) more ids, 65536 per sandbox"
-                    )
-                state.id_slot = free
+        """The sandbox's host id range: its own slot (see idmap.py), claimed at create;
+        a sandbox made before slots existed claims one at its first start."""
+        slot = state.id_slot
+        if slot is None or slot >= self.config.id_range.slots:
+            state.id_slot = self._claim_slot(state.id)
+            self.store.save(state)
+        elif not idmap.holds(self.store.slots, state.id, slot):
+            try:
+                os.symlink(state.id, self.store.slots / str(slot))  # lost (a sweep): again
+            except FileExistsError:  # another sandbox holds it: never share a range
+                state.id_slot = self._claim_slot(state.id)
                 self.store.save(state)
         uid, gid = self.config.id_range.slot(state.id_slot)
         return launch.IdMap(uid=uid, gid=gid, count=idmap.SLOT)
@@ -594,6 +613,7 @@ class LocalProvider(Provider):
                 had_services = bool(state.services)
                 trash = self.store.sandboxes / f".trash-{sandbox_id}-{secrets.token_hex(4)}"
                 os.rename(self.store.sandbox_dir(sandbox_id), trash)
+            idmap.release(self.store.slots, sandbox_id, state.id_slot)
         except NotFound:
             self._destroy(sandbox_id)
             return
@@ -606,6 +626,9 @@ class LocalProvider(Provider):
     def _destroy(self, sandbox_id: str) -> None:
         """Remove what a failed create made (no processes run yet)."""
         directory = self.store.sandbox_dir(sandbox_id)
+        state = self.store.load(sandbox_id)
+        if state is not None:
+            idmap.release(self.store.slots, sandbox_id, state.id_slot)
         if directory.exists():
             trash = self.store.sandboxes / f".trash-{sandbox_id}-{secrets.token_hex(4)}"
             with contextlib.suppress(OSError):

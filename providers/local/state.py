@@ -181,6 +181,8 @@ class Store:
         self.sandboxes = root / "sandboxes"
         self.snapshots = root / "snapshots"
         self.base = root / "base"
+        #: Host id ranges held by sandboxes (see idmap.py).
+        self.slots = root / "slots"
 
     def ensure_dirs(self) -> None:
         for directory in (self.root, self.sandboxes, self.snapshots):

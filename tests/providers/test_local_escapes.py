@@ -27,9 +27,10 @@ import zipfile
 
 import pytest
 
+from providers.errors import QuotaExceeded
 from providers.local import disk
-from tests.local_support import require_local_runtime
-from tests.providers.conftest import sh, wait_for
+from tests.local_support import local_provider, require_local_runtime
+from tests.providers.conftest import Sandboxes, sh, wait_for
 
 #: System call numbers the probes use, per architecture (Python's os lacks these calls).
 SYSCALLS = {
@@ -485,3 +486,25 @@ _FETCH_80 = (
     "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1/').status)\""
     " 2>/dev/null; true"
 )
+
+
+def test_host_id_ranges_are_never_shared_and_come_back_on_delete(tmp_path):
+    # Room for two sandboxes only: a third is refused rather than given a used range.
+    with local_provider(tmp_path, LOCAL_SANDBOX_ID_RANGE="300000:131072") as provider:
+        made = Sandboxes()
+        try:
+            first, second = made.create(provider), made.create(provider)
+            slots = {provider.store.load(b.id).id_slot for b in (first, second)}
+            assert slots == {0, 1}
+            with pytest.raises(QuotaExceeded, match="LOCAL_SANDBOX_ID_RANGE"):
+                made.create(provider)
+            first.start()
+            assert sh(first, "cat /proc/self/uid_map").split() in (
+                ["0", "300000", "65536"],
+                ["0", "365536", "65536"],
+            )
+            first.delete()
+            third = made.create(provider)  # the freed range is used again
+            assert provider.store.load(third.id).id_slot in slots
+        finally:
+            made.cleanup()
