@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import Result, median_result, timed
+from bench import Result, local_defences, median_result, timed
 from providers.base import InstanceSpec
 from providers.local import LocalInstance, LocalProvider
 
@@ -192,7 +192,8 @@ def run() -> list[Result]:
             median_result(
                 "create + start from a snapshot version to first exec result",
                 bench.start_to_first_exec(small, 40),
-                at_most=25,
+                at_most=15,
+                detail="every defence on: user namespace, seccomp, /proc protections, disk",
             )
         )
         box = bench.running()
@@ -200,7 +201,7 @@ def run() -> list[Result]:
             median_result(
                 "exec `true` round trip",
                 timed(lambda: box.exec(["true"], timeout=30), repeat=100, warmup=5),
-                at_most=10,
+                at_most=5,
             )
         )
         pauses, resumes = [], []
@@ -256,6 +257,11 @@ def run() -> list[Result]:
         for ref in (empty, big, small):
             bench.provider.delete_snapshot(ref)
 
+        results.extend(local_defences.bubblewrap_parts(work))
+        results.extend(
+            local_defences.provider_parts(lambda n: bench.start_to_first_exec("base", n))
+        )
+        results.extend(local_defences.noisy_neighbour(bench.running))
         results.extend(idle_memory(bench, int(os.environ.get("BENCH_LOCAL_IDLE", "200"))))
     finally:
         bench.provider.purge()

@@ -175,11 +175,18 @@ def test_without_root_it_runs_what_it_can_and_says_what_is_missing():
     require("/usr/bin/python3", python is not None, "apt-get install -y python3")
     work = Path(tempfile.mkdtemp(prefix="sbx-rootless-"))
     try:
-        shutil.chown(work, "nobody", "nogroup")
+        # nobody gets its own copy of the provider code: the checkout may be in a
+        # directory only its owner can read (root's home, a mktemp -d).
+        code = work / "src"
+        shutil.copytree(
+            ROOT / "providers", code / "providers", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        for path in (work, *code.rglob("*"), code):
+            shutil.chown(path, "nobody", "nogroup")
         done = subprocess.run(
             [runuser, "-u", "nobody", "--", python, "-c", _ROOTLESS, str(work / "root")],
             cwd=work,
-            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(code)},
             capture_output=True,
             text=True,
             timeout=180,
