@@ -24,8 +24,8 @@ _ids = itertools.count(1)
 MiB = 1024 * 1024
 
 
-def _spec() -> InstanceSpec:
-    return InstanceSpec(f"sbx-bench{next(_ids):05d}", "1vcpu_512mb_4gb", 1, 512, 4)
+def _spec(memory_mb: int = 512) -> InstanceSpec:
+    return InstanceSpec(f"sbx-bench{next(_ids):05d}", f"1vcpu_{memory_mb}mb_4gb", 1, memory_mb, 4)
 
 
 class Bench:
@@ -38,12 +38,12 @@ class Bench:
             }
         )
 
-    def create(self, ref: str = "base") -> LocalInstance:
-        spec = _spec()
+    def create(self, ref: str = "base", memory_mb: int = 512) -> LocalInstance:
+        spec = _spec(memory_mb)
         return self.provider.create(spec, ref, {"sandbox_id": spec.sandbox_id, "team": "bench"})
 
-    def running(self, ref: str = "base") -> LocalInstance:
-        instance = self.create(ref)
+    def running(self, ref: str = "base", memory_mb: int = 512) -> LocalInstance:
+        instance = self.create(ref, memory_mb)
         instance.start()
         return instance
 
@@ -132,7 +132,9 @@ def idle_memory(bench: Bench, count: int) -> list[Result]:
     boxes = []
     try:
         for _ in range(count):
-            boxes.append(bench.running())
+            # Small presets: creates are admitted against the host's memory, and 200
+            # sandboxes of 512 MB would not fit on a 24 GB machine (memory is not overcommitted).
+            boxes.append(bench.running(memory_mb=64))
         time.sleep(2)  # let the kernel settle lazily freed memory
         held_after, used_after = memory_now()
         cgroups = bench.provider.cgroups

@@ -144,6 +144,48 @@ def release(sandbox_dir: Path) -> None:
             syscalls.umount(str(target), syscalls.MNT_DETACH)
 
 
+# --- spares: disks made ahead of time, so a create only renames a directory
+
+
+SPARE = ".spare-"
+#: Ready disks kept per size asked for recently (each holds a loop device and a mount).
+SPARES = 2
+
+
+def take_spare(sandboxes: Path, size_gb: int, dest: Path) -> bool:
+    """Move a ready, mounted disk of ``size_gb`` (with empty layers) to ``dest``, the new
+    sandbox's directory-to-be; False when there is none. A rename claims it: two creates
+    never get the same one, and a directory holding a mount point may be renamed."""
+    prefix = f"{SPARE}{size_gb}g-"
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(sandboxes):
+            if entry.name.startswith(prefix):
+                try:
+                    os.rename(entry.path, dest)
+                except FileNotFoundError:
+                    continue  # another create took it first
+                return True
+    return False
+
+
+def make_spares(sandboxes: Path, size_gb: int, parts: list[str], templates: Path) -> None:
+    """Top the spares of ``size_gb`` up to ``SPARES`` (built under a temporary name)."""
+    if problem():
+        return
+    prefix = f"{SPARE}{size_gb}g-"
+    have = sum(1 for name in os.listdir(sandboxes) if name.startswith(prefix))
+    for _ in range(SPARES - have):
+        tmp = sandboxes / f".tmp-spare-{size_gb}g-{os.urandom(4).hex()}"
+        tmp.mkdir()
+        try:
+            provision(tmp, size_gb, parts, templates)
+            os.rename(tmp, sandboxes / f"{prefix}{os.urandom(4).hex()}")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                release(tmp)
+            raise
+
+
 def _new_disk(sandbox_dir: Path, size_gb: int, templates: Path) -> Path:
     image = sandbox_dir / IMAGE
     _sparse_copy(_template(templates, size_gb), image)
@@ -218,7 +260,7 @@ def _mount(image: Path, target: Path) -> None:
     try:
         # nodev/nosuid: the disk only ever holds a sandbox's layer; devices and setuid
         # binaries in it must not mean anything on the host side.
-        syscalls.mount(loop[1], str(target), "ext4", MS_NODEV | MS_NOSUID, None)
+        syscalls.mount(loop[1], str(target), "ext4", MS_NODEV | MS_NOSUID, "noinit_itable")
     finally:
         # Autoclear: once this is closed, the mount holds the device; unmounting frees it.
         os.close(loop[0])

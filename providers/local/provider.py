@@ -17,6 +17,7 @@ import re
 import secrets
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -81,6 +82,7 @@ class LocalProvider(Provider):
         self._init_problem: str | None = None
         self._init_path: Path | None = None
         self._probed: tuple[float, list[str]] = (0.0, [])
+        self._spares = Spares(self)
         self._bwrap = config.bwrap
 
     def init_binary(self) -> Path | None:
@@ -233,19 +235,25 @@ class LocalProvider(Provider):
             memory_setting="LOCAL_SANDBOX_TOTAL_MEMORY_MB",
         )
 
-    def _check_capacity(self, sandbox_id: str, memory_mb: int) -> None:
-        """QuotaExceeded when running this sandbox would commit more memory than the total."""
-        capacity = self.capacity()
-        if capacity is None:
-            return
-        total = capacity.memory_mb_total
-        if memory_mb > total:
+    def _check_fits(self, sandbox_id: str, memory_mb: int) -> None:
+        """QuotaExceeded when the sandbox alone needs more memory than all may have."""
+        total = self.totals.memory_mb
+        if total and memory_mb > total:
             raise QuotaExceeded(
                 f"sandbox {sandbox_id} needs {memory_mb} MB of memory, more than the {total} MB "
                 "all local sandboxes may use together (LOCAL_SANDBOX_TOTAL_MEMORY_MB): choose "
                 "a smaller preset",
                 ref=sandbox_id,
             )
+
+    def _check_capacity(self, sandbox_id: str, memory_mb: int) -> None:
+        """QuotaExceeded when running this sandbox would commit more memory than the total
+        (asked at start: a created sandbox commits nothing until it runs)."""
+        self._check_fits(sandbox_id, memory_mb)
+        capacity = self.capacity()
+        if capacity is None:
+            return
+        total = capacity.memory_mb_total
         if capacity.memory_mb_used + memory_mb > total:
             raise QuotaExceeded(
                 f"sandbox {sandbox_id} needs {memory_mb} MB of memory but only "
@@ -288,7 +296,7 @@ class LocalProvider(Provider):
         existing = self.store.load(sandbox_id)
         if existing is not None:
             return LocalInstance(self, existing)
-        self._check_capacity(sandbox_id, spec.memory_mb)
+        self._check_fits(sandbox_id, spec.memory_mb)
         with locked(self.store.root / "snapshots.lock", shared=True):
             chain = self.layers.chain(snapshot_ref)
             self._check_space()
@@ -324,9 +332,14 @@ class LocalProvider(Provider):
     def _commit_new(self, state: SandboxState) -> bool:
         """Write the sandbox's directory atomically; False when it appeared meanwhile."""
         tmp = self.store.sandboxes / f".tmp-{state.id}-{secrets.token_hex(4)}"
+        parts = list(state.parts.values())
         try:
-            tmp.mkdir()
-            disk.provision(tmp, state.disk_gb, list(state.parts.values()), self._templates())
+            if disk.take_spare(self.store.sandboxes, state.disk_gb, tmp):
+                self._spares.refill(state.disk_gb, parts)
+            else:
+                tmp.mkdir()
+                disk.provision(tmp, state.disk_gb, parts, self._templates())
+                self._spares.refill(state.disk_gb, parts)
             (tmp / "merged").mkdir()
             (tmp / "state.json").write_text(state.to_json())
             (tmp / "activity").touch()
@@ -402,6 +415,11 @@ class LocalProvider(Provider):
         for sandbox_id in self.store.ids():
             with contextlib.suppress(ProviderError, OSError):
                 self.delete(sandbox_id)
+        self._spares.join()
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.store.sandboxes):
+                if entry.name.startswith((disk.SPARE, ".tmp-")):
+                    _remove(Path(entry.path))
         forwarder.stop(self.store.root)
         for name in self.cgroups.children():
             self.cgroups.kill(name, timeout=2)
@@ -741,6 +759,35 @@ def _wait_gone(pid: int, *, timeout: float) -> None:
     while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
         time.sleep(delay)
         delay = min(delay * 2, 0.02)
+
+
+class Spares:
+    """Spare disks made in the background (see disk.take_spare): one thread at a time per
+    provider; ``purge`` waits for it, so nothing is made after everything was removed."""
+
+    def __init__(self, provider: LocalProvider) -> None:
+        self._provider = provider
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def refill(self, size_gb: int, parts: list[str]) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return  # it tops up again after the next create
+            store = self._provider.store
+            templates = self._provider._templates()
+
+            def make() -> None:
+                with contextlib.suppress(OSError):
+                    disk.make_spares(store.sandboxes, size_gb, parts, templates)
+
+            self._thread = threading.Thread(target=make, name="local-spare-disks", daemon=True)
+            self._thread.start()
+
+    def join(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                self._thread.join()
 
 
 def _idmapped_dirs(layer: Path, mounts: list[launch.Mount]) -> tuple[Path, ...]:

@@ -180,8 +180,10 @@ def test_creates_and_starts_that_would_commit_more_memory_than_the_total_are_ref
             waiting.start()
             assert provider.capacity().memory_mb_free == 0
 
+            # A created sandbox commits nothing; running it would.
+            extra = made.create(provider, memory_mb=64)
             with pytest.raises(QuotaExceeded) as refused:
-                made.create(provider, memory_mb=64)
+                extra.start()
             message = refused.value.message
             for part in ("64 MB", "0 MB of 1024 MB", "1024 MB is committed to 3"):
                 assert part in message, message
