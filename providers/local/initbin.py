@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from providers.local.state import locked
@@ -30,31 +31,48 @@ def binary_path(root: Path) -> Path:
     return root / "bin" / f"sbx-init-{digest}"
 
 
-def ensure_binary(root: Path) -> Path:
-    """The compiled init for this source, building it on first use (idempotent)."""
-    target = binary_path(root)
+def cached_build(
+    target: Path, make: Callable[[str, Path], None], unavailable: Callable[[str], Exception]
+) -> Path:
+    """``target``, made on first use by ``make(compiler, target)`` under the build lock, so
+    concurrent first starts build it once (sbx-init and the seccomp filter are made so).
+    ``make`` publishes ``target`` atomically or raises; without a compiler,
+    ``unavailable(why)`` is raised."""
     if target.exists():
         return target
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        raise InitUnavailable(f"no C compiler to build the sandbox init ({COMPILER_HINT})")
-    target.parent.mkdir(mode=0o755, exist_ok=True)
+        raise unavailable("no C compiler")
+    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     with locked(target.parent / "build.lock"):
-        if target.exists():
-            return target
-        tmp = target.with_name(f".{target.name}.{os.getpid()}")
-        errors = ""
-        for flags in (["-static"], []):  # static first: independent of the sandbox's libc
-            done = subprocess.run(
-                [compiler, "-O2", "-Wall", *flags, "-o", str(tmp), str(SOURCE)],
-                capture_output=True,
-                text=True,
-            )
-            if done.returncode == 0:
-                os.chmod(tmp, 0o755)  # noqa: S103 - bind-mounted and run inside sandboxes
-                os.replace(tmp, target)
-                return target
-            errors = done.stderr.strip()[-500:]
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise InitUnavailable(f"building the sandbox init failed ({COMPILER_HINT}): {errors}")
+        if not target.exists():
+            make(compiler, target)
+    return target
+
+
+def ensure_binary(root: Path) -> Path:
+    """The compiled init for this source, building it on first use (idempotent)."""
+    return cached_build(
+        binary_path(root),
+        _compile,
+        lambda why: InitUnavailable(f"{why} to build the sandbox init ({COMPILER_HINT})"),
+    )
+
+
+def _compile(compiler: str, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    errors = ""
+    for flags in (["-static"], []):  # static first: independent of the sandbox's libc
+        done = subprocess.run(
+            [compiler, "-O2", "-Wall", *flags, "-o", str(tmp), str(SOURCE)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode == 0:
+            os.chmod(tmp, 0o755)  # noqa: S103 - bind-mounted and run inside sandboxes
+            os.replace(tmp, target)
+            return
+        errors = done.stderr.strip()[-500:]
+    with contextlib.suppress(OSError):
+        tmp.unlink()
+    raise InitUnavailable(f"building the sandbox init failed ({COMPILER_HINT}): {errors}")

@@ -17,12 +17,11 @@ import contextlib
 import hashlib
 import os
 import platform
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
-from providers.local.state import locked
+from providers.local import initbin
 
 SOURCE = Path(__file__).with_name("seccomp.c")
 PACKAGE_HINT = "apt-get install -y gcc libc6-dev libseccomp-dev"
@@ -42,22 +41,18 @@ def filter_path(root: Path) -> Path:
 
 def ensure_filter(root: Path) -> Path:
     """The compiled filter for this source, building it on first use (idempotent)."""
-    target = filter_path(root)
-    if target.exists():
-        return target
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise SeccompUnavailable(f"no C compiler to build the seccomp filter ({PACKAGE_HINT})")
-    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    # The same lock as sbx-init's build: concurrent first starts build it once.
-    with locked(target.parent / "build.lock"):
-        if target.exists():
-            return target
-        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".seccomp-") as work:
-            generator = Path(work) / "seccomp-gen"
-            _compile(compiler, generator)
-            _generate(generator, target)
-    return target
+    return initbin.cached_build(
+        filter_path(root),
+        _build,
+        lambda why: SeccompUnavailable(f"{why} to build the seccomp filter ({PACKAGE_HINT})"),
+    )
+
+
+def _build(compiler: str, target: Path) -> None:
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".seccomp-") as work:
+        generator = Path(work) / "seccomp-gen"
+        _compile(compiler, generator)
+        _generate(generator, target)
 
 
 def _compile(compiler: str, generator: Path) -> None:

@@ -219,6 +219,6 @@ def test_a_failed_build_names_libseccomp_dev(broken_source):
 
 
 def test_no_compiler_is_said_plainly(broken_source, monkeypatch):
-    monkeypatch.setattr(seccompbin.shutil, "which", lambda _name: None)
+    monkeypatch.setattr("shutil.which", lambda _name: None)
     with pytest.raises(seccompbin.SeccompUnavailable, match="no C compiler"):
         seccompbin.ensure_filter(broken_source)
