@@ -7,7 +7,10 @@ sandbox's root cannot signal, ptrace, or share per-user limits (inotify instance
 keyrings, process counts) with another's.
 
 The slots come from ``LOCAL_SANDBOX_ID_RANGE`` (``FIRST:COUNT``), else from root's
-subordinate ranges in /etc/subuid and /etc/subgid, else from 100000 on (1,024 slots).
+subordinate ranges in /etc/subuid and /etc/subgid, else from 2^30 on (1,024 slots): above
+the ranges ``useradd`` hands users for their own rootless containers (100000 to
+600100000 by default, login.defs' SUB_UID_MIN/MAX), so no user's container shares a host
+id with a sandbox.
 Layers on disk keep the ids a sandbox sees (0 = its root): they are mounted through the
 mapping (idmapped mounts), so a slot can change between starts at no cost.
 """
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SLOT = 65536
-DEFAULT_FIRST = 100000
+DEFAULT_FIRST = 1 << 30
 DEFAULT_COUNT = SLOT * 1024
 
 
