@@ -309,6 +309,17 @@ class Cgroups:
                 found.update(int(p) for p in (directory / "cgroup.procs").read_text().split())
         return found
 
+    def has_processes(self, sandbox_id: str) -> bool:
+        """Whether any process is in the sandbox's cgroups: one read, of the hierarchy a
+        process joins first (see procs_files), so even one that joined no other counts."""
+        dirs = self.dirs(sandbox_id)
+        if not dirs:
+            return False
+        try:
+            return bool((dirs[0] / "cgroup.procs").read_text().strip())
+        except OSError:
+            return False
+
     def exists(self, sandbox_id: str) -> bool:
         return any(d.is_dir() for d in self.dirs(sandbox_id))
 

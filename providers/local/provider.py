@@ -51,7 +51,6 @@ from providers.local.instance import LocalInstance, service_url
 from providers.local.layers import PARTS, Layers, in_use_leftover
 from providers.local.state import (
     SANDBOX_ID_RE,
-    Runtime,
     SandboxState,
     ServiceEntry,
     Store,
@@ -209,29 +208,18 @@ class LocalProvider(Provider):
         return Health(reachable=not problems, latency_ms=round(latency, 3), detail=detail)
 
     def capacity(self) -> Capacity | None:
-        """Memory committed to running and paused sandboxes (from their state files) against
-        the total all of them may have; None when the host's memory is unknown."""
+        """Memory committed to running and paused sandboxes against the total all of them
+        may have; None when the host's memory is unknown. A start asks this, so it is one
+        directory listing (``Store.commitments``), not a read of every state file."""
         if not self.totals.memory_mb:
             return None
-        committed = running = 0
-        directory = str(self.store.sandboxes)
-        for sandbox_id in self.store.ids():
-            # Only two fields of each state file: a start asks this, so it stays cheap.
-            try:
-                with open(os.path.join(directory, sandbox_id, "state.json"), "rb") as handle:
-                    data = json.loads(handle.read())
-                alive = bool(data.get("runtime")) and runtime_alive(Runtime(**data["runtime"]))
-            except (OSError, ValueError, TypeError):
-                continue
-            if alive:
-                committed += int(data.get("memory_mb") or 0)
-                running += 1
+        committed = self.store.commitments()
         return Capacity(
             memory_mb_total=self.totals.memory_mb,
-            memory_mb_used=committed,
+            memory_mb_used=sum(committed.values()),
             pids_total=self.totals.pids or None,
             pids_used=self.cgroups.total_pids_in_use(),
-            sandboxes_running=running,
+            sandboxes_running=len(committed),
             memory_setting="LOCAL_SANDBOX_TOTAL_MEMORY_MB",
         )
 
@@ -371,17 +359,32 @@ class LocalProvider(Provider):
         launch.reap_finished()
         found = []
         services = False
+        committed = self.store.commitments()
         for sandbox_id in self.store.ids():
             state = self.store.load(sandbox_id)
-            if state is not None and META_SANDBOX_ID in state.metadata:
+            if state is None:
+                continue
+            self._settle_commitment(state, committed.pop(sandbox_id, None))
+            if META_SANDBOX_ID in state.metadata:
                 found.append(LocalInstance(self, state))
                 services = services or bool(state.services)
+        for gone in committed:  # deleted by a process that crashed before uncommitting
+            self.store.uncommit(gone)
         if services and not host.rootless():
             # After a host reboot nothing listens on exposed sockets until the forwarder runs
             # again; reconciliation lists regularly, so this brings it back.
             with contextlib.suppress(Unavailable):
                 self._forwarder({"op": "ping"})
         return found
+
+    def _settle_commitment(self, state: SandboxState, committed: int | None) -> None:
+        """Make the sandbox's committed memory match what runs (after a crash, or a
+        sandbox whose init died on its own)."""
+        alive = runtime_alive(state.runtime)
+        if alive and committed != state.memory_mb:
+            self.store.commit(state.id, state.memory_mb)
+        elif not alive and committed is not None:
+            self.store.uncommit(state.id)
 
     def _sweep(self) -> None:
         """Remove what failed operations or crashes left behind (old temp dirs, cgroups)."""
@@ -393,6 +396,10 @@ class LocalProvider(Provider):
                     stale = leftover and now - entry.stat().st_mtime > STALE_SECONDS
                     if stale and not in_use_leftover(entry.name):
                         _remove(Path(entry.path))
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.store.commitments_dir().parent):
+                if entry.name != self.store.commitments_dir().name:  # an earlier boot's
+                    shutil.rmtree(entry.path, ignore_errors=True)
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.store.slots):
                 # A slot whose sandbox is gone (a crash between claim and delete); fresh
@@ -468,48 +475,21 @@ class LocalProvider(Provider):
             if status == InstanceStatus.PAUSED:
                 raise Conflict(f"sandbox {sandbox_id} is paused; resume it", ref=sandbox_id)
             self._check_capacity(sandbox_id, state.memory_mb)
-            stale = state.runtime is not None or self.cgroups.pids(sandbox_id)
+            stale = state.runtime is not None or self.cgroups.has_processes(sandbox_id)
             if stale or self.cgroups.freeze_requested(sandbox_id):
                 self._kill(state)  # whatever a crash, a stale runtime or a pause left
             self._check_space()
-            layer = self._layer_dir(sandbox_id)
-            mounts = []
-            for target, part in state.parts.items():
-                lowers = self.layers.lowers(state.chain, part)
-                mounts.append(
-                    launch.Mount(target, lowers, layer / "upper" / part, layer / "work" / part)
-                )
             try:
                 self.cgroups.ensure(sandbox_id, self._limits(state), reapply=False)
             except OSError as exc:
                 raise OperationFailed(f"could not set up cgroups for {sandbox_id}: {exc}") from exc
-            directory = self.store.sandbox_dir(sandbox_id)
-            init = self.init_binary()
-            if init is None:
-                raise Unavailable(f"local sandboxes need their init: {self._init_problem}")
-            rootless = host.rootless()
-            ids = None if rootless else self._idmap(state)
+            spec = self._launch_spec(state)
+            self.store.commit(sandbox_id, state.memory_mb)
             try:
-                seccomp = seccompbin.ensure_filter(self.store.root)
-            except (seccompbin.SeccompUnavailable, OSError) as exc:
-                raise Unavailable(f"local sandboxes need their seccomp filter: {exc}") from exc
-            state.runtime = launch.launch(
-                launch.LaunchSpec(
-                    sandbox_id=sandbox_id,
-                    bwrap=self._bwrap,
-                    root=self.store.root,
-                    merged=directory / "merged",
-                    mounts=mounts,
-                    cgroup_procs=self.cgroups.procs_files(sandbox_id),
-                    log=directory / "bwrap.log",
-                    init_binary=init,
-                    exec_socket=directory / "exec.sock",
-                    idmap=ids,
-                    idmapped=_idmapped_dirs(layer, mounts),
-                    seccomp=seccomp,
-                    rootless=rootless,
-                )
-            )
+                state.runtime = launch.launch(spec)
+            except BaseException:
+                self.store.uncommit(sandbox_id)
+                raise
             try:
                 self.store.save(state)
             except BaseException:
@@ -517,6 +497,44 @@ class LocalProvider(Provider):
                 raise
         if state.services:
             self._forwarder({"op": "ping"})
+
+    def _launch_spec(self, state: SandboxState) -> launch.LaunchSpec:
+        """How to start the sandbox: its layers, its disk, its ids, its init and filter."""
+        sandbox_id = state.id
+        layer = self._layer_dir(sandbox_id)
+        mounts = [
+            launch.Mount(
+                target,
+                self.layers.lowers(state.chain, part),
+                layer / "upper" / part,
+                layer / "work" / part,
+            )
+            for target, part in state.parts.items()
+        ]
+        init = self.init_binary()
+        if init is None:
+            raise Unavailable(f"local sandboxes need their init: {self._init_problem}")
+        try:
+            seccomp = seccompbin.ensure_filter(self.store.root)
+        except (seccompbin.SeccompUnavailable, OSError) as exc:
+            raise Unavailable(f"local sandboxes need their seccomp filter: {exc}") from exc
+        rootless = host.rootless()
+        directory = self.store.sandbox_dir(sandbox_id)
+        return launch.LaunchSpec(
+            sandbox_id=sandbox_id,
+            bwrap=self._bwrap,
+            root=self.store.root,
+            merged=directory / "merged",
+            mounts=mounts,
+            cgroup_procs=self.cgroups.procs_files(sandbox_id),
+            log=directory / "bwrap.log",
+            init_binary=init,
+            exec_socket=directory / "exec.sock",
+            idmap=None if rootless else self._idmap(state),
+            idmapped=_idmapped_dirs(layer, mounts),
+            seccomp=seccomp,
+            rootless=rootless,
+        )
 
     def _claim_slot(self, sandbox_id: str) -> int:
         try:
@@ -583,6 +601,7 @@ class LocalProvider(Provider):
                 if time.monotonic() > deadline:
                     raise OperationFailed(f"sandbox {state.id} would not stop")
                 time.sleep(0.001)
+        self.store.uncommit(state.id)
 
     def stop(self, sandbox_id: str) -> None:
         with self._locked_state(sandbox_id) as state:

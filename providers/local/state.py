@@ -231,6 +231,37 @@ class Store:
         except OSError:
             pass
 
+    # --- memory committed to running and paused sandboxes (see LocalProvider.capacity)
+    #
+    # One empty file per sandbox, ``<root>/committed/<boot id>/<sandbox id>=<MB>``: the
+    # sum is one directory listing, however many sandboxes exist, and a host reboot (a new
+    # boot id) leaves nothing committed. ``list()`` corrects what a crash left.
+
+    def commitments_dir(self) -> Path:
+        return self.root / "committed" / boot_id()
+
+    def commitments(self) -> dict[str, int]:
+        found = {}
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.commitments_dir()):
+                sandbox_id, _, megabytes = name.partition("=")
+                if SANDBOX_ID_RE.fullmatch(sandbox_id) and megabytes.isdigit():
+                    found[sandbox_id] = int(megabytes)
+        return found
+
+    def commit(self, sandbox_id: str, memory_mb: int) -> None:
+        self.uncommit(sandbox_id)
+        directory = self.commitments_dir()
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (directory / f"{sandbox_id}={int(memory_mb)}").touch()
+
+    def uncommit(self, sandbox_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.commitments_dir()):
+                if name.partition("=")[0] == sandbox_id:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.commitments_dir() / name)
+
     def last_activity(self, sandbox_id: str) -> float | None:
         try:
             return (self.sandbox_dir(sandbox_id) / "activity").stat().st_mtime
