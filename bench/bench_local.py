@@ -259,7 +259,7 @@ def run() -> list[Result]:
         for ref in (empty, big, small):
             bench.provider.delete_snapshot(ref)
 
-        results.extend(local_defences.bubblewrap_parts(work))
+        results.extend(local_defences.seccomp_cost(work))
         results.extend(
             local_defences.provider_parts(lambda n: bench.start_to_first_exec("base", n))
         )

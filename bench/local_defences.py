@@ -2,10 +2,11 @@
 
 Used by bench_local.py. Two kinds of numbers:
 
-* the cost of each defence at start: bubblewrap's part (the seccomp filter, the /proc
-  protections) as the difference between interleaved runs of a bare bubblewrap with and
-  without it; the provider's part (the user namespace and its id maps, the idmapped
-  mounts, the sandbox's disk) timed inside real starts;
+* the cost of each defence at start: the seccomp filter as the difference between
+  interleaved runs of a bare bubblewrap with and without it; the provider's part (the
+  user namespace and its id maps, the idmapped mounts, the sandbox's disk) timed inside
+  real starts; sbx-init's hardening (the /proc mounts, dropping CAP_SYS_ADMIN) is a
+  dozen system calls, inside "create + start";
 * a fork bomb and a memory hog in one sandbox, while the host and another sandbox run
   commands: their latency before and during the attack.
 """
@@ -40,20 +41,15 @@ def _bwrap_ms(extra: list[str], filter_path: Path | None = None) -> float:
             os.close(fd)
 
 
-def bubblewrap_parts(root: Path, repeat: int = 40) -> list[Result]:
-    """The seccomp filter and the /proc protections, as bubblewrap adds them to a start."""
+def seccomp_cost(root: Path, repeat: int = 40) -> list[Result]:
+    """Loading the seccomp filter, as the difference it makes to a bare bubblewrap run
+    (sbx-init loads the same program with the same system call)."""
     path = seccompbin.ensure_filter(root)
-    proc = launch.proc_protection_argv()
-    bare, protected, filtered = [], [], []
-    for _ in range(repeat):  # interleaved, so drift on a shared machine hits all alike
+    bare, filtered = [], []
+    for _ in range(repeat):  # interleaved, so drift on a shared machine hits both alike
         bare.append(_bwrap_ms([]))
-        protected.append(_bwrap_ms(proc))
         filtered.append(_bwrap_ms([], path))
-    base = statistics.median(bare)
-    return [
-        _cost("/proc protections (read-only /proc/sys..., covered entries)", protected, base),
-        _cost("seccomp filter (loaded by bubblewrap)", filtered, base),
-    ]
+    return [_cost("seccomp filter", filtered, statistics.median(bare))]
 
 
 def _cost(name: str, samples: list[float], base: float) -> Result:

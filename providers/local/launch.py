@@ -107,13 +107,13 @@ class LaunchSpec:
     init_binary: Path
     #: Where sbx-init's exec socket is bound (host side, never visible inside).
     exec_socket: Path
+    #: The compiled seccomp filter (sbx-init loads it; every process inherits it).
+    seccomp: Path
     #: Root: the sandbox's user namespace maps its root to this host range.
     idmap: IdMap | None = None
     #: Directories seen through the sandbox's id mapping (layers, and the directory
     #: holding its writable layer and overlay work directories).
     idmapped: tuple[Path, ...] = ()
-    #: The compiled seccomp filter (bubblewrap loads it into every sandbox process).
-    seccomp: Path | None = None
     #: Not root: the sandbox gets a user namespace mapping root inside to this user.
     rootless: bool = False
 
@@ -124,64 +124,38 @@ INIT_PATH = "/dev/.sbx-init"
 #: unprivileged host id) can reach it there, while LOCAL_SANDBOX_ROOT stays 0700.
 STAGE = Path("/run/sandboxes-local")
 
-#: /proc entries that change the host or tell about it: read-only, or covered, as OCI
-#: runtimes do by default (the same lists as Docker's). Only those this kernel has are
-#: listed at launch. Files under /proc that only host root may read (kallsyms, kmsg,
-#: kpage*, slabinfo...) need no cover: root inside is not host root.
-PROC_READ_ONLY = ("bus", "fs", "irq", "sys", "sysrq-trigger")
-PROC_MASKED_FILES = ("kcore", "keys", "latency_stats", "timer_list", "timer_stats", "sched_debug")
-PROC_MASKED_DIRS = ("acpi", "asound", "scsi")
-
-
-def proc_protection_argv() -> list[str]:
-    """bubblewrap options making the host-facing parts of /proc read-only or empty."""
-    argv: list[str] = []
-    for name in PROC_READ_ONLY:
-        if os.path.exists(f"/proc/{name}"):
-            argv += ["--ro-bind", f"/proc/{name}", f"/proc/{name}"]
-    for name in PROC_MASKED_FILES:
-        if os.path.isfile(f"/proc/{name}"):
-            argv += ["--ro-bind", "/dev/null", f"/proc/{name}"]
-    for name in PROC_MASKED_DIRS:
-        if os.path.isdir(f"/proc/{name}"):
-            argv += ["--tmpfs", f"/proc/{name}", "--remount-ro", f"/proc/{name}"]
-    return argv
-
 
 def bwrap_argv(
-    spec: LaunchSpec,
-    ready_fd: int,
-    info_fd: int,
-    listen_fd: int,
-    seccomp_fd: int | None = None,
+    spec: LaunchSpec, ready_fd: int, info_fd: int, listen_fd: int, seccomp_fd: int
 ) -> list[str]:
+    """bubblewrap's command line. The rest of the sandbox's hardening (read-only and
+    covered /proc entries, dropping CAP_SYS_ADMIN, the seccomp filter) is sbx-init's
+    first act, before anything runs inside: see sbx-init.c."""
     staged = spec.idmap is not None
     argv = [
         spec.bwrap,
         "--bind", str(STAGE / "root") if staged else str(spec.merged), "/",
         "--proc", "/proc",
         "--dev", "/dev",
-        *proc_protection_argv(),
         "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
         "--hostname", spec.sandbox_id,
         "--new-session",
         "--cap-drop", "ALL",
     ]  # fmt: skip
-    for name in syscalls.SANDBOX_CAPS:
+    # CAP_SYS_ADMIN only for sbx-init's own mounts: it drops it before it is ready.
+    for name in (*syscalls.SANDBOX_CAPS, "CAP_SYS_ADMIN"):
         argv += ["--cap-add", name]
     argv.append("--clearenv")
     for key, value in sandbox_env(spec.sandbox_id).items():
         argv += ["--setenv", key, value]
-    if seccomp_fd is not None:
-        argv += ["--seccomp", str(seccomp_fd)]
     # "/": the init needs no working directory, and a sandbox may delete /workspace.
     # No cgroup namespace: sbx-init joins its cgroups only after bwrap cloned it (see
     # launch), and a namespace made at clone time would be rooted elsewhere.
     # /dev is bwrap's own tmpfs: the bind leaves no trace in the sandbox's layers.
     init = str(STAGE / "init") if staged else str(spec.init_binary)
     argv += ["--chdir", "/", "--info-fd", str(info_fd), "--as-pid-1"]
-    argv += ["--ro-bind", init, INIT_PATH, "--", INIT_PATH, str(listen_fd), str(ready_fd)]
-    return argv
+    argv += ["--ro-bind", init, INIT_PATH, "--", INIT_PATH]
+    return [*argv, str(listen_fd), str(ready_fd), str(seccomp_fd)]
 
 
 def _mount_overlays(spec: LaunchSpec, extra: str) -> None:
@@ -348,13 +322,9 @@ def launch(spec: LaunchSpec) -> Runtime:
     init_fd = -1
     try:
         server = sockets.listen(spec.exec_socket)
-        passed = [ready_w, info_w, server.fileno()]
-        if spec.seccomp is not None:
-            seccomp_fd = os.open(spec.seccomp, os.O_RDONLY | os.O_CLOEXEC)
-            passed.append(seccomp_fd)
-        argv = bwrap_argv(
-            spec, ready_w, info_w, server.fileno(), seccomp_fd if seccomp_fd >= 0 else None
-        )
+        seccomp_fd = os.open(spec.seccomp, os.O_RDONLY | os.O_CLOEXEC)
+        passed = [ready_w, info_w, server.fileno(), seccomp_fd]
+        argv = bwrap_argv(spec, ready_w, info_w, server.fileno(), seccomp_fd)
         with open(spec.log, "wb") as log:
             popen = {
                 "stdin": subprocess.DEVNULL,
