@@ -273,7 +273,7 @@ REST_FRAMEWORK = {
         "team": env.get("SANDBOX_API_RATE", "1200/min"),
         "team_create": env.get("SANDBOX_API_CREATE_RATE", "60/min"),
     },
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["sandboxes.api.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_FILTER_BACKENDS": ["sandboxes.api.filtering.FilterBackend"],
     # OPTIONS answers 405: the OpenAPI schema is the description of the API.

@@ -13,7 +13,12 @@ import logging
 import math
 from typing import Any
 
-from django.core.exceptions import ObjectDoesNotExist
+from django.conf import settings
+from django.core.exceptions import (
+    ObjectDoesNotExist,
+    RequestDataTooBig,
+    SuspiciousOperation,
+)
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
@@ -154,6 +159,11 @@ def exception_handler(exc: Exception, context: dict) -> Response:
         exc = exceptions.NotFound("not found")
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied(*exc.args)
+    elif isinstance(exc, RequestDataTooBig):  # raised when the view first reads the body
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        exc = ApiError(413, "request_too_large", f"the body is larger than {limit} bytes")
+    elif isinstance(exc, SuspiciousOperation):  # e.g. too many form fields
+        exc = exceptions.ParseError("the request is malformed")
     if isinstance(exc, exceptions.APIException):
         return _api_exception_response(exc, context)
     # A bug: log it with the traceback, answer in the one shape without details.

@@ -20,6 +20,10 @@ COMMON_ERRORS = {
     "404": "No such object in your team.",
     "429": "Too many requests for your team; see the Retry-After header.",
 }
+#: Documented on every operation that takes a body.
+BODY_ERRORS = {
+    "413": "The body is larger than the server accepts (code request_too_large).",
+}
 ERROR_SCHEMA = {
     "type": "object",
     "properties": {
@@ -103,7 +107,10 @@ def add_error_responses(result: dict, generator, request, public) -> dict:
             continue
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
-            for code, description in COMMON_ERRORS.items():
+            errors = dict(COMMON_ERRORS)
+            if "requestBody" in operation:
+                errors.update(BODY_ERRORS)
+            for code, description in sorted(errors.items()):
                 content = {"application/json": {"schema": ERROR_REF}}
                 response = responses.setdefault(
                     code, {"description": description, "content": content}

@@ -74,3 +74,72 @@ def test_an_id_with_a_nul_character_is_not_found(api, path):
     response = api.get(path)
     assert response.status_code == 404
     assert error_of(response)["code"] == "not_found"
+
+
+@pytest.fixture
+def routes_with_a_body(memory_backend, team, team_admin, django_capture_on_commit_callbacks):
+    """Every API operation that takes a body, its path filled with the team's real objects,
+    and a client allowed to call them all."""
+    from sandboxes.services import interactive, lifecycle
+    from sandboxes.services.actors import Actor
+    from sandboxes.services.snapshots import import_snapshot
+    from tests.api.conftest import bearer_client
+
+    actor = Actor.for_user(team_admin)
+    with django_capture_on_commit_callbacks(execute=True):
+        sandbox = lifecycle.create_sandbox(team=team, actor=actor, preset_id="1vcpu_1gb_8gb")
+    sandbox.refresh_from_db()
+    interactive.expose_service(sandbox=sandbox, actor=actor, name="web", port=8080)
+    version = import_snapshot(
+        provider="memory", preset_id="1vcpu_1gb_8gb", ref="base", actor=actor, team=team
+    )
+    client = bearer_client(team_admin, team)
+    values = {
+        "sandbox_id": sandbox.pk,
+        "snapshot_id": version.snapshot_id,
+        "name": "web",
+        "token_id": client.token.pk,
+    }
+    schema = APIClient().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    routes = [
+        (method.upper(), path.format(**values))
+        for path, operations in schema.json()["paths"].items()
+        for method, operation in operations.items()
+        if "requestBody" in operation
+    ]
+    assert ("POST", "/api/v1/sandboxes") in routes
+    assert ("POST", "/api/sandboxes/start") in routes
+    return client, routes
+
+
+def test_a_body_over_the_upload_limit_is_413_on_every_route(routes_with_a_body, settings):
+    client, routes = routes_with_a_body
+    body = b'{"name": "' + b"a" * settings.DATA_UPLOAD_MAX_MEMORY_SIZE + b'"}'
+    for method, path in routes:
+        response = client.generic(method, path, body, content_type="application/json")
+        assert response.status_code == 413, (method, path, response.content)
+        error = error_of(response)
+        assert error["code"] == "request_too_large", (method, path)
+        assert str(settings.DATA_UPLOAD_MAX_MEMORY_SIZE) in error["message"]
+
+
+def test_json_nested_too_deeply_to_parse_is_400_on_every_route(routes_with_a_body):
+    client, routes = routes_with_a_body
+    body = "[" * 5000 + "]" * 5000
+    for method, path in routes:
+        response = client.generic(method, path, body, content_type="application/json")
+        assert response.status_code == 400, (method, path, response.content)
+        assert error_of(response)["code"] == "malformed_request", (method, path)
+
+
+def test_bad_bodies_to_the_dashboard_are_refused_not_500(member, settings):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(member)
+    big = "a" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)
+    response = client.post("/sandboxes/new/", {"name": big})
+    assert response.status_code == 400
+    deep = "[" * 5000 + "]" * 5000
+    response = client.post("/sandboxes/new/", deep, content_type="application/json")
+    assert response.status_code < 500
