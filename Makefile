@@ -18,8 +18,10 @@ install: $(BIN)/.installed
 system-packages:
 	@scripts/ensure-system-packages bubblewrap gcc libc6-dev libseccomp-dev
 
+# DEBUG stays off unless you set it (DEBUG=1 make run): its error pages show the server's
+# environment.
 run: install system-packages
-	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py serve
+	$(BIN)/python manage.py serve
 
 test: install
 	$(BIN)/ruff check .

@@ -6,11 +6,12 @@ Every variable is documented in docs/configuration.md; keep the two in step.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+
+from config import localfiles
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = os.environ
@@ -66,21 +67,26 @@ def env_list(name: str, default: str = "") -> list[str]:
 
 
 DEBUG = env_bool("DEBUG")
+# Set by `manage.py serve` (`make run`) for itself and the processes it starts: the
+# single-machine setup, on plain HTTP at 127.0.0.1 (see SECRET_KEY and HTTPS below).
+EMBEDDED = env_bool("SANDBOXES_EMBEDDED")
 DATA_DIR = Path(env.get("SANDBOXES_DATA_DIR") or BASE_DIR / ".data").resolve()
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+localfiles.private_dir(DATA_DIR)  # 0700: it holds the database and the secret key
 
 
 def _secret_key() -> str:
     if env.get("SECRET_KEY"):
         return env["SECRET_KEY"]
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set unless DEBUG=1")
-    # Development only: one key per data dir, so sessions survive restarts.
-    path = DATA_DIR / "dev-secret-key"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    if not (DEBUG or EMBEDDED):
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set unless DEBUG=1 or under `manage.py serve` (make run)"
+        )
+    # One key per data dir (0600), generated on first use, so sessions survive restarts.
+    path = DATA_DIR / "secret-key"
+    legacy = DATA_DIR / "dev-secret-key"  # its name before `make run` left DEBUG off
+    if legacy.exists() and not path.exists():
+        legacy.rename(path)
+    return localfiles.persisted_secret(path)
 
 
 SECRET_KEY = _secret_key()
@@ -141,6 +147,8 @@ def _database() -> dict:
     url = env.get("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'db.sqlite3'}"
     config = dj_database_url.parse(url, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))
     if config["ENGINE"] == "django.db.backends.sqlite3":
+        if config["NAME"] and config["NAME"] != ":memory:":
+            localfiles.private_sqlite(Path(config["NAME"]))  # 0600: it holds the sessions
         config["CONN_MAX_AGE"] = 0
         # IMMEDIATE takes the write lock at BEGIN, so a quota check and the insert it
         # guards cannot interleave with another writer (SQLite has no SELECT FOR UPDATE).
@@ -187,17 +195,19 @@ LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
 
 # --- Security: strict unless DEBUG (behind a TLS-terminating proxy, set
-# SECURE_PROXY_SSL_HEADER_NAME so Django knows the request was HTTPS).
+# SECURE_PROXY_SSL_HEADER_NAME so Django knows the request was HTTPS). Under `manage.py
+# serve` (make run, plain HTTP on 127.0.0.1) the HTTPS-only ones default off instead.
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # HTMX reads the token from the cookie-less meta tag instead
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_REFERRER_POLICY = "same-origin"
 if not DEBUG:
-    SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
-    CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
-    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
-    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+    https_only = not EMBEDDED
+    SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", https_only)
+    CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", https_only)
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", https_only)
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if https_only else 0)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
     SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
     # Preloading is a commitment for the whole domain; it stays the operator's choice.

@@ -1,5 +1,10 @@
 """`make run`: migrate, first-run set-up, then the web server and the django-q2 worker.
 
+manage.py marks this command's processes as the embedded setup (``SANDBOXES_EMBEDDED``):
+without ``SECRET_KEY`` they share one generated into the data dir, and HTTPS-only settings
+default off. DEBUG stays off unless set, so the static files are collected here for
+WhiteNoise to serve, as in production.
+
 Ctrl-C (or SIGTERM) stops both; if either exits, the other is stopped too. Each child runs
 in its own process group, and what is left of a group after a 10 s grace is killed:
 runserver's autoreloader and qcluster's workers are processes of their own, and a SIGTERM
@@ -14,6 +19,7 @@ import subprocess
 import sys
 import time
 
+from django.conf import settings
 from django.core.management import call_command, get_commands
 from django.core.management.base import BaseCommand
 
@@ -26,6 +32,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, addr, **options):
         call_command("migrate", interactive=False, verbosity=0)
+        if not settings.DEBUG:  # with DEBUG, WhiteNoise serves them from the app dirs
+            call_command("collectstatic", interactive=False, verbosity=0)
         call_command("ensure_admin")
         if "sync_schedules" in get_commands():
             call_command("sync_schedules")

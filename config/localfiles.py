@@ -1,0 +1,65 @@
+"""Files of the data dir that only the control plane's user may read.
+
+The data dir holds the SQLite database (sessions: whoever reads it can sign in as anyone)
+and the persisted ``SECRET_KEY``. config/settings.py calls these at start, so every
+process (``make run``, gunicorn, a worker) creates them private and tightens any left
+readable by an earlier version. A path owned by another user is left as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+#: What SQLite keeps beside a database file (it gives them the database file's mode).
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def tighten(path: Path, mode: int) -> None:
+    """Clear the permission bits of ``path`` beyond ``mode``."""
+    with contextlib.suppress(FileNotFoundError, PermissionError):
+        if os.stat(path).st_mode & 0o777 & ~mode:
+            os.chmod(path, mode)
+
+
+def private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tighten(path, 0o700)
+
+
+def private_sqlite(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (it would make it 0644); its
+    -wal and -shm files take its mode."""
+    with contextlib.suppress(OSError):  # a missing directory: SQLite will say so itself
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for suffix in ("", *SQLITE_COMPANIONS):
+        tighten(Path(f"{path}{suffix}"), 0o600)
+
+
+def persisted_secret(path: Path) -> str:
+    """The key stored at ``path``, generated (mode 0600) on first use.
+
+    Written to a private temporary file and linked into place, so two processes starting
+    at once agree on one key and nobody ever reads a half-written one.
+    """
+    if not path.exists():
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(descriptor, "w") as file:
+                file.write(secrets.token_urlsafe(50) + "\n")
+                file.flush()
+                os.fsync(file.fileno())
+            with contextlib.suppress(FileExistsError):  # another process was first
+                os.link(temporary, path)
+        finally:
+            temporary.unlink()
+    tighten(path, 0o600)
+    key = path.read_text().strip()
+    if len(key) < 32:
+        raise ImproperlyConfigured(f"{path} holds no usable SECRET_KEY: delete it or fix it")
+    return key
