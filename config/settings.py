@@ -6,6 +6,7 @@ Every variable is documented in docs/configuration.md; keep the two in step.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -108,6 +109,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_q",
+    "axes",  # login throttling: see "Login throttling" below
     "sandboxes",
 ]
 
@@ -121,6 +123,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last: turns a lockout found during authentication into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -266,6 +270,34 @@ if env.get("REDIS_URL"):
             "KEY_PREFIX": "sandboxes",
         },
     }
+
+# --- Login throttling (django-axes; docs/configuration.md, "Sign-in throttling").
+# Failed sign-ins at /login/ and /admin/login/ are counted per (username, address) and
+# per address; past a limit every sign-in from there is refused, the right password too,
+# until the cool-off has passed since the last failure or an admin unlocks it.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses locked-out attempts
+    "django.contrib.auth.backends.ModelBackend",
+]
+LOGIN_FAILURE_LIMIT = max(1, env_int("LOGIN_FAILURE_LIMIT", 10))
+LOGIN_IP_FAILURE_LIMIT = max(1, env_int("LOGIN_IP_FAILURE_LIMIT", 50))
+LOGIN_COOLOFF_MINUTES = env_seconds("LOGIN_COOLOFF_MINUTES", 15)
+# The client's address: REMOTE_ADDR, or behind a reverse proxy the header it sets (the
+# right-most address of it, the one the proxy added), e.g. HTTP_X_FORWARDED_FOR.
+CLIENT_IP_HEADER = env.get("CLIENT_IP_HEADER", "").strip()
+AXES_HANDLER = "sandboxes.lockout.LockoutHandler"  # the database, with the two limits
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], "ip_address"]
+# 0 minutes: locked until an admin unlocks (axes treats None as "no cool-off").
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_COOLOFF_MINUTES) if LOGIN_COOLOFF_MINUTES else None
+# Attempts while locked out do not push the end of the lockout further away.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_LOCKOUT_CALLABLE = "sandboxes.lockout.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "sandboxes.services.auth_failures.client_ip"
+# Failed API token authentications per client address (sandboxes/api/auth.py), counted
+# like the API's rates; past the limit the API answers 429 without looking at the token.
+SANDBOX_API_AUTH_FAILURE_RATE = env.get("SANDBOX_API_AUTH_FAILURE_RATE", "30/hour")
 
 # --- The REST API (sandboxes/api, docs/api.md)
 REST_FRAMEWORK = {

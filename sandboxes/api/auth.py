@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
+from sandboxes.api.errors import AuthenticationThrottled
 from sandboxes.current_team import team_context
 from sandboxes.models import ApiToken, Role, Team
+from sandboxes.services import auth_failures
 from sandboxes.services.actors import Actor
 from sandboxes.services.tokens import authenticate_token
 
@@ -42,7 +44,12 @@ def _principal(actor: Actor, team: Team, token: ApiToken | None = None) -> Princ
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):
-    """``Authorization: Bearer sbt_...``: the token's user, in the token's team."""
+    """``Authorization: Bearer sbt_...``: the token's user, in the token's team.
+
+    Against guessing: every refused token counts against the caller's address
+    (``sandboxes.services.auth_failures``); an address past ``SANDBOX_API_AUTH_FAILURE_RATE``
+    is answered 429 with ``Retry-After`` before its token is even looked at.
+    """
 
     keyword = "Bearer"
 
@@ -50,20 +57,29 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         header = authentication.get_authorization_header(request).split()
         if not header or header[0].lower() != self.keyword.lower().encode():
             return None
+        address = auth_failures.client_ip(request._request)
+        wait = auth_failures.blocked_for(address)
+        if wait is not None:
+            raise AuthenticationThrottled(wait)
         if len(header) != 2:
-            raise exceptions.AuthenticationFailed("the Authorization header is Bearer <token>")
+            raise self._failed(address, "the Authorization header is Bearer <token>")
         try:
             raw = header[1].decode("ascii")
         except UnicodeDecodeError:
-            raise exceptions.AuthenticationFailed(INVALID_TOKEN) from None
+            raise self._failed(address, INVALID_TOKEN) from None
         token = authenticate_token(raw)
         if token is None:
-            raise exceptions.AuthenticationFailed(INVALID_TOKEN)
+            raise self._failed(address, INVALID_TOKEN)
         # A token outlives nothing: its user must still belong to its team.
         principal = _principal(Actor.for_token(token), token.team, token)
         if principal is None:
-            raise exceptions.AuthenticationFailed(INVALID_TOKEN)
+            raise self._failed(address, INVALID_TOKEN)
         return token.user, principal
+
+    @staticmethod
+    def _failed(address: str, message: str) -> exceptions.AuthenticationFailed:
+        auth_failures.record_failure(address)
+        return exceptions.AuthenticationFailed(message)
 
     def authenticate_header(self, request: Request) -> str:
         return f'{self.keyword} realm="api"'

@@ -47,6 +47,12 @@ DRF_CODES: dict[type[exceptions.APIException], str] = {
 PROVIDER_CONFLICT_CODES = {"provider_invalid_state", "provider_unsupported"}
 
 
+class AuthenticationThrottled(exceptions.Throttled):
+    """Too many failed token authentications from the caller's address (429 ``throttled``)."""
+
+    error_message = "too many failed authentications from your address; try again in {wait} s"
+
+
 def error_body(
     code: str, message: str, fields: dict[str, list[str]] | None = None, **extra: Any
 ) -> dict[str, Any]:
@@ -146,7 +152,10 @@ def _api_exception_response(exc: exceptions.APIException, context: dict) -> Resp
         wait = max(1, math.ceil(exc.wait or 1))
         response["Retry-After"] = str(wait)
         extra = {"retry_after": wait}
-        message = f"too many requests for your team; try again in {wait} s"
+        template = getattr(
+            exc, "error_message", "too many requests for your team; try again in {wait} s"
+        )
+        message = template.format(wait=wait)
     response.data = error_body(code, message, fields, **extra)
     return response
 

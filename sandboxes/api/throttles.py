@@ -19,20 +19,9 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 
 from sandboxes.api.auth import Principal
-from sandboxes.services.throttling import count_request
+from sandboxes.services.throttling import PERIODS, count_request, parse_rate
 
-PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_rate(rate: str | None) -> tuple[int, int] | None:
-    """``"600/min"`` -> (600, 60); None or "" -> None (no limit)."""
-    if not rate:
-        return None
-    count, _, period = rate.partition("/")
-    try:
-        return int(count), PERIODS[period.strip()[:1].lower()]
-    except (ValueError, KeyError):
-        raise ValueError(f"{rate!r} is not a rate like 600/min") from None
+__all__ = ["PERIODS", "TeamCreateThrottle", "TeamRateThrottle", "parse_rate"]
 
 
 class TeamRateThrottle(BaseThrottle):

@@ -13,6 +13,35 @@ from django.db import connection, transaction
 
 from sandboxes.models import ThrottleCounter
 
+PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_rate(rate: str | None) -> tuple[int, int] | None:
+    """``"600/min"`` -> (600, 60); None or "" -> None (no limit)."""
+    if not rate:
+        return None
+    count, _, period = rate.partition("/")
+    try:
+        return int(count), PERIODS[period.strip()[:1].lower()]
+    except (ValueError, KeyError):
+        raise ValueError(f"{rate!r} is not a rate like 600/min") from None
+
+
+def current_count(key: str, *, window: int) -> int:
+    """``key``'s count in ``window`` without adding to it (0 in any other window)."""
+    if settings.SANDBOX_API_THROTTLE_STORE == "redis":
+        return caches["throttle"].get(f"{key}:{window}") or 0
+    row = ThrottleCounter.objects.filter(key=key).values_list("window", "count").first()
+    return row[1] if row and row[0] == window else 0
+
+
+def forget(key: str, *, window: int) -> None:
+    """Drop ``key``'s count (in ``window``, for Redis, whose keys are per window)."""
+    if settings.SANDBOX_API_THROTTLE_STORE == "redis":
+        caches["throttle"].delete(f"{key}:{window}")
+    else:
+        ThrottleCounter.objects.filter(key=key).delete()
+
 
 def count_request(key: str, *, window: int, period: int) -> int:
     """Add one request to ``key``'s count in ``window`` (of ``period`` s); return the count."""

@@ -185,8 +185,9 @@ class TestRead:
     ):
         seed(team, count, Snapshot.objects.get(provider="memory"))
         api.get("/api/v1/sandboxes")  # the token's last use is written once a minute
-        # token (with its user's role), throttle counter, count, page: nothing per row.
-        with django_assert_num_queries(4):
+        # the address's failed-authentication counter, token (with its user's role),
+        # throttle counter, count, page: nothing per row.
+        with django_assert_num_queries(5):
             response = api.get("/api/v1/sandboxes", {"page_size": 50})
         assert len(response.json()["results"]) == count
 
