@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import ClassVar, Protocol, runtime_checkable
 
+from providers.addresses import AddressRule
 from providers.errors import Unsupported
 
 #: Keys of the metadata the control plane stores on every instance it makes. Together
@@ -84,6 +85,13 @@ class HttpService:
     reaches through a unix socket on its own host (``local``: only the control plane's
     user may connect). Only the control plane's service proxy (``/s/<sandbox>/<name>/``)
     is meant to use it; ``providers.unix_http.session()`` sends requests to either form.
+
+    Whether the proxy may trust the URL's host is the provider's to say
+    (``Provider.service_address_rule``): a provider that builds the URL from an address it
+    chose itself (``local``'s unix sockets, Docker's ports published on the host's
+    loopback) returns None; one whose addresses come from outside (a PVE guest reports its
+    own address, Morph's API names the host) returns the rule the address must pass, and
+    the proxy checks the address it actually connects to against it.
     """
 
     name: str
@@ -366,6 +374,20 @@ class Provider(ABC):
 
     @abstractmethod
     def health(self) -> Health: ...
+
+    @property
+    def service_address_rule(self) -> AddressRule | None:
+        """What the host of a service URL (``HttpService.url``) must resolve to before the
+        service proxy connects to it (see ``providers.addresses``).
+
+        None (the default) means the provider chose the address itself and it is trusted
+        as it is: ``http+unix://`` sockets of the control plane, a port the provider
+        published on the control plane's own loopback. A provider whose addresses come
+        from outside (the guest, or a remote API) returns a rule: unspecified, loopback,
+        link-local, multicast and reserved addresses are then refused, also when a DNS
+        name resolves to them at connect time. ``http+unix://`` URLs are never checked.
+        """
+        return None
 
     def capacity(self) -> Capacity | None:
         """What this provider can still hold (None: it does not say; nothing is refused)."""

@@ -11,28 +11,51 @@ found". The caller's credentials (cookies, the Authorization header) are never p
 to the sandbox, and the sandbox cannot set cookies on the dashboard's origin; unless
 ``SANDBOX_PROXY_ISOLATE`` is off, its pages are served in an opaque origin (CSP sandbox)
 so their scripts cannot act as the signed-in user.
+
+Where the proxy connects: ``http+unix://`` services (sockets the control plane made) and
+providers that chose the address themselves are connected to as they are; a provider
+whose addresses come from outside (``Provider.service_address_rule``: PVE guests report
+their own, Morph's API names a host) has every connection checked at the socket: the
+host is resolved once, an unspecified, loopback, link-local, multicast or reserved
+answer (or one outside ``PVE_GUEST_CIDRS``) is refused with a 502 before anything is
+sent, and the peer actually reached is checked too.
+
+Whatever the upstream does wrong (no answer, a reset, a 1xx or a status above 599,
+headers that do not parse, are too large or cannot be passed on) is answered with the
+API's error shape: 504 when it did not answer in time, else 502; never a 500.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import time
 from collections.abc import Iterator
 
 import requests
+import urllib3
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import (
+    BadHeaderError,
+    HttpRequest,
+    HttpResponse,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.views.decorators.csrf import csrf_exempt
+from urllib3.util.response import assert_header_parsing
 
-from providers import unix_http
+from providers import addresses, unix_http
+from providers.addresses import AddressRule
 from sandboxes import selectors
 from sandboxes.current_team import team_context
 from sandboxes.models import Sandbox, Team
 from sandboxes.services import interactive, lifecycle, tokens
 from sandboxes.services.actors import Actor
+from sandboxes.services.backends import get_provider
 from sandboxes.services.errors import ServiceError
 from sandboxes.states import Status
 
@@ -59,6 +82,21 @@ ISOLATION_POLICY = "sandbox allow-scripts allow-forms allow-popups allow-modals 
 PARKED = (Status.PAUSED, Status.HIBERNATED)
 WAKING = (Status.PAUSING, Status.RESUMING)
 CHUNK = 64 * 1024
+#: An upstream answer whose headers (names and values together) are larger is refused.
+MAX_RESPONSE_HEADER_BYTES = 64 * 1024
+#: What sending to the upstream may raise beyond requests' own errors (http.client and
+#: urllib3 let a few through unwrapped).
+UPSTREAM_ERRORS = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+    ValueError,
+)
+
+
+class BadUpstream(Exception):
+    """The upstream answered, but not with something the proxy can pass on."""
 
 
 def _error(status: int, code: str, message: str) -> JsonResponse:
@@ -146,10 +184,22 @@ def wake(sandbox: Sandbox, actor: Actor) -> Sandbox:
         time.sleep(0.1)
 
 
-def _session() -> requests.Session:
-    """A session for one request: ``http(s)://`` as usual, and ``http+unix://`` (services
-    reachable only through a unix socket on this host, see providers/unix_http.py)."""
-    return unix_http.session()
+def _session(rule: AddressRule | None = None) -> requests.Session:
+    """A session for one request: ``http(s)://`` as usual (through ``rule``'s address check
+    when there is one), and ``http+unix://`` (services reachable only through a unix socket
+    on this host, see providers/unix_http.py)."""
+    session = unix_http.session()
+    return addresses.mount(session, rule) if rule is not None else session
+
+
+def _address_rule(sandbox: Sandbox, url: str) -> AddressRule | None:
+    """The rule the service's address must pass (None: the provider chose it itself)."""
+    if url.startswith(f"{unix_http.SCHEME}://"):
+        return None
+    try:
+        return get_provider(sandbox.provider).service_address_rule
+    except ServiceError:
+        return AddressRule()  # the provider is gone from the settings: trust nothing
 
 
 def _origins(url: str) -> tuple[str, ...]:
@@ -174,34 +224,79 @@ def _forward(request: HttpRequest, sandbox: Sandbox, entry: dict, path: str) -> 
     headers["X-Forwarded-Prefix"] = prefix.rstrip("/")
     try:
         try:
-            upstream = _send(request, entry, path, headers)
-        except requests.ConnectionError:
+            upstream = _send(request, sandbox, entry, path, headers)
+        except requests.ConnectionError as exc:
+            if addresses.refused_in(exc) is not None:
+                raise
             # Nothing at the URL the row holds: the provider may have moved the service
             # (an upgrade); ask it once and try its current URL.
             fresh = interactive.refresh_service_url(sandbox, entry["name"])
             if fresh is None:
                 raise
             entry = fresh
-            upstream = _send(request, entry, path, headers)
-    except requests.RequestException as exc:
+            upstream = _send(request, sandbox, entry, path, headers)
+    except requests.Timeout as exc:
         logger.info("proxy %s/%s: %s", sandbox.pk, entry["name"], exc)
+        return _error(
+            504, "gateway_timeout", f"the service {entry['name']!r} did not answer in time"
+        )
+    except UPSTREAM_ERRORS as exc:
+        refused = addresses.refused_in(exc)
+        if refused is not None:
+            logger.warning("proxy %s/%s: %s", sandbox.pk, entry["name"], refused)
+            return _error(
+                502,
+                "bad_gateway",
+                f"the service {entry['name']!r} is at an address the proxy may not connect to",
+            )
+        logger.info("proxy %s/%s: %r", sandbox.pk, entry["name"], exc)
         return _error(502, "bad_gateway", f"the service {entry['name']!r} did not answer")
-    response = StreamingHttpResponse(_body(upstream), status=upstream.status_code)
-    for name, value in upstream.raw.headers.items():
-        if name.lower() not in DROP_RESPONSE:
-            response[name] = value
-    location = response.get("Location", "")
-    for origin in _origins(entry["url"]):
-        if location == origin or location.startswith(origin + "/"):
-            response["Location"] = prefix + location[len(origin) :].lstrip("/")
-            break
+    try:
+        response = _response(upstream, prefix, entry)
+    except BadUpstream as exc:
+        upstream.close()
+        logger.info("proxy %s/%s: %s", sandbox.pk, entry["name"], exc)
+        return _error(
+            502, "bad_gateway", f"the service {entry['name']!r} gave an invalid answer: {exc}"
+        )
     if settings.SANDBOX_PROXY_ISOLATE:
         response["Content-Security-Policy"] = ISOLATION_POLICY
     return response
 
 
-def _send(request: HttpRequest, entry: dict, path: str, headers: dict) -> requests.Response:
-    with _session() as session:
+def _response(upstream: requests.Response, prefix: str, entry: dict) -> HttpResponse:
+    """The upstream's answer as Django's; BadUpstream when it cannot be passed on."""
+    status = upstream.status_code
+    if not 200 <= status <= 599:
+        raise BadUpstream(f"status {status}")
+    original = getattr(upstream.raw, "_original_response", None)
+    if original is not None:
+        try:
+            assert_header_parsing(original.msg)
+        except (urllib3.exceptions.HeaderParsingError, TypeError) as exc:
+            raise BadUpstream("its headers do not parse") from exc
+    items = list(upstream.raw.headers.items())
+    if sum(len(name) + len(value) + 4 for name, value in items) > MAX_RESPONSE_HEADER_BYTES:
+        raise BadUpstream("its headers are too large")
+    response = StreamingHttpResponse(_body(upstream), status=status)
+    try:
+        for name, value in items:
+            if name.lower() not in DROP_RESPONSE:
+                response[name] = value
+    except (BadHeaderError, ValueError, UnicodeError) as exc:
+        raise BadUpstream("a header cannot be passed on") from exc
+    location = response.get("Location", "")
+    for origin in _origins(entry["url"]):
+        if location == origin or location.startswith(origin + "/"):
+            response["Location"] = prefix + location[len(origin) :].lstrip("/")
+            break
+    return response
+
+
+def _send(
+    request: HttpRequest, sandbox: Sandbox, entry: dict, path: str, headers: dict
+) -> requests.Response:
+    with _session(_address_rule(sandbox, entry["url"])) as session:
         return session.request(
             request.method,
             _target(entry, path, request.META.get("QUERY_STRING", "")),
@@ -217,5 +312,8 @@ def _body(upstream: requests.Response) -> Iterator[bytes]:
     """The upstream body as it came (still compressed if it was), then the connection closed."""
     try:
         yield from upstream.raw.stream(CHUNK, decode_content=False)
+    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+        # The status line is gone already: the answer ends short (the client sees it).
+        logger.info("proxy: the upstream's body broke off: %r", exc)
     finally:
         upstream.close()

@@ -87,6 +87,10 @@ class DockerProvider(Provider):
     def configured(cls, config: Mapping[str, str]) -> bool:
         return bool(config.get("DOCKER_HOST", "").strip())
 
+    # ``service_address_rule`` stays None: a service URL's host is always 127.0.0.1, written
+    # by this provider (services.py); only the port comes from the daemon's published
+    # binding, which the sandbox cannot choose.
+
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(

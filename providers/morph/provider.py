@@ -31,6 +31,7 @@ from morphcloud.api import InstanceStatus as SdkStatus
 from morphcloud.api import MorphCloudClient
 from morphcloud.api import SnapshotStatus as SdkSnapshotStatus
 
+from providers.addresses import AddressRule
 from providers.base import (
     META_SANDBOX_ID,
     Capabilities,
@@ -132,6 +133,12 @@ class MorphProvider(Provider):
     @classmethod
     def configured(cls, config: Mapping[str, str]) -> bool:
         return bool(config.get("MORPH_API_KEY", "").strip())
+
+    @property
+    def service_address_rule(self) -> AddressRule:
+        """Service URLs are whatever Morph's API names: their hosts must resolve to global
+        or private unicast addresses when the proxy connects."""
+        return AddressRule()
 
     @property
     def capabilities(self) -> Capabilities:

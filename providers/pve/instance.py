@@ -225,26 +225,53 @@ class PveInstance(Instance):
         )
 
     def _address_of(self) -> str:
-        """The guest's first non-loopback IPv4 address, from PVE (CT interfaces or the QGA)."""
+        """The guest's address, from PVE (CT interfaces or the QEMU guest agent).
+
+        The guest reports it, so the guest controls it: only an address the settings'
+        rule allows (global or private unicast, inside ``PVE_GUEST_CIDRS`` when set; never
+        unspecified, loopback, link-local, multicast or reserved) is taken, IPv4 first.
+        """
         if self._address:
             return self._address
-        candidates: list[str] = []
+        v4: list[str] = []
+        v6: list[str] = []
         if self._kind.is_lxc:
             for iface in self._p.client.get(self._path("interfaces")):
-                if iface.get("inet"):
-                    candidates.append(str(iface["inet"]).split("/")[0])
+                if iface.get("name") == "lo":
+                    continue
+                for key, found in (("inet", v4), ("inet6", v6)):
+                    for item in str(iface.get(key) or "").split():
+                        found.append(item.split("/")[0])
         else:
             answer = self._p.client.get(self._path("agent/network-get-interfaces"))
             for iface in answer.get("result", []):
+                if iface.get("name") == "lo":
+                    continue
                 for addr in iface.get("ip-addresses", []):
-                    if addr.get("ip-address-type") == "ipv4":
-                        candidates.append(str(addr["ip-address"]))
-        for address in candidates:
-            ip = ipaddress.ip_address(address)
-            if not (ip.is_loopback and address.startswith("127.0.0.")):
-                self._address = address
-                return address
-        raise Conflict(f"{self._kind.label} {self.vmid} has no IPv4 address yet", ref=self.id)
+                    kind = addr.get("ip-address-type")
+                    if kind in ("ipv4", "ipv6") and addr.get("ip-address"):
+                        (v4 if kind == "ipv4" else v6).append(str(addr["ip-address"]))
+        rule = self._p.settings.guest_addresses
+        refused = []
+        for address in v4 + v6:
+            reason = rule.refusal(address)
+            if reason is None:
+                ip = ipaddress.ip_address(address)
+                self._address = str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip)
+                return self._address
+            refused.append(reason)
+        if refused:
+            raise Conflict(
+                f"{self._kind.label} {self.vmid} reports no address the control plane may "
+                f"connect to ({'; '.join(refused[:4])})",
+                ref=self.id,
+            )
+        raise Conflict(f"{self._kind.label} {self.vmid} has no IP address yet", ref=self.id)
+
+    def _host(self) -> str:
+        """The guest's address as a URL's host (IPv6 in brackets)."""
+        address = self._address_of()
+        return f"[{address}]" if ":" in address else address
 
     # --- services, wake-on, snapshots, metrics -----------------------------------------------
 
@@ -261,7 +288,7 @@ class PveInstance(Instance):
                     "only known while it runs; start the sandbox first",
                     ref=self.id,
                 )
-            url = f"http://{self._address_of()}:{port}"
+            url = f"http://{self._host()}:{port}"
         services = [s for s in self._meta.services if s.name != name]
         self._save_services([*services, HttpService(name, int(port), url)])
         return url

@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 from typing import ClassVar
 
+from providers.addresses import AddressRule
 from providers.base import (
     META_SANDBOX_ID,
     Capabilities,
@@ -149,6 +150,11 @@ class PveProvider(Provider):
         return meta is not None and meta.sandbox_id == sandbox_id
 
     # --- the contract ----------------------------------------------------------------------
+
+    @property
+    def service_address_rule(self) -> AddressRule:
+        """Service URLs hold the address the guest reported: checked again on connect."""
+        return self.settings.guest_addresses
 
     @property
     def capabilities(self) -> Capabilities:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from providers.addresses import AddressRule, parse_networks
 from providers.settings import FALSE_WORDS, TRUE_WORDS, flag_setting, int_setting, number_setting
 
 CONFIG_KEYS = (
@@ -25,7 +26,12 @@ CONFIG_KEYS = (
     "PVE_HTTP_TIMEOUT",
     "PVE_TASK_TIMEOUT",
     "PVE_LOCK_WAIT",
+    "PVE_GUEST_CIDRS",
 )
+#: Accept guest addresses on loopback. Not an environment variable (the control plane's
+#: settings pass on ``PVE_*`` names only, and this is none): only the PVE simulator's
+#: configuration carries it, because its guests live on the test host's loopback.
+LOOPBACK_GUESTS_KEY = "pve-simulator:loopback-guests"
 
 DEFAULT_VMID_RANGE = (200000, 299999)
 _TOKEN = re.compile(
@@ -57,6 +63,9 @@ class PveSettings:
     task_timeout: float = 1800.0
     #: How long to keep retrying "CT is locked" / "can't lock file" before giving up.
     lock_wait: float = 60.0
+    #: What a guest's reported address must be before the control plane connects to it
+    #: (exec agent, service URLs, the service proxy); ``PVE_GUEST_CIDRS`` narrows it.
+    guest_addresses: AddressRule = field(default_factory=AddressRule)
 
     def __repr__(self) -> str:  # never the secret
         return f"PveSettings(host={self.host!r}, token={self.user}!{self.token_name}=***)"
@@ -97,6 +106,11 @@ class PveSettings:
             http_timeout=number_setting(config, "PVE_HTTP_TIMEOUT", 30.0, low=0.1, high=3600),
             task_timeout=number_setting(config, "PVE_TASK_TIMEOUT", 1800.0, low=1, high=86400),
             lock_wait=number_setting(config, "PVE_LOCK_WAIT", 60.0, low=0, high=3600),
+            guest_addresses=AddressRule(
+                networks=parse_networks(config.get("PVE_GUEST_CIDRS", ""), "PVE_GUEST_CIDRS"),
+                setting="PVE_GUEST_CIDRS",
+                allow_loopback=config.get(LOOPBACK_GUESTS_KEY) == "1",
+            ),
         )
 
 

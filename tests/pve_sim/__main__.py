@@ -27,7 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     sim.start(port=args.port)
     print("PVE API simulator running. Settings for the control plane:\n")
     for key, value in sim.config().items():
-        print(f"{key}={value}")
+        if key.startswith("PVE_"):
+            print(f"{key}={value}")
+    print(
+        "\nIts guests report loopback addresses, which the control plane refuses to connect "
+        "to:\nLXC exec and exposed services do not work against it by hand."
+    )
     print(f"\nTemplates: {LXC_TEMPLATE} (CT, pve1), {VM_TEMPLATE} (VM, pve2). Ctrl-C stops.")
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())

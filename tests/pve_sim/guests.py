@@ -191,6 +191,12 @@ def register() -> None:
         address = (
             f"127.{runtime_of(req.cluster).net}.{(guest.vmid >> 8) & 255}.{guest.vmid & 255 or 1}"
         )
+        eth0 = [{"ip-address": address, "ip-address-type": "ipv4", "prefix": 8}]
+        if guest.reported is not None:  # a guest lying about its address
+            eth0 = [
+                {"ip-address": a, "ip-address-type": "ipv6" if ":" in a else "ipv4", "prefix": 24}
+                for a in guest.reported
+            ]
         return {
             "result": [
                 {
@@ -202,9 +208,7 @@ def register() -> None:
                 {
                     "name": "eth0",
                     "hardware-address": "bc:24:11:00:00:01",
-                    "ip-addresses": [
-                        {"ip-address": address, "ip-address-type": "ipv4", "prefix": 8}
-                    ],
+                    "ip-addresses": eth0,
                 },
             ]
         }

@@ -603,7 +603,14 @@ def lxc_interfaces(req: Request, p: dict) -> list[dict]:
         raise ApiError(500, f"CT {guest.vmid} not running")
     mac = re.search(r"hwaddr=([0-9A-Fa-f:]+)", guest.config.get("net0", ""))
     eth0 = {"name": "eth0", "hwaddr": mac.group(1) if mac else "00:00:00:00:00:00"}
-    if guest.ip:
+    if guest.reported is not None:
+        v4 = [a for a in guest.reported if ":" not in a]
+        v6 = [a for a in guest.reported if ":" in a]
+        if v4:
+            eth0["inet"] = " ".join(f"{a}/24" for a in v4)
+        if v6:
+            eth0["inet6"] = " ".join(f"{a}/64" for a in v6)
+    elif guest.ip:
         eth0["inet"] = f"{guest.ip}/8"
     return [
         {"name": "lo", "hwaddr": "00:00:00:00:00:00", "inet": "127.0.0.1/8", "inet6": "::1/128"},

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from providers.pve.settings import LOOPBACK_GUESTS_KEY
 from tests.pve_sim import guests as guest_runtime
 from tests.pve_sim.handlers import HANDLERS, Request
 from tests.pve_sim.schema import ApiError, Schema
@@ -196,6 +197,8 @@ class PveSimulator:
             "PVE_VERIFY_TLS": self.cert_file,
             "PVE_LXC_AGENT_PORT": str(self.agent_port),
             "PVE_GUEST_WORKDIR": self.runtime.guest_workdir,
+            # Its guests live on this host's loopback addresses (127.X.Y.Z).
+            LOOPBACK_GUESTS_KEY: "1",
             **extra,
         }
 

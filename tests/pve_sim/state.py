@@ -51,6 +51,9 @@ class Guest:
     snapshots: dict[str, Path] = field(default_factory=dict)
     started_at: float = 0.0
     ip: str = ""
+    #: When set, the addresses the running guest reports on eth0 (CT interfaces, QEMU
+    #: guest agent) instead of ``ip``: a guest lying about its address. Never served on.
+    reported: list[str] | None = None
     agent: object | None = None  # LXC: the exec agent serving this CT while it runs
     owner: str = ""  # who made it (for the tests: "foreign" guests made "in PVE's UI")
 
