@@ -53,7 +53,7 @@ from providers.addresses import AddressRule
 from sandboxes import selectors
 from sandboxes.current_team import team_context
 from sandboxes.models import Sandbox, Team
-from sandboxes.services import interactive, lifecycle, tokens
+from sandboxes.services import auth_failures, interactive, lifecycle, tokens
 from sandboxes.services.actors import Actor
 from sandboxes.services.backends import get_provider
 from sandboxes.services.errors import ServiceError
@@ -104,11 +104,13 @@ def _error(status: int, code: str, message: str) -> JsonResponse:
 
 
 def _authenticate(request: HttpRequest) -> tuple[Actor | None, Team | None, bool]:
-    """(actor, team, used_a_token)."""
+    """(actor, team, used_a_token). A refused token counts against the client's address,
+    as on the API, so the proxy is no way around its guessing protection."""
     header = request.headers.get("Authorization", "")
     if header.lower().startswith("bearer "):
         token = tokens.authenticate_token(header[7:].strip())
         if token is None:
+            auth_failures.record_failure(auth_failures.client_ip(request))
             return None, None, True
         return Actor.for_token(token), token.team, True
     if request.user.is_authenticated:
@@ -121,6 +123,12 @@ def _authenticate(request: HttpRequest) -> tuple[Actor | None, Team | None, bool
 def service_proxy(
     request: HttpRequest, sandbox_id: str, service: str, path: str = ""
 ) -> HttpResponse:
+    if request.headers.get("Authorization", "").lower().startswith("bearer "):
+        wait = auth_failures.blocked_for(auth_failures.client_ip(request))
+        if wait is not None:
+            response = _error(429, "throttled", "too many failed authentications from your address")
+            response["Retry-After"] = str(wait)
+            return response
     actor, team, with_token = _authenticate(request)
     if actor is None:
         if with_token:

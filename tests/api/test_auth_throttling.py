@@ -69,3 +69,20 @@ def test_an_empty_rate_switches_the_guard_off(settings, api):
     settings.SANDBOX_API_AUTH_FAILURE_RATE = ""
     assert {with_token("sbt_guess", GUESSER).status_code for _ in range(10)} == {401}
     assert with_token(api.secret, GUESSER).status_code == 200
+
+
+def test_the_service_proxy_counts_and_refuses_like_the_api(guess_limit, api):
+    # Guessing through /s/<id>/<service>/ counts against the same address...
+    client = APIClient()
+    for n in range(3):
+        response = client.get(
+            "/s/sbx-none/web/", HTTP_AUTHORIZATION=f"Bearer sbt_guess{n}", REMOTE_ADDR=GUESSER
+        )
+        assert response.status_code == 401
+    # ...so the API refuses that address, and so does the proxy.
+    assert with_token(api.secret, GUESSER).status_code == 429
+    refused = client.get(
+        "/s/sbx-none/web/", HTTP_AUTHORIZATION=f"Bearer {api.secret}", REMOTE_ADDR=GUESSER
+    )
+    assert refused.status_code == 429
+    assert int(refused["Retry-After"]) >= 1
