@@ -281,6 +281,26 @@ def _destroy(snapshot: Snapshot, token: str) -> None:
     )
 
 
+def update_snapshot_label(*, snapshot: Snapshot, label: str, actor: Actor) -> Snapshot:
+    """Change a version's label (the only thing about a version that can be edited)."""
+    _require_scope_manager(actor, snapshot.team, "edit")
+    label = _validate_label(label)
+    with transaction.atomic():
+        locked = Snapshot.objects.select_for_update().get(pk=snapshot.pk)
+        if locked.label != label:
+            previous = locked.label
+            locked.label = label
+            locked.save(update_fields=["label", "updated_at"])
+            record_event(
+                actor=actor,
+                action="edit_version",
+                outcome=Outcome.SUCCEEDED,
+                snapshot=locked,
+                data={"snapshot_id": locked.snapshot_id, "label": [previous, label]},
+            )
+    return locked
+
+
 def _require_scope_manager(actor: Actor, team: Team | None, what: str) -> None:
     if team is None:
         operator = actor.is_automation or (actor.user is not None and actor.user.is_superuser)
