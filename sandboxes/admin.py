@@ -1,6 +1,7 @@
-"""The operator's tool. Every model is here; every change to a sandbox or a snapshot version
-goes through the services (the same code the API and the dashboard use), never by editing
-a status field."""
+"""The operator's tool. Every model is here; every change to a sandbox, a team, a membership,
+a token or a snapshot version goes through the services (the same code the API and the
+dashboard use), so each leaves an audit event naming the operator; nothing edits a status
+field or saves one of those rows directly."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from sandboxes.models import (
     Snapshot,
     Team,
 )
-from sandboxes.services import lifecycle
+from sandboxes.services import lifecycle, teams
 from sandboxes.services.actors import Actor
 from sandboxes.services.errors import ServiceError
 from sandboxes.services.presets import preset_id_for
@@ -30,6 +31,7 @@ from sandboxes.services.snapshots import (
     activate_snapshot,
     delete_snapshot_version,
     import_snapshot,
+    update_snapshot_label,
 )
 from sandboxes.services.tokens import revoke_api_token
 
@@ -48,14 +50,87 @@ def _run_service(modeladmin, request, queryset, call, verb: str) -> None:
         modeladmin.message_user(request, f"{verb} {done} item(s).", messages.SUCCESS)
 
 
+def _form_error(form: forms.BaseForm, check) -> None:
+    """Run a service's validation in a form's clean: a refusal is a form error, not a 500."""
+    try:
+        check()
+    except ServiceError as exc:
+        for name, problems in (exc.fields or {}).items():
+            if name in form.fields:
+                for problem in problems:
+                    form.add_error(name, problem)
+                return
+        form.add_error(None, exc.message)
+
+
+class ServiceWritesAdmin(admin.ModelAdmin):
+    """A model whose admin writes go through a service (``save_model``/``delete_model``).
+
+    The forms call the services' own checks, so what a service would refuse shows on the
+    form; a refusal that only the service's locked re-check finds (a concurrent change) is
+    rolled back with the whole request and reported as a message, never a 500.
+    """
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        form.actor = Actor.for_user(request.user)
+        return form
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except ServiceError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except ServiceError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
+    def delete_queryset(self, request, queryset) -> None:
+        # "Delete selected": one service call per row, each refusal reported on its own.
+        for obj in queryset:
+            try:
+                self.delete_model(request, obj)
+            except ServiceError as exc:
+                self.message_user(request, f"{obj}: {exc.message}", messages.ERROR)
+
+
 class MembershipInline(admin.TabularInline):
+    """Read-only here: memberships are added, changed and removed on their own admin page,
+    where each write goes through the teams service and is audited."""
+
     model = Membership
     extra = 0
-    autocomplete_fields = ["user"]
+    can_delete = False
+    fields = ["user", "role", "created_at"]
+    readonly_fields = fields
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class TeamForm(forms.ModelForm):
+    class Meta:
+        model = Team
+        fields = ["slug", "name", "max_sandboxes", "max_vcpus", "max_memory_mb"]
+
+    def clean_slug(self):
+        slug = self.cleaned_data["slug"]
+        _form_error(self, lambda: teams.validate_slug(slug))
+        return slug
 
 
 @admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):
+class TeamAdmin(ServiceWritesAdmin):
+    form = TeamForm
     list_display = ["slug", "name", "members", "max_sandboxes", "max_vcpus", "max_memory_mb"]
     search_fields = ["slug", "name"]
     inlines = [MembershipInline]
@@ -63,17 +138,65 @@ class TeamAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(member_count=Count("memberships"))
 
+    def get_readonly_fields(self, request, obj=None):
+        # The slug names the team in URLs and in every instance's provider metadata.
+        return ["slug"] if obj is not None else []
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # its audit trail refers to it (and PROTECTs it)
+
     @admin.display(ordering="member_count")
     def members(self, team: Team) -> int:
         return team.member_count
 
+    def save_model(self, request, obj, form, change) -> None:
+        actor = Actor.for_user(request.user)
+        settings = {name: form.cleaned_data[name] for name in teams.TEAM_SETTINGS}
+        if not change:
+            created = teams.create_team(slug=obj.slug, name=settings["name"], actor=actor)
+            obj.pk = created.pk
+        teams.update_team(team=obj, actor=actor, changes=settings)
+        obj.refresh_from_db()
+
+
+class MembershipForm(forms.ModelForm):
+    class Meta:
+        model = Membership
+        fields = ["user", "team", "role"]
+
+    def clean(self):
+        cleaned = super().clean()
+        team = cleaned.get("team") or getattr(self.instance, "team", None)
+        user = cleaned.get("user") or getattr(self.instance, "user", None)
+        if team is not None and "role" in cleaned:
+            _form_error(
+                self, lambda: teams.check_role_change(team=team, user=user, role=cleaned["role"])
+            )
+        return cleaned
+
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(ServiceWritesAdmin):
+    form = MembershipForm
     list_display = ["user", "team", "role", "created_at"]
     list_filter = ["role", "team"]
     search_fields = ["user__username", "team__slug"]
     autocomplete_fields = ["user", "team"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Moving a membership to another user or team is a removal and an addition.
+        return ["user", "team", "created_at"] if obj is not None else ["created_at"]
+
+    def save_model(self, request, obj, form, change) -> None:
+        actor = Actor.for_user(request.user)
+        if change:
+            saved = teams.change_member_role(membership=obj, role=obj.role, actor=actor)
+        else:
+            saved = teams.add_member(team=obj.team, user=obj.user, role=obj.role, actor=actor)
+        obj.pk = saved.pk
+
+    def delete_model(self, request, obj) -> None:
+        teams.remove_member(membership=obj, actor=Actor.for_user(request.user))
 
 
 class PresetForm(forms.ModelForm):
@@ -136,7 +259,7 @@ class ImportSnapshotForm(forms.Form):
 
 
 @admin.register(Snapshot)
-class SnapshotAdmin(admin.ModelAdmin):
+class SnapshotAdmin(ServiceWritesAdmin):
     list_display = [
         "snapshot_id",
         "status",
@@ -153,6 +276,10 @@ class SnapshotAdmin(admin.ModelAdmin):
     ]
     exclude = ["lease_token", "lease_expires_at"]
     actions = ["activate_shared", "delete_versions"]
+
+    def save_model(self, request, obj, form, change) -> None:
+        # The label is the only editable field (every other one is read-only above).
+        update_snapshot_label(snapshot=obj, label=obj.label, actor=Actor.for_user(request.user))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # versions are imported (below) or taken from sandboxes
@@ -356,6 +483,13 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False  # made by their owner (dashboard, API) or `manage.py create_api_token`
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # nothing about a token is edited; it is revoked (the action below)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Revoke instead: the row stays for the audit trail, which names it as an actor.
+        return False
 
     @admin.action(description="Revoke selected tokens")
     def revoke(self, request, queryset):

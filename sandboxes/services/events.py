@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sandboxes.models import Outcome, Sandbox, SandboxEvent, Snapshot, Team
@@ -42,3 +43,31 @@ def record_event(
         message=message[:2000],
         data=data or {},
     )
+
+
+@dataclass(frozen=True)
+class Audit:
+    """The event a worker's status change is recorded with.
+
+    ``transitions.finish`` writes it in the same transaction as the change (filling in the
+    statuses), so a crash between the two cannot leave a change without its audit row.
+    """
+
+    actor: Actor
+    action: str
+    sandbox: Sandbox
+    outcome: Outcome = Outcome.SUCCEEDED
+    message: str = ""
+    data: dict[str, Any] | None = None
+
+    def record(self, *, from_status: str, to_status: str) -> SandboxEvent:
+        return record_event(
+            actor=self.actor,
+            action=self.action,
+            outcome=self.outcome,
+            sandbox=self.sandbox,
+            from_status=from_status,
+            to_status=to_status,
+            message=self.message,
+            data=self.data,
+        )

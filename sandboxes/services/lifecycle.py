@@ -45,7 +45,7 @@ from sandboxes.services.backends import (
     provider_capacity,
 )
 from sandboxes.services.errors import CapabilityMissing, InvalidInput, NotAllowed
-from sandboxes.services.events import record_event
+from sandboxes.services.events import Audit, record_event
 from sandboxes.services.queue import enqueue_on_commit
 from sandboxes.services.quotas import check_provider_capacity, check_quota
 from sandboxes.services.snapshots import resolve_for_start
@@ -397,10 +397,14 @@ def _perform_start(sandbox: Sandbox, token: str) -> None:
     }
     if sandbox.ttl_seconds and sandbox.expires_at is None:
         fields["expires_at"] = now + timedelta(seconds=sandbox.ttl_seconds)
-    if transitions.finish(
-        sandbox.pk, token=token, from_status=S.STARTING, to=S.RUNNING, fields=fields
-    ):
-        _settled(sandbox, "start", S.STARTING, S.RUNNING, data={"provider_ref": instance.id})
+    transitions.finish(
+        sandbox.pk,
+        token=token,
+        from_status=S.STARTING,
+        to=S.RUNNING,
+        fields=fields,
+        audit=_audit(sandbox, "start", data={"provider_ref": instance.id}),
+    )
 
 
 def _fail_start(
@@ -416,14 +420,16 @@ def _fail_start(
         except ProviderError as cleanup:
             message += f"; removing the half-made instance failed too ({cleanup.message}), "
             message += "garbage collection will retry"
-    transitions.finish(
+    settled = transitions.finish(
         sandbox.pk,
         token=token,
         from_status=S.STARTING,
         to=S.FAILED,
         fields={"last_error": message, "provider_ref": ref, "services": []},
+        audit=_audit(sandbox, "start", outcome=Outcome.FAILED, message=message),
     )
-    _settled(sandbox, "start", S.STARTING, S.FAILED, outcome=Outcome.FAILED, message=message)
+    if not settled:
+        _failed_elsewhere(sandbox, "start", S.STARTING, message)
 
 
 def _perform_simple(sandbox: Sandbox, token: str) -> None:
@@ -446,10 +452,14 @@ def _perform_simple(sandbox: Sandbox, token: str) -> None:
     fields: dict = {"last_error": ""}
     if operation == "resume":
         fields["last_activity_at"] = timezone.now()
-    if transitions.finish(
-        sandbox.pk, token=token, from_status=sandbox.status, to=target[operation], fields=fields
-    ):
-        _settled(sandbox, operation, sandbox.status, target[operation])
+    transitions.finish(
+        sandbox.pk,
+        token=token,
+        from_status=sandbox.status,
+        to=target[operation],
+        fields=fields,
+        audit=_audit(sandbox, operation),
+    )
 
 
 def _fail_operation(sandbox: Sandbox, token: str, error: ProviderError) -> None:
@@ -462,14 +472,22 @@ def _fail_operation(sandbox: Sandbox, token: str, error: ProviderError) -> None:
     operation, status = sandbox.operation, sandbox.status
     message = f"{operation} failed: {error.message}"
     observed = observe(sandbox)
+    audit = _audit(sandbox, operation, outcome=Outcome.FAILED, message=message)
     if observed is None or observed in TRANSITIONAL:
-        transitions.update_leased(sandbox.pk, token=token, last_error=message)
-        _settled(sandbox, operation, status, status, outcome=Outcome.FAILED, message=message)
+        with transaction.atomic():  # the reason and its event together
+            transitions.update_leased(sandbox.pk, token=token, last_error=message)
+            audit.record(from_status=status, to_status=status)
         return
-    transitions.finish(
-        sandbox.pk, token=token, from_status=status, to=observed, fields={"last_error": message}
+    settled = transitions.finish(
+        sandbox.pk,
+        token=token,
+        from_status=status,
+        to=observed,
+        fields={"last_error": message},
+        audit=audit,
     )
-    _settled(sandbox, operation, status, observed, outcome=Outcome.FAILED, message=message)
+    if not settled:
+        _failed_elsewhere(sandbox, operation, status, message)
 
 
 def observe(sandbox: Sandbox) -> Status | None:
@@ -496,38 +514,49 @@ def _perform_delete(sandbox: Sandbox, token: str) -> None:
         except ProviderError as exc:
             # Stay in deleting; the reconciler retries once the lease is released.
             message = f"delete failed: {exc.message}"
-            transitions.update_leased(sandbox.pk, token=token, last_error=message)
-            _settled(
-                sandbox, "delete", S.DELETING, S.DELETING, outcome=Outcome.FAILED, message=message
-            )
+            with transaction.atomic():  # the reason and its event together
+                transitions.update_leased(sandbox.pk, token=token, last_error=message)
+                _audit(sandbox, "delete", outcome=Outcome.FAILED, message=message).record(
+                    from_status=S.DELETING, to_status=S.DELETING
+                )
             return
     now = timezone.now()
     fields = {"deleted_at": now, "services": [], "provider_ref": "", "last_error": ""}
-    if transitions.finish(
-        sandbox.pk, token=token, from_status=S.DELETING, to=S.DELETED, fields=fields
-    ):
-        _settled(sandbox, "delete", S.DELETING, S.DELETED)
+    transitions.finish(
+        sandbox.pk,
+        token=token,
+        from_status=S.DELETING,
+        to=S.DELETED,
+        fields=fields,
+        audit=_audit(sandbox, "delete"),
+    )
 
 
-def _settled(
+def _audit(
     sandbox: Sandbox,
     action: str,
-    from_status: str,
-    to_status: str,
     *,
     outcome: Outcome = Outcome.SUCCEEDED,
     message: str = "",
     data: dict | None = None,
-) -> None:
-    record_event(
+) -> Audit:
+    """The worker's event for a settled operation; ``transitions.finish`` writes it in the
+    status change's own transaction."""
+    return Audit(
         actor=Actor.system(),
         action=action,
-        outcome=outcome,
         sandbox=sandbox,
-        from_status=from_status,
-        to_status=to_status,
+        outcome=outcome,
         message=message,
         data=data,
+    )
+
+
+def _failed_elsewhere(sandbox: Sandbox, action: str, from_status: str, message: str) -> None:
+    """The operation failed but its status could not be settled (another request moved the
+    row on meanwhile): keep the reason in the trail without claiming a status change."""
+    _audit(sandbox, action, outcome=Outcome.FAILED, message=message).record(
+        from_status=from_status, to_status=""
     )
 
 

@@ -36,7 +36,7 @@ from sandboxes.models import Outcome, Sandbox, SandboxEvent, Snapshot, SnapshotS
 from sandboxes.services import lifecycle, scheduled, transitions
 from sandboxes.services.actors import Actor
 from sandboxes.services.backends import get_provider
-from sandboxes.services.events import record_event
+from sandboxes.services.events import Audit, record_event
 from sandboxes.services.inventory import Inventory, ProviderInventory
 from sandboxes.services.queue import enqueue_on_commit
 from sandboxes.states import Status, can_transition
@@ -224,16 +224,11 @@ def _settle(
     if token is None:
         return False  # a worker took it over meanwhile
     fields = {**_settle_fields(row, instance, to), "last_error": error}
-    if not transitions.finish(row.pk, token=token, from_status=row.status, to=to, fields=fields):
-        transitions.release(row.pk, token=token)
-        return False
-    record_event(
+    audit = Audit(
         actor=Actor.scheduler(),
         action="reconcile",
-        outcome=Outcome.FAILED if error else Outcome.SUCCEEDED,
         sandbox=row,
-        from_status=row.status,
-        to_status=to,
+        outcome=Outcome.FAILED if error else Outcome.SUCCEEDED,
         message=error,
         data={
             "reason": "stuck",
@@ -242,7 +237,17 @@ def _settle(
             "observed": observed,
         },
     )
-    return True
+    # The change and its event in one transaction (see transitions.finish).
+    try:
+        settled = transitions.finish(
+            row.pk, token=token, from_status=row.status, to=to, fields=fields, audit=audit
+        )
+    except BaseException:
+        transitions.release(row.pk, token=token)  # nothing was written: let the next sweep
+        raise
+    if not settled:
+        transitions.release(row.pk, token=token)
+    return settled
 
 
 def _give_up(row: Sandbox, instance: Instance | None, observed: str, attempts: int) -> bool:

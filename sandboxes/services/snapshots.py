@@ -186,18 +186,32 @@ def perform_snapshot_operation(*, snapshot_pk: int) -> None:
     token = leases.claim(Snapshot, snapshot.pk, status=snapshot.status, seconds=lease)
     if token is None:
         return
-    if snapshot.status == SnapshotStatus.CREATING:
-        _capture(snapshot, token)
-    else:
-        _destroy(snapshot, token)
-
-
-def _settle(snapshot: Snapshot, token: str, **fields) -> bool:
-    return bool(
+    try:
+        if snapshot.status == SnapshotStatus.CREATING:
+            _capture(snapshot, token)
+        else:
+            _destroy(snapshot, token)
+    finally:
+        # A settle releases the lease with its result; one that raised wrote nothing, so
+        # hand the lease back for the retry (a no-op once settled: the token is gone).
         Snapshot.objects.filter(pk=snapshot.pk, lease_token=token).update(
-            lease_token="", lease_expires_at=None, updated_at=timezone.now(), **fields
+            lease_token="", lease_expires_at=None
         )
-    )
+
+
+def _settle(snapshot: Snapshot, token: str, *, event: dict, **fields) -> bool:
+    """Write the worker's result and release the lease, with its audit ``event`` (the
+    arguments of ``record_event``) in the same transaction: both or neither. Nothing is
+    written when the lease was lost (another worker has taken over)."""
+    with transaction.atomic():
+        won = bool(
+            Snapshot.objects.filter(pk=snapshot.pk, lease_token=token).update(
+                lease_token="", lease_expires_at=None, updated_at=timezone.now(), **fields
+            )
+        )
+        if won:
+            record_event(actor=Actor.system(), snapshot=snapshot, **event)
+    return won
 
 
 def _capture(snapshot: Snapshot, token: str) -> None:
@@ -208,14 +222,17 @@ def _capture(snapshot: Snapshot, token: str) -> None:
         result = get_provider(snapshot.provider).get(sandbox.provider_ref).snapshot()
     except ProviderError as exc:
         message = f"snapshot failed: {exc.message}"
-        _settle(snapshot, token, status=SnapshotStatus.FAILED, error=message)
-        record_event(
-            actor=Actor.system(),
-            action="snapshot",
-            outcome=Outcome.FAILED,
-            sandbox=sandbox,
-            snapshot=snapshot,
-            message=message,
+        _settle(
+            snapshot,
+            token,
+            status=SnapshotStatus.FAILED,
+            error=message,
+            event={
+                "action": "snapshot",
+                "outcome": Outcome.FAILED,
+                "sandbox": sandbox,
+                "message": message,
+            },
         )
         return
     _settle(
@@ -225,14 +242,12 @@ def _capture(snapshot: Snapshot, token: str) -> None:
         provider_ref=result.ref,
         size_bytes=result.size_bytes,
         error="",
-    )
-    record_event(
-        actor=Actor.system(),
-        action="snapshot",
-        outcome=Outcome.SUCCEEDED,
-        sandbox=sandbox,
-        snapshot=snapshot,
-        data={"snapshot_id": snapshot.snapshot_id, "size_bytes": result.size_bytes},
+        event={
+            "action": "snapshot",
+            "outcome": Outcome.SUCCEEDED,
+            "sandbox": sandbox,
+            "data": {"snapshot_id": snapshot.snapshot_id, "size_bytes": result.size_bytes},
+        },
     )
 
 
@@ -245,19 +260,45 @@ def _destroy(snapshot: Snapshot, token: str) -> None:
     except ProviderError as exc:
         refused = isinstance(exc, ProviderConflict)
         message = f"{'refused' if refused else 'failed'} by {snapshot.provider}: {exc.message}"
-        _settle(snapshot, token, status=SnapshotStatus.READY, error=f"delete {message}")
-        record_event(
-            actor=Actor.system(),
-            action="delete_version",
-            outcome=Outcome.REFUSED if refused else Outcome.FAILED,
-            snapshot=snapshot,
-            message=message,
+        _settle(
+            snapshot,
+            token,
+            status=SnapshotStatus.READY,
+            error=f"delete {message}",
+            event={
+                "action": "delete_version",
+                "outcome": Outcome.REFUSED if refused else Outcome.FAILED,
+                "message": message,
+            },
         )
         return
-    _settle(snapshot, token, status=SnapshotStatus.DELETED, error="")
-    record_event(
-        actor=Actor.system(), action="delete_version", outcome=Outcome.SUCCEEDED, snapshot=snapshot
+    _settle(
+        snapshot,
+        token,
+        status=SnapshotStatus.DELETED,
+        error="",
+        event={"action": "delete_version", "outcome": Outcome.SUCCEEDED},
     )
+
+
+def update_snapshot_label(*, snapshot: Snapshot, label: str, actor: Actor) -> Snapshot:
+    """Change a version's label (the only thing about a version that can be edited)."""
+    _require_scope_manager(actor, snapshot.team, "edit")
+    label = _validate_label(label)
+    with transaction.atomic():
+        locked = Snapshot.objects.select_for_update().get(pk=snapshot.pk)
+        if locked.label != label:
+            previous = locked.label
+            locked.label = label
+            locked.save(update_fields=["label", "updated_at"])
+            record_event(
+                actor=actor,
+                action="edit_version",
+                outcome=Outcome.SUCCEEDED,
+                snapshot=locked,
+                data={"snapshot_id": locked.snapshot_id, "label": [previous, label]},
+            )
+    return locked
 
 
 def _require_scope_manager(actor: Actor, team: Team | None, what: str) -> None:

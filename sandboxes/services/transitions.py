@@ -21,7 +21,7 @@ from sandboxes.models import Outcome, Sandbox
 from sandboxes.services import leases
 from sandboxes.services.actors import Actor
 from sandboxes.services.errors import IllegalTransition
-from sandboxes.services.events import record_event
+from sandboxes.services.events import Audit, record_event
 from sandboxes.states import Status, can_transition
 
 
@@ -127,11 +127,14 @@ def finish(
     token: str,
     from_status: str,
     to: Status,
+    audit: Audit,
     fields: dict[str, Any] | None = None,
 ) -> bool:
-    """Settle the operation: move from ``from_status`` to ``to`` and release the lease.
+    """Settle the operation: move from ``from_status`` to ``to``, release the lease and
+    write ``audit``'s event, all in one transaction (both or neither).
 
-    Returns False (changing nothing) when the lease was lost or the status moved on.
+    Returns False (changing nothing, recording nothing) when the lease was lost or the
+    status moved on.
     """
     values = {
         "status": to,
@@ -141,11 +144,15 @@ def finish(
         "lease_expires_at": None,
         **(fields or {}),
     }
-    return bool(
-        Sandbox.objects.filter(pk=sandbox_id, status=from_status, lease_token=token).update(
-            **values
+    with transaction.atomic():
+        won = bool(
+            Sandbox.objects.filter(pk=sandbox_id, status=from_status, lease_token=token).update(
+                **values
+            )
         )
-    )
+        if won:
+            audit.record(from_status=from_status, to_status=to)
+    return won
 
 
 def update_leased(sandbox_id: str, *, token: str, **fields: Any) -> bool:
