@@ -9,6 +9,7 @@ without the token being looked at; other addresses are unaffected.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 
@@ -21,13 +22,18 @@ from sandboxes.services.throttling import count_request, current_count, forget, 
 def client_ip(request: HttpRequest) -> str:
     """The client's address: ``REMOTE_ADDR``, or behind a reverse proxy the right-most
     address of the ``CLIENT_IP_HEADER`` header (the one the proxy itself added; a client
-    can forge the addresses left of it, never that one)."""
+    can forge the addresses left of it, never that one). Empty when there is no valid
+    address (a request made in-process, a garbled header): the access log stores an
+    address column, which must never receive anything else."""
     header = getattr(settings, "CLIENT_IP_HEADER", "")
-    if header:
+    address = request.META.get("REMOTE_ADDR", "") if request is not None else ""
+    if header and request is not None:
         addresses = [a.strip() for a in request.META.get(header, "").split(",") if a.strip()]
-        if addresses:
-            return addresses[-1][:45]
-    return request.META.get("REMOTE_ADDR", "") or "unknown"
+        address = addresses[-1] if addresses else address
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return ""
 
 
 def _limit() -> tuple[int, int] | None:
