@@ -48,7 +48,7 @@ from django.http import (
 from django.views.decorators.csrf import csrf_exempt
 from urllib3.util.response import assert_header_parsing
 
-from providers import addresses, unix_http
+from providers import guarded_http, unix_http
 from providers.addresses import AddressRule
 from sandboxes import selectors
 from sandboxes.current_team import team_context
@@ -197,7 +197,7 @@ def _session(rule: AddressRule | None = None) -> requests.Session:
     when there is one), and ``http+unix://`` (services reachable only through a unix socket
     on this host, see providers/unix_http.py)."""
     session = unix_http.session()
-    return addresses.mount(session, rule) if rule is not None else session
+    return guarded_http.mount(session, rule) if rule is not None else session
 
 
 def _address_rule(sandbox: Sandbox, url: str) -> AddressRule | None:
@@ -234,7 +234,7 @@ def _forward(request: HttpRequest, sandbox: Sandbox, entry: dict, path: str) -> 
         try:
             upstream = _send(request, sandbox, entry, path, headers)
         except requests.ConnectionError as exc:
-            if addresses.refused_in(exc) is not None:
+            if guarded_http.refused_in(exc) is not None:
                 raise
             # Nothing at the URL the row holds: the provider may have moved the service
             # (an upgrade); ask it once and try its current URL.
@@ -249,7 +249,7 @@ def _forward(request: HttpRequest, sandbox: Sandbox, entry: dict, path: str) -> 
             504, "gateway_timeout", f"the service {entry['name']!r} did not answer in time"
         )
     except UPSTREAM_ERRORS as exc:
-        refused = addresses.refused_in(exc)
+        refused = guarded_http.refused_in(exc)
         if refused is not None:
             logger.warning("proxy %s/%s: %s", sandbox.pk, entry["name"], refused)
             return _error(
