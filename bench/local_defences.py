@@ -128,7 +128,8 @@ def provider_parts(start_to_first_exec: Callable[[int], list[float]], repeat: in
             at_most=None,
         ),
         median_result(
-            "defence cost at create: the sandbox's own disk (copy, loop, mount)",
+            "the sandbox's own disk: making one (copy, loop, mount; done ahead by a "
+            "background thread, a create renames a spare)",
             seen["provision"],
             at_most=None,
         ),
