@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import socket
-import threading
 
 import pytest
 
@@ -24,53 +22,21 @@ from tests.background.harness import FakeService
 from tests.providers.pve_service import service_rig
 from tests.pve_sim.harness import require_for
 from tests.pve_sim.server import PveSimulator
+from tests.tcp_server import TcpServer
 
 pytestmark = pytest.mark.django_db
 
 _slugs = itertools.count()
 
 
-class Listener:
-    """Accepts TCP connections on ``host:port`` and counts them (answers nothing)."""
-
-    def __init__(self, host: str, port: int = 0) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
-        self.sock.listen(8)
-        self.sock.settimeout(0.05)
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.accepted += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-
-
 @contextlib.contextmanager
 def listeners():
     """127.0.0.1:P, and on the same port 127.1.2.3 and ::1 where this host allows."""
-    first = Listener("127.0.0.1")
+    first = TcpServer("127.0.0.1")
     made = [first]
     for host in ("127.1.2.3", "::1"):
         with contextlib.suppress(OSError):
-            made.append(Listener(host, first.port))
+            made.append(TcpServer(host, first.port))
     try:
         yield first.port, made
     finally:
@@ -128,7 +94,7 @@ def test_a_guest_reporting_a_forbidden_address_is_never_connected_to(
             error = response.json()["error"]
             assert error["code"] == "bad_gateway"
             assert "may not connect to" in error["message"]
-            assert [listener.accepted for listener in made] == [0] * len(made)
+            assert [listener.connections for listener in made] == [0] * len(made)
 
 
 def test_a_name_resolving_to_loopback_is_refused_when_connecting(sim, django_user_model, client):
@@ -138,7 +104,7 @@ def test_a_name_resolving_to_loopback_is_refused_when_connecting(sim, django_use
         Sandbox.objects.filter(pk=sandbox.pk).update(services=[service])
         response = client.get(f"/s/{sandbox.pk}/web/", **auth)
         assert response.status_code == 502
-        assert [listener.accepted for listener in made] == [0] * len(made)
+        assert [listener.connections for listener in made] == [0] * len(made)
 
 
 def test_an_allowed_address_inside_pve_guest_cidrs_is_served(sim, django_user_model, client):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 
@@ -17,37 +16,19 @@ import pytest
 from sandboxes.models import Sandbox
 from sandboxes.services import lifecycle
 from sandboxes.services.actors import Actor
+from tests.tcp_server import TcpServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-class RawUpstream:
+class RawUpstream(TcpServer):
     """Answers every connection with ``behave(conn)`` after reading the request head."""
 
     def __init__(self, behave: Callable[[socket.socket], None]) -> None:
         self.behave = behave
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.05)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__(serve=self._answer)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def _answer(self, conn: socket.socket) -> None:
         conn.settimeout(5)
         try:
             head = b""
@@ -61,11 +42,6 @@ class RawUpstream:
             pass
         finally:
             conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
 
 
 def send(data: bytes) -> Callable[[socket.socket], None]:
