@@ -48,14 +48,11 @@ from django.http import (
 from django.views.decorators.csrf import csrf_exempt
 from urllib3.util.response import assert_header_parsing
 
-from providers import guarded_http, unix_http
-from providers.addresses import AddressRule
 from sandboxes import selectors
 from sandboxes.current_team import team_context
 from sandboxes.models import Sandbox, Team
-from sandboxes.services import auth_failures, interactive, lifecycle, tokens
+from sandboxes.services import auth_failures, interactive, lifecycle, tokens, transport
 from sandboxes.services.actors import Actor
-from sandboxes.services.backends import get_provider
 from sandboxes.services.errors import ServiceError
 from sandboxes.states import Status
 
@@ -192,32 +189,6 @@ def wake(sandbox: Sandbox, actor: Actor) -> Sandbox:
         time.sleep(0.1)
 
 
-def _session(rule: AddressRule | None = None) -> requests.Session:
-    """A session for one request: ``http(s)://`` as usual (through ``rule``'s address check
-    when there is one), and ``http+unix://`` (services reachable only through a unix socket
-    on this host, see providers/unix_http.py)."""
-    session = unix_http.session()
-    return guarded_http.mount(session, rule) if rule is not None else session
-
-
-def _address_rule(sandbox: Sandbox, url: str) -> AddressRule | None:
-    """The rule the service's address must pass (None: the provider chose it itself)."""
-    if url.startswith(f"{unix_http.SCHEME}://"):
-        return None
-    try:
-        return get_provider(sandbox.provider).service_address_rule
-    except ServiceError:
-        return AddressRule()  # the provider is gone from the settings: trust nothing
-
-
-def _origins(url: str) -> tuple[str, ...]:
-    """Prefixes of an absolute ``Location`` that point back at the service itself."""
-    url = url.rstrip("/")
-    if url.startswith(f"{unix_http.SCHEME}://"):
-        return (url, unix_http.UPSTREAM_ORIGIN)  # it sees its requests as for localhost
-    return (url,)
-
-
 def _target(entry: dict, path: str, query: str) -> str:
     url = entry["url"].rstrip("/") + "/" + path
     return f"{url}?{query}" if query else url
@@ -234,7 +205,7 @@ def _forward(request: HttpRequest, sandbox: Sandbox, entry: dict, path: str) -> 
         try:
             upstream = _send(request, sandbox, entry, path, headers)
         except requests.ConnectionError as exc:
-            if guarded_http.refused_in(exc) is not None:
+            if transport.refusal(exc) is not None:
                 raise
             # Nothing at the URL the row holds: the provider may have moved the service
             # (an upgrade); ask it once and try its current URL.
@@ -249,7 +220,7 @@ def _forward(request: HttpRequest, sandbox: Sandbox, entry: dict, path: str) -> 
             504, "gateway_timeout", f"the service {entry['name']!r} did not answer in time"
         )
     except UPSTREAM_ERRORS as exc:
-        refused = guarded_http.refused_in(exc)
+        refused = transport.refusal(exc)
         if refused is not None:
             logger.warning("proxy %s/%s: %s", sandbox.pk, entry["name"], refused)
             return _error(
@@ -294,7 +265,7 @@ def _response(upstream: requests.Response, prefix: str, entry: dict) -> HttpResp
     except (BadHeaderError, ValueError, UnicodeError) as exc:
         raise BadUpstream("a header cannot be passed on") from exc
     location = response.get("Location", "")
-    for origin in _origins(entry["url"]):
+    for origin in transport.origins(entry["url"]):
         if location == origin or location.startswith(origin + "/"):
             response["Location"] = prefix + location[len(origin) :].lstrip("/")
             break
@@ -304,7 +275,7 @@ def _response(upstream: requests.Response, prefix: str, entry: dict) -> HttpResp
 def _send(
     request: HttpRequest, sandbox: Sandbox, entry: dict, path: str, headers: dict
 ) -> requests.Response:
-    with _session(_address_rule(sandbox, entry["url"])) as session:
+    with transport.session_for(sandbox, entry["url"]) as session:
         return session.request(
             request.method,
             _target(entry, path, request.META.get("QUERY_STRING", "")),

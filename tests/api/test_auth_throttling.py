@@ -10,8 +10,8 @@ from tests.api.conftest import error_of
 
 pytestmark = pytest.mark.django_db
 
-GUESSER = "10.1.1.1"
-OTHER = "10.1.1.2"
+GUESSER = "127.0.1.1"
+OTHER = "127.0.1.2"
 
 
 @pytest.fixture

@@ -125,37 +125,37 @@ def test_an_admin_unlocks_in_the_admin(limits, member, root):
 
 
 def test_the_lockout_is_per_username_and_address(limits, member, team_admin):
-    hammer(LOGIN, "alice", times=10, address="10.0.0.1")
-    assert sign_in(LOGIN, "alice", "pw-alice", "10.0.0.1").status_code == 429
+    hammer(LOGIN, "alice", times=10, address="127.0.0.51")
+    assert sign_in(LOGIN, "alice", "pw-alice", "127.0.0.51").status_code == 429
     # Another user at the same address, another user elsewhere, alice elsewhere: all fine.
-    assert signed_in(sign_in(LOGIN, "ada", "pw-ada", "10.0.0.1"))
-    assert signed_in(sign_in(LOGIN, "ada", "pw-ada", "10.0.0.2"))
-    assert signed_in(sign_in(LOGIN, "alice", "pw-alice", "10.0.0.2"))
+    assert signed_in(sign_in(LOGIN, "ada", "pw-ada", "127.0.0.51"))
+    assert signed_in(sign_in(LOGIN, "ada", "pw-ada", "127.0.0.52"))
+    assert signed_in(sign_in(LOGIN, "alice", "pw-alice", "127.0.0.52"))
 
 
 def test_an_address_trying_many_usernames_is_locked_out(limits, member, team_admin):
     limits.LOGIN_IP_FAILURE_LIMIT = 12
     for name in ("eve1", "eve2", "eve3", "eve4"):
-        hammer(LOGIN, name, times=3, address="10.0.0.9")  # never 10 for one username
-    assert_locked_page(sign_in(LOGIN, "ada", "pw-ada", "10.0.0.9"))
-    assert signed_in(sign_in(LOGIN, "ada", "pw-ada", "10.0.0.10"))
-    call_command("axes_reset_ip", "10.0.0.9", stdout=None)
-    assert signed_in(sign_in(LOGIN, "ada", "pw-ada", "10.0.0.9"))
+        hammer(LOGIN, name, times=3, address="127.0.0.59")  # never 10 for one username
+    assert_locked_page(sign_in(LOGIN, "ada", "pw-ada", "127.0.0.59"))
+    assert signed_in(sign_in(LOGIN, "ada", "pw-ada", "127.0.0.60"))
+    call_command("axes_reset_ip", "127.0.0.59", stdout=None)
+    assert signed_in(sign_in(LOGIN, "ada", "pw-ada", "127.0.0.59"))
 
 
 def test_behind_a_proxy_the_configured_header_is_the_address(limits, member):
     limits.CLIENT_IP_HEADER = "HTTP_X_FORWARDED_FOR"
-    proxy = "192.0.2.1"
+    proxy = "127.0.2.1"
 
     def attempt(password: str, forwarded: str):
         client = Client(REMOTE_ADDR=proxy, HTTP_X_FORWARDED_FOR=forwarded)
         return client.post(LOGIN, {"username": "alice", "password": password})
 
     for _ in range(10):  # the left-most entry is the client's to forge; it changes nothing
-        attempt("wrong", f"198.51.100.{_}, 203.0.113.5")
-    assert attempt("pw-alice", "203.0.113.5").status_code == 429
-    assert attempt("pw-alice", "203.0.113.6").status_code == 302
-    assert set(AccessAttempt.objects.values_list("ip_address", flat=True)) == {"203.0.113.5"}
+        attempt("wrong", f"127.0.3.{_}, 127.0.4.5")
+    assert attempt("pw-alice", "127.0.4.5").status_code == 429
+    assert attempt("pw-alice", "127.0.4.6").status_code == 302
+    assert set(AccessAttempt.objects.values_list("ip_address", flat=True)) == {"127.0.4.5"}
 
 
 def test_a_correct_first_sign_in_is_not_slowed_down(limits, member):
