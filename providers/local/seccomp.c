@@ -1,7 +1,7 @@
 /*
  * seccomp: writes the local sandboxes' seccomp filter (a compiled classic-BPF program)
- * to the file named by argv[1]. bubblewrap loads it with `--seccomp FD` just before it
- * execs the sandbox's init, so every process of the sandbox runs under it.
+ * to the file named by argv[1]. The sandbox's init (sbx-init.c) loads it before anything
+ * else runs in the sandbox, so every process of the sandbox runs under it.
  *
  * Built once per source version by providers/local/seccompbin.py:
  *     cc -O2 -Wall -o seccomp-gen seccomp.c -lseccomp      (Debian: libseccomp-dev)

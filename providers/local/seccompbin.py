@@ -1,14 +1,11 @@
-"""The local sandboxes' seccomp filter: built once with libseccomp, loaded by bubblewrap.
+"""The local sandboxes' seccomp filter: built once with libseccomp, loaded by sbx-init.
 
 ``seccomp.c`` describes the policy (the refusals of the default profile container
 runtimes ship, as a deny list; see its comments). It is compiled with the host's C
 compiler against libseccomp, run once, and the BPF program it writes is cached as
-``<root>/bin/seccomp-<hash>.bpf``; the generator itself is not kept. The caller opens
-that file for each launch and hands the descriptor to bubblewrap::
-
-    path = seccompbin.ensure_filter(root)
-    fd = os.open(path, os.O_RDONLY)          # a fresh one per bwrap: bwrap reads to EOF
-    argv += ["--seccomp", str(fd)]           # and Popen(..., pass_fds=[fd]); close after
+``<root>/bin/seccomp-<hash>.bpf``; the generator itself is not kept. Each launch opens
+that file afresh and passes the descriptor to the sandbox's init (launch.py), which
+loads the program once its own set-up is done (sbx-init.c).
 """
 
 from __future__ import annotations
