@@ -244,6 +244,10 @@ SANDBOX_RETENTION_MINUTES = max(1, env_int("SANDBOX_RETENTION_MINUTES", 60))
 # At most this many actions per kind (TTL, idle, stuck, drift, failed, orphans) per sweep.
 SANDBOX_SWEEP_BATCH = max(1, env_int("SANDBOX_SWEEP_BATCH", 50))
 SANDBOX_STUCK_SECONDS = env_seconds("SANDBOX_STUCK_SECONDS", 300)
+# `manage.py worker` sends its cluster a heartbeat task this often, and restarts a cluster
+# that ran none for WORKER_STALL_SECONDS while some of its worker processes were idle.
+WORKER_HEARTBEAT_SECONDS = max(1, env_int("WORKER_HEARTBEAT_SECONDS", 10))
+WORKER_STALL_SECONDS = max(2, env_int("WORKER_STALL_SECONDS", 60))
 SANDBOX_RECONCILE_MAX_ATTEMPTS = max(1, env_int("SANDBOX_RECONCILE_MAX_ATTEMPTS", 5))
 # A provider CPU sample at or above this (in vCPUs) counts as activity for idle detection.
 SANDBOX_IDLE_CPU_FRACTION = env_float("SANDBOX_IDLE_CPU_FRACTION", 0.25)
@@ -373,7 +377,14 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"quiet_heartbeats": {"()": "sandboxes.logfilters.QuietHeartbeats"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["quiet_heartbeats"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

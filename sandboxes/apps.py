@@ -14,6 +14,29 @@ def _install_schedules(sender, using: str = "default", **kwargs) -> None:
         sync_schedules(using=using)
 
 
+def _connect_worker_signals() -> None:
+    """Receivers that run inside django-q2's processes (``sandboxes.services.workers``)."""
+    from django_q import signals
+
+    from sandboxes.services import workers
+
+    signals.pre_execute.connect(
+        lambda sender, func, task, **kw: workers.note_busy(busy=True),
+        weak=False,
+        dispatch_uid="sandboxes-worker-busy",
+    )
+    signals.post_execute_in_worker.connect(
+        lambda sender, func, task, **kw: workers.note_busy(busy=False),
+        weak=False,
+        dispatch_uid="sandboxes-worker-idle",
+    )
+    signals.post_execute.connect(
+        lambda sender, task, **kw: workers.note_done(task=task),
+        weak=False,
+        dispatch_uid="sandboxes-worker-heartbeat",
+    )
+
+
 class SandboxesConfig(AppConfig):
     name = "sandboxes"
     verbose_name = "Sandboxes"
@@ -21,3 +44,4 @@ class SandboxesConfig(AppConfig):
 
     def ready(self) -> None:
         post_migrate.connect(_install_schedules, sender=self, dispatch_uid="sandboxes-schedules")
+        _connect_worker_signals()

@@ -142,7 +142,7 @@ class Snapshot(models.Model):
     size_bytes = models.BigIntegerField(null=True, blank=True)
     error = models.TextField(blank=True)
     # As on Sandbox: the worker making or deleting the image holds the lease.
-    lease_token = models.CharField(max_length=32, blank=True)
+    lease_token = models.CharField(max_length=64, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
@@ -241,7 +241,7 @@ class Sandbox(models.Model):
     operation = models.CharField(max_length=12, blank=True)
     # The worker carrying out the current operation holds the lease; another worker may
     # take the operation over only after the lease expired (the first one died).
-    lease_token = models.CharField(max_length=32, blank=True)
+    lease_token = models.CharField(max_length=64, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
 
     created_at = models.DateTimeField(default=timezone.now)
@@ -421,3 +421,39 @@ class ThrottleCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key}: {self.count} in window {self.window}"
+
+
+class WorkerState(models.TextChoices):
+    STARTING = "starting", "starting"
+    RUNNING = "running", "running"
+    BUSY = "busy", "busy: every worker process is on a task"
+    RESTARTING = "restarting", "restarting a stalled cluster"
+    STOPPED = "stopped", "stopped"
+
+
+class Worker(models.Model):
+    """One ``manage.py worker`` process: a supervisor and the django-q2 cluster it runs.
+
+    Written only by ``sandboxes.services.workers``. ``beat_at`` moves when a heartbeat
+    task addressed to this worker's current cluster has been taken from the queue, run
+    and acknowledged by that cluster: proof that its whole pipeline works, not just that
+    its processes exist.
+    """
+
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField(default=timezone.now)
+    seen_at = models.DateTimeField(default=timezone.now)
+    beat_at = models.DateTimeField(null=True, blank=True)
+    state = models.CharField(max_length=16, choices=WorkerState.choices)
+    #: The current cluster's generation; the cluster's processes carry it (lease tokens).
+    generation = models.PositiveIntegerField(default=0)
+    restarts = models.PositiveIntegerField(default=0)
+    last_restart_at = models.DateTimeField(null=True, blank=True)
+    last_restart_reason = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["host", "pid"]
+
+    def __str__(self) -> str:
+        return f"worker {self.host}:{self.pid} ({self.state})"

@@ -3,7 +3,7 @@ row, take a lease and do nothing when there is nothing (left) to do."""
 
 from __future__ import annotations
 
-from sandboxes.services import lifecycle, orphans, snapshots, sweep
+from sandboxes.services import lifecycle, orphans, snapshots, sweep, workers
 
 
 def run_sandbox_operation(sandbox_id: str) -> None:
@@ -14,9 +14,16 @@ def run_snapshot_operation(snapshot_pk: int) -> None:
     snapshots.perform_snapshot_operation(snapshot_pk=snapshot_pk)
 
 
-def run_sweep() -> dict[str, int]:
-    """The scheduled sweep (reconciliation, TTLs, idle, failed sandboxes, orphans)."""
-    return sweep.run_sweep().actions
+def run_sweep(stuck_seconds: int | None = None) -> dict[str, int]:
+    """The scheduled sweep (reconciliation, TTLs, idle, failed sandboxes, orphans).
+
+    ``stuck_seconds=0``: after a worker restart, resume what the dead cluster left now.
+    """
+    return sweep.run_sweep(stuck_seconds=stuck_seconds).actions
+
+
+def worker_heartbeat(cluster: str, hops: int) -> None:
+    workers.heartbeat(cluster=cluster, hops=hops)
 
 
 def run_snapshot_retention() -> int:

@@ -377,9 +377,38 @@ class ProviderHealthSerializer(serializers.Serializer):
     )
 
 
+class WorkerLivenessSerializer(serializers.Serializer):
+    host = serializers.CharField()
+    pid = serializers.IntegerField()
+    state = serializers.CharField(help_text="starting, running, busy or restarting")
+    alive = serializers.BooleanField(
+        help_text="Its cluster ran a heartbeat task within WORKER_STALL_SECONDS, or every "
+        "one of its worker processes is on a task."
+    )
+    seen_seconds_ago = serializers.FloatField(help_text="Since its supervisor last reported.")
+    beat_seconds_ago = serializers.FloatField(
+        allow_null=True, help_text="Since its cluster last ran a heartbeat task."
+    )
+    restarts = serializers.IntegerField(help_text="Clusters it restarted (died or stalled).")
+    last_restart_reason = serializers.CharField()
+
+
+class BackgroundHealthSerializer(serializers.Serializer):
+    mode = serializers.CharField(help_text="cluster (manage.py worker) or inline (Q_SYNC)")
+    ok = serializers.BooleanField()
+    detail = serializers.CharField()
+    workers = WorkerLivenessSerializer(many=True)
+    last_sweep_seconds_ago = serializers.FloatField(
+        allow_null=True, help_text="Since the last sweep finished (null: none has yet)."
+    )
+
+
 class HealthSerializer(serializers.Serializer):
-    ok = serializers.BooleanField(help_text="Every enabled provider is reachable.")
+    ok = serializers.BooleanField(
+        help_text="Every enabled provider is reachable and the background worker runs tasks."
+    )
     providers = ProviderHealthSerializer(many=True)
+    background = BackgroundHealthSerializer()
 
 
 # --- cmux compatibility ----------------------------------------------------------------

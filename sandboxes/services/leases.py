@@ -10,10 +10,12 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from sandboxes.services import workers
+
 
 def claim(model: type[models.Model], pk: object, *, status: str, seconds: int) -> str | None:
     """Take the lease on the row if it is in ``status`` and nobody holds a live lease."""
-    token = uuid.uuid4().hex
+    token = workers.lease_prefix() + uuid.uuid4().hex
     now = timezone.now()
     free = Q(lease_token="") | Q(lease_expires_at__lt=now)
     won = model.objects.filter(free, pk=pk, status=status).update(

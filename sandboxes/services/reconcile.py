@@ -120,9 +120,9 @@ def _observe(listed: ProviderInventory | None, row: Sandbox) -> tuple[str, Insta
     return str(instance.status), instance
 
 
-def resolve_stuck(*, now: datetime, inventory: Inventory, limit: int) -> int:
+def resolve_stuck(*, now: datetime, inventory: Inventory, limit: int, stuck_seconds: int) -> int:
     """Settle or resume sandboxes stuck in a transitional status; return how many."""
-    stale = now - timedelta(seconds=settings.SANDBOX_STUCK_SECONDS)
+    stale = now - timedelta(seconds=stuck_seconds)
     free = Q(lease_token="") | Q(lease_expires_at__lt=timezone.now())
     rows = list(
         Sandbox.objects.filter(free, status__in=STUCK_STATUSES, status_changed_at__lt=stale)
@@ -385,11 +385,11 @@ def _vanished(row: LiveRow, taken_at: datetime) -> bool:
 # --- snapshot versions ----------------------------------------------------------------------
 
 
-def resolve_stuck_snapshots(*, now: datetime, limit: int) -> int:
+def resolve_stuck_snapshots(*, now: datetime, limit: int, stuck_seconds: int) -> int:
     """Enqueue again a version capture or deletion whose worker died (no live lease, no
-    change for ``SANDBOX_STUCK_SECONDS``); after the last attempt a capture ends failed
-    and a deletion goes back to ready, each with the reason."""
-    stale = now - timedelta(seconds=settings.SANDBOX_STUCK_SECONDS)
+    change for ``stuck_seconds``); after the last attempt a capture ends failed and a
+    deletion goes back to ready, each with the reason."""
+    stale = now - timedelta(seconds=stuck_seconds)
     free = Q(lease_token="") | Q(lease_expires_at__lt=timezone.now())
     rows = list(
         Snapshot.objects.filter(

@@ -41,8 +41,12 @@ class SweepReport:
         return sum(self.actions.values())
 
 
-def run_sweep(*, now: datetime | None = None, limit: int | None = None) -> SweepReport:
+def run_sweep(
+    *, now: datetime | None = None, limit: int | None = None, stuck_seconds: int | None = None
+) -> SweepReport:
+    """One pass of every phase. ``stuck_seconds`` overrides ``SANDBOX_STUCK_SECONDS``."""
     now = now or timezone.now()
+    stuck = settings.SANDBOX_STUCK_SECONDS if stuck_seconds is None else stuck_seconds
     limit = limit or settings.SANDBOX_SWEEP_BATCH
     report = SweepReport()
     inventory = take_inventory()
@@ -54,8 +58,16 @@ def run_sweep(*, now: datetime | None = None, limit: int | None = None) -> Sweep
         return 0
 
     phases: list[tuple[str, Callable[[], int]]] = [
-        ("stuck", lambda: reconcile.resolve_stuck(now=now, inventory=inventory, limit=limit)),
-        ("snapshots", lambda: reconcile.resolve_stuck_snapshots(now=now, limit=limit)),
+        (
+            "stuck",
+            lambda: reconcile.resolve_stuck(
+                now=now, inventory=inventory, limit=limit, stuck_seconds=stuck
+            ),
+        ),
+        (
+            "snapshots",
+            lambda: reconcile.resolve_stuck_snapshots(now=now, limit=limit, stuck_seconds=stuck),
+        ),
         ("rows", load_rows),
         ("drift", lambda: reconcile.correct_drift(rows=rows, inventory=inventory, limit=limit)),
         ("ttl", lambda: gc.expire_ttls(now=now, limit=limit)),

@@ -15,6 +15,7 @@ from sandboxes import selectors
 from sandboxes.current_team import switch_team
 from sandboxes.filters import EventFilter
 from sandboxes.models import Team
+from sandboxes.services import workers
 from sandboxes.views.common import is_partial, render_fragment, safe_next, team_view
 
 EVENTS_PER_PAGE = 50
@@ -93,7 +94,7 @@ def provider_health(request: HttpRequest) -> HttpResponse:
                 ],
             }
         )
-    context = {"rows": rows}
+    context = {"rows": rows, "background": workers.liveness()}
     if is_partial(request):
         return render_fragment(request, "pages/_health.html", context)
     return render(request, "pages/health.html", context)

@@ -122,4 +122,11 @@ def test_config_and_health(memory_backend, api):
                 "capacity": None,  # the in-memory provider does not say
             }
         ],
+        "background": {  # the tests run tasks inline
+            "mode": "inline",
+            "ok": True,
+            "detail": "tasks run inline (Q_SYNC)",
+            "workers": [],
+            "last_sweep_seconds_ago": None,
+        },
     }

@@ -293,9 +293,10 @@ def tasks_to_the_broker() -> Iterator[None]:
 
 
 class Cluster:
-    """One ``manage.py qcluster`` process group (one worker) on the test database."""
+    """One ``manage.py qcluster`` process group (one worker) on the test database, or with
+    ``command="worker"`` the supervisor that runs one (and restarts it)."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, command: str = "qcluster") -> None:
         full = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.background.worker_settings",
@@ -308,7 +309,7 @@ class Cluster:
         self.name = full.get("Q_CLUSTER_NAME", "sandboxes")
         self.log = log
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
+            [sys.executable, "manage.py", command],
             cwd=ROOT,
             env=full,
             stdout=log.open("ab"),

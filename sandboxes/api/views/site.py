@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
@@ -12,7 +13,7 @@ from rest_framework.settings import api_settings
 from sandboxes import selectors
 from sandboxes.api import serializers as s
 from sandboxes.api.views.base import TeamView
-from sandboxes.services import quotas
+from sandboxes.services import quotas, workers
 from sandboxes.services.interactive import MAX_EXEC_TIMEOUT
 from sandboxes.services.validation import (
     METADATA_MAX_KEY,
@@ -84,7 +85,10 @@ class HealthView(TeamView):
 
     @extend_schema(
         operation_id="health_get",
-        summary="Whether each enabled provider is reachable, and how fast it answered",
+        summary=(
+            "Whether each enabled provider is reachable (and how fast), and whether the "
+            "background worker runs tasks"
+        ),
     )
     def get(self, request: Request) -> Response:
         names = selectors.enabled_providers()
@@ -102,5 +106,10 @@ class HealthView(TeamView):
             }
             for name, (health, capacity) in zip(names, results, strict=True)
         ]
-        body = {"ok": all(p["reachable"] for p in providers), "providers": providers}
+        background = asdict(workers.liveness())
+        body = {
+            "ok": all(p["reachable"] for p in providers) and background["ok"],
+            "providers": providers,
+            "background": background,
+        }
         return Response(s.HealthSerializer(body).data)

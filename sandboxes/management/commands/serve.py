@@ -7,7 +7,7 @@ WhiteNoise to serve, as in production.
 
 Ctrl-C (or SIGTERM) stops both; if either exits, the other is stopped too. Each child runs
 in its own process group, and what is left of a group after a 10 s grace is killed:
-runserver's autoreloader and qcluster's workers are processes of their own, and a SIGTERM
+runserver's autoreloader and the worker's cluster are processes of their own, and a SIGTERM
 sent to this command alone (``kill``, a service manager) must not leave one of them
 holding the port.
 """
@@ -40,14 +40,14 @@ class Command(BaseCommand):
         manage = [sys.executable, "manage.py"]
         children = [
             subprocess.Popen([*manage, "runserver", addr], process_group=0),
-            subprocess.Popen([*manage, "qcluster"], process_group=0),
+            subprocess.Popen([*manage, "worker"], process_group=0),
         ]
         self.stdout.write(f"Dashboard on http://{addr}/  (admin: http://{addr}/admin/)")
 
         def stop(*_):
             # SIGTERM, not SIGINT: a process started in the background by a shell ignores
             # SIGINT, and runserver's autoreloader would then outlive this command. The
-            # web server's group stops at once; qcluster's leader stops its own workers.
+            # web server's group stops at once; the worker stops its own cluster.
             web, worker = children
             _signal_group(web, signal.SIGTERM)
             if worker.poll() is None:
