@@ -257,6 +257,12 @@ SANDBOX_WAKE_TIMEOUT_SECONDS = max(1, env_int("SANDBOX_WAKE_TIMEOUT_SECONDS", 60
 SANDBOX_PROXY_TIMEOUT_SECONDS = max(1, env_int("SANDBOX_PROXY_TIMEOUT_SECONDS", 120))
 # Serve proxied pages in an opaque origin (CSP sandbox) so they cannot act as the dashboard.
 SANDBOX_PROXY_ISOLATE = env_bool("SANDBOX_PROXY_ISOLATE", True)
+# Long calls (exec, ?wait, the service proxy and its wake) hold a thread and a database
+# connection while they wait: at most this many at once per team, and on the whole site,
+# counted where the API's rate counters are (sandboxes/services/long_calls.py). Beyond
+# them: 429 with Retry-After. 0 switches a cap off.
+SANDBOX_LONG_CALLS_PER_TEAM = max(0, env_int("SANDBOX_LONG_CALLS_PER_TEAM", 4))
+SANDBOX_LONG_CALLS_TOTAL = max(0, env_int("SANDBOX_LONG_CALLS_TOTAL", 32))
 
 # --- The API's per-team request counters (sandboxes/services/throttling.py) must be
 # shared by every web worker: in Redis when REDIS_URL is set, else in the database.
