@@ -344,4 +344,18 @@ def test_the_slots_of_a_killed_process_free_themselves_at_their_expiry(caps, sto
         return True
 
     until(acquired, "free again", limit=60)
+    until(lambda: long_calls.in_use(team=team) == 0, "free of the dead holder's slots")
+    both = [long_calls.acquire(team=team, kind="exec", seconds=5) for _ in range(2)]
+    for slot in both:
+        slot.release()
+
+
+def test_a_stream_still_flowing_keeps_its_slot_past_its_first_bound(caps, store, team, monkeypatch):
+    slot = long_calls.acquire(team=team, kind="proxied request", seconds=1)
+    slot.extend(seconds=600)
+    later = time.time() + 300  # past the first bound (1 s + the margin), inside the new one
+    with monkeypatch.context() as clock:
+        clock.setattr(time, "time", lambda: later)
+        assert long_calls.in_use(team=team) == 1
+    slot.release()
     assert long_calls.in_use(team=team) == 0

@@ -9,17 +9,24 @@ at once with ``TooManyLongCalls`` (the API answers 429 with ``Retry-After``) ins
 queueing behind the others.
 
 The slots live where the API's rate counters do (``sandboxes.services.throttling``), so
-every web process on every machine counts the same ones: in Redis with ``REDIS_URL``
-(``SET NX`` with an expiry, through the ``throttle`` cache), else in the database
-(``LongCallSlot``: one conditional upsert, atomic on PostgreSQL and SQLite). A slot is a
-key (``longcall:team:<id>:<n>``, ``longcall:all:<n>``) held by a random holder id until
-an expiry: the call's own bound plus a margin, so a process killed while holding one
-frees it by itself, and a live call never outlives its slot.
+every web process on every machine counts the same ones. Each held slot carries a random
+holder id and an expiry: the call's own bound plus a margin, so a process killed while
+holding one frees it by itself, and a live call never outlives its slot.
+
+* Redis (``REDIS_URL``, the ``throttle`` cache's server): one sorted set per team and one
+  for the site, holder -> expiry; one Lua script drops the expired, checks both caps and
+  adds to both atomically (one round trip), and a release is one more.
+* The database (``LongCallSlot``): ``cap`` keys per scope (``longcall:team:<id>:<n>``,
+  ``longcall:all:<n>``); a key is taken with one conditional upsert (atomic on PostgreSQL
+  and SQLite alike) and released with one delete of the holder's rows.
+
+Times are the web processes' clocks (``time.time()``): keep them in step (NTP).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import time
@@ -27,8 +34,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import redis
 from django.conf import settings
-from django.core.cache import caches
 from django.db import connection
 
 from sandboxes.models import LongCallSlot, Team
@@ -46,7 +53,7 @@ MAX_RETRY_AFTER = 10
 class Slot:
     """A held team slot and site slot; ``release`` frees both (once; later calls do nothing)."""
 
-    keys: list[str]
+    scopes: list[str]
     holder: str
     expires_at: float
     released: bool = field(default=False)
@@ -55,42 +62,46 @@ class Slot:
         if self.released:
             return
         self.released = True
-        for key in self.keys:
-            _store().release(key, self.holder)
+        if self.scopes:
+            _store().release(self.scopes, self.holder)
 
     def extend(self, *, seconds: float) -> None:
         """Keep holding for ``seconds`` more (plus the margin): a stream still flowing."""
         expires_at = time.time() + seconds + MARGIN_SECONDS
-        if self.released or expires_at - self.expires_at < seconds / 2:
+        if self.released or not self.scopes or expires_at - self.expires_at < seconds / 2:
             return  # renewed recently enough: one write per half period at most
         self.expires_at = expires_at
-        for key in self.keys:
-            _store().renew(key, self.holder, expires_at)
+        _store().renew(self.scopes, self.holder, expires_at)
+
+
+def _caps(team: Team) -> list[tuple[str, int, str]]:
+    """(scope key, cap, scope name) of the caps in force; a cap of 0 is no cap."""
+    caps = [
+        (f"longcall:team:{team.pk}", settings.SANDBOX_LONG_CALLS_PER_TEAM, "team"),
+        ("longcall:all", settings.SANDBOX_LONG_CALLS_TOTAL, "site"),
+    ]
+    return [cap for cap in caps if cap[1] > 0]
 
 
 def acquire(*, team: Team, kind: str, seconds: float) -> Slot:
     """Hold a slot of ``team`` and one of the site for a call bounded by ``seconds``.
 
-    ``kind`` (exec, wait, proxy) only names the call in the refusal. Raises
-    ``TooManyLongCalls`` when the team's or the site's slots are all held. A cap of 0
-    means no cap: no slot is taken for it.
+    ``kind`` (exec, wait, proxied request) only names the call in the refusal. Raises
+    ``TooManyLongCalls`` when the team's or the site's slots are all held; then nothing
+    is held.
     """
     holder = uuid.uuid4().hex
-    expires_at = time.time() + seconds + MARGIN_SECONDS
-    slot = Slot(keys=[], holder=holder, expires_at=expires_at)
-    caps = (
-        (f"longcall:team:{team.pk}", settings.SANDBOX_LONG_CALLS_PER_TEAM, "team"),
-        ("longcall:all", settings.SANDBOX_LONG_CALLS_TOTAL, "site"),
-    )
-    for prefix, cap, scope in caps:
-        if cap <= 0:
-            continue
-        key, retry_after = _take_one(prefix, cap, holder, expires_at)
-        if key is None:
-            slot.release()  # the team slot taken before a full site is given back
-            raise TooManyLongCalls(kind=kind, scope=scope, limit=cap, retry_after=retry_after)
-        slot.keys.append(key)
-    return slot
+    now = time.time()
+    expires_at = now + seconds + MARGIN_SECONDS
+    caps = _caps(team)
+    if caps:
+        full = _store().acquire([(key, cap) for key, cap, _ in caps], holder, expires_at, now)
+        if full is not None:
+            index, soonest = full
+            _, cap, scope = caps[index]
+            wait = max(1, min(MAX_RETRY_AFTER, math.ceil(soonest - MARGIN_SECONDS - now)))
+            raise TooManyLongCalls(kind=kind, scope=scope, limit=cap, retry_after=wait)
+    return Slot(scopes=[key for key, _, _ in caps], holder=holder, expires_at=expires_at)
 
 
 @contextlib.contextmanager
@@ -106,41 +117,51 @@ def held(*, team: Team, kind: str, seconds: float) -> Iterator[Slot]:
 def in_use(*, team: Team | None = None) -> int:
     """How many slots are held now: ``team``'s, or the site's."""
     if team is None:
-        prefix, cap = "longcall:all", settings.SANDBOX_LONG_CALLS_TOTAL
+        scope, cap = "longcall:all", settings.SANDBOX_LONG_CALLS_TOTAL
     else:
-        prefix, cap = f"longcall:team:{team.pk}", settings.SANDBOX_LONG_CALLS_PER_TEAM
-    keys = [f"{prefix}:{n}" for n in range(max(cap, 0))]
-    return len(_store().live(keys, time.time())) if keys else 0
-
-
-def _take_one(prefix: str, cap: int, holder: str, expires_at: float) -> tuple[str | None, int]:
-    """(the key taken, 0), or (None, seconds to suggest waiting) when all are held."""
-    keys = [f"{prefix}:{n}" for n in range(cap)]
-    store = _store()
-    now = time.time()
-    live = store.live(keys, now)
-    free = [key for key in keys if key not in live]
-    # Another process may take a free key first: then the next one is tried. A random
-    # order keeps callers arriving together from all racing for the same key.
-    random.shuffle(free)
-    for key in free:
-        if store.claim(key, holder, expires_at, now):
-            return key, 0
-    live = store.live(keys, time.time()) or live
-    soonest = min(live.values(), default=now) - MARGIN_SECONDS - now
-    return None, max(1, min(MAX_RETRY_AFTER, math.ceil(soonest)))
+        scope, cap = f"longcall:team:{team.pk}", settings.SANDBOX_LONG_CALLS_PER_TEAM
+    return _store().in_use(scope, cap, time.time()) if cap > 0 else 0
 
 
 def _store() -> _DatabaseSlots | _RedisSlots:
     return _RedisSlots() if settings.SANDBOX_API_THROTTLE_STORE == "redis" else _DatabaseSlots()
 
 
+#: What ``acquire`` answers when a scope is full: (its index, the soonest expiry in it).
+Full = tuple[int, float] | None
+
+
 class _DatabaseSlots:
-    def live(self, keys: list[str], now: float) -> dict[str, float]:
+    def acquire(
+        self, caps: list[tuple[str, int]], holder: str, expires_at: float, now: float
+    ) -> Full:
+        for index, (scope, cap) in enumerate(caps):
+            soonest = self._take_one(scope, cap, holder, expires_at, now)
+            if soonest is not None:
+                if index:
+                    self.release([], holder)  # the slots taken before a full one
+                return index, soonest
+        return None
+
+    def _take_one(self, scope: str, cap: int, holder: str, expires_at: float, now: float):
+        """None when a key was taken, else the soonest expiry among the held ones."""
+        keys = [f"{scope}:{n}" for n in range(cap)]
+        live = self._live(keys, now)
+        free = [key for key in keys if key not in live]
+        # Another process may take a free key first: then the next one is tried. A random
+        # order keeps callers arriving together from all racing for the same key.
+        random.shuffle(free)
+        for key in free:
+            if self._claim(key, holder, expires_at, now):
+                return None
+        live = self._live(keys, time.time()) or live
+        return min(live.values(), default=now)
+
+    def _live(self, keys: list[str], now: float) -> dict[str, float]:
         rows = LongCallSlot.objects.filter(key__in=keys, expires_at__gt=now)
         return dict(rows.values_list("key", "expires_at"))
 
-    def claim(self, key: str, holder: str, expires_at: float, now: float) -> bool:
+    def _claim(self, key: str, holder: str, expires_at: float, now: float) -> bool:
         """Insert the key, or take it over once expired: one statement, so of two processes
         racing for it exactly one gets a row back."""
         table = connection.ops.quote_name(LongCallSlot._meta.db_table)
@@ -156,36 +177,81 @@ class _DatabaseSlots:
             row = cursor.fetchone()
         return row is not None and row[0] == holder
 
-    def release(self, key: str, holder: str) -> None:
-        LongCallSlot.objects.filter(key=key, holder=holder).delete()
+    def release(self, scopes: list[str], holder: str) -> None:
+        LongCallSlot.objects.filter(holder=holder).delete()  # one holder per call
 
-    def renew(self, key: str, holder: str, expires_at: float) -> None:
-        LongCallSlot.objects.filter(key=key, holder=holder).update(expires_at=expires_at)
+    def renew(self, scopes: list[str], holder: str, expires_at: float) -> None:
+        LongCallSlot.objects.filter(holder=holder).update(expires_at=expires_at)
+
+    def in_use(self, scope: str, cap: int, now: float) -> int:
+        return len(self._live([f"{scope}:{n}" for n in range(cap)], now))
+
+
+#: KEYS: one sorted set per cap (holder -> expiry). ARGV: now, expiry, holder, then the caps.
+#: Drops the expired; answers {index, soonest expiry} of the first full set, else adds the
+#: holder to every set and answers {-1}. A set expires with its last holder.
+ACQUIRE = """
+local now = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  if redis.call('ZCARD', key) >= tonumber(ARGV[3 + i]) then
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    return {i - 1, first[2]}
+  end
+end
+local ttl = math.ceil(tonumber(ARGV[2]) - now) + 1
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, ARGV[2], ARGV[3])
+  if redis.call('TTL', key) < ttl then redis.call('EXPIRE', key, ttl) end
+end
+return {-1}
+"""
+
+#: KEYS: the holder's sets. ARGV: the new expiry, holder, seconds to keep the sets for.
+#: (A script: EXPIRE's GT option needs Redis 7.)
+RENEW = """
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', ARGV[1], ARGV[2])
+  if redis.call('TTL', key) < tonumber(ARGV[3]) then redis.call('EXPIRE', key, ARGV[3]) end
+end
+"""
+
+
+@functools.cache
+def _redis(location: str) -> redis.Redis:
+    return redis.Redis.from_url(location)
 
 
 class _RedisSlots:
-    """Values are ``"<holder> <expires_at>"``; Redis drops a key at its expiry by itself."""
+    """On the server of the ``throttle`` cache, under its key prefix."""
 
     def __init__(self) -> None:
-        self.cache = caches["throttle"]
+        cache = settings.CACHES["throttle"]
+        self.client = _redis(cache["LOCATION"])
+        self.prefix = cache.get("KEY_PREFIX", "")
 
-    def live(self, keys: list[str], now: float) -> dict[str, float]:
-        found = self.cache.get_many(keys)
-        return {key: float(value.split()[1]) for key, value in found.items()}
+    def _key(self, scope: str) -> str:
+        return f"{self.prefix}:{scope}" if self.prefix else scope
 
-    def claim(self, key: str, holder: str, expires_at: float, now: float) -> bool:
-        timeout = max(1, math.ceil(expires_at - now))
-        return self.cache.add(key, f"{holder} {expires_at}", timeout=timeout)  # SET NX EX
+    def acquire(
+        self, caps: list[tuple[str, int]], holder: str, expires_at: float, now: float
+    ) -> Full:
+        keys = [self._key(scope) for scope, _ in caps]
+        answer = self.client.eval(
+            ACQUIRE, len(keys), *keys, now, expires_at, holder, *(cap for _, cap in caps)
+        )
+        return None if int(answer[0]) < 0 else (int(answer[0]), float(answer[1]))
 
-    def release(self, key: str, holder: str) -> None:
-        # Read, then delete: not one atomic step, but the key is ours until its expiry,
-        # which lies past the call's own bound, so nobody else can hold it in between.
-        value = self.cache.get(key)
-        if value is not None and value.split()[0] == holder:
-            self.cache.delete(key)
+    def release(self, scopes: list[str], holder: str) -> None:
+        with self.client.pipeline(transaction=False) as pipe:
+            for scope in scopes:
+                pipe.zrem(self._key(scope), holder)
+            pipe.execute()
 
-    def renew(self, key: str, holder: str, expires_at: float) -> None:
-        value = self.cache.get(key)
-        if value is not None and value.split()[0] == holder:
-            timeout = max(1, math.ceil(expires_at - time.time()))
-            self.cache.set(key, f"{holder} {expires_at}", timeout=timeout)
+    def renew(self, scopes: list[str], holder: str, expires_at: float) -> None:
+        keys = [self._key(scope) for scope in scopes]
+        ttl = max(1, math.ceil(expires_at - time.time()) + 1)
+        self.client.eval(RENEW, len(keys), *keys, expires_at, holder, ttl)
+
+    def in_use(self, scope: str, cap: int, now: float) -> int:
+        return self.client.zcount(self._key(scope), f"({now}", "+inf")
