@@ -163,7 +163,7 @@ def service_proxy(
     if sandbox.status in PARKED + WAKING:
         bound += settings.SANDBOX_WAKE_TIMEOUT_SECONDS
     try:
-        slot = long_calls.acquire(team=sandbox.team, kind="proxied request", seconds=bound)
+        slot = long_calls.acquire(team=team, kind="proxied request", seconds=bound)
     except TooManyLongCalls as exc:
         response = _error(429, exc.code, exc.message, retry_after=exc.retry_after)
         response["Retry-After"] = str(exc.retry_after)
