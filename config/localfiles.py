@@ -2,7 +2,7 @@
 
 The data dir holds the SQLite database (sessions: whoever reads it can sign in as anyone)
 and the persisted ``SECRET_KEY``. config/settings.py calls these at start, so every
-process (``make run``, gunicorn, a worker) creates them private and tightens any left
+process (``make run``, uvicorn, a worker) creates them private and tightens any left
 readable by an earlier version. A path owned by another user is left as it is.
 """
 

@@ -115,7 +115,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "sandboxes.static_files.StaticFilesMiddleware",  # WhiteNoise, streaming under ASGI
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -129,6 +129,9 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
+# What `manage.py serve` and production serve (uvicorn): each request gets a thread of its
+# own, so a long call (exec, ?wait, the proxy) never holds a worker other requests need.
+ASGI_APPLICATION = "config.asgi.application"
 
 TEMPLATES = [
     {
@@ -149,7 +152,10 @@ TEMPLATES = [
 
 def _database() -> dict:
     url = env.get("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'db.sqlite3'}"
-    config = dj_database_url.parse(url, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))
+    # 0: a connection per request. Under ASGI every request runs in a thread of its own,
+    # and a persistent connection would stay behind with each finished thread until the
+    # database refuses new ones (Django's advice: no persistent connections under ASGI).
+    config = dj_database_url.parse(url, conn_max_age=env_int("DB_CONN_MAX_AGE", 0))
     if config["ENGINE"] == "django.db.backends.sqlite3":
         if config["NAME"] and config["NAME"] != ":memory:":
             localfiles.private_sqlite(Path(config["NAME"]))  # 0600: it holds the sessions
@@ -261,6 +267,12 @@ SANDBOX_WAKE_TIMEOUT_SECONDS = max(1, env_int("SANDBOX_WAKE_TIMEOUT_SECONDS", 60
 SANDBOX_PROXY_TIMEOUT_SECONDS = max(1, env_int("SANDBOX_PROXY_TIMEOUT_SECONDS", 120))
 # Serve proxied pages in an opaque origin (CSP sandbox) so they cannot act as the dashboard.
 SANDBOX_PROXY_ISOLATE = env_bool("SANDBOX_PROXY_ISOLATE", True)
+# Long calls (exec, ?wait, the service proxy and its wake) hold a thread and a database
+# connection while they wait: at most this many at once per team, and on the whole site,
+# counted where the API's rate counters are (sandboxes/services/long_calls.py). Beyond
+# them: 429 with Retry-After. 0 switches a cap off.
+SANDBOX_LONG_CALLS_PER_TEAM = max(0, env_int("SANDBOX_LONG_CALLS_PER_TEAM", 4))
+SANDBOX_LONG_CALLS_TOTAL = max(0, env_int("SANDBOX_LONG_CALLS_TOTAL", 32))
 
 # --- The API's per-team request counters (sandboxes/services/throttling.py) must be
 # shared by every web worker: in Redis when REDIS_URL is set, else in the database.

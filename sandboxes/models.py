@@ -457,3 +457,21 @@ class Worker(models.Model):
 
     def __str__(self) -> str:
         return f"worker {self.host}:{self.pid} ({self.state})"
+
+
+class LongCallSlot(models.Model):
+    """One held slot for a long call (exec, ``?wait``, the service proxy, wake).
+
+    Used when no Redis is configured. A team has ``SANDBOX_LONG_CALLS_PER_TEAM`` slot
+    keys and the site ``SANDBOX_LONG_CALLS_TOTAL``; a call holds one of each while it
+    runs. A row is a held slot until ``expires_at`` (seconds since the epoch): a process
+    that dies holding one frees it then. Written only by
+    ``sandboxes.services.long_calls``.
+    """
+
+    key = models.CharField(max_length=100, primary_key=True)
+    holder = models.CharField(max_length=64)
+    expires_at = models.FloatField()
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.holder} until {self.expires_at}"

@@ -20,6 +20,13 @@ host is resolved once, an unspecified, loopback, link-local, multicast or reserv
 answer (or one outside ``PVE_GUEST_CIDRS``) is refused with a 502 before anything is
 sent, and the peer actually reached is checked too.
 
+A proxied request is a long call (``sandboxes.services.long_calls``): from before a wake
+until its body has been passed on, it holds one of its team's slots and one of the
+site's, so one team's traffic cannot hold every server thread; beyond them it answers
+429 ``too_many_long_calls`` with ``Retry-After``. Under ASGI (``manage.py serve``,
+uvicorn) the body is passed on as an asynchronous iterator, chunk by chunk: Django would
+read a synchronous one whole into memory first.
+
 Whatever the upstream does wrong (no answer, a reset, a 1xx or a status above 599,
 headers that do not parse, are too large or cannot be passed on) is answered with the
 API's error shape: 504 when it did not answer in time, else 502; never a 500.
@@ -31,13 +38,15 @@ import contextlib
 import http.client
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import requests
 import urllib3
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import RequestDataTooBig
+from django.core.handlers.asgi import ASGIRequest
 from django.http import (
     BadHeaderError,
     HttpRequest,
@@ -51,9 +60,16 @@ from urllib3.util.response import assert_header_parsing
 from sandboxes import selectors
 from sandboxes.current_team import team_context
 from sandboxes.models import Sandbox, Team
-from sandboxes.services import auth_failures, interactive, lifecycle, tokens, transport
+from sandboxes.services import (
+    auth_failures,
+    interactive,
+    lifecycle,
+    long_calls,
+    tokens,
+    transport,
+)
 from sandboxes.services.actors import Actor
-from sandboxes.services.errors import ServiceError
+from sandboxes.services.errors import ServiceError, TooManyLongCalls
 from sandboxes.states import Status
 
 logger = logging.getLogger(__name__)
@@ -79,6 +95,8 @@ ISOLATION_POLICY = "sandbox allow-scripts allow-forms allow-popups allow-modals 
 PARKED = (Status.PAUSED, Status.HIBERNATED)
 WAKING = (Status.PAUSING, Status.RESUMING)
 CHUNK = 64 * 1024
+#: Seconds to open the connection to the upstream.
+CONNECT_TIMEOUT = 10
 #: An upstream answer whose headers (names and values together) are larger is refused.
 MAX_RESPONSE_HEADER_BYTES = 64 * 1024
 #: What sending to the upstream may raise beyond requests' own errors (http.client and
@@ -96,8 +114,8 @@ class BadUpstream(Exception):
     """The upstream answered, but not with something the proxy can pass on."""
 
 
-def _error(status: int, code: str, message: str) -> JsonResponse:
-    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+def _error(status: int, code: str, message: str, **extra) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message, **extra}}, status=status)
 
 
 def _authenticate(request: HttpRequest) -> tuple[Actor | None, Team | None, bool]:
@@ -140,6 +158,35 @@ def service_proxy(
     entry = next((s for s in sandbox.services if s.get("name") == service), None)
     if entry is None:
         return _error(404, "not_found", f"the sandbox exposes no service called {service!r}")
+    # The longest this request may wait: a wake, then the upstream's answer.
+    bound = CONNECT_TIMEOUT + settings.SANDBOX_PROXY_TIMEOUT_SECONDS
+    if sandbox.status in PARKED + WAKING:
+        bound += settings.SANDBOX_WAKE_TIMEOUT_SECONDS
+    try:
+        slot = long_calls.acquire(team=team, kind="proxied request", seconds=bound)
+    except TooManyLongCalls as exc:
+        response = _error(429, exc.code, exc.message, retry_after=exc.retry_after)
+        response["Retry-After"] = str(exc.retry_after)
+        return response
+    response = None
+    try:
+        response = _serve(request, sandbox, entry, path, actor, slot)
+        return response
+    finally:
+        # A streamed answer's body holds the slot until it has been passed on.
+        if not isinstance(response, StreamingHttpResponse):
+            slot.release()
+
+
+def _serve(
+    request: HttpRequest,
+    sandbox: Sandbox,
+    entry: dict,
+    path: str,
+    actor: Actor,
+    slot: long_calls.Slot,
+) -> HttpResponse:
+    sandbox_id = sandbox.pk
     if sandbox.status in PARKED + WAKING:
         if not sandbox.wake_on_http:
             return _error(
@@ -152,7 +199,7 @@ def service_proxy(
         return _error(409, "sandbox_not_running", f"{sandbox_id} is {sandbox.status}")
     interactive.touch_activity(sandbox)
     try:
-        return _forward(request, sandbox, entry, path)
+        return _forward(request, sandbox, entry, path, slot)
     except RequestDataTooBig:
         return _error(413, "too_large", "the request body is larger than the proxy accepts")
 
@@ -194,7 +241,9 @@ def _target(entry: dict, path: str, query: str) -> str:
     return f"{url}?{query}" if query else url
 
 
-def _forward(request: HttpRequest, sandbox: Sandbox, entry: dict, path: str) -> HttpResponse:
+def _forward(
+    request: HttpRequest, sandbox: Sandbox, entry: dict, path: str, slot: long_calls.Slot
+) -> HttpResponse:
     prefix = f"/s/{sandbox.pk}/{entry['name']}/"
     headers = {k: v for k, v in request.headers.items() if k.lower() not in DROP_REQUEST}
     headers["X-Forwarded-For"] = request.META.get("REMOTE_ADDR", "")
@@ -230,8 +279,11 @@ def _forward(request: HttpRequest, sandbox: Sandbox, entry: dict, path: str) -> 
             )
         logger.info("proxy %s/%s: %r", sandbox.pk, entry["name"], exc)
         return _error(502, "bad_gateway", f"the service {entry['name']!r} did not answer")
+    body = _Body(upstream, slot)
     try:
-        response = _response(upstream, prefix, entry)
+        response = _response(
+            upstream, prefix, entry, body.chunks() if isinstance(request, ASGIRequest) else body
+        )
     except BadUpstream as exc:
         upstream.close()
         logger.info("proxy %s/%s: %s", sandbox.pk, entry["name"], exc)
@@ -243,7 +295,9 @@ def _forward(request: HttpRequest, sandbox: Sandbox, entry: dict, path: str) -> 
     return response
 
 
-def _response(upstream: requests.Response, prefix: str, entry: dict) -> HttpResponse:
+def _response(
+    upstream: requests.Response, prefix: str, entry: dict, body: _Body | _AsyncBody
+) -> HttpResponse:
     """The upstream's answer as Django's; BadUpstream when it cannot be passed on."""
     status = upstream.status_code
     if not 200 <= status <= 599:
@@ -257,7 +311,7 @@ def _response(upstream: requests.Response, prefix: str, entry: dict) -> HttpResp
     items = list(upstream.raw.headers.items())
     if sum(len(name) + len(value) + 4 for name, value in items) > MAX_RESPONSE_HEADER_BYTES:
         raise BadUpstream("its headers are too large")
-    response = StreamingHttpResponse(_body(upstream), status=status)
+    response = StreamingHttpResponse(body, status=status)
     try:
         for name, value in items:
             if name.lower() not in DROP_RESPONSE:
@@ -283,16 +337,53 @@ def _send(
             data=request.body or None,
             stream=True,
             allow_redirects=False,
-            timeout=(10, settings.SANDBOX_PROXY_TIMEOUT_SECONDS),
+            timeout=(CONNECT_TIMEOUT, settings.SANDBOX_PROXY_TIMEOUT_SECONDS),
         )
 
 
-def _body(upstream: requests.Response) -> Iterator[bytes]:
-    """The upstream body as it came (still compressed if it was), then the connection closed."""
-    try:
-        yield from upstream.raw.stream(CHUNK, decode_content=False)
-    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
-        # The status line is gone already: the answer ends short (the client sees it).
-        logger.info("proxy: the upstream's body broke off: %r", exc)
-    finally:
-        upstream.close()
+class _Body:
+    """The upstream body as it came (still compressed if it was). Closing it (at its end,
+    or Django closing the response) closes the upstream connection and frees the slot."""
+
+    def __init__(self, upstream: requests.Response, slot: long_calls.Slot) -> None:
+        self.upstream = upstream
+        self.slot = slot
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self.upstream.raw.stream(CHUNK, decode_content=False):
+                # Still flowing: keep the slot past its first bound (each read has its own).
+                self.slot.extend(seconds=settings.SANDBOX_PROXY_TIMEOUT_SECONDS)
+                yield chunk
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+            # The status line is gone already: the answer ends short (the client sees it).
+            logger.info("proxy: the upstream's body broke off: %r", exc)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.upstream.close()
+        self.slot.release()
+
+    def chunks(self) -> _AsyncBody:
+        return _AsyncBody(self)
+
+
+class _AsyncBody:
+    """The same body for an ASGI server: each chunk is read in the request's own thread,
+    so the body is passed on as it comes instead of being read whole first."""
+
+    def __init__(self, body: _Body) -> None:
+        self.body = body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = iter(self.body)
+        read = sync_to_async(next)
+        try:
+            while (chunk := await read(chunks, None)) is not None:
+                yield chunk
+        finally:
+            await sync_to_async(self.close)()
+
+    def close(self) -> None:
+        self.body.close()

@@ -337,7 +337,7 @@ def test_serve_stops_the_web_server_and_the_worker_on_sigterm(tmp_path):
         else:
             pytest.fail("the dashboard did not answer within 90 s")
         assert answer.status == 200
-        groups = _children_of(serve.pid)  # runserver and qcluster lead their own groups
+        groups = _children_of(serve.pid)  # uvicorn and qcluster lead their own groups
         assert len(groups) == 2
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=9) == 0  # before the 10 s grace ends in SIGKILL

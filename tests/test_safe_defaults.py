@@ -233,6 +233,19 @@ def test_serve_without_debug_or_a_key_works_on_plain_http_and_keeps_secrets(tmp_
         stylesheet = get(browser, server.base + css)
         assert stylesheet.status == 200
         assert stylesheet.headers["Content-Type"].startswith("text/css")
+        # Whole, as collected: WhiteNoise streams it to the ASGI server.
+        collected = data / "staticfiles" / css.removeprefix("/static/")
+        assert stylesheet.read() == collected.read_bytes()
+
+        # The web server is uvicorn serving the ASGI application (a thread per request:
+        # long calls hold no worker), not runserver or a WSGI server.
+        assert stylesheet.headers["Server"] == "uvicorn"
+        commands = [
+            (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+            for pid in server._children()
+        ]
+        (web,) = [c for c in commands if b"uvicorn" in c]
+        assert b"config.asgi:application" in web
 
         # Signing in works over plain HTTP (cookies are not HTTPS-only here).
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)

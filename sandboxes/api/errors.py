@@ -4,7 +4,8 @@
 request field to what is wrong with it (empty when no field is to blame). Some codes add
 keys beside those three (documented in docs/api.md): ``capability`` and ``reason`` for
 ``capability_missing``; ``quota``, ``limit``, ``used`` and ``requested`` for
-``quota_*``; ``retry_after`` for ``throttled``.
+``quota_*``; ``retry_after`` for ``throttled``; ``retry_after``, ``scope`` and ``limit``
+for ``too_many_long_calls``.
 """
 
 from __future__ import annotations
@@ -112,6 +113,10 @@ def _service_response(exc: service_errors.ServiceError) -> Response:
         extra = {"capability": exc.capability, "reason": exc.reason}
     elif isinstance(exc, (service_errors.IllegalTransition, service_errors.Conflict)):
         code = status.HTTP_409_CONFLICT
+    elif isinstance(exc, service_errors.TooManyLongCalls):
+        code = status.HTTP_429_TOO_MANY_REQUESTS
+        headers["Retry-After"] = str(exc.retry_after)
+        extra = {"retry_after": exc.retry_after, "scope": exc.scope, "limit": exc.limit}
     elif isinstance(exc, service_errors.ProviderFailure):
         if exc.code in PROVIDER_CONFLICT_CODES:
             code = status.HTTP_409_CONFLICT

@@ -84,3 +84,23 @@ class ProviderFailure(ServiceError):
         super().__init__(message)
         self.code = f"provider_{provider_code}"
         self.retryable = retryable
+
+
+class TooManyLongCalls(ServiceError):
+    """The team (or the whole site) already runs as many long calls as it may; try later.
+
+    ``retry_after`` is a hint in seconds; ``scope`` is ``team`` or ``site``.
+    """
+
+    code = "too_many_long_calls"
+
+    def __init__(self, *, kind: str, scope: str, limit: int, retry_after: int) -> None:
+        who = "your team has" if scope == "team" else "the site has"
+        super().__init__(
+            f"{who} {limit} long calls (exec, waits, proxied requests) running already; "
+            f"this {kind} was refused: try again in {retry_after} s"
+        )
+        self.kind = kind
+        self.scope = scope
+        self.limit = limit
+        self.retry_after = retry_after

@@ -16,6 +16,7 @@ from django.utils import timezone
 from providers.base import ExecResult, Instance, SshInfo
 from providers.errors import ProviderError
 from sandboxes.models import Outcome, Sandbox, TtlAction
+from sandboxes.services import long_calls
 from sandboxes.services.actors import Actor
 from sandboxes.services.backends import capabilities, get_provider
 from sandboxes.services.errors import (
@@ -99,6 +100,9 @@ def exec_command(
             fields={"timeout_seconds": [f"a whole number from 1 to {MAX_EXEC_TIMEOUT}"]},
         )
     shown = command if isinstance(command, str) else " ".join(command)
+    # A long call: it holds a thread until the command ends (long_calls says why that
+    # is counted per team). Refused before anything reaches the provider.
+    slot = long_calls.acquire(team=sandbox.team, kind="exec", seconds=timeout_seconds)
     try:
         result = _instance(sandbox).exec(command, timeout=timeout_seconds)
     except ProviderError as exc:
@@ -111,6 +115,8 @@ def exec_command(
             data={"command": shown[:200]},
         )
         raise _failure(exc) from exc
+    finally:
+        slot.release()
     record_event(
         actor=actor,
         action="exec",

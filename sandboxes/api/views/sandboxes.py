@@ -18,7 +18,7 @@ from sandboxes.api.filtering import FilterBackend
 from sandboxes.api.views.base import TeamView
 from sandboxes.filters import EventFilter, SandboxFilter
 from sandboxes.models import Sandbox, SandboxEvent, TtlAction
-from sandboxes.services import interactive, lifecycle
+from sandboxes.services import interactive, lifecycle, long_calls
 from sandboxes.services.snapshots import take_snapshot
 from sandboxes.states import is_transitional
 
@@ -170,8 +170,11 @@ class SandboxDetailView(TeamView):
         sandbox = self.get_sandbox()  # not found comes first, before any other complaint
         query = s.WaitQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        if query.validated_data.get("wait") and sandbox.is_transitional:
-            self.wait_until_settled(query.validated_data["wait"])
+        wait = query.validated_data.get("wait")
+        if wait and sandbox.is_transitional:
+            # A long call (it holds a thread for up to `wait` s): one of the team's slots.
+            with long_calls.held(team=self.team, kind="wait", seconds=wait):
+                self.wait_until_settled(wait)
             sandbox = self.get_sandbox()
         return Response(sandbox_body(sandbox))
 

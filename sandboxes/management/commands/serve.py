@@ -1,5 +1,10 @@
 """`make run`: migrate, first-run set-up, then the web server and the django-q2 worker.
 
+The web server is uvicorn serving ``config.asgi`` (the production set-up, on one
+process): under ASGI each request runs in a thread of its own, so a long exec or a
+``?wait`` never holds a worker that another team's request needs (see
+docs/architecture.md, "Serving").
+
 manage.py marks this command's processes as the embedded setup (``SANDBOXES_EMBEDDED``):
 without ``SECRET_KEY`` they share one generated into the data dir, and HTTPS-only settings
 default off. DEBUG stays off unless set, so the static files are collected here for
@@ -7,9 +12,9 @@ WhiteNoise to serve, as in production.
 
 Ctrl-C (or SIGTERM) stops both; if either exits, the other is stopped too. Each child runs
 in its own process group, and what is left of a group after a 10 s grace is killed:
-runserver's autoreloader and the worker's cluster are processes of their own, and a SIGTERM
-sent to this command alone (``kill``, a service manager) must not leave one of them
-holding the port.
+the worker's cluster is processes of its own, a long call may keep uvicorn past its
+graceful shutdown, and a SIGTERM sent to this command alone (``kill``, a service manager)
+must not leave one of them holding the port.
 """
 
 import contextlib
@@ -21,7 +26,7 @@ import time
 
 from django.conf import settings
 from django.core.management import call_command, get_commands
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 
 class Command(BaseCommand):
@@ -37,17 +42,28 @@ class Command(BaseCommand):
         call_command("ensure_admin")
         if "sync_schedules" in get_commands():
             call_command("sync_schedules")
-        manage = [sys.executable, "manage.py"]
+        host, port = split_address(addr)
+        module, _, name = settings.ASGI_APPLICATION.rpartition(".")
+        web = [
+            *(sys.executable, "-m", "uvicorn", f"{module}:{name}"),
+            *("--app-dir", str(settings.BASE_DIR), "--host", host, "--port", str(port)),
+            # The client's address is the peer's, as everywhere: a reverse proxy's header
+            # counts only where CLIENT_IP_HEADER says so (uvicorn would otherwise believe
+            # X-Forwarded-For from any local process, the login throttling's key).
+            "--no-proxy-headers",
+            # Requests still open this long after SIGTERM are cut off, inside serve's grace.
+            *("--timeout-graceful-shutdown", "5"),
+        ]
         children = [
-            subprocess.Popen([*manage, "runserver", addr], process_group=0),
-            subprocess.Popen([*manage, "worker"], process_group=0),
+            subprocess.Popen(web, process_group=0),
+            subprocess.Popen([sys.executable, "manage.py", "worker"], process_group=0),
         ]
         self.stdout.write(f"Dashboard on http://{addr}/  (admin: http://{addr}/admin/)")
 
         def stop(*_):
             # SIGTERM, not SIGINT: a process started in the background by a shell ignores
-            # SIGINT, and runserver's autoreloader would then outlive this command. The
-            # web server's group stops at once; the worker stops its own cluster.
+            # SIGINT, and a child would then outlive this command. The web server's group
+            # stops at once; the worker stops its own cluster.
             web, worker = children
             _signal_group(web, signal.SIGTERM)
             if worker.poll() is None:
@@ -64,6 +80,17 @@ class Command(BaseCommand):
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         stop()
+
+
+def split_address(addr: str) -> tuple[str, int]:
+    """``127.0.0.1:8000`` -> ("127.0.0.1", 8000); ``[::1]:8000`` -> ("::1", 8000);
+    ``8000`` -> ("127.0.0.1", 8000), as runserver took it."""
+    host, _, port = addr.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        raise CommandError(f"--addr {addr!r}: expected address:port") from None
+    return host.strip("[]") or "127.0.0.1", number
 
 
 def _signal_group(child: subprocess.Popen, signum: int) -> None:
