@@ -145,9 +145,7 @@ def bwrap_argv(
         "--cap-drop", "ALL",
     ]  # fmt: skip
     # CAP_SYS_ADMIN only for sbx-init's own mounts: it drops it before it is ready.
-    # With an outbound network, no CAP_NET_RAW: a packet socket would send frames below
-    # the policy's rules (see network.py).
-    dropped = {"CAP_NET_RAW"} if spec.network is not None else set()
+    dropped = dropped_capabilities(spec)
     for name in (*syscalls.SANDBOX_CAPS, "CAP_SYS_ADMIN"):
         if name not in dropped:
             argv += ["--cap-add", name]
@@ -165,6 +163,13 @@ def bwrap_argv(
     argv += ["--chdir", "/", "--info-fd", str(info_fd), "--as-pid-1"]
     argv += ["--ro-bind", init, INIT_PATH, "--", INIT_PATH]
     return [*argv, str(listen_fd), str(ready_fd), str(seccomp_fd)]
+
+
+def dropped_capabilities(spec: LaunchSpec) -> set[str]:
+    """Capabilities of the default set this sandbox does not get. With an outbound
+    network, CAP_NET_RAW: a packet socket writes frames below the policy's rules
+    (nftables never sees them), straight to pasta (see network.py)."""
+    return {"CAP_NET_RAW"} if spec.network is not None else set()
 
 
 def _mount_overlays(spec: LaunchSpec, extra: str) -> None:

@@ -23,8 +23,9 @@ ready and before anything else runs in it:
    It joins the sandbox's cgroups: it counts against its limits, freezes with it, and
    dies with it.
 4. **DNS** through pasta's forwarder: the sandbox's ``/etc/resolv.conf`` (read-only)
-   names ``DNS_ADDRESS``, which pasta maps to the first resolver of ``LOCAL_SANDBOX_DNS``
-   (default: the host's ``/etc/resolv.conf``).
+   names ``DNS_ADDRESS``, which pasta maps to the first resolver of its own
+   ``/etc/resolv.conf``: the host's, or one naming ``LOCAL_SANDBOX_DNS`` bound over it
+   in pasta's private mount namespace.
 
 Host names of an allowlist are resolved by the launcher, with the same resolvers, from
 the same network namespace, at every start.
@@ -236,8 +237,9 @@ def pasta_argv(settings: NetworkSettings, pid: int, uid: int, gid: int) -> list[
         "--pid", str(STAGE / "run" / "pasta.pid"),
         "--quiet",
     ]  # fmt: skip
-    for server in settings.dns:
-        argv += ["--dns", server]
+    # No --dns: pasta reads the resolvers from /etc/resolv.conf, which the launcher
+    # covers (in pasta's private mount namespace) when LOCAL_SANDBOX_DNS names them
+    # (passt 2023.03's --dns together with --dns-forward forwards to 0.0.0.0).
     return argv
 
 
@@ -287,6 +289,10 @@ def _attach(setup: NetworkSetup, pid: int, uid: int, gid: int) -> int:
     (STAGE / "run").mkdir(mode=0o700)
     os.chown(STAGE / "run", uid, gid)
     syscalls.mount(str(tun), "/dev/net/tun", None, syscalls.MS_BIND, None)
+    if settings.dns:
+        resolv = STAGE / "resolv.conf"
+        resolv.write_text("".join(f"nameserver {server}\n" for server in settings.dns))
+        syscalls.mount(str(resolv), "/etc/resolv.conf", None, syscalls.MS_BIND, None)
 
     if settings.namespace is not None:
         upstream = os.open(settings.namespace, os.O_RDONLY | os.O_CLOEXEC)
