@@ -231,6 +231,14 @@ class Capabilities:
             return ""
         return f"the {policy.mode} network policy is not available: {self.reason(name)}"
 
+    def require_network(self, policy: NetworkPolicy, *, provider: str) -> None:
+        """Raise Unsupported when ``policy`` cannot be enforced (providers' create)."""
+        refusal = self.network_refusal(policy)
+        if refusal:
+            raise Unsupported(
+                f"{provider}: {refusal}", capability=f"supports_network_{policy.mode}"
+            )
+
     def require(self, name: str, *, provider: str) -> None:
         """Raise Unsupported when ``name`` is missing."""
         if not self.supports(name):

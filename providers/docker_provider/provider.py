@@ -170,6 +170,7 @@ class DockerProvider(Provider):
     def create(
         self, spec: InstanceSpec, snapshot_ref: str, metadata: Mapping[str, str]
     ) -> DockerInstance:
+        self.capabilities.require_network(spec.network, provider=self.name)
         existing = self._find(spec.sandbox_id)
         if existing:
             return DockerInstance(self, existing[0])
