@@ -41,6 +41,13 @@ from providers.settings import int_setting
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 
 
+#: Why outbound policies are refused for now (docs/providers/docker.md, "Outbound networks").
+DOCKER_NETWORK = (
+    "Docker sandboxes have no network yet (network_mode=none); outbound policies are "
+    "enforced by the local provider only so far"
+)
+
+
 class DockerProvider(Provider):
     name: ClassVar[str] = "docker"
     config_keys: ClassVar[tuple[str, ...]] = (
@@ -105,6 +112,8 @@ class DockerProvider(Provider):
                 "supports_ssh": "Docker sandboxes run no SSH server; use exec",
                 "supports_resize": "resizing a running container is not offered yet",
                 "supports_metrics": "Docker stats are not collected yet",
+                "supports_network_internet": DOCKER_NETWORK,
+                "supports_network_allowlist": DOCKER_NETWORK,
             },
         )
 
