@@ -36,23 +36,19 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import secrets
 import shutil
-import socket
 import stat
-import struct
 import subprocess
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from providers.errors import OperationFailed
 from providers.local import syscalls
-from providers.network import ALLOWLIST, NON_PUBLIC_V4, NetworkPolicy, is_public
+from providers.netfilter import DNS_ADDRESS, local_addresses, resolve, resolvers, ruleset
+from providers.network import ALLOWLIST, NetworkPolicy, is_public
 
-#: What the sandbox's resolv.conf names: pasta forwards UDP port 53 there to the resolver.
-DNS_ADDRESS = "169.254.0.53"
 #: The sandbox's interface (pasta's tap device).
 INTERFACE = "eth0"
 RESOLV_CONF = f"nameserver {DNS_ADDRESS}\n"
@@ -102,120 +98,6 @@ class NetworkSetup:
     settings: NetworkSettings
     #: pasta's output (the sandbox directory's network.log).
     log: Path
-
-
-def ruleset(
-    policy: NetworkPolicy,
-    *,
-    deny: Iterable[IPv4Network],
-    allow: Iterable[IPv4Network] = (),
-) -> str:
-    """The sandbox network namespace's nftables ruleset (its whole ruleset)."""
-    denied = _collapse([*NON_PUBLIC_V4, *deny])
-    allowed = _collapse(allow)
-    lines = [
-        "flush ruleset",
-        "table inet sandbox {",
-        "  set denied { type ipv4_addr; flags interval; " + _elements(denied) + "}",
-        "  set allowed { type ipv4_addr; flags interval; " + _elements(allowed) + "}",
-        "  chain output {",
-        "    type filter hook output priority 0; policy drop;",
-        '    oif "lo" accept',
-        f"    ip daddr {DNS_ADDRESS} udp dport 53 accept",
-        "    ip daddr @denied reject with icmp type admin-prohibited",
-    ]
-    if policy.mode == ALLOWLIST:
-        lines.append("    ip daddr @allowed accept")
-    elif policy.networked:
-        lines.append("    meta nfproto ipv4 accept")
-    lines += [
-        "    meta nfproto ipv4 reject with icmp type admin-prohibited",
-        "    reject",
-        "  }",
-        "}",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _collapse(networks: Iterable[IPv4Network]) -> list[IPv4Network]:
-    return list(ipaddress.collapse_addresses(n for n in networks if n.version == 4))
-
-
-def _elements(networks: Sequence[IPv4Network]) -> str:
-    return f"elements = {{ {', '.join(map(str, networks))} }}; " if networks else ""
-
-
-def local_addresses() -> list[IPv4Network]:
-    """The IPv4 addresses of the calling thread's network namespace (its local table)."""
-    found = []
-    leaf = ""
-    with open("/proc/thread-self/net/fib_trie") as handle:
-        for line in handle:
-            text = line.strip()
-            if text.startswith("|--"):
-                leaf = text.split()[1]
-            elif text.startswith("/32 host LOCAL") and leaf:
-                found.append(IPv4Network(leaf))
-    return sorted(set(found))
-
-
-def resolvers(settings: NetworkSettings) -> list[str]:
-    if settings.dns:
-        return list(settings.dns)
-    found = []
-    with contextlib.suppress(OSError):
-        for line in Path("/etc/resolv.conf").read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] == "nameserver" and "." in parts[1]:
-                found.append(parts[1])
-    return found
-
-
-def resolve(name: str, servers: Sequence[str], *, timeout: float = DNS_TIMEOUT) -> list[str]:
-    """IPv4 addresses of ``name`` (A records, following nothing else) from ``servers``."""
-    for server in servers:
-        with contextlib.suppress(OSError, ValueError, struct.error):
-            return _query(name, server, timeout)
-    return []
-
-
-def _query(name: str, server: str, timeout: float) -> list[str]:
-    ident = secrets.randbits(16)
-    question = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
-    packet = struct.pack(">HHHHHH", ident, 0x0100, 1, 0, 0, 0) + question + b"\0\1\0\1"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect((server, 53))
-        sock.send(packet)
-        while True:
-            answer = sock.recv(4096)
-            if len(answer) >= 12 and struct.unpack(">H", answer[:2])[0] == ident:
-                break
-    _, flags, qdcount, ancount = struct.unpack(">HHHH", answer[:8])
-    if flags & 0x000F:
-        return []
-    offset = 12
-    for _ in range(qdcount):
-        offset = _skip_name(answer, offset) + 4
-    found = []
-    for _ in range(ancount):
-        offset = _skip_name(answer, offset)
-        rtype, _rclass, _ttl, length = struct.unpack(">HHIH", answer[offset : offset + 10])
-        offset += 10
-        if rtype == 1 and length == 4:
-            found.append(socket.inet_ntoa(answer[offset : offset + 4]))
-        offset += length
-    return found
-
-
-def _skip_name(data: bytes, offset: int) -> int:
-    while True:
-        length = data[offset]
-        if length == 0:
-            return offset + 1
-        if length & 0xC0 == 0xC0:
-            return offset + 2
-        offset += 1 + length
 
 
 def pasta_argv(settings: NetworkSettings, pid: int, uid: int, gid: int) -> list[str]:
@@ -305,7 +187,7 @@ def _attach(setup: NetworkSetup, pid: int, uid: int, gid: int) -> int:
         deny = [*local_addresses(), *settings.deny]
         allow = list(setup.policy.networks())
         if setup.policy.mode == ALLOWLIST:
-            servers = resolvers(settings)
+            servers = resolvers(settings.dns)
             for name in setup.policy.host_names():
                 allow += [IPv4Network(a) for a in resolve(name, servers) if is_public(a)]
         rules = ruleset(setup.policy, deny=deny, allow=allow)
