@@ -232,16 +232,21 @@ class PresetForm(forms.ModelForm):
             "network_allow",
         ]
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Left out: the default policy (none).
+        self.fields["network_policy"].required = False
+
     def clean(self):
         cleaned = super().clean()
-        if "network_policy" in cleaned:
-            try:
-                policy = network.parse_policy(
-                    cleaned["network_policy"], cleaned.get("network_allow") or []
-                )
-            except ServiceError as exc:
-                raise forms.ValidationError(exc.message) from None
-            cleaned["network_allow"] = list(policy.allow)
+        try:
+            policy = network.parse_policy(
+                cleaned.get("network_policy") or "none", cleaned.get("network_allow") or []
+            )
+        except ServiceError as exc:
+            raise forms.ValidationError(exc.message) from None
+        cleaned["network_policy"] = policy.mode
+        cleaned["network_allow"] = list(policy.allow)
         if self.instance._state.adding and not self.errors:
             try:
                 self.instance.id = preset_id_for(
