@@ -13,10 +13,10 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 # Installs what the local provider needs (bubblewrap; a C compiler for its sandbox init;
-# libseccomp-dev for its seccomp filter) when it can; says what to install when it cannot
-# (not root, no apt-get).
+# libseccomp-dev for its seccomp filter; passt (pasta) and nftables for sandboxes with an
+# outbound network) when it can; says what to install when it cannot (not root, no apt-get).
 system-packages:
-	@scripts/ensure-system-packages bubblewrap gcc libc6-dev libseccomp-dev
+	@scripts/ensure-system-packages bubblewrap gcc libc6-dev libseccomp-dev passt nftables
 
 # DEBUG stays off unless you set it (DEBUG=1 make run): its error pages show the server's
 # environment.

@@ -355,6 +355,8 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/api/(?:v1/)?",
+    # One name for the outbound network modes (create's network_policy, a sandbox's network).
+    "ENUM_NAME_OVERRIDES": {"NetworkModeEnum": "sandboxes.models.NetworkMode"},
     # The docs page serves Swagger UI and Redoc from the sidecar package: no CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

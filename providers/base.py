@@ -40,6 +40,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 from providers.addresses import AddressRule
 from providers.errors import Unsupported
+from providers.network import NetworkPolicy
 
 #: Keys of the metadata the control plane stores on every instance it makes. Together
 #: they are enough to rebuild a lost database row (see DESIGN.md, "Data model").
@@ -75,6 +76,10 @@ class InstanceSpec:
     disk_gb: int
     #: PVE: make a full clone instead of a linked one (the preset asks for it).
     full_clone: bool = False
+    #: The effective outbound policy (preset, team, sandbox: sandboxes/services/network.py).
+    #: A provider enforces it from the first start on, or refuses a mode it cannot honour
+    #: (``Capabilities.supports_network_<mode>`` false): see docs/network.md.
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)
 
 
 @dataclass(frozen=True)
@@ -193,6 +198,9 @@ class Capabilities:
     supports_ssh: bool = False
     supports_resize: bool = False
     supports_metrics: bool = False
+    #: Outbound network policies beyond ``none`` (which every provider honours).
+    supports_network_internet: bool = False
+    supports_network_allowlist: bool = False
     #: capability name -> why it is not available (for people, shown in the UI and API).
     reasons: Mapping[str, str] = field(default_factory=dict)
 
@@ -213,6 +221,23 @@ class Capabilities:
 
     def as_dict(self) -> dict[str, bool]:
         return {name: getattr(self, name) for name in self.names()}
+
+    def network_refusal(self, policy: NetworkPolicy) -> str:
+        """Why ``policy`` cannot be honoured here; '' when it can."""
+        if not policy.networked:
+            return ""
+        name = f"supports_network_{policy.mode}"
+        if self.supports(name):
+            return ""
+        return f"the {policy.mode} network policy is not available: {self.reason(name)}"
+
+    def require_network(self, policy: NetworkPolicy, *, provider: str) -> None:
+        """Raise Unsupported when ``policy`` cannot be enforced (providers' create)."""
+        refusal = self.network_refusal(policy)
+        if refusal:
+            raise Unsupported(
+                f"{provider}: {refusal}", capability=f"supports_network_{policy.mode}"
+            )
 
     def require(self, name: str, *, provider: str) -> None:
         """Raise Unsupported when ``name`` is missing."""

@@ -23,7 +23,7 @@ from sandboxes.models import (
     Snapshot,
     Team,
 )
-from sandboxes.services import lifecycle, teams
+from sandboxes.services import lifecycle, network, teams
 from sandboxes.services.actors import Actor
 from sandboxes.services.errors import ServiceError
 from sandboxes.services.presets import preset_id_for
@@ -120,7 +120,24 @@ class MembershipInline(admin.TabularInline):
 class TeamForm(forms.ModelForm):
     class Meta:
         model = Team
-        fields = ["slug", "name", "max_sandboxes", "max_vcpus", "max_memory_mb"]
+        fields = [
+            "slug",
+            "name",
+            "max_sandboxes",
+            "max_vcpus",
+            "max_memory_mb",
+            "network_policy",
+            "network_allow",
+        ]
+
+    def clean(self):
+        cleaned = super().clean()
+        mode = cleaned.get("network_policy")
+        if mode:
+            _form_error(
+                self, lambda: network.parse_policy(mode, cleaned.get("network_allow") or [])
+            )
+        return cleaned
 
     def clean_slug(self):
         slug = self.cleaned_data["slug"]
@@ -211,10 +228,25 @@ class PresetForm(forms.ModelForm):
             "providers",
             "full_clone",
             "enabled",
+            "network_policy",
+            "network_allow",
         ]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Left out: the default policy (none).
+        self.fields["network_policy"].required = False
 
     def clean(self):
         cleaned = super().clean()
+        try:
+            policy = network.parse_policy(
+                cleaned.get("network_policy") or "none", cleaned.get("network_allow") or []
+            )
+        except ServiceError as exc:
+            raise forms.ValidationError(exc.message) from None
+        cleaned["network_policy"] = policy.mode
+        cleaned["network_allow"] = list(policy.allow)
         if self.instance._state.adding and not self.errors:
             try:
                 self.instance.id = preset_id_for(

@@ -24,6 +24,14 @@ def new_sandbox_id() -> str:
     return "sbx-" + "".join(secrets.choice(SANDBOX_ID_ALPHABET) for _ in range(10))
 
 
+class NetworkMode(models.TextChoices):
+    """Outbound network policies (providers/network.py; docs/network.md)."""
+
+    NONE = "none", "none (loopback only)"
+    INTERNET = "internet", "internet (public addresses only)"
+    ALLOWLIST = "allowlist", "allowlist (listed CIDRs and host names)"
+
+
 class Team(models.Model):
     slug = models.SlugField(max_length=50, unique=True)
     name = models.CharField(max_length=100)
@@ -31,6 +39,10 @@ class Team(models.Model):
     max_sandboxes = models.PositiveIntegerField(null=True, blank=True)
     max_vcpus = models.PositiveIntegerField(null=True, blank=True)
     max_memory_mb = models.PositiveIntegerField(null=True, blank=True)
+    #: Outbound network override for the team's sandboxes (blank: the preset's policy).
+    network_policy = models.CharField(max_length=10, choices=NetworkMode.choices, blank=True)
+    #: CIDRs and host names of the ``allowlist`` override.
+    network_allow = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -87,6 +99,12 @@ class Preset(models.Model):
     #: PVE: clone full copies instead of linked clones for this size.
     full_clone = models.BooleanField(default=False)
     enabled = models.BooleanField(default=True)
+    #: Outbound network of sandboxes of this preset (teams and sandboxes may override).
+    network_policy = models.CharField(
+        max_length=10, choices=NetworkMode.choices, default=NetworkMode.NONE
+    )
+    #: CIDRs and host names of the ``allowlist`` policy.
+    network_allow = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["vcpus", "memory_mb", "disk_gb"]
@@ -235,6 +253,12 @@ class Sandbox(models.Model):
     wake_on_ssh = models.BooleanField(default=False)
     last_activity_at = models.DateTimeField(default=timezone.now)
     idempotency_key = models.CharField(max_length=200, blank=True)
+    #: Outbound network override asked for at create (blank: the team's, else the preset's).
+    network_policy = models.CharField(max_length=10, choices=NetworkMode.choices, blank=True)
+    network_allow = models.JSONField(default=list, blank=True)
+    #: The effective policy, computed once at create (services/network.py) and handed to
+    #: the provider: ``{"mode": ..., "allow": [...], "source": "preset|team|sandbox"}``.
+    network = models.JSONField(default=dict, blank=True)
 
     #: The operation a transitional status stands for (pausing may end paused or
     #: hibernated), so a worker or the reconciler knows what to carry out.

@@ -76,6 +76,7 @@ SANDBOX_LIST_COLUMNS = (
     "idle_timeout_seconds",
     "wake_on_http",
     "wake_on_ssh",
+    "network",
     "last_error",
     "created_at",
     "started_at",

@@ -69,22 +69,28 @@ def available() -> bool:
     return shutil.which("dockerd") is not None and os.geteuid() == 0
 
 
-def _start() -> Daemon:
+#: The host's firewall and routing stay untouched.
+ISOLATED = ("--iptables=false", "--ip-forward=false", "--ip-masq=false", "--bridge=none")
+
+
+def _start(netns: str | None = None, flags: tuple[str, ...] = ISOLATED) -> Daemon:
+    """A dockerd; in the network namespace ``netns`` (an ``ip netns`` name) if given,
+    where ``flags`` may turn iptables and forwarding on: for that namespace only."""
     # Short path: the socket path must fit in a sockaddr_un (108 bytes).
     root = Path(tempfile.mkdtemp(prefix="sbx-dockerd-"))
     socket = root / "docker.sock"
     log = (root / "dockerd.log").open("wb")
+    # nsenter, not `ip netns exec`: that one remounts /sys, hiding the cgroup mounts.
+    prefix = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
     process = subprocess.Popen(
         [
+            *prefix,
             "dockerd",
             "--data-root", str(root / "data"),
             "--exec-root", str(root / "exec"),
             "--pidfile", str(root / "dockerd.pid"),
             "-H", f"unix://{socket}",
-            "--iptables=false",
-            "--ip-forward=false",
-            "--ip-masq=false",
-            "--bridge=none",
+            *flags,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -103,6 +109,20 @@ def _start() -> Daemon:
     daemon.stop()
     tail = (root / "dockerd.log").read_text(errors="replace")[-2000:] if root.exists() else ""
     raise RuntimeError(f"dockerd did not start:\n{tail}")
+
+
+def daemon_in(netns: str) -> Daemon:
+    """A daemon of the caller's own inside the test network namespace ``netns``, with
+    iptables, NAT and forwarding on there (the namespace is its whole world)."""
+    require("dockerd", available(), _HINT)
+    from providers.docker_provider import base_image
+
+    try:
+        base_image.find_static_busybox()
+    except base_image.BaseImageError as exc:
+        require("busybox-static", False, str(exc))
+    flags = ("--iptables=true", "--ip-forward=true", "--ip-masq=true", "--bridge=none")
+    return _start(netns, flags)
 
 
 def daemon() -> Daemon:

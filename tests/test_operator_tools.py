@@ -350,3 +350,35 @@ def test_serve_stops_the_web_server_and_the_worker_on_sigterm(tmp_path):
         for pgid in groups:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
+
+
+def test_admin_preset_network_policy_is_validated(admin_client):
+    from sandboxes.models import Preset
+
+    bad = admin_client.post(
+        "/admin/sandboxes/preset/add/",
+        {
+            "vcpus": 3,
+            "memory_mb": 2048,
+            "disk_gb": 20,
+            "providers": '["local"]',
+            "network_policy": "allowlist",
+            "network_allow": '["10.0.0.0/8"]',
+        },
+    )
+    assert bad.status_code == 200
+    assert "public addresses only" in bad.content.decode()
+    good = admin_client.post(
+        "/admin/sandboxes/preset/add/",
+        {
+            "vcpus": 3,
+            "memory_mb": 2048,
+            "disk_gb": 20,
+            "providers": '["local"]',
+            "network_policy": "allowlist",
+            "network_allow": '["PyPI.org"]',
+        },
+    )
+    assert good.status_code == 302
+    preset = Preset.objects.get(pk="3vcpu_2gb_20gb")
+    assert (preset.network_policy, preset.network_allow) == ("allowlist", ["pypi.org"])

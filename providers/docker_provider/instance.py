@@ -121,6 +121,10 @@ class DockerInstance(Instance):
             self._do("unpause", container.unpause)
         else:
             self._do("start", container.start)
+            if labels.network_of(container.labels):
+                # A new network namespace: its rules before the start returns, so no
+                # exec ever runs unfiltered.
+                self._provider.enforce_network(self._reload())
         self._reload()
 
     def stop(self) -> None:

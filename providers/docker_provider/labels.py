@@ -14,6 +14,8 @@ from collections.abc import Mapping
 ROLE = "sandboxes.role"
 SANDBOX_ID = "sandboxes.sandbox_id"
 METADATA = "sandboxes.metadata"
+#: The sandbox's outbound policy (JSON of providers.network.NetworkPolicy.as_dict()).
+NETWORK = "sandboxes.network"
 #: On forwarders and networks: the sandbox container they serve.
 OWNER = "sandboxes.owner"
 SERVICE_NAME = "sandboxes.service"
@@ -26,7 +28,7 @@ ROLE_SNAPSHOT = "snapshot"
 
 #: Committed images get these so a container someone runs from a snapshot image by hand
 #: is not mistaken for a sandbox.
-SNAPSHOT_CHANGES = [f'LABEL {ROLE}={ROLE_SNAPSHOT} {SANDBOX_ID}="" {METADATA}=""']
+SNAPSHOT_CHANGES = [f'LABEL {ROLE}={ROLE_SNAPSHOT} {SANDBOX_ID}="" {METADATA}="" {NETWORK}=""']
 
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
 
@@ -37,6 +39,14 @@ def sandbox_labels(sandbox_id: str, metadata: Mapping[str, str]) -> dict[str, st
         SANDBOX_ID: sandbox_id,
         METADATA: json.dumps(dict(metadata), sort_keys=True),
     }
+
+
+def network_of(labels: Mapping[str, str]) -> dict | None:
+    try:
+        value = json.loads(labels.get(NETWORK) or "null")
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def metadata_of(labels: Mapping[str, str]) -> dict[str, str]:

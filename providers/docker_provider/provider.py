@@ -7,7 +7,8 @@ How the contract maps onto Docker:
   ``docker import`` when missing (see ``base_image``).
 * A sandbox is a container named ``sbx-<sandbox id>`` (Docker refuses a second one of the
   same name: create is idempotent even under races), labelled with its metadata, with
-  CPU, memory and pids limits from the preset, no network (``network_mode=none``) and
+  CPU, memory and pids limits from the preset, no network (``network_mode=none``; an
+  outbound policy: its Docker network and rules, see ``enforce_network``) and
   ``/workspace`` as its working directory. Its files live in the container's writable
   layer: kept by stop/start, captured by ``docker commit``.
 * ``pause`` freezes the container's cgroup (memory kept); ``snapshot`` commits the
@@ -17,6 +18,10 @@ How the contract maps onto Docker:
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import shutil
 import threading
 import time
 from collections.abc import Mapping
@@ -25,6 +30,8 @@ from typing import Any, ClassVar
 import docker
 from docker.models.containers import Container
 
+from providers import netfilter
+from providers.addresses import parse_networks
 from providers.base import (
     META_SANDBOX_ID,
     Capabilities,
@@ -36,9 +43,14 @@ from providers.docker_provider import base_image, labels, services
 from providers.docker_provider.errors import docker_call
 from providers.docker_provider.instance import KEEPALIVE, DockerInstance
 from providers.errors import Conflict, NotFound, OperationFailed, ProviderError
+from providers.network import NetworkPolicy
 from providers.settings import int_setting
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
+
+
+#: The Docker network of each outbound policy (made on first use; see services).
+POLICY_NETWORKS = {"internet": "sandboxes-internet", "allowlist": "sandboxes-allowlist"}
 
 
 class DockerProvider(Provider):
@@ -48,6 +60,8 @@ class DockerProvider(Provider):
         "DOCKER_BASE_IMAGE",
         "DOCKER_PIDS_LIMIT",
         "DOCKER_TIMEOUT",
+        "DOCKER_NET_NAMESPACE",
+        "DOCKER_NET_DENY",
     )
 
     def __init__(
@@ -57,6 +71,8 @@ class DockerProvider(Provider):
         base_image_ref: str = base_image.DEFAULT_BASE_IMAGE,
         pids_limit: int = 1024,
         timeout: int = 60,
+        net_namespace: str | None = None,
+        net_deny: tuple = (),
     ) -> None:
         if "://" not in host:
             raise ValueError(
@@ -66,6 +82,10 @@ class DockerProvider(Provider):
         self.base_image_ref = base_image_ref
         self.pids_limit = pids_limit
         self.timeout = timeout
+        #: The daemon's network namespace (its addresses are the host's, never reachable
+        #: from a sandbox); None: the control plane's own.
+        self.net_namespace = net_namespace
+        self.net_deny = net_deny
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
         self._base_lock = threading.Lock()
@@ -81,6 +101,8 @@ class DockerProvider(Provider):
             or base_image.DEFAULT_BASE_IMAGE,
             pids_limit=int_setting(config, "DOCKER_PIDS_LIMIT", 1024, high=4_194_304),
             timeout=int_setting(config, "DOCKER_TIMEOUT", 60, high=86_400),
+            net_namespace=_namespace(config.get("DOCKER_NET_NAMESPACE", "").strip()),
+            net_deny=parse_networks(config.get("DOCKER_NET_DENY", ""), "DOCKER_NET_DENY"),
         )
 
     @classmethod
@@ -93,6 +115,7 @@ class DockerProvider(Provider):
 
     @property
     def capabilities(self) -> Capabilities:
+        outbound = self._network_problem()
         return Capabilities(
             supports_pause=True,
             supports_snapshots=True,
@@ -105,8 +128,55 @@ class DockerProvider(Provider):
                 "supports_ssh": "Docker sandboxes run no SSH server; use exec",
                 "supports_resize": "resizing a running container is not offered yet",
                 "supports_metrics": "Docker stats are not collected yet",
+                **dict.fromkeys(
+                    ("supports_network_internet", "supports_network_allowlist"), outbound
+                ),
             },
+            supports_network_internet=not outbound,
+            supports_network_allowlist=not outbound,
         )
+
+    def enforce_network(self, container: Container) -> None:
+        """Load the container's outbound policy into its network namespace (see
+        providers/netfilter.py); stop it and raise OperationFailed when that fails."""
+        policy = NetworkPolicy.from_dict(labels.network_of(container.labels))
+        if not policy.networked:
+            return
+        pid = (container.attrs.get("State") or {}).get("Pid") or 0
+        try:
+            if not pid:
+                raise OSError("the container has no process")
+            netfilter.enforce(
+                f"/proc/{pid}/ns/net",
+                policy,
+                upstream=self.net_namespace,
+                deny=self.net_deny,
+                whole=False,  # Docker's embedded DNS has its rules there
+            )
+        except OSError as exc:
+            with contextlib.suppress(Exception):
+                container.kill()
+            raise OperationFailed(
+                f"could not enforce the {policy.mode} policy of container "
+                f"{container.id[:12]}: {exc}",
+                ref=container.id,
+            ) from exc
+
+    def _network_problem(self) -> str:
+        """Why this provider cannot enforce outbound policies ('' when it can)."""
+        if not self.host.startswith("unix://"):
+            return (
+                "outbound policies need the Docker daemon on the control plane's machine "
+                "(a unix:// DOCKER_HOST): its rules are loaded into each container's "
+                "network namespace"
+            )
+        if os.geteuid() != 0:
+            return "outbound policies need the control plane to run as root"
+        if shutil.which("nft") is None:
+            return "nft not found (apt-get install -y nftables)"
+        if self.net_namespace and not os.path.exists(self.net_namespace):
+            return f"DOCKER_NET_NAMESPACE {self.net_namespace} does not exist"
+        return ""
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -170,6 +240,7 @@ class DockerProvider(Provider):
     def create(
         self, spec: InstanceSpec, snapshot_ref: str, metadata: Mapping[str, str]
     ) -> DockerInstance:
+        self.capabilities.require_network(spec.network, provider=self.name)
         existing = self._find(spec.sandbox_id)
         if existing:
             return DockerInstance(self, existing[0])
@@ -189,6 +260,13 @@ class DockerProvider(Provider):
             "memswap_limit": f"{spec.memory_mb}m",
             "pids_limit": self.pids_limit,
         }
+        if spec.network.networked:
+            # A network per policy; no NET_RAW (a packet socket writes below the rules).
+            options["network_mode"] = services.ensure_policy_network(
+                self.client, POLICY_NETWORKS[spec.network.mode]
+            ).name
+            options["cap_drop"] = ["NET_RAW"]
+            options["labels"][labels.NETWORK] = json.dumps(spec.network.as_dict())
         try:
             with docker_call(f"create container {name}"):
                 made = self.client.containers.create(image_id, **options)
@@ -257,3 +335,9 @@ class DockerProvider(Provider):
         except ProviderError as exc:
             return Health(reachable=False, detail=exc.message)
         return Health(reachable=True, latency_ms=(time.perf_counter() - started) * 1000)
+
+
+def _namespace(value: str) -> str | None:
+    if not value:
+        return None
+    return value if value.startswith("/") else f"/run/netns/{value}"

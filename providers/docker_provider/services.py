@@ -87,6 +87,29 @@ def _ensure_network(client: docker.DockerClient, name: str, *, internal: bool, o
         )
 
 
+def ensure_policy_network(client: docker.DockerClient, name: str):
+    """The bridge network of an outbound policy: containers on it do not reach each
+    other (``enable_icc`` off); what they reach beyond is the rules' to decide."""
+    with docker_call(f"get network {name}"):
+        found = client.networks.list(names=[name])
+    for network in found:
+        if network.name == name:
+            return network
+    with docker_call(f"create network {name}"):
+        try:
+            return client.networks.create(
+                name,
+                driver="bridge",
+                options={"com.docker.network.bridge.enable_icc": "false"},
+                labels={labels.ROLE: labels.ROLE_NETWORK},
+            )
+        except docker.errors.APIError:
+            found = client.networks.list(names=[name])  # another create won the race
+            if not found:
+                raise
+            return found[0]
+
+
 def _attach_sandbox(client: docker.DockerClient, container: Container):
     network = _ensure_network(client, network_name(container.id), internal=True, owner=container.id)
     attached = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}

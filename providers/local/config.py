@@ -6,12 +6,14 @@ is documented in docs/providers/local.md.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from providers.addresses import parse_networks
 from providers.local import idmap
 from providers.local.cgroups import (
     Totals,
@@ -20,6 +22,7 @@ from providers.local.cgroups import (
     host_memory_mb,
     host_pid_space,
 )
+from providers.local.network import NetworkSettings
 from providers.settings import int_setting
 
 CONFIG_KEYS = (
@@ -33,6 +36,10 @@ CONFIG_KEYS = (
     "LOCAL_SANDBOX_BWRAP",
     "LOCAL_SANDBOX_HOST_USR",
     "LOCAL_SANDBOX_ID_RANGE",
+    "LOCAL_SANDBOX_PASTA",
+    "LOCAL_SANDBOX_DNS",
+    "LOCAL_SANDBOX_NET_NAMESPACE",
+    "LOCAL_SANDBOX_NET_DENY",
 )
 
 _CGROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -66,6 +73,8 @@ class LocalConfig:
     host_usr: Path = Path("/usr")
     #: Host ids for sandboxes' user namespaces (see idmap.py).
     id_range: idmap.IdRange = field(default_factory=idmap.default)
+    #: Outbound networking (pasta, resolvers, the namespace traffic leaves from, denials).
+    network: NetworkSettings = field(default_factory=NetworkSettings)
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, str]) -> LocalConfig:
@@ -100,6 +109,7 @@ class LocalConfig:
             bwrap=config.get("LOCAL_SANDBOX_BWRAP", "").strip() or cls.bwrap,
             host_usr=host_usr.resolve(),
             id_range=idmap.parse(id_range) if id_range else idmap.default(),
+            network=network_settings(config),
         )
         if made.root == made.host_usr or made.host_usr in made.root.parents:
             # Every sandbox sees the host's /usr: sandboxes kept under it would see each other.
@@ -115,3 +125,32 @@ class LocalConfig:
             pids=self.total_pids or default_total_pids(host_pid_space()),
             memory_mb=self.total_memory_mb or default_total_memory_mb(host_memory_mb()),
         )
+
+
+def network_settings(config: Mapping[str, str]) -> NetworkSettings:
+    """``LOCAL_SANDBOX_PASTA``, ``LOCAL_SANDBOX_DNS``, ``LOCAL_SANDBOX_NET_NAMESPACE`` and
+    ``LOCAL_SANDBOX_NET_DENY``; ValueError naming the setting."""
+    dns = []
+    for part in config.get("LOCAL_SANDBOX_DNS", "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            address = ipaddress.ip_address(part)
+        except ValueError:
+            raise ValueError(f"LOCAL_SANDBOX_DNS: {part!r} is not an IPv4 address") from None
+        if address.version != 4:
+            raise ValueError(f"LOCAL_SANDBOX_DNS: {part!r} is not an IPv4 address")
+        dns.append(str(address))
+    namespace = config.get("LOCAL_SANDBOX_NET_NAMESPACE", "").strip()
+    if namespace and not namespace.startswith("/"):
+        namespace = f"/run/netns/{namespace}"  # a name, as `ip netns` gives them
+    deny = parse_networks(config.get("LOCAL_SANDBOX_NET_DENY", ""), "LOCAL_SANDBOX_NET_DENY")
+    if any(n.version != 4 for n in deny):
+        raise ValueError("LOCAL_SANDBOX_NET_DENY: IPv4 CIDRs only (sandboxes have no IPv6)")
+    return NetworkSettings(
+        pasta=config.get("LOCAL_SANDBOX_PASTA", "").strip() or "pasta",
+        dns=tuple(dns),
+        namespace=Path(namespace) if namespace else None,
+        deny=tuple(deny),
+    )

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from providers.errors import OperationFailed
-from providers.local import sockets, syscalls
+from providers.local import network, sockets, syscalls
 from providers.local.state import Runtime, boot_id, process_start_ticks
 
 WORKDIR = "/workspace"
@@ -116,6 +116,8 @@ class LaunchSpec:
     idmapped: tuple[Path, ...] = ()
     #: Not root: the sandbox gets a user namespace mapping root inside to this user.
     rootless: bool = False
+    #: An outbound network (pasta and the policy's rules); None: loopback only.
+    network: network.NetworkSetup | None = None
 
 
 INIT_PATH = "/dev/.sbx-init"
@@ -143,8 +145,13 @@ def bwrap_argv(
         "--cap-drop", "ALL",
     ]  # fmt: skip
     # CAP_SYS_ADMIN only for sbx-init's own mounts: it drops it before it is ready.
+    dropped = dropped_capabilities(spec)
     for name in (*syscalls.SANDBOX_CAPS, "CAP_SYS_ADMIN"):
-        argv += ["--cap-add", name]
+        if name not in dropped:
+            argv += ["--cap-add", name]
+    if spec.network is not None and staged:
+        # The resolver is pasta's DNS forwarder; read-only, so it stays the one in use.
+        argv += ["--ro-bind", str(STAGE / "resolv.conf"), "/etc/resolv.conf"]
     argv.append("--clearenv")
     for key, value in sandbox_env(spec.sandbox_id).items():
         argv += ["--setenv", key, value]
@@ -156,6 +163,13 @@ def bwrap_argv(
     argv += ["--chdir", "/", "--info-fd", str(info_fd), "--as-pid-1"]
     argv += ["--ro-bind", init, INIT_PATH, "--", INIT_PATH]
     return [*argv, str(listen_fd), str(ready_fd), str(seccomp_fd)]
+
+
+def dropped_capabilities(spec: LaunchSpec) -> set[str]:
+    """Capabilities of the default set this sandbox does not get. With an outbound
+    network, CAP_NET_RAW: a packet socket writes frames below the policy's rules
+    (nftables never sees them), straight to pasta (see network.py)."""
+    return {"CAP_NET_RAW"} if spec.network is not None else set()
 
 
 def _mount_overlays(spec: LaunchSpec, extra: str) -> None:
@@ -203,6 +217,8 @@ def _stage_root(spec: LaunchSpec, userns_fd: int) -> None:
     syscalls.mount("sandbox-stage", str(STAGE), "tmpfs", _STAGE_FLAGS, "mode=0755,size=16k")
     (STAGE / "root").mkdir()
     (STAGE / "init").touch()
+    if spec.network is not None:
+        (STAGE / "resolv.conf").write_text(network.RESOLV_CONF)
     syscalls.mount(
         str(spec.merged), str(STAGE / "root"), None, syscalls.MS_BIND | syscalls.MS_REC, None
     )
@@ -372,6 +388,12 @@ def launch(spec: LaunchSpec) -> Runtime:
             raise OperationFailed(
                 f"sandbox {spec.sandbox_id} did not start: {_tail(spec.log) or 'no output'}"
             )
+        helper = None
+        if spec.network is not None and spec.idmap is not None:
+            # Before the start returns, so nothing but the init ever runs unfiltered.
+            helper = network.attach(
+                spec.network, pid, spec.idmap.uid, spec.idmap.gid, spec.cgroup_procs
+            )
         ticks = process_start_ticks(pid)
         if ticks is None:
             raise OperationFailed(f"sandbox {spec.sandbox_id} exited while starting")
@@ -381,6 +403,7 @@ def launch(spec: LaunchSpec) -> Runtime:
             boot_id=boot_id(),
             supervisor=process.pid,
             exec_socket=True,
+            network_pid=helper,
         )
     except BaseException:
         # The init runs in its own session: killing bwrap's group would orphan it.

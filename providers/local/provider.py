@@ -43,12 +43,14 @@ from providers.errors import (
     ProviderError,
     QuotaExceeded,
     Unavailable,
+    Unsupported,
 )
 from providers.local import disk, execute, forwarder, host, idmap, initbin, launch, seccompbin
 from providers.local.cgroups import Cgroups, Layout, Limits
 from providers.local.config import CONFIG_KEYS, LocalConfig
 from providers.local.instance import LocalInstance, service_url
 from providers.local.layers import PARTS, Layers, in_use_leftover
+from providers.local.network import NetworkSetup
 from providers.local.state import (
     SANDBOX_ID_RE,
     SandboxState,
@@ -59,6 +61,7 @@ from providers.local.state import (
     raise_disk_full,
     runtime_alive,
 )
+from providers.network import NetworkPolicy
 
 SERVICE_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 #: Leftover temporary directories older than this are swept by ``list()``.
@@ -132,6 +135,10 @@ class LocalProvider(Provider):
             "LOCAL_SANDBOX_ID_RANGE": f"{c.id_range.uid_first}:{c.id_range.count}"
             if c.id_range.uid_first == c.id_range.gid_first
             else "",
+            "LOCAL_SANDBOX_PASTA": c.network.pasta,
+            "LOCAL_SANDBOX_DNS": ",".join(c.network.dns),
+            "LOCAL_SANDBOX_NET_NAMESPACE": str(c.network.namespace or ""),
+            "LOCAL_SANDBOX_NET_DENY": ",".join(map(str, c.network.deny)),
         }
 
     # --- capabilities and health
@@ -167,7 +174,13 @@ class LocalProvider(Provider):
                 "exposing services needs root: the forwarder enters sandboxes' network "
                 "namespaces (run the control plane as root)"
             )
+        outbound = self._network_problem()
+        if outbound:
+            reasons["supports_network_internet"] = outbound
+            reasons["supports_network_allowlist"] = outbound
         return Capabilities(
+            supports_network_internet=not outbound,
+            supports_network_allowlist=not outbound,
             supports_pause=can_pause,
             supports_hibernate=False,
             supports_snapshots=True,
@@ -179,6 +192,14 @@ class LocalProvider(Provider):
             supports_metrics=metrics,
             reasons=reasons,
         )
+
+    def _network_problem(self) -> str:
+        """Why sandboxes cannot have outbound networks here ('' when they can)."""
+        if host.rootless():
+            return "outbound networks need root (pasta joins sandboxes' namespaces)"
+        if not self.cgroups.enabled:
+            return "outbound networks need cgroups (pasta lives and dies with its sandbox)"
+        return "; ".join(self.config.network.problems())
 
     def limitations(self) -> list[str]:
         """What this host lacks, in words (limits not enforced, pause unavailable...)."""
@@ -285,6 +306,9 @@ class LocalProvider(Provider):
         if existing is not None:
             return LocalInstance(self, existing)
         self._check_fits(sandbox_id, spec.memory_mb)
+        refusal = self.capabilities.network_refusal(spec.network)
+        if refusal:
+            raise Unsupported(refusal, capability=f"supports_network_{spec.network.mode}")
         with locked(self.store.root / "snapshots.lock", shared=True):
             chain = self.layers.chain(snapshot_ref)
             self._check_space()
@@ -300,6 +324,7 @@ class LocalProvider(Provider):
                 parts=dict(PARTS),
                 created_at=time.time(),
                 id_slot=None if host.rootless() else self._claim_slot(sandbox_id),
+                network=spec.network.as_dict() if spec.network.networked else None,
             )
             try:
                 made = self._commit_new(state)
@@ -520,7 +545,15 @@ class LocalProvider(Provider):
             raise Unavailable(f"local sandboxes need their seccomp filter: {exc}") from exc
         rootless = host.rootless()
         directory = self.store.sandbox_dir(sandbox_id)
+        policy = NetworkPolicy.from_dict(state.network)
+        outbound = None
+        if policy.networked:
+            problem = self._network_problem()
+            if problem:
+                raise Unavailable(f"sandbox {sandbox_id} has the {policy.mode} policy: {problem}")
+            outbound = NetworkSetup(policy, self.config.network, directory / "network.log")
         return launch.LaunchSpec(
+            network=outbound,
             sandbox_id=sandbox_id,
             bwrap=self._bwrap,
             root=self.store.root,

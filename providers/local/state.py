@@ -47,6 +47,9 @@ class Runtime:
     supervisor: int
     #: Whether the init is sbx-init, serving exec on ``<sandbox dir>/exec.sock``.
     exec_socket: bool = False
+    #: The sandbox's pasta (user-mode network), when its policy is not ``none``; it lives
+    #: in the sandbox's cgroups, so stopping the sandbox ends it too.
+    network_pid: int | None = None
 
 
 @dataclass
@@ -83,6 +86,9 @@ class SandboxState:
     wake_on_http: bool = False
     #: The sandbox's slot of host ids (see idmap.py), assigned at its first start.
     id_slot: int | None = None
+    #: The outbound policy given at create (``providers.network.NetworkPolicy.as_dict``);
+    #: None (state files from before policies): ``none``.
+    network: dict | None = None
     version: int = STATE_VERSION
 
     def to_json(self) -> str:

@@ -76,6 +76,13 @@ def _make_client(api_key: str, base_url: str, http_timeout: float) -> MorphCloud
     return client
 
 
+#: Why outbound policies are refused (docs/network.md, "morph").
+MORPH_NETWORK = (
+    "Morph Cloud gives its VMs their network and the provider cannot filter it (no deny "
+    "list for your hosts or private ranges), so no policy beyond Morph's own is enforced"
+)
+
+
 class MorphProvider(Provider):
     name: ClassVar[str] = "morph"
     config_keys: ClassVar[tuple[str, ...]] = (
@@ -142,6 +149,7 @@ class MorphProvider(Provider):
 
     @property
     def capabilities(self) -> Capabilities:
+        # Morph's VMs get the network Morph gives them; see docs/network.md.
         return Capabilities(
             supports_pause=True,
             supports_snapshots=True,
@@ -154,6 +162,8 @@ class MorphProvider(Provider):
                 "separate hibernate (use pause)",
                 "supports_resize": "resizing a Morph instance needs a reboot; not offered yet",
                 "supports_metrics": "Morph reports no per-instance CPU or memory samples",
+                "supports_network_internet": MORPH_NETWORK,
+                "supports_network_allowlist": MORPH_NETWORK,
             },
         )
 
@@ -203,6 +213,7 @@ class MorphProvider(Provider):
     def create(
         self, spec: InstanceSpec, snapshot_ref: str, metadata: Mapping[str, str]
     ) -> MorphInstance:
+        self.capabilities.require_network(spec.network, provider=self.name)
         existing = self._find(spec.sandbox_id)
         if existing:
             return MorphInstance(self, existing[0])

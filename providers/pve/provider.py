@@ -44,6 +44,13 @@ SHORT_TASK = 600.0
 _PROCESS_RESERVATIONS = MemoryReservationStore()
 
 
+#: Why outbound policies are refused (docs/network.md, "pve-lxc and pve-vm").
+PVE_NETWORK = (
+    "guests join PVE_BRIDGE, whose reach is the operator's network design (VLANs, the PVE "
+    "firewall, the router); the provider writes no firewall rules yet"
+)
+
+
 class PveProvider(Provider):
     kind: ClassVar[Kind]
     config_keys = CONFIG_KEYS
@@ -166,6 +173,8 @@ class PveProvider(Provider):
             "supports_ssh": "SSH access to PVE guests is not brokered by the control plane yet",
             "supports_resize": "the root disk is sized from the preset when the sandbox is "
             "made; resizing a live sandbox is not offered yet",
+            "supports_network_internet": PVE_NETWORK,
+            "supports_network_allowlist": PVE_NETWORK,
         }
         if not pause:
             reasons["supports_pause"] = (
@@ -243,6 +252,7 @@ class PveProvider(Provider):
     def create(
         self, spec: InstanceSpec, snapshot_ref: str, metadata: Mapping[str, str]
     ) -> PveInstance:
+        self.capabilities.require_network(spec.network, provider=self.name)
         sandbox_id = spec.sandbox_id
         meta = GuestMeta({**metadata, META_SANDBOX_ID: sandbox_id})
         rows = self.client.resources()

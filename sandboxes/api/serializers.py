@@ -29,7 +29,7 @@ from sandboxes.api.fields import (
     name_field,
     seconds_field,
 )
-from sandboxes.models import Sandbox, TtlAction
+from sandboxes.models import NetworkMode, Sandbox, TtlAction
 from sandboxes.services.interactive import MAX_EXEC_TIMEOUT
 from sandboxes.states import TRANSITIONAL, Status
 
@@ -52,6 +52,20 @@ class ServiceSerializer(serializers.Serializer):
 class WakeOnStateSerializer(serializers.Serializer):
     http = serializers.BooleanField()
     ssh = serializers.BooleanField()
+
+
+class NetworkPolicySerializer(serializers.Serializer):
+    mode = serializers.ChoiceField(
+        choices=NetworkMode.choices,
+        help_text="none: loopback only; internet: public addresses only; allowlist: only "
+        "the listed CIDRs and host names (public ones).",
+    )
+    allow = serializers.ListField(child=serializers.CharField())
+    source = serializers.ChoiceField(
+        choices=["preset", "team", "sandbox"],
+        help_text="Where the policy came from: the preset's, the team's override, or the "
+        "sandbox's own (asked for at create).",
+    )
 
 
 class SandboxSerializer(serializers.Serializer):
@@ -77,6 +91,9 @@ class SandboxSerializer(serializers.Serializer):
     expires_at = serializers.DateTimeField(allow_null=True)
     idle_timeout_seconds = serializers.IntegerField(allow_null=True)
     wake_on = serializers.SerializerMethodField()
+    network = serializers.SerializerMethodField(
+        help_text="The effective outbound network policy, fixed at create."
+    )
     last_error = serializers.CharField()
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
@@ -90,6 +107,10 @@ class SandboxSerializer(serializers.Serializer):
     @extend_schema_field(WakeOnStateSerializer)
     def get_wake_on(self, sandbox) -> dict[str, bool]:
         return {"http": sandbox.wake_on_http, "ssh": sandbox.wake_on_ssh}
+
+    @extend_schema_field(NetworkPolicySerializer)
+    def get_network(self, sandbox) -> dict:
+        return network_view(sandbox.network)
 
     @cached_property
     def _tz(self) -> tzinfo:
@@ -122,6 +143,7 @@ class SandboxSerializer(serializers.Serializer):
             "expires_at": iso_datetime(row["expires_at"], tz),
             "idle_timeout_seconds": row["idle_timeout_seconds"],
             "wake_on": {"http": row["wake_on_http"], "ssh": row["wake_on_ssh"]},
+            "network": network_view(row["network"]),
             "last_error": row["last_error"],
             "created_at": iso_datetime(row["created_at"], tz),
             "started_at": iso_datetime(row["started_at"], tz),
@@ -148,6 +170,30 @@ class SandboxCreateSerializer(StrictSerializer):
     ttl_action = serializers.ChoiceField(choices=TtlAction.choices, required=False)
     idle_timeout_seconds = seconds_field(required=False, allow_null=True)
     metadata = MetadataField(required=False)
+    network_policy = serializers.ChoiceField(
+        choices=NetworkMode.choices,
+        required=False,
+        help_text="Override the team's and the preset's outbound network policy "
+        "(see docs/network.md). Refused (409 capability_missing) where the provider "
+        "cannot enforce it.",
+    )
+    network_allow = serializers.ListField(
+        child=StrictCharField(max_length=253),
+        required=False,
+        max_length=64,
+        help_text="With network_policy allowlist: public IPv4 CIDRs (93.184.216.0/24) and "
+        "host names (pypi.org, resolved when the sandbox starts).",
+    )
+
+
+def network_view(record: dict | None) -> dict:
+    """A sandbox's stored effective policy as the API shows it (old rows: none)."""
+    record = record or {}
+    return {
+        "mode": record.get("mode") or "none",
+        "allow": list(record.get("allow") or []),
+        "source": record.get("source") or "preset",
+    }
 
 
 class SandboxUpdateSerializer(StrictSerializer):

@@ -36,7 +36,7 @@ from providers.base import (
 )
 from providers.errors import NotFound, ProviderError
 from sandboxes.models import Outcome, Preset, Sandbox, Snapshot, SnapshotStatus, Team, TtlAction
-from sandboxes.services import transitions
+from sandboxes.services import network, transitions
 from sandboxes.services.actors import Actor
 from sandboxes.services.backends import (
     capabilities,
@@ -106,8 +106,14 @@ def create_sandbox(
     idle_timeout_seconds: int | None = None,
     metadata: dict[str, str] | None = None,
     idempotency_key: str = "",
+    network_policy: str | None = None,
+    network_allow: list[str] | None = None,
 ) -> Sandbox:
     """Record a new sandbox in ``starting`` and enqueue its provisioning.
+
+    ``network_policy`` (and ``network_allow`` for ``allowlist``) override the team's and
+    the preset's outbound policy; the effective one is stored on the sandbox
+    (``services/network.py``) and refused when the provider cannot enforce it.
 
     The snapshot may be a version (``local_2vcpu_2gb_8gb_v3``), an id without ``_vN``
     (the active version) or omitted (the active version of ``preset_id`` on ``provider``).
@@ -120,6 +126,12 @@ def create_sandbox(
     metadata = validate_metadata(metadata)
     ttl_seconds = validate_seconds("ttl_seconds", ttl_seconds)
     idle_timeout_seconds = validate_seconds("idle_timeout_seconds", idle_timeout_seconds)
+    override = None
+    if network_policy is not None:
+        override = network.parse_policy(network_policy, network_allow)
+    elif network_allow:
+        problem = "give network_policy: allowlist with network_allow"
+        raise InvalidInput(f"network_allow: {problem}", fields={"network_allow": [problem]})
     if ttl_action not in TtlAction.values:
         raise InvalidInput(
             f"ttl_action must be one of {', '.join(TtlAction.values)}",
@@ -142,6 +154,10 @@ def create_sandbox(
     )
     preset: Preset = snapshot.preset
     capacity = provider_capacity(snapshot.provider)  # also: is it enabled?
+    policy, policy_source = network.effective_policy(preset=preset, team=team, override=override)
+    network.check_supported(
+        policy, provider=snapshot.provider, caps=capabilities(snapshot.provider)
+    )
     with transaction.atomic():
         locked_team = Team.objects.select_for_update().get(pk=team.pk)
         if idempotency_key:  # re-check under the lock: two retries racing
@@ -184,6 +200,9 @@ def create_sandbox(
             idempotency_key=idempotency_key,
             last_activity_at=now,
             status_changed_at=now,
+            network_policy=override.mode if override else "",
+            network_allow=list(override.allow) if override else [],
+            network=network.as_record(policy, policy_source),
         )
         record_event(
             actor=actor,
@@ -191,7 +210,11 @@ def create_sandbox(
             outcome=Outcome.REQUESTED,
             sandbox=sandbox,
             to_status=S.STARTING,
-            data={"snapshot_id": snapshot.snapshot_id, "preset": preset.id},
+            data={
+                "snapshot_id": snapshot.snapshot_id,
+                "preset": preset.id,
+                "network": sandbox.network,
+            },
         )
         _enqueue(sandbox)
     return sandbox
@@ -333,6 +356,7 @@ def _spec(sandbox: Sandbox) -> InstanceSpec:
         memory_mb=sandbox.memory_mb,
         disk_gb=sandbox.disk_gb,
         full_clone=sandbox.preset.full_clone,
+        network=network.of_sandbox(sandbox),
     )
 
 

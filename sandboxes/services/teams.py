@@ -12,6 +12,7 @@ from sandboxes.models import Membership, Outcome, Role, Team
 from sandboxes.services.actors import Actor
 from sandboxes.services.errors import Conflict, InvalidInput, NotAllowed
 from sandboxes.services.events import record_event
+from sandboxes.services.network import parse_policy
 
 SLUG_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?")
 
@@ -40,7 +41,14 @@ def create_team(*, slug: str, name: str = "", actor: Actor, owner=None) -> Team:
 
 
 #: What an operator may change on a team (the slug names it in URLs and provider metadata).
-TEAM_SETTINGS = ("name", "max_sandboxes", "max_vcpus", "max_memory_mb")
+TEAM_SETTINGS = (
+    "name",
+    "max_sandboxes",
+    "max_vcpus",
+    "max_memory_mb",
+    "network_policy",
+    "network_allow",
+)
 
 
 def update_team(*, team: Team, actor: Actor, changes: dict[str, Any]) -> Team:
@@ -50,6 +58,14 @@ def update_team(*, team: Team, actor: Actor, changes: dict[str, Any]) -> Team:
     unknown = set(changes) - set(TEAM_SETTINGS)
     if unknown:
         raise InvalidInput(f"cannot change {', '.join(sorted(unknown))} of a team")
+    if "network_policy" in changes or "network_allow" in changes:
+        mode = changes.get("network_policy", team.network_policy) or None
+        allow = changes.get("network_allow", team.network_allow) or []
+        if mode is None:
+            changes = {**changes, "network_policy": "", "network_allow": []}
+        else:
+            policy = parse_policy(mode, allow)
+            changes = {**changes, "network_policy": mode, "network_allow": list(policy.allow)}
     with transaction.atomic():
         locked = Team.objects.select_for_update().get(pk=team.pk)
         diff = {

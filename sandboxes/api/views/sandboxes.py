@@ -77,6 +77,8 @@ def idempotency_mismatch(existing: Sandbox, data: dict[str, Any]) -> list[str]:
         "idle_timeout_seconds": data.get("idle_timeout_seconds"),
     }
     differing = [name for name, value in given.items() if getattr(existing, name) != value]
+    if data.get("network_policy", "") != existing.network_policy:
+        differing.append("network_policy")
     if data.get("preset") and data["preset"] != existing.preset_id:
         differing.append("preset")
     if data.get("provider") and data["provider"] != existing.provider:
@@ -142,6 +144,8 @@ class SandboxListView(mixins.ListModelMixin, TeamView):
             idle_timeout_seconds=data.get("idle_timeout_seconds"),
             metadata=data.get("metadata"),
             idempotency_key=key,
+            network_policy=data.get("network_policy"),
+            network_allow=data.get("network_allow"),
         )
         return accepted(sandbox)
 
