@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from providers.base import TerminalSession, terminal_argv, terminal_env, terminal_size
 from providers.docker_provider.base_image import WORKDIR
 from providers.docker_provider.errors import docker_call
-from providers.errors import Conflict, Unavailable
+from providers.errors import Conflict, ProviderError, Unavailable
 
 if TYPE_CHECKING:
     from providers.docker_provider.provider import DockerProvider
@@ -208,8 +208,14 @@ class DockerTerminal(TerminalSession):
         cols, rows = terminal_size(cols, rows)
         if self._closed:
             raise Conflict("the terminal session is closed")
-        with docker_call(self._what("resize"), ref=self._container_id):
-            self._provider.client.api.exec_resize(self._exec_id, height=rows, width=cols)
+        try:
+            with docker_call(self._what("resize"), ref=self._container_id):
+                self._provider.client.api.exec_resize(self._exec_id, height=rows, width=cols)
+        except ProviderError:
+            # The daemon refuses to resize a process that already ended; there is nothing
+            # left to resize then (local terminals accept it, so neither complains).
+            if self.exit_code is None:
+                raise
 
     def _inspect(self) -> int | None:
         with docker_call(self._what("inspect"), ref=self._container_id):

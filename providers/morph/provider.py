@@ -154,6 +154,8 @@ class MorphProvider(Provider):
                 "separate hibernate (use pause)",
                 "supports_resize": "resizing a Morph instance needs a reboot; not offered yet",
                 "supports_metrics": "Morph reports no per-instance CPU or memory samples",
+                "supports_terminal": "terminals on Morph are not offered through the control "
+                "plane yet; use SSH (the sandbox's SSH command) or exec",
             },
         )
 

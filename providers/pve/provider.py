@@ -166,6 +166,12 @@ class PveProvider(Provider):
             "supports_ssh": "SSH access to PVE guests is not brokered by the control plane yet",
             "supports_resize": "the root disk is sized from the preset when the sandbox is "
             "made; resizing a live sandbox is not offered yet",
+            "supports_terminal": (
+                "the container's sandbox agent has no terminal endpoint yet; use exec"
+                if lxc
+                else "terminals in PVE VMs are not offered yet (the guest agent cannot run "
+                "a process on a terminal); use exec"
+            ),
         }
         if not pause:
             reasons["supports_pause"] = (
