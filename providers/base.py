@@ -315,8 +315,9 @@ class TerminalSession(ABC):
     @abstractmethod
     def wait(self, timeout: float | None = None) -> int:
         """The exit code of the process, once it ended (like ``ExecResult.exit_code``:
-        negative when a signal killed it). Raises ``TimeoutError`` when it is still
-        running after ``timeout`` seconds."""
+        negative when a signal killed it, ``-9`` when it went with its instance, stopped
+        meanwhile). Raises ``TimeoutError`` when it is still running after ``timeout``
+        seconds."""
 
     @property
     @abstractmethod

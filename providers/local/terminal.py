@@ -24,6 +24,7 @@ import errno
 import fcntl
 import os
 import select
+import signal
 import socket
 import struct
 import termios
@@ -200,7 +201,10 @@ class LocalTerminal(TerminalSession):
                 except OSError:
                     chunk = b""
                 if not chunk:
+                    # The helper died without a word: the sandbox stopped, and took the
+                    # session's processes with it.
                     self._hung_up = True
+                    self._exit_code = -signal.SIGKILL
                     return False
                 self._status += chunk[: max(0, 4096 - len(self._status))]
                 self._parse_status()
@@ -218,8 +222,6 @@ class LocalTerminal(TerminalSession):
             self._pump_status(timeout)
         if self._exit_code is not None:
             return self._exit_code
-        if self._hung_up:
-            raise Conflict("the sandbox ended the terminal session without a status")
         raise TimeoutError("the terminal's process is still running")
 
     def close(self) -> None:
@@ -240,7 +242,7 @@ class LocalTerminal(TerminalSession):
                 if not ready or not self._conn.recv(4096):
                     break
         if self._exit_code is None:
-            self._exit_code = -9  # killed before it reported
+            self._exit_code = -signal.SIGKILL  # killed before it reported
         with self._lock:
             self._conn.close()
             os.close(self._master)
