@@ -16,10 +16,12 @@ import re
 import socket
 import struct
 import subprocess
+import threading
 
 import pytest
 
-from providers.local import sockets
+from providers.errors import Conflict
+from providers.local import execute, sockets, terminal
 from tests.conformance.test_terminal import read_to_end, read_until
 from tests.providers.conftest import sh
 
@@ -190,3 +192,27 @@ def test_a_stopped_sandbox_ends_its_sessions(local, sandboxes):
         assert session.wait(timeout=30) != 0
     finally:
         session.close()
+
+
+def test_an_init_from_before_terminals_is_a_conflict_asking_for_a_restart(tmp_path):
+    # What an older sbx-init answers to a request it does not know.
+    path = tmp_path / "exec.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"Xbad request\n")
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        target = execute.Target(cwd="/workspace", env={}, socket=path)
+        with pytest.raises(Conflict, match="stop and start it"):
+            terminal.open_session(target, ["/bin/sh"], 80, 24, {})
+    finally:
+        thread.join()
+        server.close()
