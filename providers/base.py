@@ -293,6 +293,10 @@ class TerminalSession(ABC):
     threads at once; ``close`` may be called from any thread. A session holds a file
     descriptor of the control plane's process until it is closed: use it as a context
     manager or call ``close``.
+
+    The output is the sandbox's: untrusted bytes, escape sequences included. Render it in a
+    terminal emulator made for that (xterm.js in a browser), never on a terminal of the
+    host, where a sequence could retitle, reprogram or answer back into an operator's shell.
     """
 
     @abstractmethod

@@ -220,10 +220,11 @@ class DockerTerminal(TerminalSession):
     def _inspect(self) -> int | None:
         with docker_call(self._what("inspect"), ref=self._container_id):
             found = self._provider.client.api.exec_inspect(self._exec_id)
-        if found.get("Running"):
-            return None
         code = found.get("ExitCode")
-        return code if isinstance(code, int) else -1
+        # Not running and no exit code yet: the daemon has not started the process.
+        if found.get("Running") or not isinstance(code, int):
+            return None
+        return code
 
     @property
     def exit_code(self) -> int | None:
