@@ -24,6 +24,11 @@ checks them):
   hibernated one.
 * An operation the provider cannot do raises ``Unsupported`` naming the capability, and
   ``capabilities`` says so (with a reason) before anyone tries.
+* ``open_terminal`` runs a process on a pseudo-terminal inside a running instance, with
+  the same boundary as ``exec`` (namespaces, limits, filters, user); the terminal belongs
+  to the instance (a sandbox can never reach a terminal of the host or of another
+  instance through it), and ``close`` ends the process and everything in its terminal
+  session. See ``TerminalSession``.
 * Errors are typed (``providers.errors``) and never contain a secret.
 """
 
@@ -201,6 +206,8 @@ class Capabilities:
     #: Outbound network policies beyond ``none`` (which every provider honours).
     supports_network_internet: bool = False
     supports_network_allowlist: bool = False
+    #: ``Instance.open_terminal``: an interactive process on a pseudo-terminal.
+    supports_terminal: bool = False
     #: capability name -> why it is not available (for people, shown in the UI and API).
     reasons: Mapping[str, str] = field(default_factory=dict)
 
@@ -253,6 +260,110 @@ def as_argv(command: str | Sequence[str]) -> list[str]:
     if not argv:
         raise ValueError("command is empty")
     return argv
+
+
+#: What ``open_terminal`` runs when no command is given: the image's bash as a login shell
+#: where there is one (prompt, history, line editing), else its POSIX sh.
+DEFAULT_TERMINAL_COMMAND = (
+    "/bin/sh",
+    "-c",
+    "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi",
+)
+#: The terminal type sessions announce unless the caller's ``env`` names another
+#: (xterm.js and every common emulator speak it).
+DEFAULT_TERM = "xterm-256color"
+#: Columns and rows a terminal may have (a window far larger is a mistake or an attack on
+#: the programs inside, which allocate per cell).
+MAX_TERMINAL_CELLS = 1000
+
+
+def terminal_size(cols: int, rows: int) -> tuple[int, int]:
+    """``(cols, rows)`` checked: whole numbers from 1 to ``MAX_TERMINAL_CELLS``."""
+    for value in (cols, rows):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("terminal columns and rows are whole numbers")
+        if not 1 <= value <= MAX_TERMINAL_CELLS:
+            raise ValueError(f"terminal columns and rows go from 1 to {MAX_TERMINAL_CELLS}")
+    return cols, rows
+
+
+def terminal_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """The variables a terminal session adds to the instance's environment: ``TERM`` and
+    the caller's, checked (a name is a shell identifier; no NUL anywhere)."""
+    merged = {"TERM": DEFAULT_TERM, **(env or {})}
+    for name, value in merged.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise ValueError("environment names and values are strings")
+        if not name or not (name[0].isalpha() or name[0] == "_"):
+            raise ValueError(f"not an environment variable name: {name!r}")
+        if not all(c.isascii() and (c.isalnum() or c == "_") for c in name) or "\0" in value:
+            raise ValueError(f"not an environment variable name or value: {name!r}")
+    return merged
+
+
+def terminal_argv(command: str | Sequence[str] | None) -> list[str]:
+    """What a terminal runs: ``command`` as ``as_argv`` reads it, or the default shell."""
+    argv = list(DEFAULT_TERMINAL_COMMAND) if command is None else as_argv(command)
+    if any("\0" in part for part in argv):
+        raise ValueError("a command cannot contain NUL bytes")
+    return argv
+
+
+class TerminalSession(ABC):
+    """An interactive process on a pseudo-terminal inside an instance.
+
+    Made by ``Instance.open_terminal``. Bytes go both ways untouched (the terminal's line
+    discipline inside the instance echoes, edits lines and turns Ctrl-C into SIGINT, as
+    for a person at a console). One reader and one writer may use a session from two
+    threads at once; ``close`` may be called from any thread. A session holds a file
+    descriptor of the control plane's process until it is closed: use it as a context
+    manager or call ``close``.
+
+    The output is the sandbox's: untrusted bytes, escape sequences included. Render it in a
+    terminal emulator made for that (xterm.js in a browser), never on a terminal of the
+    host, where a sequence could retitle, reprogram or answer back into an operator's shell.
+    """
+
+    @abstractmethod
+    def write(self, data: bytes) -> None:
+        """Send ``data`` as typed input (all of it; blocks while the terminal is full).
+        Raises ``Conflict`` once the session is closed or its terminal is gone."""
+
+    @abstractmethod
+    def read(self, timeout: float | None = None) -> bytes:
+        """The next output, as soon as any arrived (at most 64 KiB at a time): non-empty
+        bytes; ``b""`` once the output has ended (everything holding the terminal is
+        gone, or the session was closed). Raises ``TimeoutError`` when nothing came within
+        ``timeout`` seconds (None: wait as long as it takes). Output nobody reads holds the
+        process back (a terminal's buffer is small), it is never dropped."""
+
+    @abstractmethod
+    def resize(self, cols: int, rows: int) -> None:
+        """Change the window size; the foreground process gets SIGWINCH."""
+
+    @abstractmethod
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit code of the process, once it ended (like ``ExecResult.exit_code``:
+        negative when a signal killed it, ``-9`` when it went with its instance, stopped
+        meanwhile). Raises ``TimeoutError`` when it is still running after ``timeout``
+        seconds."""
+
+    @property
+    @abstractmethod
+    def exit_code(self) -> int | None:
+        """The exit code if the process ended, else None (never blocks)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """End the session: kill the process and every process of its terminal session
+        (those that left it with ``setsid`` stay, as after ``exec``), and release the
+        terminal. Idempotent."""
+
+    def __enter__(self) -> TerminalSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def as_shell(command: str | Sequence[str]) -> str:
@@ -355,6 +466,20 @@ class Instance(ABC):
 
     def ssh_info(self) -> SshInfo:
         raise Unsupported("this provider offers no SSH access", capability="supports_ssh")
+
+    def open_terminal(
+        self,
+        command: str | Sequence[str] | None = None,
+        *,
+        cols: int = 80,
+        rows: int = 24,
+        env: Mapping[str, str] | None = None,
+    ) -> TerminalSession:
+        """Run ``command`` (default: a login shell, ``DEFAULT_TERMINAL_COMMAND``) on a new
+        pseudo-terminal of ``cols`` x ``rows`` in the instance's working directory, with
+        the instance's environment plus ``TERM`` and ``env``. ``InvalidState`` when the
+        instance is not running; ``ValueError`` for a bad size, command or variable."""
+        raise Unsupported("this provider offers no terminal", capability="supports_terminal")
 
 
 class Provider(ABC):

@@ -258,6 +258,7 @@ class FileStoreProvider(Provider):
             reasons={
                 "supports_ssh": "the file-backed test provider has no SSH",
                 "supports_resize": "the file-backed test provider cannot resize",
+                "supports_terminal": "the file-backed test provider has no terminals",
             },
         )
 

@@ -8,7 +8,7 @@ Faults are injected per step: ``MemoryProvider.fail("start", Unavailable("boom")
 the next call of that step raise. Steps: ``create`` (before anything is made),
 ``create.after`` (after the instance was made: create must roll it back), ``start``,
 ``stop``, ``pause``, ``resume``, ``hibernate``, ``delete``, ``exec``, ``snapshot``,
-``delete_snapshot``, ``get``, ``list``, ``metrics``.
+``delete_snapshot``, ``get``, ``list``, ``metrics``, ``terminal``.
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ from providers.base import (
     Networking,
     Provider,
     SnapshotResult,
+    TerminalSession,
 )
 from providers.errors import Conflict, InvalidState, NotFound, ProviderError, Unsupported
-from tests.host_exec import run_in
+from tests.host_exec import open_host_terminal, run_in
 
 NAME = "memory"
 
@@ -129,6 +130,23 @@ class MemoryInstance(Instance):
             if record.status != InstanceStatus.RUNNING:
                 raise InvalidState(f"instance {record.ref} is {record.status}, not running")
         return run_in(record.workdir, command, timeout)
+
+    def open_terminal(
+        self,
+        command: str | Sequence[str] | None = None,
+        *,
+        cols: int = 80,
+        rows: int = 24,
+        env: Mapping[str, str] | None = None,
+    ) -> TerminalSession:
+        if "supports_terminal" in STORE.disabled:
+            raise Unsupported("terminals are switched off", capability="supports_terminal")
+        with STORE.lock:
+            STORE.step("terminal")
+            record = self._live()
+            if record.status != InstanceStatus.RUNNING:
+                raise InvalidState(f"instance {record.ref} is {record.status}, not running")
+        return open_host_terminal(record.workdir, command, cols, rows, env)
 
     def _transition(self, step: str, allowed: set[InstanceStatus], to: InstanceStatus) -> None:
         capability = {"pause": "supports_pause", "hibernate": "supports_hibernate"}.get(step)
@@ -222,6 +240,7 @@ class MemoryProvider(Provider):
             "supports_exec",
             "supports_expose_http",
             "supports_wake_on",
+            "supports_terminal",
             *STORE.enabled,
         } - STORE.disabled
         return Capabilities(

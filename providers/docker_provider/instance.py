@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from docker.models.containers import Container
@@ -18,12 +18,20 @@ from providers.base import (
     InstanceStatus,
     Networking,
     SnapshotResult,
+    TerminalSession,
     as_argv,
 )
-from providers.docker_provider import labels, services
+from providers.docker_provider import labels, services, terminal
 from providers.docker_provider.base_image import WORKDIR
 from providers.docker_provider.errors import docker_call
-from providers.errors import Conflict, NotFound, ProviderError, Timeout, Unsupported
+from providers.errors import (
+    Conflict,
+    InvalidState,
+    NotFound,
+    ProviderError,
+    Timeout,
+    Unsupported,
+)
 
 if TYPE_CHECKING:
     from providers.docker_provider.provider import DockerProvider
@@ -110,6 +118,21 @@ class DockerInstance(Instance):
             stderr_truncated=err_cut,
             timed_out=code == 128 + 9 and elapsed >= seconds,
         )
+
+    def open_terminal(
+        self,
+        command: str | Sequence[str] | None = None,
+        *,
+        cols: int = 80,
+        rows: int = 24,
+        env: Mapping[str, str] | None = None,
+    ) -> TerminalSession:
+        self._reload()
+        if self.status != InstanceStatus.RUNNING:
+            raise InvalidState(
+                f"container {self.id[:12]} is {self.status}, not running", ref=self.id
+            )
+        return terminal.open_session(self._provider, self.id, command, cols, rows, env)
 
     # --- power ------------------------------------------------------------------------
 

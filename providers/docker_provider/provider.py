@@ -121,6 +121,7 @@ class DockerProvider(Provider):
             supports_snapshots=True,
             supports_exec=True,
             supports_expose_http=True,
+            supports_terminal=True,
             reasons={
                 "supports_hibernate": "Docker's checkpoints (CRIU) are experimental; use "
                 "pause (memory kept) or stop",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -14,6 +14,7 @@ from providers.base import (
     MetricSample,
     Networking,
     SnapshotResult,
+    TerminalSession,
 )
 from providers.local.state import SandboxState, Store
 
@@ -56,6 +57,16 @@ class LocalInstance(Instance):
 
     def exec(self, command: str | Sequence[str], timeout: float = 60.0) -> ExecResult:
         return self._provider.exec(self.id, command, timeout)
+
+    def open_terminal(
+        self,
+        command: str | Sequence[str] | None = None,
+        *,
+        cols: int = 80,
+        rows: int = 24,
+        env: Mapping[str, str] | None = None,
+    ) -> TerminalSession:
+        return self._provider.open_terminal(self.id, command, cols, rows, env)
 
     def start(self) -> None:
         self._provider.start(self.id)

@@ -35,9 +35,12 @@ from providers.base import (
     Provider,
     SnapshotResult,
     as_argv,
+    terminal_argv,
+    terminal_env,
 )
 from providers.errors import (
     Conflict,
+    InvalidState,
     NotFound,
     OperationFailed,
     ProviderError,
@@ -45,7 +48,17 @@ from providers.errors import (
     Unavailable,
     Unsupported,
 )
-from providers.local import disk, execute, forwarder, host, idmap, initbin, launch, seccompbin
+from providers.local import (
+    disk,
+    execute,
+    forwarder,
+    host,
+    idmap,
+    initbin,
+    launch,
+    seccompbin,
+    terminal,
+)
 from providers.local.cgroups import Cgroups, Layout, Limits
 from providers.local.config import CONFIG_KEYS, LocalConfig
 from providers.local.instance import LocalInstance, service_url
@@ -190,6 +203,7 @@ class LocalProvider(Provider):
             supports_ssh=False,
             supports_resize=False,
             supports_metrics=metrics,
+            supports_terminal=True,
             reasons=reasons,
         )
 
@@ -707,30 +721,54 @@ class LocalProvider(Provider):
         if not self.store.sandbox_dir(sandbox_id).exists() and not self.cgroups.pids(sandbox_id):
             self.cgroups.remove(sandbox_id, wait=0)
 
-    def exec(self, sandbox_id: str, command: str | Sequence[str], timeout: float) -> ExecResult:
-        argv = as_argv(command)
+    def _exec_target(self, sandbox_id: str) -> execute.Target:
+        """Where exec and terminals of a running sandbox go (NotFound, Conflict otherwise)."""
         state = self.store.load(sandbox_id)
         if state is None:
             raise NotFound(f"instance {sandbox_id} does not exist", ref=sandbox_id)
         status = self.status_of(state)
         if status != InstanceStatus.RUNNING:
-            raise Conflict(f"sandbox {sandbox_id} is {status}, not running", ref=sandbox_id)
+            raise InvalidState(f"sandbox {sandbox_id} is {status}, not running", ref=sandbox_id)
         if not state.runtime.exec_socket:
             raise Conflict(
                 f"sandbox {sandbox_id} runs an init from an older version without exec; "
                 "stop and start it",
                 ref=sandbox_id,
             )
-        target = execute.Target(
+        return execute.Target(
             cwd=launch.WORKDIR,
             env=launch.sandbox_env(sandbox_id),
             socket=self.store.sandbox_dir(sandbox_id) / "exec.sock",
         )
+
+    def exec(self, sandbox_id: str, command: str | Sequence[str], timeout: float) -> ExecResult:
+        argv = as_argv(command)
+        target = self._exec_target(sandbox_id)
         self.store.touch_activity(sandbox_id)
         try:
             return execute.run(target, argv, timeout)
         except execute.SandboxGone as gone:
             raise Conflict(f"sandbox {sandbox_id} stopped: {gone}", ref=sandbox_id) from None
+
+    def open_terminal(
+        self,
+        sandbox_id: str,
+        command: str | Sequence[str] | None,
+        cols: int,
+        rows: int,
+        env: Mapping[str, str] | None,
+    ) -> terminal.LocalTerminal:
+        """A terminal session in the sandbox, made by its init (see terminal.py)."""
+        argv = terminal_argv(command)
+        extra = terminal_env(env)
+        target = self._exec_target(sandbox_id)
+        self.store.touch_activity(sandbox_id)
+        try:
+            return terminal.open_session(target, argv, cols, rows, extra)
+        except execute.SandboxGone as gone:
+            raise Conflict(f"sandbox {sandbox_id} stopped: {gone}", ref=sandbox_id) from None
+        except Conflict as old:
+            raise Conflict(f"sandbox {sandbox_id}: {old.message}", ref=sandbox_id) from None
 
     def snapshot(self, sandbox_id: str) -> SnapshotResult:
         with self._locked_state(sandbox_id) as state:

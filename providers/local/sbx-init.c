@@ -18,6 +18,13 @@
  *   cwd, argc, argv..., env... . A forked helper runs the command in a new session and
  *   answers "E<wait status>\n" when it ends. A "K" from the host, or the host closing the
  *   connection early, kills the command's process group (an exec timeout).
+ *   A terminal session is the header "SBXT" with no descriptors, and the fields cwd, cols,
+ *   rows, argc, argv..., env... . The helper opens a new pseudo-terminal in the sandbox's
+ *   own devpts (/dev/pts, which bwrap mounted as a new instance), starts the command on it
+ *   as a session leader with the terminal as its controlling tty, and passes the
+ *   terminal's master back over the connection ("T\n" with the descriptor attached); the
+ *   host reads, writes and resizes through it. The end is reported and asked for as for
+ *   exec, and a "K" (or the host hanging up) kills every process of the terminal's session.
  *
  * The command is forked from inside the sandbox, so it starts in the sandbox's cgroups and
  * namespaces with the sandbox's capabilities; no host process ever enters the sandbox.
@@ -25,6 +32,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -40,13 +48,23 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/ioctl.h>
 #include <sys/signalfd.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #define MAX_PAYLOAD (16u << 20)
+#define DEVPTS_MAGIC 0x1cd1
+#ifndef TIOCGPTPEER
+#define TIOCGPTPEER _IO('T', 0x41)
+#endif
+
+enum request { EXEC_REQUEST, TERMINAL_REQUEST };
 
 static int read_full(int fd, char *buf, size_t len) {
     size_t done = 0;
@@ -67,8 +85,8 @@ static void close_from(int low) {
     for (int fd = low; fd < (max > 0 ? max : 1024); fd++) close(fd);
 }
 
-/* Receive the header and the two descriptors. */
-static int receive_header(int conn, uint32_t *len, int fds[2]) {
+/* Receive the header, and for exec the two descriptors (a terminal request has none). */
+static int receive_header(int conn, uint32_t *len, int fds[2], enum request *kind) {
     char header[8];
     union {
         struct cmsghdr align;
@@ -86,44 +104,45 @@ static int receive_header(int conn, uint32_t *len, int fds[2]) {
     } while (n < 0 && errno == EINTR);
     if (n <= 0) return -1;
     struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-    if (!cmsg || cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS ||
-        cmsg->cmsg_len != CMSG_LEN(sizeof(int) * 2))
-        return -1;
-    memcpy(fds, CMSG_DATA(cmsg), sizeof(int) * 2);
+    int have_fds = cmsg && cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS &&
+                   cmsg->cmsg_len == CMSG_LEN(sizeof(int) * 2);
+    if (have_fds) memcpy(fds, CMSG_DATA(cmsg), sizeof(int) * 2);
     if (n < (ssize_t)sizeof header && read_full(conn, header + n, sizeof header - n) < 0)
         return -1;
-    if (memcmp(header, "SBX1", 4) != 0) return -1;
+    if (memcmp(header, "SBX1", 4) == 0 && have_fds)
+        *kind = EXEC_REQUEST;
+    else if (memcmp(header, "SBXT", 4) == 0 && !cmsg)
+        *kind = TERMINAL_REQUEST;
+    else
+        return -1;
     *len = (uint32_t)(unsigned char)header[4] | (uint32_t)(unsigned char)header[5] << 8 |
            (uint32_t)(unsigned char)header[6] << 16 | (uint32_t)(unsigned char)header[7] << 24;
     return *len <= MAX_PAYLOAD ? 0 : -1;
 }
 
-static void run_command(char *payload, uint32_t len, int out, int err) {
-    /* Fields: cwd, argc, argv..., env... (each NUL-terminated). */
-    size_t count = 0;
-    for (uint32_t i = 0; i < len; i++) count += payload[i] == '\0';
-    char **fields = calloc(count + 2, sizeof(char *));
-    if (!fields) _exit(126);
+/* Split the payload into NUL-terminated fields: `skip` fields, then argc, argv..., env... */
+static char **split_fields(char *payload, uint32_t len, size_t *count) {
+    size_t total = 0;
+    for (uint32_t i = 0; i < len; i++) total += payload[i] == '\0';
+    char **fields = calloc(total + 2, sizeof(char *));
+    if (!fields) return NULL;
     size_t n = 0;
-    for (char *p = payload; p < payload + len && n < count; p += strlen(p) + 1) fields[n++] = p;
-    if (n < 3) _exit(126);
-    long argc = strtol(fields[1], NULL, 10);
-    if (argc < 1 || (size_t)argc + 2 > n) _exit(126);
-    char **argv = calloc((size_t)argc + 1, sizeof(char *));
-    char **envp = calloc(n - 2 - (size_t)argc + 1, sizeof(char *));
-    if (!argv || !envp) _exit(126);
-    memcpy(argv, &fields[2], sizeof(char *) * (size_t)argc);
-    memcpy(envp, &fields[2 + argc], sizeof(char *) * (n - 2 - (size_t)argc));
+    for (char *p = payload; p < payload + len && n < total; p += strlen(p) + 1) fields[n++] = p;
+    *count = n;
+    return fields;
+}
 
-    sigset_t none;
-    sigemptyset(&none);
-    for (int sig = 1; sig < NSIG; sig++) signal(sig, SIG_DFL);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    setsid();
-    int null = open("/dev/null", O_RDONLY);
-    if (null >= 0) dup2(null, 0);
-    dup2(out, 1);
-    dup2(err, 2);
+/* In the forked child: become the command. fields[0] is the working directory, fields
+ * [skip] argc. Standard descriptors are set up by the caller. */
+static void exec_fields(char **fields, size_t n, size_t skip) {
+    if (n < skip + 2) _exit(126);
+    long argc = strtol(fields[skip], NULL, 10);
+    if (argc < 1 || (size_t)argc + skip + 1 > n) _exit(126);
+    char **argv = calloc((size_t)argc + 1, sizeof(char *));
+    char **envp = calloc(n - skip - 1 - (size_t)argc + 1, sizeof(char *));
+    if (!argv || !envp) _exit(126);
+    memcpy(argv, &fields[skip + 1], sizeof(char *) * (size_t)argc);
+    memcpy(envp, &fields[skip + 1 + argc], sizeof(char *) * (n - skip - 1 - (size_t)argc));
     close_from(3);
     if (chdir(fields[0]) != 0 && chdir("/") != 0) _exit(126);
     execvpe(argv[0], argv, envp);
@@ -131,11 +150,125 @@ static void run_command(char *payload, uint32_t len, int out, int err) {
     _exit(errno == ENOENT ? 127 : 126);
 }
 
+static void reset_signals(void) {
+    sigset_t none;
+    sigemptyset(&none);
+    for (int sig = 1; sig < NSIG; sig++) signal(sig, SIG_DFL);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+static void run_command(char *payload, uint32_t len, int out, int err) {
+    /* Fields: cwd, argc, argv..., env... (each NUL-terminated). */
+    size_t n = 0;
+    char **fields = split_fields(payload, len, &n);
+    if (!fields) _exit(126);
+    reset_signals();
+    setsid();
+    int null = open("/dev/null", O_RDONLY);
+    if (null >= 0) dup2(null, 0);
+    dup2(out, 1);
+    dup2(err, 2);
+    exec_fields(fields, n, 1);
+}
+
+/* A new pseudo-terminal of the sandbox: the master from the devpts instance mounted at
+ * /dev/pts (checked to be one, since root inside may replace anything else in /dev), the
+ * slave opened through the master (no path lookup at all). */
+static int open_terminal(int *master, int *slave) {
+    *master = open("/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NOFOLLOW);
+    if (*master < 0) return -1;
+    struct stat st;
+    struct statfs fs;
+    if (fstat(*master, &st) != 0 || !S_ISCHR(st.st_mode) || major(st.st_rdev) != 5 ||
+        minor(st.st_rdev) != 2 || fstatfs(*master, &fs) != 0 || fs.f_type != DEVPTS_MAGIC) {
+        errno = ENOTTY;
+        return -1;
+    }
+    int unlock = 0;
+    if (ioctl(*master, TIOCSPTLCK, &unlock) != 0) return -1;
+    *slave = ioctl(*master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    return *slave < 0 ? -1 : 0;
+}
+
+static void run_on_terminal(char **fields, size_t n, int slave) {
+    reset_signals();
+    if (setsid() < 0 || ioctl(slave, TIOCSCTTY, 0) != 0) _exit(126);
+    dup2(slave, 0);
+    dup2(slave, 1);
+    dup2(slave, 2);
+    exec_fields(fields, n, 3);
+}
+
+/* Kill every process of the terminal's session `sid` (a shell puts each job in a process
+ * group of its own, so killing the leader's group is not enough), until none is left
+ * alive. Zombies are the init's to reap. Bounded: a session forking faster than it is
+ * killed is stopped by pids.max, and whatever is left after that many rounds is left. */
+static void kill_session(pid_t sid) {
+    kill(-sid, SIGKILL);
+    for (int round = 0; round < 1000; round++) {
+        int alive = 0;
+        DIR *proc = opendir("/proc");
+        if (!proc) return;
+        struct dirent *entry;
+        while ((entry = readdir(proc))) {
+            char *end;
+            long pid = strtol(entry->d_name, &end, 10);
+            if (*end || pid <= 1) continue;
+            char path[64], line[512];
+            snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+            int fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0) continue;
+            ssize_t got = read(fd, line, sizeof line - 1);
+            close(fd);
+            if (got <= 0) continue;
+            line[got] = '\0';
+            char *after = strrchr(line, ')'); /* the name may hold anything, even ")" */
+            char state;
+            long ppid, pgrp, session;
+            if (!after || sscanf(after + 1, " %c %ld %ld %ld", &state, &ppid, &pgrp, &session) != 4)
+                continue;
+            if (session != sid || state == 'Z' || state == 'X') continue;
+            kill((pid_t)pid, SIGKILL);
+            alive = 1;
+        }
+        closedir(proc);
+        if (!alive) return;
+        usleep(1000);
+    }
+}
+
+/* Hand the terminal's master to the host: "T\n" with the descriptor attached. */
+static int send_master(int conn, int master) {
+    char ok[2] = {'T', '\n'};
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct iovec iov = {ok, sizeof ok};
+    struct msghdr msg = {0};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof control.buf;
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cmsg), &master, sizeof(int));
+    ssize_t sent;
+    do {
+        sent = sendmsg(conn, &msg, MSG_NOSIGNAL);
+    } while (sent < 0 && errno == EINTR);
+    return sent == (ssize_t)sizeof ok ? 0 : -1;
+}
+
 /* One connection: read the request, run the command, report its end. */
 static void serve(int conn) {
     uint32_t len = 0;
     int fds[2] = {-1, -1};
-    if (receive_header(conn, &len, fds) < 0) {
+    enum request kind;
+    if (receive_header(conn, &len, fds, &kind) < 0) {
         dprintf(conn, "Xbad request\n");
         _exit(1);
     }
@@ -146,6 +279,24 @@ static void serve(int conn) {
     }
     payload[len] = '\0';
 
+    char **fields = NULL;
+    size_t count = 0;
+    int master = -1, slave = -1;
+    if (kind == TERMINAL_REQUEST) {
+        fields = split_fields(payload, len, &count);
+        if (!fields || count < 5) {
+            dprintf(conn, "Xbad request\n");
+            _exit(1);
+        }
+        struct winsize size = {0};
+        size.ws_col = (unsigned short)strtoul(fields[1], NULL, 10);
+        size.ws_row = (unsigned short)strtoul(fields[2], NULL, 10);
+        if (open_terminal(&master, &slave) != 0 || ioctl(master, TIOCSWINSZ, &size) != 0) {
+            dprintf(conn, "Xterminal: %s\n", strerror(errno));
+            _exit(1);
+        }
+    }
+
     sigset_t mask;
     sigemptyset(&mask);
     sigaddset(&mask, SIGCHLD);
@@ -155,9 +306,19 @@ static void serve(int conn) {
         dprintf(conn, "Xfork: %s\n", strerror(errno));
         _exit(1);
     }
-    if (pid == 0) run_command(payload, len, fds[0], fds[1]);
-    close(fds[0]);
-    close(fds[1]);
+    if (pid == 0) {
+        if (kind == TERMINAL_REQUEST) run_on_terminal(fields, count, slave);
+        run_command(payload, len, fds[0], fds[1]);
+    }
+    if (kind == TERMINAL_REQUEST) {
+        /* Only the host keeps the master: when it lets go, the terminal hangs up. */
+        close(slave);
+        if (send_master(conn, master) != 0) kill_session(pid);
+        close(master);
+    } else {
+        close(fds[0]);
+        close(fds[1]);
+    }
     free(payload);
 
     struct pollfd watch[2] = {{conn, POLLIN, 0}, {sfd, POLLIN, 0}};
@@ -167,6 +328,16 @@ static void serve(int conn) {
         pid_t done = waitpid(pid, &status, WNOHANG);
         if (done == pid) {
             dprintf(conn, "E%d\n", status);
+            if (kind == TERMINAL_REQUEST && !killed) {
+                /* The leader ended; its jobs may outlive it (the terminal's output goes on
+                 * while they hold it) until the host closes the session. */
+                watch[1].fd = -1;
+                char byte;
+                while (poll(watch, 1, -1) < 0 && errno == EINTR) {
+                }
+                (void)!read(conn, &byte, 1);
+                kill_session(pid);
+            }
             _exit(0);
         }
         if (poll(watch, 2, -1) < 0 && errno != EINTR) _exit(1);
@@ -179,6 +350,7 @@ static void serve(int conn) {
             char byte;
             ssize_t n = read(conn, &byte, 1);
             if (n <= 0 || byte == 'K') {
+                if (kind == TERMINAL_REQUEST) kill_session(pid);
                 kill(-pid, SIGKILL);
                 kill(pid, SIGKILL);
                 killed = 1;

@@ -164,6 +164,8 @@ class MorphProvider(Provider):
                 "supports_metrics": "Morph reports no per-instance CPU or memory samples",
                 "supports_network_internet": MORPH_NETWORK,
                 "supports_network_allowlist": MORPH_NETWORK,
+                "supports_terminal": "terminals on Morph are not offered through the control "
+                "plane yet; use SSH (the sandbox's SSH command) or exec",
             },
         )
 

@@ -1,13 +1,11 @@
 """The provider contract (``providers/base.py``), checked against every provider.
 
-Each test runs once per entry in ``harnesses.HARNESSES``. A provider that lacks a
-capability must say so in ``capabilities`` and raise ``Unsupported`` when asked anyway;
-the tests check exactly that instead of skipping.
+Each test runs once per entry in ``harnesses.HARNESSES`` (the fixtures are in
+conftest.py). A provider that lacks a capability must say so in ``capabilities`` and
+raise ``Unsupported`` when asked anyway; the tests check exactly that instead of skipping.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import pytest
 
@@ -17,24 +15,8 @@ from providers.base import (
     ExecResult,
     InstanceStatus,
 )
-from providers.errors import Conflict, NotFound, ProviderError, Unsupported
-from tests.conformance.harnesses import HARNESSES, ProviderUnderTest
-
-
-@pytest.fixture(scope="module", params=sorted(HARNESSES))
-def put(request, tmp_path_factory) -> ProviderUnderTest:
-    with HARNESSES[request.param](tmp_path_factory) as under_test:
-        yield under_test
-
-
-@pytest.fixture
-def pt(put: ProviderUnderTest) -> ProviderUnderTest:
-    """The provider under test; deletes every instance the test made."""
-    yield put
-    for instance in put.made:
-        with contextlib.suppress(ProviderError):
-            instance.delete()
-    put.made.clear()
+from providers.errors import Conflict, NotFound, Unsupported
+from tests.conformance.harnesses import ProviderUnderTest
 
 
 def caps(pt: ProviderUnderTest) -> Capabilities:
