@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -218,8 +219,11 @@ def test_under_asgi_the_proxy_streams_the_body_and_then_frees_the_slot(
         body = b"".join([chunk async for chunk in response.streaming_content])
         return response, held, body
 
+    # A thread of its own: the browser tests' Playwright (sync API) leaves an event loop
+    # running in the main thread, where async_to_sync refuses to run.
     try:
-        response, held, body = async_to_sync(fetch)()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            response, held, body = pool.submit(async_to_sync(fetch)).result()
     finally:
         upstream.close()
     assert (response.status_code, body) == (200, b"ok")
