@@ -8,7 +8,9 @@ readable by an earlier version. A path owned by another user is left as it is.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -63,3 +65,11 @@ def persisted_secret(path: Path) -> str:
     if len(key) < 32:
         raise ImproperlyConfigured(f"{path} holds no usable SECRET_KEY: delete it or fix it")
     return key
+
+
+def persisted_fernet_key(path: Path) -> str:
+    """A Fernet key (urlsafe base64 of 32 bytes) for the embedded setup's team secrets,
+    derived from a random key kept at ``path`` (0600, generated on first use): back the
+    data dir up, or the secrets stored with it cannot be read again."""
+    digest = hashlib.sha256(persisted_secret(path).encode()).digest()
+    return base64.urlsafe_b64encode(digest).decode()

@@ -91,6 +91,17 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
+
+
+def _secret_keys() -> list[str]:
+    """Fernet keys for team secrets: the first encrypts, every one decrypts (rotation)."""
+    keys = env_list("SANDBOX_SECRET_KEYS")
+    if keys or not (DEBUG or EMBEDDED):
+        return keys  # none: team secrets are refused until an operator sets some
+    return [localfiles.persisted_fernet_key(DATA_DIR / "secrets-key")]
+
+
+SANDBOX_SECRET_KEYS = _secret_keys()
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("SECRET_KEY", "test-only-not-secret")
+# A fixed Fernet key (tests only), so team secrets work in every test process.
+os.environ.setdefault("SANDBOX_SECRET_KEYS", "dGVzdC1vbmx5LW5vdC1zZWNyZXQtMzItYnl0ZXMhISE=")
 os.environ.setdefault(
     "SANDBOXES_DATA_DIR", str(Path(__file__).resolve().parent.parent / ".data" / "test")
 )

@@ -262,6 +262,16 @@ def as_argv(command: str | Sequence[str]) -> list[str]:
     return argv
 
 
+def with_env(command: str | Sequence[str], env: Mapping[str, str] | None) -> list[str]:
+    """``command`` run by ``env NAME=value ...`` where a back end cannot pass variables."""
+    argv = as_argv(command)
+    extra = checked_env(env)
+    if not extra:
+        return argv
+    # "--" ends env's options: nothing after it is read as one.
+    return ["env", "--", *(f"{name}={value}" for name, value in extra.items()), *argv]
+
+
 #: What ``open_terminal`` runs when no command is given: the image's bash as a login shell
 #: where there is one (prompt, history, line editing), else its POSIX sh.
 DEFAULT_TERMINAL_COMMAND = (
@@ -289,8 +299,14 @@ def terminal_size(cols: int, rows: int) -> tuple[int, int]:
 
 def terminal_env(env: Mapping[str, str] | None) -> dict[str, str]:
     """The variables a terminal session adds to the instance's environment: ``TERM`` and
-    the caller's, checked (a name is a shell identifier; no NUL anywhere)."""
-    merged = {"TERM": DEFAULT_TERM, **(env or {})}
+    the caller's, checked (``checked_env``)."""
+    return checked_env({"TERM": DEFAULT_TERM, **(env or {})})
+
+
+def checked_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """Variables for a process in an instance: a name is a shell identifier, names and
+    values are strings, and there is no NUL anywhere (``ValueError`` otherwise)."""
+    merged = dict(env or {})
     for name, value in merged.items():
         if not isinstance(name, str) or not isinstance(value, str):
             raise ValueError("environment names and values are strings")
@@ -428,7 +444,15 @@ class Instance(ABC):
     last_activity: datetime | None = None
 
     @abstractmethod
-    def exec(self, command: str | Sequence[str], timeout: float = 60.0) -> ExecResult: ...
+    def exec(
+        self,
+        command: str | Sequence[str],
+        timeout: float = 60.0,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> ExecResult:
+        """Run ``command`` to its end (or ``timeout``) with the instance's environment plus
+        ``env`` (``checked_env``; a team's secrets arrive this way: never log it)."""
 
     @abstractmethod
     def start(self) -> None: ...

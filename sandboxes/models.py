@@ -259,6 +259,10 @@ class Sandbox(models.Model):
     #: The effective policy, computed once at create (services/network.py) and handed to
     #: the provider: ``{"mode": ..., "allow": [...], "source": "preset|team|sandbox"}``.
     network = models.JSONField(default=dict, blank=True)
+    #: Plain environment variables of every exec and terminal process (asked for at create).
+    env = models.JSONField(default=dict, blank=True)
+    #: Names of team secrets handed to those processes as variables (values: TeamSecret).
+    secret_names = models.JSONField(default=list, blank=True)
 
     #: The operation a transitional status stands for (pausing may end paused or
     #: hibernated), so a worker or the reconciler knows what to carry out.
@@ -499,3 +503,25 @@ class LongCallSlot(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key}: {self.holder} until {self.expires_at}"
+
+
+class TeamSecret(models.Model):
+    """A team's secret, encrypted at rest (``sandboxes.services.secrets``; MultiFernet with
+    ``SANDBOX_SECRET_KEYS``). Write-only: nothing shows the value again; it reaches a
+    sandbox only as an environment variable of its exec and terminal processes."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="secrets")
+    name = models.CharField(max_length=64)
+    ciphertext = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    updated_by = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["team", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "name"], name="team_secret_name_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.team}:{self.name}"  # never the value

@@ -23,6 +23,7 @@ from sandboxes.models import (
     Snapshot,
     SnapshotStatus,
     Team,
+    TeamSecret,
 )
 from sandboxes.services import backends
 from sandboxes.services.errors import ServiceError
@@ -77,6 +78,8 @@ SANDBOX_LIST_COLUMNS = (
     "wake_on_http",
     "wake_on_ssh",
     "network",
+    "env",
+    "secret_names",
     "last_error",
     "created_at",
     "started_at",
@@ -326,3 +329,8 @@ def provider_capacity(name: str) -> Capacity | None:
 
 def provider_health_and_capacity(name: str) -> tuple[Health, Capacity | None]:
     return provider_health(name), provider_capacity(name)
+
+
+def team_secrets(team: Team) -> QuerySet[TeamSecret]:
+    """The team's secrets, for listing: names and dates (the value is never read here)."""
+    return TeamSecret.objects.filter(team=team).defer("ciphertext").order_by("name")

@@ -165,11 +165,17 @@ class FileStoreInstance(Instance):
             self._store.write(self.id, state)
         self.status = to
 
-    def exec(self, command: str | Sequence[str], timeout: float = 60.0) -> ExecResult:
+    def exec(
+        self,
+        command: str | Sequence[str],
+        timeout: float = 60.0,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> ExecResult:
         self._store.step("exec")
         if self._state()["status"] != InstanceStatus.RUNNING:
             raise InvalidState(f"instance {self.id} is not running")
-        return run_in(self.workdir, command, timeout)
+        return run_in(self.workdir, command, timeout, env)
 
     def start(self) -> None:
         self._change("start", {"stopped", "hibernated"}, InstanceStatus.RUNNING)

@@ -23,6 +23,7 @@ from providers.base import (
     ExecResult,
     TerminalSession,
     as_argv,
+    checked_env,
     terminal_argv,
     terminal_env,
     terminal_size,
@@ -30,9 +31,21 @@ from providers.base import (
 from providers.errors import Conflict
 
 
-def run_in(workdir: Path, command: str | Sequence[str], timeout: float) -> ExecResult:
+def run_in(
+    workdir: Path,
+    command: str | Sequence[str],
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+) -> ExecResult:
+    extra = checked_env(env)
     try:
-        done = subprocess.run(as_argv(command), cwd=workdir, capture_output=True, timeout=timeout)
+        done = subprocess.run(
+            as_argv(command),
+            cwd=workdir,
+            capture_output=True,
+            timeout=timeout,
+            env={**os.environ, **extra} if extra else None,
+        )
     except subprocess.TimeoutExpired as exc:
         return ExecResult(-1, _text(exc.stdout), _text(exc.stderr), timed_out=True)
     except OSError as exc:

@@ -123,13 +123,19 @@ class MemoryInstance(Instance):
         self._live().status = status
         self.status = status
 
-    def exec(self, command: str | Sequence[str], timeout: float = 60.0) -> ExecResult:
+    def exec(
+        self,
+        command: str | Sequence[str],
+        timeout: float = 60.0,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> ExecResult:
         with STORE.lock:
             STORE.step("exec")
             record = self._live()
             if record.status != InstanceStatus.RUNNING:
                 raise InvalidState(f"instance {record.ref} is {record.status}, not running")
-        return run_in(record.workdir, command, timeout)
+        return run_in(record.workdir, command, timeout, env)
 
     def open_terminal(
         self,

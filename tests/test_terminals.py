@@ -83,6 +83,17 @@ def test_a_command_runs_instead_of_the_shell(sandbox, actor):
     assert terminal_events(sandbox)[0].data["command"] == "echo [$GREETING]"
 
 
+def test_a_terminal_gets_the_sandboxs_variables_and_secrets(sandbox, actor, team):
+    from sandboxes.services import team_secrets
+
+    team_secrets.set_secret(team=team, actor=actor, name="API_KEY", value="k-123")
+    Sandbox.objects.filter(pk=sandbox.pk).update(env={"MODE": "dev"}, secret_names=["API_KEY"])
+    sandbox.refresh_from_db()
+    with open_terminal(sandbox=sandbox, actor=actor, command="echo [$MODE:$API_KEY]") as term:
+        assert b"[dev:k-123]" in read_to_end(term)
+    assert "k-123" not in str(terminal_events(sandbox)[0].data)
+
+
 def test_viewers_read_only_tokens_and_other_teams_get_no_terminal(
     sandbox, viewer, member, outsider, team
 ):

@@ -20,6 +20,7 @@ from providers.base import (
     SnapshotResult,
     TerminalSession,
     as_argv,
+    checked_env,
 )
 from providers.docker_provider import labels, services, terminal
 from providers.docker_provider.base_image import WORKDIR
@@ -88,8 +89,15 @@ class DockerInstance(Instance):
 
     # --- exec -------------------------------------------------------------------------
 
-    def exec(self, command: str | Sequence[str], timeout: float = 60.0) -> ExecResult:
+    def exec(
+        self,
+        command: str | Sequence[str],
+        timeout: float = 60.0,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> ExecResult:
         argv = as_argv(command)
+        extra = checked_env(env)
         self._reload()
         if self.status != InstanceStatus.RUNNING:
             raise Conflict(f"container {self.id[:12]} is {self.status}, not running", ref=self.id)
@@ -99,7 +107,9 @@ class DockerInstance(Instance):
         api = self._provider.exec_api(seconds + 30)
         try:
             with docker_call(f"exec in container {self.id[:12]}", ref=self.id):
-                exec_id = api.exec_create(self.id, wrapped, workdir=WORKDIR)["Id"]
+                exec_id = api.exec_create(
+                    self.id, wrapped, workdir=WORKDIR, environment=extra or None
+                )["Id"]
                 started = time.monotonic()
                 stdout, stderr = api.exec_start(exec_id, demux=True)
                 elapsed = time.monotonic() - started

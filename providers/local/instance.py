@@ -55,8 +55,14 @@ class LocalInstance(Instance):
             self.status, self.networking = fresh.status, fresh.networking
             self.last_activity = fresh.last_activity
 
-    def exec(self, command: str | Sequence[str], timeout: float = 60.0) -> ExecResult:
-        return self._provider.exec(self.id, command, timeout)
+    def exec(
+        self,
+        command: str | Sequence[str],
+        timeout: float = 60.0,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> ExecResult:
+        return self._provider.exec(self.id, command, timeout, env)
 
     def open_terminal(
         self,

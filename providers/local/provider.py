@@ -11,6 +11,7 @@ mechanics: ``layers`` (root file systems), ``cgroups``, ``launch`` (starting), `
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -35,6 +36,7 @@ from providers.base import (
     Provider,
     SnapshotResult,
     as_argv,
+    checked_env,
     terminal_argv,
     terminal_env,
 )
@@ -741,9 +743,18 @@ class LocalProvider(Provider):
             socket=self.store.sandbox_dir(sandbox_id) / "exec.sock",
         )
 
-    def exec(self, sandbox_id: str, command: str | Sequence[str], timeout: float) -> ExecResult:
+    def exec(
+        self,
+        sandbox_id: str,
+        command: str | Sequence[str],
+        timeout: float,
+        env: Mapping[str, str] | None = None,
+    ) -> ExecResult:
         argv = as_argv(command)
+        extra = checked_env(env)
         target = self._exec_target(sandbox_id)
+        if extra:
+            target = dataclasses.replace(target, env={**target.env, **extra})
         self.store.touch_activity(sandbox_id)
         try:
             return execute.run(target, argv, timeout)

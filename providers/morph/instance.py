@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from morphcloud.api import Instance as SdkInstance
@@ -22,7 +22,7 @@ from providers.base import (
     Networking,
     SnapshotResult,
     SshInfo,
-    as_argv,
+    with_env,
 )
 from providers.errors import (
     Conflict,
@@ -103,8 +103,16 @@ class MorphInstance(Instance):
 
     # --- exec ---------------------------------------------------------------------------
 
-    def exec(self, command: str | Sequence[str], timeout: float = 60.0) -> ExecResult:
-        argv = as_argv(command)
+    def exec(
+        self,
+        command: str | Sequence[str],
+        timeout: float = 60.0,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> ExecResult:
+        # Morph's exec carries no variables: ``env`` inside the instance sets them (in
+        # that process's command line, visible inside the instance only).
+        argv = with_env(command, env)
         self._refresh()
         if self.status != InstanceStatus.RUNNING:
             raise Conflict(f"Morph instance {self.id} is {self.status}, not running", ref=self.id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -16,6 +16,7 @@ from providers.base import (
     MetricSample,
     Networking,
     SnapshotResult,
+    with_env,
 )
 from providers.errors import Conflict, NotFound, OperationFailed, ProviderError, Unavailable
 from providers.pve import metadata as meta_codec
@@ -187,7 +188,17 @@ class PveInstance(Instance):
 
     # --- exec ------------------------------------------------------------------------------
 
-    def exec(self, command: str | Sequence[str], timeout: float = 60.0) -> ExecResult:
+    def exec(
+        self,
+        command: str | Sequence[str],
+        timeout: float = 60.0,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> ExecResult:
+        # Neither the QEMU guest agent's exec (as PVE's API offers it) nor the container
+        # agent's protocol carries variables: ``env`` inside the guest sets them. They are
+        # then in that process's command line, visible inside the guest only.
+        command = with_env(command, env)
         state = self._state()
         if state != S.RUNNING:
             raise Conflict(f"sandbox {self.sandbox_id} is {state}, not running", ref=self.id)

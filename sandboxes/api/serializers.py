@@ -94,6 +94,14 @@ class SandboxSerializer(serializers.Serializer):
     network = serializers.SerializerMethodField(
         help_text="The effective outbound network policy, fixed at create."
     )
+    env = serializers.DictField(
+        child=serializers.CharField(), help_text="Plain variables of its exec and terminals."
+    )
+    secrets = serializers.ListField(
+        child=serializers.CharField(),
+        source="secret_names",
+        help_text="Names of the team secrets its exec and terminals get (never the values).",
+    )
     last_error = serializers.CharField()
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
@@ -144,6 +152,8 @@ class SandboxSerializer(serializers.Serializer):
             "idle_timeout_seconds": row["idle_timeout_seconds"],
             "wake_on": {"http": row["wake_on_http"], "ssh": row["wake_on_ssh"]},
             "network": network_view(row["network"]),
+            "env": row["env"] or {},
+            "secrets": list(row["secret_names"] or []),
             "last_error": row["last_error"],
             "created_at": iso_datetime(row["created_at"], tz),
             "started_at": iso_datetime(row["started_at"], tz),
@@ -183,6 +193,19 @@ class SandboxCreateSerializer(StrictSerializer):
         max_length=64,
         help_text="With network_policy allowlist: public IPv4 CIDRs (93.184.216.0/24) and "
         "host names (pypi.org, resolved when the sandbox starts).",
+    )
+    env = serializers.DictField(
+        child=StrictCharField(max_length=16384, allow_blank=True, trim_whitespace=False),
+        required=False,
+        help_text="Plain environment variables of every exec and terminal (not for secrets: "
+        "they are shown back).",
+    )
+    secrets = serializers.ListField(
+        child=StrictCharField(max_length=64),
+        required=False,
+        max_length=64,
+        help_text="Names of team secrets (PUT /api/v1/secrets/{name}) given to every exec "
+        "and terminal as variables of those names.",
     )
 
 
@@ -354,6 +377,25 @@ class TokenCreateSerializer(StrictSerializer):
                 {"expires_in_seconds": ["give expires_at or expires_in_seconds, not both"]}
             )
         return attrs
+
+
+# --- team secrets ----------------------------------------------------------------------
+
+
+class SecretSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    updated_by = serializers.CharField()
+
+
+class SecretWriteSerializer(StrictSerializer):
+    value = StrictCharField(
+        max_length=65536,
+        trim_whitespace=False,
+        write_only=True,
+        help_text="The secret's value; never shown again, never logged.",
+    )
 
 
 # --- config and health -----------------------------------------------------------------

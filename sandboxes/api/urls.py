@@ -6,7 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from sandboxes.api import schema  # noqa: F401 - registers the OpenAPI extensions
-from sandboxes.api.views import cmux, sandboxes, site, snapshots, tokens
+from sandboxes.api.views import cmux, sandboxes, secrets, site, snapshots, tokens
 
 SANDBOX = "sandboxes/<str:sandbox_id>"
 
@@ -30,6 +30,8 @@ v1 = [
     path(f"{SANDBOX}/wake-on", sandboxes.SandboxWakeOnView.as_view(), name="sandbox-wake-on"),
     path(f"{SANDBOX}/events", sandboxes.SandboxEventsView.as_view(), name="sandbox-events"),
     path(f"{SANDBOX}/ssh", sandboxes.SandboxSshView.as_view(), name="sandbox-ssh"),
+    path("secrets", secrets.SecretListView.as_view(), name="secret-list"),
+    path("secrets/<str:name>", secrets.SecretDetailView.as_view(), name="secret-detail"),
     path("presets", snapshots.PresetListView.as_view(), name="preset-list"),
     path("snapshots", snapshots.SnapshotListView.as_view(), name="snapshot-list"),
     path(

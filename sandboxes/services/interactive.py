@@ -16,7 +16,7 @@ from django.utils import timezone
 from providers.base import ExecResult, Instance, SshInfo
 from providers.errors import ProviderError
 from sandboxes.models import Outcome, Sandbox, TtlAction
-from sandboxes.services import long_calls
+from sandboxes.services import long_calls, team_secrets
 from sandboxes.services.actors import Actor
 from sandboxes.services.backends import capabilities, get_provider
 from sandboxes.services.errors import (
@@ -102,9 +102,10 @@ def exec_command(
     shown = command if isinstance(command, str) else " ".join(command)
     # A long call: it holds a thread until the command ends (long_calls says why that
     # is counted per team). Refused before anything reaches the provider.
+    env = team_secrets.environment_for(sandbox)  # never logged, never in an event
     slot = long_calls.acquire(team=sandbox.team, kind="exec", seconds=timeout_seconds)
     try:
-        result = _instance(sandbox).exec(command, timeout=timeout_seconds)
+        result = _instance(sandbox).exec(command, timeout=timeout_seconds, env=env)
     except ProviderError as exc:
         record_event(
             actor=actor,

@@ -36,7 +36,7 @@ from providers.base import (
 )
 from providers.errors import NotFound, ProviderError
 from sandboxes.models import Outcome, Preset, Sandbox, Snapshot, SnapshotStatus, Team, TtlAction
-from sandboxes.services import network, transitions
+from sandboxes.services import network, team_secrets, transitions
 from sandboxes.services.actors import Actor
 from sandboxes.services.backends import (
     capabilities,
@@ -108,8 +108,13 @@ def create_sandbox(
     idempotency_key: str = "",
     network_policy: str | None = None,
     network_allow: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    secrets: list[str] | None = None,
 ) -> Sandbox:
     """Record a new sandbox in ``starting`` and enqueue its provisioning.
+
+    ``env`` (plain variables) and ``secrets`` (names of the team's secrets) are the
+    environment of every exec and terminal process in it (``services/team_secrets.py``).
 
     ``network_policy`` (and ``network_allow`` for ``allowlist``) override the team's and
     the preset's outbound policy; the effective one is stored on the sandbox
@@ -132,6 +137,7 @@ def create_sandbox(
     elif network_allow:
         problem = "give network_policy: allowlist with network_allow"
         raise InvalidInput(f"network_allow: {problem}", fields={"network_allow": [problem]})
+    env, secret_names = team_secrets.check_sandbox_environment(team=team, env=env, secrets=secrets)
     if ttl_action not in TtlAction.values:
         raise InvalidInput(
             f"ttl_action must be one of {', '.join(TtlAction.values)}",
@@ -203,6 +209,8 @@ def create_sandbox(
             network_policy=override.mode if override else "",
             network_allow=list(override.allow) if override else [],
             network=network.as_record(policy, policy_source),
+            env=env,
+            secret_names=secret_names,
         )
         record_event(
             actor=actor,

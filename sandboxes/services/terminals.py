@@ -25,6 +25,7 @@ from django.utils import timezone
 from providers.base import TerminalSession, terminal_argv, terminal_env, terminal_size
 from providers.errors import ProviderError
 from sandboxes.models import Outcome, Sandbox, SandboxEvent
+from sandboxes.services import team_secrets
 from sandboxes.services.actors import Actor
 from sandboxes.services.errors import InvalidInput, NotAllowed
 from sandboxes.services.events import record_event
@@ -187,6 +188,8 @@ def open_terminal(
         )
         raise
     command, env = _checked(command, cols, rows, env)
+    # The sandbox's variables and secrets first; what the caller adds (TERM, LANG) wins.
+    env = {**team_secrets.environment_for(sandbox), **env}
     shown = "(login shell)" if command is None else command
     if not isinstance(shown, str):
         shown = " ".join(shown)

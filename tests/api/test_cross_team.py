@@ -13,8 +13,15 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
-from sandboxes.models import ActiveSnapshot, ApiToken, Sandbox, SandboxEvent, Snapshot
-from sandboxes.services import interactive, lifecycle
+from sandboxes.models import (
+    ActiveSnapshot,
+    ApiToken,
+    Sandbox,
+    SandboxEvent,
+    Snapshot,
+    TeamSecret,
+)
+from sandboxes.services import interactive, lifecycle, team_secrets
 from sandboxes.services.actors import Actor
 from sandboxes.services.snapshots import activate_snapshot, import_snapshot
 from tests.api.conftest import bearer_client, error_of
@@ -60,6 +67,7 @@ def team_a_world(memory_backend, team, member, team_admin):
     )
     activate_snapshot(snapshot=version, actor=Actor.for_user(team_admin), team=team)
     token = bearer_client(member, team).token
+    team_secrets.set_secret(team=team, actor=actor, name="web", value="a-secret-value")
     return {"sandbox": sandbox, "version": version, "token": token, "team": team}
 
 
@@ -92,6 +100,7 @@ def state_of_team_a(world, store) -> dict:
         "snapshots": list(Snapshot.objects.filter(team=team).order_by("pk").values()),
         "active": list(ActiveSnapshot.objects.filter(team=team).values()),
         "tokens": list(ApiToken.objects.filter(team=team).order_by("pk").values()),
+        "secrets": list(TeamSecret.objects.filter(team=team).order_by("pk").values()),
         "events": SandboxEvent.objects.filter(team=team).count(),
         "instance": (record.status, dict(record.services), record.wake_on),
     }
@@ -104,6 +113,7 @@ def secrets_of_team_a(world) -> list[str]:
         world["version"].snapshot_id,
         world["token"].prefix,
         '"alpha"',
+        "a-secret-value",
     ]
 
 
@@ -121,6 +131,13 @@ def test_every_route_refuses_team_a_objects_to_team_b(
         object_scoped = "<" in route
         for method in methods_of(view):
             url = fill(route, values)
+            if route.startswith("api/v1/secrets/") and method in ("put", "delete"):
+                # Secret names are per team: team B sets, then deletes, its own "web";
+                # team A's stays as it was (the state compared below).
+                response = getattr(b, method)(url, {"value": "b-value"}, format="json")
+                assert response.status_code == {"put": 201, "delete": 204}[method]
+                checked.append((method.upper(), url, response.status_code))
+                continue
             response = getattr(b, method)(url, BODIES.get(method), format="json")
             checked.append((method.upper(), url, response.status_code))
             text = response.content.decode()

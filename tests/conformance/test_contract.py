@@ -84,6 +84,18 @@ def test_exec_returns_exit_code_stdout_and_stderr(pt):
     assert (argv.exit_code, argv.stdout) == (0, "a b|c|")
 
 
+def test_exec_passes_variables_to_the_command_and_refuses_bad_names(pt):
+    """How a team's secrets reach a command: as its environment, values kept exact."""
+    instance = pt.running()
+    value = "s3cr3t with spaces, 'quotes' and $dollars"
+    result = instance.exec('printf %s "$API_KEY"', timeout=30, env={"API_KEY": value})
+    assert (result.exit_code, result.stdout) == (0, value)
+    assert instance.exec('printf %s "$API_KEY"', timeout=30).stdout == ""  # not kept
+    for bad in ({"1X": "v"}, {"A=B": "v"}, {"X": "nul\0"}):
+        with pytest.raises(ValueError, match="not an environment variable name"):
+            instance.exec("true", timeout=10, env=bad)
+
+
 def test_exec_timeout_kills_the_command_not_the_instance(pt):
     instance = pt.running()
     result = instance.exec("sleep 30", timeout=1)

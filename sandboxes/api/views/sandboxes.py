@@ -146,6 +146,8 @@ class SandboxListView(mixins.ListModelMixin, TeamView):
             idempotency_key=key,
             network_policy=data.get("network_policy"),
             network_allow=data.get("network_allow"),
+            env=data.get("env"),
+            secrets=data.get("secrets"),
         )
         return accepted(sandbox)
 
