@@ -169,3 +169,15 @@ class TokenForm(forms.Form):
     def expires_at(self):
         days = self.cleaned_data.get("expires_in")
         return timezone.now() + timedelta(days=int(days)) if days else None
+
+
+class SecretForm(forms.Form):
+    """Set or replace a team secret. The value field is never filled back in."""
+
+    name = forms.CharField(label="Name", max_length=64)
+    value = forms.CharField(
+        label="Value",
+        max_length=65536,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+    )

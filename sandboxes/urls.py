@@ -4,7 +4,7 @@ tests/test_dashboard_isolation.py walks this list, so a new page is covered auto
 from django.urls import path
 from django.views.generic import RedirectView
 
-from sandboxes.views import detail, pages, sandboxes, snapshots, tokens
+from sandboxes.views import detail, pages, sandboxes, secrets, snapshots, tokens
 
 SANDBOX = "sandboxes/<str:sandbox_id>/"
 SNAPSHOT = "versions/<str:snapshot_id>/"
@@ -43,6 +43,8 @@ urlpatterns = [
     path("providers/", pages.provider_health, name="provider-health"),
     path("audit/", pages.audit_log, name="audit-log"),
     path("tokens/", tokens.token_list, name="token-list"),
+    path("secrets/", secrets.secret_list, name="secret-list"),
+    path("secrets/<str:name>/delete/", secrets.secret_delete, name="secret-delete"),
     path("tokens/<int:token_id>/revoke/", tokens.token_revoke, name="token-revoke"),
     path("team/", pages.team_switch, name="team-switch"),
 ]

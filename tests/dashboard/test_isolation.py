@@ -10,8 +10,8 @@ import pytest
 from django.urls import URLPattern, reverse
 
 from sandboxes import urls
-from sandboxes.models import ActiveSnapshot, ApiToken, Sandbox, SandboxEvent, Snapshot
-from sandboxes.services import interactive, snapshots, tokens
+from sandboxes.models import ActiveSnapshot, ApiToken, Sandbox, SandboxEvent, Snapshot, TeamSecret
+from sandboxes.services import interactive, snapshots, team_secrets, tokens
 from sandboxes.services.actors import Actor
 from tests.dashboard.conftest import signed_in
 
@@ -27,6 +27,7 @@ def team_a(running, member, team):
     v2 = snapshots.take_snapshot(sandbox=running, actor=actor, label="private-label")
     v3 = snapshots.take_snapshot(sandbox=running, actor=actor, label="private-label-2")
     token, _ = tokens.create_api_token(user=member, team=team, actor=actor, name="private-token")
+    team_secrets.set_secret(team=team, actor=actor, name="PRIVATE_SECRET", value="private-value")
     return {
         "sandbox_id": running.pk,
         "snapshot_id": v2.snapshot_id,
@@ -34,6 +35,7 @@ def team_a(running, member, team):
         "action": "delete",
         "service": "web",
         "token_id": str(token.pk),
+        "name": "PRIVATE_SECRET",
     }
 
 
@@ -50,6 +52,8 @@ def secrets_of(objects: dict[str, str]) -> list[str]:
         "private-name",
         "private-label",
         "private-token",
+        "private-value",
+        "PRIVATE_SECRET",
         Sandbox.objects.get(pk=objects["sandbox_id"]).provider_ref,
     ]
 
@@ -66,6 +70,7 @@ def state(objects: dict[str, str]) -> tuple:
         sorted(ActiveSnapshot.objects.values_list("team_id", "snapshot_id")),
         sorted(ApiToken.objects.filter(team=sandbox.team).values_list("pk", "revoked_at")),
         SandboxEvent.objects.filter(team=sandbox.team).count(),
+        sorted(TeamSecret.objects.filter(team=sandbox.team).values_list("name", "ciphertext")),
     )
 
 

@@ -194,3 +194,26 @@ def test_members_cannot_reach_other_members_tokens(alice, member, team_admin, te
     mine, _ = tokens.create_api_token(user=member, team=team, actor=Actor.for_user(member))
     signed_in(team_admin).post(reverse("token-revoke", args=[mine.pk]), {"confirmed": "1"})
     assert ApiToken.objects.get(pk=mine.pk).revoked_at is not None
+
+
+def test_team_secrets_are_set_listed_by_name_and_never_shown(alice, viewer, team):
+    value = "hunter2-very-secret"
+    saved = alice.post(reverse("secret-list"), {"name": "DEPLOY_TOKEN", "value": value})
+    assert saved.status_code == 302  # a reload cannot post the value again
+    page = alice.get(reverse("secret-list")).content.decode()
+    assert "DEPLOY_TOKEN" in page
+    assert value not in page
+    bad = alice.post(reverse("secret-list"), {"name": "PATH", "value": "x"})
+    assert bad.status_code == 400
+    assert "PATH is reserved" in bad.content.decode()
+    (field,) = re.findall(r'<input type="password" name="value"[^>]*>', bad.content.decode())
+    assert " value=" not in field  # what was typed is not sent back
+    watcher = signed_in(viewer)
+    refused = watcher.post(reverse("secret-list"), {"name": "OTHER", "value": "x"})
+    assert refused.status_code == 400
+    assert "cannot change its secrets" in refused.content.decode()
+    assert "Set a secret" not in watcher.get(reverse("secret-list")).content.decode()
+    alice.post(reverse("secret-delete", args=["DEPLOY_TOKEN"]), {"confirmed": "1"})
+    after = alice.get(reverse("secret-list")).content.decode()
+    assert "Deleted secret DEPLOY_TOKEN." in after
+    assert '<td class="mono">DEPLOY_TOKEN</td>' not in after
