@@ -261,6 +261,12 @@ SANDBOX_RETENTION_MINUTES = max(1, env_int("SANDBOX_RETENTION_MINUTES", 60))
 # At most this many actions per kind (TTL, idle, stuck, drift, failed, orphans) per sweep.
 SANDBOX_SWEEP_BATCH = max(1, env_int("SANDBOX_SWEEP_BATCH", 50))
 SANDBOX_STUCK_SECONDS = env_seconds("SANDBOX_STUCK_SECONDS", 300)
+# Lifecycle defaults for teams without their own (cmux's: park after 20 h idle, delete
+# after 14 days stopped or paused); 0 = never. Fixed on each sandbox at create.
+SANDBOX_DEFAULT_IDLE_TIMEOUT_SECONDS = env_seconds("SANDBOX_DEFAULT_IDLE_TIMEOUT_SECONDS", 72000)
+SANDBOX_DEFAULT_DELETE_PARKED_SECONDS = env_seconds(
+    "SANDBOX_DEFAULT_DELETE_PARKED_SECONDS", 14 * 86400
+)
 # `manage.py worker` sends its cluster a heartbeat task this often, and restarts a cluster
 # that ran none for WORKER_STALL_SECONDS while some of its worker processes were idle.
 WORKER_HEARTBEAT_SECONDS = max(1, env_int("WORKER_HEARTBEAT_SECONDS", 10))

@@ -128,6 +128,8 @@ class TeamForm(forms.ModelForm):
             "max_memory_mb",
             "network_policy",
             "network_allow",
+            "idle_timeout_seconds",
+            "delete_parked_after_seconds",
         ]
 
     def clean(self):

@@ -96,6 +96,7 @@ class NewSandboxForm(forms.Form):
         label="When the time is up", choices=TtlAction.choices, initial=TtlAction.STOP
     )
     idle_timeout = DurationField(label="Hibernate when idle for")
+    delete_parked = DurationField(label="Delete when stopped or paused for")
     #: One per rendered form: a double submit (or a retried POST) makes one sandbox.
     idempotency_key = forms.CharField(widget=forms.HiddenInput, max_length=64)
 

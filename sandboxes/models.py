@@ -43,6 +43,14 @@ class Team(models.Model):
     network_policy = models.CharField(max_length=10, choices=NetworkMode.choices, blank=True)
     #: CIDRs and host names of the ``allowlist`` override.
     network_allow = models.JSONField(default=list, blank=True)
+    # Lifecycle defaults for its new sandboxes: blank uses the site's
+    # (SANDBOX_DEFAULT_*), 0 means never.
+    idle_timeout_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Park a sandbox idle this long (0: never)."
+    )
+    delete_parked_after_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Delete a sandbox stopped or paused this long (0: never)."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -249,6 +257,8 @@ class Sandbox(models.Model):
     ttl_action = models.CharField(max_length=8, choices=TtlAction.choices, default=TtlAction.STOP)
     expires_at = models.DateTimeField(null=True, blank=True)
     idle_timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    #: Deleted by the sweep after this long stopped, paused or hibernated (null: never).
+    delete_parked_after_seconds = models.PositiveIntegerField(null=True, blank=True)
     wake_on_http = models.BooleanField(default=False)
     wake_on_ssh = models.BooleanField(default=False)
     last_activity_at = models.DateTimeField(default=timezone.now)

@@ -75,6 +75,7 @@ SANDBOX_LIST_COLUMNS = (
     "ttl_action",
     "expires_at",
     "idle_timeout_seconds",
+    "delete_parked_after_seconds",
     "wake_on_http",
     "wake_on_ssh",
     "network",

@@ -90,6 +90,7 @@ class SandboxSerializer(serializers.Serializer):
     ttl_action = serializers.ChoiceField(choices=TtlAction.choices)
     expires_at = serializers.DateTimeField(allow_null=True)
     idle_timeout_seconds = serializers.IntegerField(allow_null=True)
+    delete_parked_after_seconds = serializers.IntegerField(allow_null=True)
     wake_on = serializers.SerializerMethodField()
     network = serializers.SerializerMethodField(
         help_text="The effective outbound network policy, fixed at create."
@@ -150,6 +151,7 @@ class SandboxSerializer(serializers.Serializer):
             "ttl_action": row["ttl_action"],
             "expires_at": iso_datetime(row["expires_at"], tz),
             "idle_timeout_seconds": row["idle_timeout_seconds"],
+            "delete_parked_after_seconds": row["delete_parked_after_seconds"],
             "wake_on": {"http": row["wake_on_http"], "ssh": row["wake_on_ssh"]},
             "network": network_view(row["network"]),
             "env": row["env"] or {},
@@ -178,7 +180,17 @@ class SandboxCreateSerializer(StrictSerializer):
     name = name_field()
     ttl_seconds = seconds_field(required=False, allow_null=True)
     ttl_action = serializers.ChoiceField(choices=TtlAction.choices, required=False)
-    idle_timeout_seconds = seconds_field(required=False, allow_null=True)
+    idle_timeout_seconds = seconds_field(
+        required=False,
+        allow_null=True,
+        help_text="Park it after this long idle; null: never; left out: the team's default.",
+    )
+    delete_parked_after_seconds = seconds_field(
+        required=False,
+        allow_null=True,
+        help_text="Delete it after this long stopped, paused or hibernated; null: never; "
+        "left out: the team's default (14 days unless the team or site sets another).",
+    )
     metadata = MetadataField(required=False)
     network_policy = serializers.ChoiceField(
         choices=NetworkMode.choices,

@@ -14,7 +14,7 @@ from functools import reduce
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
 from django.utils import timezone
 
 from sandboxes.models import (
@@ -29,6 +29,7 @@ from sandboxes.services import scheduled
 from sandboxes.services.actors import Actor
 from sandboxes.services.errors import ServiceError
 from sandboxes.services.events import record_event
+from sandboxes.services.idle import Seconds
 from sandboxes.services.snapshots import delete_snapshot_version
 from sandboxes.states import Status
 
@@ -128,6 +129,39 @@ def act_on_expired(candidates: list[Sandbox], *, now: datetime) -> int:
             only_if=Q(expires_at__lte=now),
             fields={"expires_at": None},
             data=data,
+        )
+    return acted
+
+
+#: Parked long enough, a sandbox is deleted (its ``delete_parked_after_seconds``). Failed
+#: sandboxes are not among them: one that ran may hold work a person must look at.
+_LONG_PARKED = (S.STOPPED, S.PAUSED, S.HIBERNATED)
+
+
+def delete_long_parked(*, now: datetime, limit: int) -> int:
+    """Delete sandboxes stopped, paused or hibernated for longer than their
+    ``delete_parked_after_seconds`` (the team's lifecycle default, fixed at create)."""
+    parked_until = ExpressionWrapper(
+        Value(now) - Seconds(F("delete_parked_after_seconds")), output_field=DateTimeField()
+    )
+    candidates = (
+        Sandbox.objects.filter(status__in=_LONG_PARKED, delete_parked_after_seconds__isnull=False)
+        .alias(parked_until=parked_until)
+        .filter(status_changed_at__lt=F("parked_until"))
+        .select_related("team")
+        .order_by("status_changed_at")[:limit]
+    )
+    acted = 0
+    for sandbox in candidates:
+        acted += scheduled.request(
+            sandbox,
+            "delete",
+            reason="parked_too_long",
+            only_if=Q(status=sandbox.status, status_changed_at=sandbox.status_changed_at),
+            data={
+                "parked_since": sandbox.status_changed_at.isoformat(),
+                "delete_parked_after_seconds": sandbox.delete_parked_after_seconds,
+            },
         )
     return acted
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -93,6 +94,28 @@ OBSERVED_STATUS: dict[InstanceStatus, Status] = {
 # --- requests ------------------------------------------------------------------------
 
 
+class _TeamDefault:
+    def __repr__(self) -> str:
+        return "TEAM_DEFAULT"
+
+
+#: For a lifecycle setting of ``create_sandbox``: the team's default (else the site's).
+TEAM_DEFAULT = _TeamDefault()
+
+
+def team_lifecycle_defaults(team: Team) -> tuple[int | None, int | None]:
+    """(idle timeout, delete after this long parked) for the team's new sandboxes, in
+    seconds; None is never. The team's own values, else the site's (cmux's defaults)."""
+
+    def pick(own: int | None, site: int) -> int | None:
+        return (site if own is None else own) or None
+
+    return (
+        pick(team.idle_timeout_seconds, settings.SANDBOX_DEFAULT_IDLE_TIMEOUT_SECONDS),
+        pick(team.delete_parked_after_seconds, settings.SANDBOX_DEFAULT_DELETE_PARKED_SECONDS),
+    )
+
+
 def create_sandbox(
     *,
     team: Team,
@@ -103,7 +126,8 @@ def create_sandbox(
     name: str = "",
     ttl_seconds: int | None = None,
     ttl_action: str = TtlAction.STOP,
-    idle_timeout_seconds: int | None = None,
+    idle_timeout_seconds: int | _TeamDefault | None = TEAM_DEFAULT,
+    delete_parked_after_seconds: int | _TeamDefault | None = TEAM_DEFAULT,
     metadata: dict[str, str] | None = None,
     idempotency_key: str = "",
     network_policy: str | None = None,
@@ -112,6 +136,9 @@ def create_sandbox(
     secrets: list[str] | None = None,
 ) -> Sandbox:
     """Record a new sandbox in ``starting`` and enqueue its provisioning.
+
+    ``idle_timeout_seconds`` and ``delete_parked_after_seconds`` left out take the team's
+    lifecycle defaults (``team_lifecycle_defaults``); None is never.
 
     ``env`` (plain variables) and ``secrets`` (names of the team's secrets) are the
     environment of every exec and terminal process in it (``services/team_secrets.py``).
@@ -130,7 +157,17 @@ def create_sandbox(
     name = validate_name(name)
     metadata = validate_metadata(metadata)
     ttl_seconds = validate_seconds("ttl_seconds", ttl_seconds)
-    idle_timeout_seconds = validate_seconds("idle_timeout_seconds", idle_timeout_seconds)
+    default_idle, default_keep = team_lifecycle_defaults(team)
+    if idle_timeout_seconds is TEAM_DEFAULT:
+        idle_timeout_seconds = default_idle
+    else:
+        idle_timeout_seconds = validate_seconds("idle_timeout_seconds", idle_timeout_seconds)
+    if delete_parked_after_seconds is TEAM_DEFAULT:
+        delete_parked_after_seconds = default_keep
+    else:
+        delete_parked_after_seconds = validate_seconds(
+            "delete_parked_after_seconds", delete_parked_after_seconds
+        )
     override = None
     if network_policy is not None:
         override = network.parse_policy(network_policy, network_allow)
@@ -203,6 +240,7 @@ def create_sandbox(
             ttl_seconds=ttl_seconds,
             ttl_action=ttl_action,
             idle_timeout_seconds=idle_timeout_seconds,
+            delete_parked_after_seconds=delete_parked_after_seconds,
             idempotency_key=idempotency_key,
             last_activity_at=now,
             status_changed_at=now,

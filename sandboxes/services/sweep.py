@@ -73,6 +73,7 @@ def run_sweep(
         ("ttl", lambda: gc.expire_ttls(now=now, limit=limit)),
         ("idle", lambda: idle.park_idle(now=now, inventory=inventory, limit=limit)),
         ("failed", lambda: gc.clean_failed(now=now, limit=limit)),
+        ("parked", lambda: gc.delete_long_parked(now=now, limit=limit)),
         ("orphans", lambda: orphans.collect(rows=rows, inventory=inventory, now=now, limit=limit)),
     ]
     #: Phases that judge the providers against the rows: never on a failed read of them.

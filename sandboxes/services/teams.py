@@ -48,6 +48,8 @@ TEAM_SETTINGS = (
     "max_memory_mb",
     "network_policy",
     "network_allow",
+    "idle_timeout_seconds",
+    "delete_parked_after_seconds",
 )
 
 

@@ -283,13 +283,19 @@ def _new_form(request: HttpRequest, data=None) -> NewSandboxForm:
     source = data if data is not None else request.GET
     providers = selectors.enabled_providers()
     presets = list(selectors.presets())
-    initial: dict = {"provider": selectors.default_provider()}
+    # The team's lifecycle defaults, shown (and changeable; blank is never) on the form.
+    idle, keep = lifecycle.team_lifecycle_defaults(request.team)
+    initial: dict = {
+        "provider": selectors.default_provider(),
+        "idle_timeout": idle,
+        "delete_parked": keep,
+    }
     snapshot_id = source.get("snapshot", "")
     if snapshot_id and selectors.storable(snapshot_id):
         chosen = selectors.snapshots_for_team(request.team).filter(snapshot_id=snapshot_id).first()
         if chosen is not None:
             initial.update(provider=chosen.provider, preset=chosen.preset_id, snapshot=snapshot_id)
-    for key in ("preset", "provider", "name", "ttl", "ttl_action", "idle_timeout"):
+    for key in ("preset", "provider", "name", "ttl", "ttl_action", "idle_timeout", "delete_parked"):
         if source.get(key) and selectors.storable(source[key]):
             initial[key] = source[key]
     if "preset" not in initial and presets:
@@ -328,6 +334,7 @@ def sandbox_new(request: HttpRequest) -> HttpResponse:
                     ttl_seconds=data["ttl"],
                     ttl_action=data["ttl_action"],
                     idle_timeout_seconds=data["idle_timeout"],
+                    delete_parked_after_seconds=data["delete_parked"],
                     idempotency_key=f"dashboard-{data['idempotency_key']}",
                 )
             except ServiceError as exc:

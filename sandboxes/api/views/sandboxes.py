@@ -141,7 +141,10 @@ class SandboxListView(mixins.ListModelMixin, TeamView):
             name=data.get("name", ""),
             ttl_seconds=data.get("ttl_seconds"),
             ttl_action=data.get("ttl_action", TtlAction.STOP),
-            idle_timeout_seconds=data.get("idle_timeout_seconds"),
+            idle_timeout_seconds=data.get("idle_timeout_seconds", lifecycle.TEAM_DEFAULT),
+            delete_parked_after_seconds=data.get(
+                "delete_parked_after_seconds", lifecycle.TEAM_DEFAULT
+            ),
             metadata=data.get("metadata"),
             idempotency_key=key,
             network_policy=data.get("network_policy"),
