@@ -101,6 +101,8 @@ def populate(count: int, *, team_count: int = 20, prefix: str = "b") -> dict[str
             status_changed_at=long_ago,
             last_activity_at=long_ago if kind == "idle" else now,
             idle_timeout_seconds=600 if kind in ("idle", "running") else None,
+            # Parked two hours, past an hour's limit: the sweep deletes them.
+            delete_parked_after_seconds=3600 if kind in ("stopped", "paused") else None,
             ttl_seconds=3600 if kind == "ttl_expired" else None,
             ttl_action="stop",
             expires_at=now - timedelta(minutes=1) if kind == "ttl_expired" else None,

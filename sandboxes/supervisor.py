@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 #: How long the cluster gets to stop on its own before its process group is killed.
 STOP_GRACE_SECONDS = 5
 MAX_BACKOFF_SECONDS = 60
+#: Before a new cluster's first heartbeat, it gets this long (at least): on a loaded
+#: machine Django and django-q2 take a while to start, and a cluster restarted for being
+#: slow to start would never get to run anything.
+STARTUP_GRACE_SECONDS = 60
 
 
 class Supervisor:
@@ -75,12 +79,15 @@ class Supervisor:
     def _judge_heartbeat(self) -> None:
         now = timezone.now()
         beat = workers.last_beat(worker=self.worker)
-        since = max(beat, self.started_at) if beat else self.started_at
+        started = beat is not None and beat >= self.started_at
+        since = beat if started else self.started_at
         silent = (now - since).total_seconds()
-        if silent <= settings.WORKER_STALL_SECONDS:
-            self.backoff = 0.0
-            if self.worker.state != WorkerState.RUNNING and beat and beat >= self.started_at:
-                workers.set_state(worker=self.worker, state=WorkerState.RUNNING)
+        stall = settings.WORKER_STALL_SECONDS
+        if silent <= (stall if started else max(stall, STARTUP_GRACE_SECONDS)):
+            if started:
+                self.backoff = 0.0
+                if self.worker.state != WorkerState.RUNNING:
+                    workers.set_state(worker=self.worker, state=WorkerState.RUNNING)
             return
         total = settings.Q_CLUSTER["workers"]
         busy = workers.busy_workers(self.run_dir)

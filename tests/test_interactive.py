@@ -153,8 +153,9 @@ def test_settings_change_only_what_is_given(sandbox, actor):
     sandbox.refresh_from_db()
     assert sandbox.expires_at is None
     assert sandbox.name == "renamed"
+    idle = sandbox.idle_timeout_seconds
     with pytest.raises(InvalidInput):
         update_sandbox_settings(sandbox=sandbox, actor=actor, idle_timeout_seconds=-5)
     sandbox.refresh_from_db()
-    assert sandbox.idle_timeout_seconds is None
+    assert sandbox.idle_timeout_seconds == idle
     assert last_event(sandbox).action == "update_settings"

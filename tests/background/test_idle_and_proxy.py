@@ -67,7 +67,7 @@ def test_an_idle_sandbox_is_parked_the_best_way_its_provider_can(
 
 
 def test_no_idle_timeout_means_never_parked(memory_backend, team, actor):
-    sandbox = create(team, actor)
+    sandbox = create(team, actor, idle_timeout_seconds=None)
     go_idle(sandbox, 10**6)
     assert run_sweep().actions["idle"] == 0
     assert Sandbox.objects.get(pk=sandbox.pk).status == Status.RUNNING

@@ -93,7 +93,7 @@ def test_a_sweep_costs_the_same_queries_for_ten_times_the_sandboxes(memory_backe
     populate(1000, team_count=3, prefix="l")
     large, large_actions = sweep_queries()
     every_kind_once = {
-        **dict.fromkeys(["stuck", "drift", "ttl", "idle", "failed", "orphans"], 1),
+        **dict.fromkeys(["stuck", "drift", "ttl", "idle", "failed", "parked", "orphans"], 1),
         "snapshots": 0,
     }
     assert small_actions == large_actions == every_kind_once

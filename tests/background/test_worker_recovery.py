@@ -107,6 +107,12 @@ def supervised(backend, tmp_path: Path, **env: str):
         worker.kill()
 
 
+def ran_since_restart(supervisor: int) -> bool:
+    """The supervisor's current cluster has run a heartbeat (it is past its start-up)."""
+    record = Worker.objects.get(pid=supervisor)
+    return bool(record.beat_at and record.beat_at > (record.last_restart_at or record.started_at))
+
+
 def create(backend, team, actor) -> Sandbox:
     return lifecycle.create_sandbox(team=team, actor=actor, preset_id=backend.preset_id)
 
@@ -162,7 +168,10 @@ def test_killing_any_process_of_the_cluster_never_stops_creates(backend, team, a
     with supervised(backend, tmp_path) as worker, harness.tasks_to_the_broker():
         supervisor = worker.process.pid
         roles = list(supervised_roles(supervisor))
-        for role in roles:  # each kind of process in turn
+        for role in roles:  # each kind of process in turn, in a cluster that ran a task
+            harness.wait_until(
+                lambda: ran_since_restart(supervisor), what="the cluster ran a heartbeat"
+            )
             os.kill(supervised_roles(supervisor)[role], signal.SIGKILL)
             sandbox = create(backend, team, actor)
             wait_running(sandbox, after=f"kill -9 of the cluster's {role}")

@@ -74,9 +74,14 @@ def idempotency_mismatch(existing: Sandbox, data: dict[str, Any]) -> list[str]:
         "metadata": data.get("metadata") or {},
         "ttl_seconds": data.get("ttl_seconds"),
         "ttl_action": data.get("ttl_action", TtlAction.STOP),
-        "idle_timeout_seconds": data.get("idle_timeout_seconds"),
     }
+    # Left out, these took the team's defaults (or nothing): only a value given can differ.
+    for name in ("idle_timeout_seconds", "delete_parked_after_seconds", "env"):
+        if name in data:
+            given[name] = data[name]
     differing = [name for name, value in given.items() if getattr(existing, name) != value]
+    if "secrets" in data and list(dict.fromkeys(data["secrets"])) != existing.secret_names:
+        differing.append("secrets")
     if data.get("network_policy", "") != existing.network_policy:
         differing.append("network_policy")
     if data.get("preset") and data["preset"] != existing.preset_id:
