@@ -63,6 +63,10 @@ TRANSITIONAL: frozenset[Status] = frozenset(
 SETTLED: frozenset[Status] = frozenset(Status) - TRANSITIONAL
 #: Statuses that hold resources against the team's quota.
 LIVE: frozenset[Status] = frozenset(Status) - {S.DELETED, S.FAILED}
+#: Parked: not running, but woken by a resume (wake-on-HTTP does it through the proxy).
+PARKED: frozenset[Status] = frozenset({S.PAUSED, S.HIBERNATED})
+#: On the way into or out of parked: a wake waits for these to end.
+WAKING: frozenset[Status] = frozenset({S.PAUSING, S.RESUMING})
 
 
 def can_transition(current: str, target: str) -> bool:

@@ -1,4 +1,5 @@
-"""Calls whose answer the caller waits for: exec, exposed services, wake-on, settings.
+"""Calls whose answer the caller waits for: exec, exposed services, wake-on, settings,
+and a sandbox's metrics (a read, but one that asks the provider).
 
 These run in the request (they are quick on every provider) and are audited like the
 lifecycle actions. A provider failure becomes ``ProviderFailure`` with the provider's
@@ -7,13 +8,14 @@ message; nothing in the row changes unless the provider call succeeded.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from providers.base import ExecResult, Instance, SshInfo
+from providers.base import ExecResult, Instance, MetricSample, SshInfo
 from providers.errors import ProviderError
 from sandboxes.models import Outcome, Sandbox, TtlAction
 from sandboxes.services import long_calls
@@ -25,6 +27,7 @@ from sandboxes.services.errors import (
     InvalidInput,
     NotAllowed,
     ProviderFailure,
+    ServiceError,
 )
 from sandboxes.services.events import record_event
 from sandboxes.services.validation import (
@@ -320,3 +323,35 @@ def ssh_access(*, sandbox: Sandbox, actor: Actor) -> SshInfo:
         return _instance(sandbox).ssh_info()
     except ProviderError as exc:
         raise _failure(exc) from exc
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """CPU and memory samples of a sandbox, or why there are none."""
+
+    samples: list[MetricSample] = field(default_factory=list)
+    reason: str = ""  # why nothing is reported (unsupported, not running, provider error)
+
+
+def sandbox_metrics(*, sandbox: Sandbox) -> Metrics:
+    """Recent samples from the sandbox's provider (a provider call: keep it off hot paths).
+
+    Never raises for what the provider cannot tell: the reason is the answer then.
+    """
+    try:
+        caps = capabilities(sandbox.provider)
+    except ServiceError as exc:
+        return Metrics(reason=exc.message)
+    if not caps.supports_metrics:
+        return Metrics(
+            reason=f"not reported by {sandbox.provider}: {caps.reason('supports_metrics')}"
+        )
+    if not sandbox.provider_ref or sandbox.status == Status.DELETED:
+        return Metrics(reason=f"the sandbox is {sandbox.status}; nothing to measure")
+    try:
+        samples = get_provider(sandbox.provider).get(sandbox.provider_ref).metrics()
+    except ProviderError as exc:
+        return Metrics(reason=f"{sandbox.provider} could not report metrics: {exc.message}")
+    if not samples:
+        return Metrics(reason=f"{sandbox.provider} has no samples for this sandbox yet")
+    return Metrics(samples=list(samples))

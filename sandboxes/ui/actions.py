@@ -15,7 +15,7 @@ from sandboxes.services.lifecycle import OPERATIONS
 from sandboxes.states import Status
 
 if TYPE_CHECKING:
-    from sandboxes.selectors import Capabilities
+    from sandboxes.services.backends import Capabilities
 
 S = Status
 LIFECYCLE_ORDER = ("start", "resume", "pause", "hibernate", "stop", "delete")

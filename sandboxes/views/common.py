@@ -22,14 +22,14 @@ from django.utils.cache import patch_vary_headers
 from django.utils.http import url_has_allowed_host_and_scheme
 from django_htmx.http import HttpResponseClientRedirect
 
-from sandboxes import selectors
 from sandboxes.current_team import team_context
 from sandboxes.models import ApiToken, Sandbox, Snapshot
+from sandboxes.services import backends
 from sandboxes.services.actors import Actor
 from sandboxes.services.errors import ServiceError
 
 if TYPE_CHECKING:
-    from sandboxes.selectors import Capabilities
+    from sandboxes.services.backends import Capabilities
 
 View = Callable[..., HttpResponse]
 NOT_FOUND = (Sandbox.DoesNotExist, Snapshot.DoesNotExist, ApiToken.DoesNotExist)
@@ -133,5 +133,5 @@ def capabilities_for(request: HttpRequest, provider: str) -> Capabilities:
     sandbox was made offers nothing, and says so."""
     cache: dict[str, Capabilities] = request.__dict__.setdefault("_capabilities", {})
     if provider not in cache:
-        cache[provider] = selectors.provider_capabilities(provider)
+        cache[provider] = backends.provider_capabilities(provider)
     return cache[provider]

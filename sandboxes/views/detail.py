@@ -280,7 +280,7 @@ def sandbox_versions_taken(request: HttpRequest, sandbox_id: str) -> HttpRespons
 def sandbox_metrics(request: HttpRequest, sandbox_id: str) -> HttpResponse:
     """CPU and memory over time where the provider reports them (a provider call)."""
     sandbox = selectors.get_sandbox(request.team, sandbox_id)
-    metrics = selectors.sandbox_metrics(sandbox)
+    metrics = interactive.sandbox_metrics(sandbox=sandbox)
     context = {
         "sandbox": sandbox,
         "metrics": metrics,

@@ -21,7 +21,7 @@ from sandboxes import selectors
 from sandboxes.filters import SandboxFilter
 from sandboxes.forms import NewSandboxForm, add_service_error
 from sandboxes.models import Sandbox, SnapshotStatus
-from sandboxes.services import lifecycle
+from sandboxes.services import backends, lifecycle
 from sandboxes.services.errors import ServiceError
 from sandboxes.states import Status
 from sandboxes.ui.actions import DESTRUCTIVE, LABELS, LIFECYCLE_ORDER, lifecycle_offers
@@ -145,7 +145,7 @@ def _list_context(request: HttpRequest, params: QueryDict) -> dict:
         "chosen_statuses": statuses,
         "query": query.urlencode(),
         "query_without_status": _without(query, "status"),
-        "providers": selectors.enabled_providers(),
+        "providers": backends.enabled_provider_names(),
         "presets": selectors.presets(),
     }
 
@@ -281,9 +281,9 @@ def sandbox_action(request: HttpRequest, sandbox_id: str, action: str) -> HttpRe
 def _new_form(request: HttpRequest, data=None) -> NewSandboxForm:
     """The create form; its version choices follow the chosen preset and provider."""
     source = data if data is not None else request.GET
-    providers = selectors.enabled_providers()
+    providers = backends.enabled_provider_names()
     presets = list(selectors.presets())
-    initial: dict = {"provider": selectors.default_provider()}
+    initial: dict = {"provider": backends.default_provider()}
     snapshot_id = source.get("snapshot", "")
     if snapshot_id and selectors.storable(snapshot_id):
         chosen = selectors.snapshots_for_team(request.team).filter(snapshot_id=snapshot_id).first()
@@ -298,7 +298,9 @@ def _new_form(request: HttpRequest, data=None) -> NewSandboxForm:
     versions = selectors.snapshots_for_team(request.team).filter(
         status=SnapshotStatus.READY, provider=initial["provider"], preset_id=initial.get("preset")
     )
-    active = selectors.active_snapshot(request.team, initial["provider"], initial.get("preset"))
+    active = selectors.active_version(
+        team=request.team, provider=initial["provider"], preset_id=initial.get("preset")
+    )
     return NewSandboxForm(
         data,
         initial=initial,
