@@ -197,7 +197,7 @@ def snapshots_for_team(team: Team, *, include_deleted: bool = False) -> QuerySet
         "preset", "parent", "created_by", "team"
     )
     if not include_deleted:
-        queryset = queryset.exclude(status="deleted")
+        queryset = queryset.exclude(status=SnapshotStatus.DELETED)
     return queryset.order_by("provider", "preset_id", "-version")
 
 

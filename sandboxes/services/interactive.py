@@ -36,7 +36,7 @@ from sandboxes.services.validation import (
     validate_seconds,
     validate_service,
 )
-from sandboxes.states import Status
+from sandboxes.states import ACTION_STATUSES, PARKED, Status
 
 MAX_EXEC_TIMEOUT = 3600
 MAX_COMMAND_LENGTH = 64 * 1024
@@ -78,7 +78,7 @@ def exec_command(
     *, sandbox: Sandbox, actor: Actor, command: str | list[str], timeout_seconds: int = 60
 ) -> ExecResult:
     """Run a command in a running sandbox and return its exit code and output."""
-    _require(sandbox, actor, "supports_exec", statuses={Status.RUNNING}, action="exec")
+    _require(sandbox, actor, "supports_exec", statuses=ACTION_STATUSES["exec"], action="exec")
     if isinstance(command, str):
         valid = 0 < len(command) <= MAX_COMMAND_LENGTH
     else:
@@ -142,7 +142,7 @@ def expose_service(*, sandbox: Sandbox, actor: Actor, name: str, port: int) -> d
         sandbox,
         actor,
         "supports_expose_http",
-        statuses={Status.RUNNING, Status.PAUSED, Status.HIBERNATED, Status.STOPPED},
+        statuses=ACTION_STATUSES["services"],
         action="expose services of",
     )
     try:
@@ -191,7 +191,7 @@ def hide_service(*, sandbox: Sandbox, actor: Actor, name: str) -> None:
         sandbox,
         actor,
         "supports_expose_http",
-        statuses={Status.RUNNING, Status.PAUSED, Status.HIBERNATED, Status.STOPPED},
+        statuses=ACTION_STATUSES["services"],
         action="hide services of",
     )
     if name not in {s["name"] for s in sandbox.services}:
@@ -224,8 +224,7 @@ def set_wake_on(*, sandbox: Sandbox, actor: Actor, http: bool, ssh: bool) -> San
     """
     if not isinstance(http, bool) or not isinstance(ssh, bool):
         raise InvalidInput("http and ssh are true or false")
-    live = {Status.RUNNING, Status.PAUSED, Status.HIBERNATED, Status.STOPPED}
-    _require(sandbox, actor, None, statuses=live, action="set wake-on for")
+    _require(sandbox, actor, None, statuses=ACTION_STATUSES["wake_on"], action="set wake-on for")
     caps = capabilities(sandbox.provider)
     if ssh and not caps.supports_wake_on:
         raise CapabilityMissing(
@@ -316,7 +315,7 @@ def ssh_access(*, sandbox: Sandbox, actor: Actor) -> SshInfo:
         raise CapabilityMissing(sandbox.provider, "supports_ssh", caps.reason("supports_ssh"))
     reachable = {Status.RUNNING}
     if sandbox.wake_on_ssh:
-        reachable |= {Status.PAUSED, Status.HIBERNATED}
+        reachable |= PARKED
     if sandbox.status not in reachable:
         raise IllegalTransition("connect over SSH to", sandbox.status, allowed=sorted(reachable))
     try:

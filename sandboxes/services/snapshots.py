@@ -38,7 +38,7 @@ from sandboxes.services.backends import capabilities, get_provider
 from sandboxes.services.errors import CapabilityMissing, Conflict, InvalidInput, NotAllowed
 from sandboxes.services.events import record_event
 from sandboxes.services.queue import enqueue_on_commit
-from sandboxes.states import Status
+from sandboxes.states import ACTION_STATUSES, Status, in_words
 
 
 def is_snapshot_id(text: str) -> bool:
@@ -158,11 +158,11 @@ def take_snapshot(*, sandbox: Sandbox, actor: Actor, label: str = "") -> Snapsho
         )
     label = _validate_label(label)
     sandbox = Sandbox.objects.select_related("team", "preset").get(pk=sandbox.pk)
-    allowed = {Status.RUNNING, Status.PAUSED, Status.STOPPED}
+    allowed = ACTION_STATUSES["snapshot"]
     if sandbox.status not in allowed or not sandbox.provider_ref:
         raise Conflict(
             f"a sandbox that is {sandbox.status} cannot be snapshotted "
-            "(it must be running, paused or stopped)"
+            f"(it must be {in_words(allowed)})"
         )
     with transaction.atomic():
         version = _next_version(sandbox.provider, sandbox.preset)

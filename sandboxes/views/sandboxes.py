@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.utils.html import conditional_escape
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
+from django_htmx.http import HttpResponseClientRedirect
 
 from sandboxes import selectors
 from sandboxes.filters import SandboxFilter
@@ -32,6 +32,7 @@ from sandboxes.views.common import (
     confirm_page,
     confirmed,
     is_partial,
+    polled,
     redirect_back,
     render_fragment,
     report,
@@ -237,11 +238,7 @@ def sandbox_status(request: HttpRequest, sandbox_id: str) -> HttpResponse:
     else:
         changed = request.GET.get("shown") != sandbox.status
         response = status_fragment(request, sandbox, with_sections=changed)
-    if not sandbox.is_transitional:
-        stop = HttpResponseStopPolling(response.content)
-        stop["Content-Type"] = response["Content-Type"]
-        return stop
-    return response
+    return polled(response, done=not sandbox.is_transitional)
 
 
 @require_POST
