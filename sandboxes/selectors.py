@@ -32,10 +32,6 @@ def storable(text: str) -> bool:
     return "\x00" not in text
 
 
-def teams_for_user(user) -> QuerySet[Team]:
-    return Team.objects.filter(memberships__user=user).order_by("slug")
-
-
 def membership(user, team: Team) -> Membership | None:
     return Membership.objects.filter(user=user, team=team).first()
 
@@ -83,11 +79,6 @@ SANDBOX_LIST_COLUMNS = (
 )
 
 
-def sandbox_list(team: Team, *, include_deleted: bool = False) -> QuerySet[dict]:
-    """The rows of a list page as dicts: ``SANDBOX_LIST_COLUMNS`` and ``snapshot_version``."""
-    return sandbox_rows(sandboxes_for_team(team, include_deleted=include_deleted))
-
-
 def sandbox_rows(sandboxes: QuerySet[Sandbox]) -> QuerySet[dict]:
     """``sandboxes`` (filtered, ordered, perhaps sliced to a page) as list-page rows.
 
@@ -101,7 +92,7 @@ def sandbox_rows(sandboxes: QuerySet[Sandbox]) -> QuerySet[dict]:
 
 
 def sandbox_row(sandbox: Sandbox) -> dict:
-    """One sandbox as ``sandbox_list`` gives its rows."""
+    """One sandbox as ``sandbox_rows`` gives its rows."""
     row = {name: getattr(sandbox, name) for name in SANDBOX_LIST_COLUMNS}
     row["snapshot_version"] = sandbox.snapshot.snapshot_id if sandbox.snapshot_id else None
     return row
