@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.contrib import messages
+from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.html import conditional_escape
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -25,7 +25,7 @@ from sandboxes.services import backends, lifecycle
 from sandboxes.services.errors import ServiceError
 from sandboxes.states import Status
 from sandboxes.ui.actions import DESTRUCTIVE, LABELS, LIFECYCLE_ORDER, lifecycle_offers
-from sandboxes.ui.format import IdUrls, ago, badge_class
+from sandboxes.ui.format import IdUrls, badge_class
 from sandboxes.views.common import (
     actor,
     capabilities_for,
@@ -105,7 +105,6 @@ class RowActions:
 def rows_for(request: HttpRequest, sandboxes) -> list[Row]:
     urls = IdUrls()
     actions = RowActions(request, urls)
-    now = timezone.now()
     return [
         Row(
             sandbox=sandbox,
@@ -115,7 +114,7 @@ def rows_for(request: HttpRequest, sandboxes) -> list[Row]:
                 urls("snapshot-detail", sandbox.snapshot.snapshot_id) if sandbox.snapshot_id else ""
             ),
             badge=badge_class(sandbox.status),
-            created=ago(sandbox.created_at, now),
+            created=naturaltime(sandbox.created_at),
             actions=actions(sandbox),
         )
         for sandbox in sandboxes
