@@ -26,6 +26,7 @@ run: install system-packages
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 	DEBUG= $(BIN)/python manage.py makemigrations --check --dry-run --settings=config.settings_test
 	$(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null --settings=config.settings_test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

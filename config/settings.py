@@ -13,30 +13,27 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from config import localfiles
+from providers.settings import flag_setting, number_setting
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = os.environ
 
 
+def _checked(read, name: str, *args, **kwargs):
+    # The parsing rules and messages are providers/settings.py's, shared with the
+    # providers; a bad value stops the server at start with Django's own error.
+    try:
+        return read(env, name, *args, **kwargs)
+    except ValueError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
+
+
 def env_bool(name: str, default: bool = False) -> bool:
-    value = env.get(name)
-    if value is None or value.strip() == "":
-        return default
-    if value.strip().lower() in {"1", "true", "yes", "on"}:
-        return True
-    if value.strip().lower() in {"0", "false", "no", "off"}:
-        return False
-    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean (use 1/0, true/false)")
+    return _checked(flag_setting, name, default)
 
 
 def env_int(name: str, default: int) -> int:
-    value = env.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}={value!r} is not a whole number") from None
+    return int(_checked(number_setting, name, default, whole=True))
 
 
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -47,20 +44,11 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 
 
 def env_seconds(name: str, default: int) -> int:
-    value = env_int(name, default)
-    if value < 0:
-        raise ImproperlyConfigured(f"{name}={value}: must be 0 or more")
-    return value
+    return int(_checked(number_setting, name, default, low=0, whole=True))
 
 
 def env_float(name: str, default: float) -> float:
-    value = env.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}={value!r} is not a number") from None
+    return _checked(number_setting, name, default)
 
 
 def env_list(name: str, default: str = "") -> list[str]:

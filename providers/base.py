@@ -35,7 +35,6 @@ checks them):
 from __future__ import annotations
 
 import enum
-import shlex
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
@@ -382,11 +381,6 @@ class TerminalSession(ABC):
         self.close()
 
 
-def as_shell(command: str | Sequence[str]) -> str:
-    """The inverse view of ``as_argv``: one string a shell would run."""
-    return command if isinstance(command, str) else shlex.join(command)
-
-
 @runtime_checkable
 class ReservationStore(Protocol):
     """Keys (e.g. PVE VMIDs) claimed atomically across every worker of the control plane.
@@ -511,8 +505,6 @@ class Provider(ABC):
 
     #: The provider's name as users write it (``pve-lxc``); snapshot ids drop the dashes.
     name: ClassVar[str]
-    #: The configuration keys (environment variables) this provider reads.
-    config_keys: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     @abstractmethod

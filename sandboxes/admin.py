@@ -12,7 +12,6 @@ from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import path, reverse
 
-from sandboxes import selectors
 from sandboxes.models import (
     ActiveSnapshot,
     ApiToken,
@@ -23,7 +22,7 @@ from sandboxes.models import (
     Snapshot,
     Team,
 )
-from sandboxes.services import lifecycle, network, teams
+from sandboxes.services import backends, lifecycle, network, teams
 from sandboxes.services.actors import Actor
 from sandboxes.services.errors import ServiceError
 from sandboxes.services.presets import preset_id_for
@@ -289,7 +288,7 @@ class ImportSnapshotForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["provider"].choices = [(p, p) for p in selectors.enabled_providers()]
+        self.fields["provider"].choices = [(p, p) for p in backends.enabled_provider_names()]
 
 
 @admin.register(Snapshot)

@@ -67,6 +67,20 @@ class Role(models.TextChoices):
     VIEWER = "viewer"
 
 
+def role_can_write(role: str | None, *, token: ApiToken | None = None) -> bool:
+    """The one rule for "may change things in the team": a member who is not a viewer,
+    acting through no token or a token that may write. Every check asks here (the
+    services' ``Actor``, the API's ``Principal``, the dashboard's team context)."""
+    if role is None or role == Role.VIEWER:
+        return False
+    return token is None or token.can_write
+
+
+def role_can_manage(role: str | None, *, token: ApiToken | None = None) -> bool:
+    """Owners and admins manage the team's snapshot versions, settings and members."""
+    return role_can_write(role, token=token) and role in (Role.OWNER, Role.ADMIN)
+
+
 class Membership(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
@@ -85,12 +99,11 @@ class Membership(models.Model):
 
     @property
     def can_write(self) -> bool:
-        return self.role != Role.VIEWER
+        return role_can_write(self.role)
 
     @property
     def can_manage(self) -> bool:
-        """Owners and admins manage the team's snapshot versions and settings."""
-        return self.role in (Role.OWNER, Role.ADMIN)
+        return role_can_manage(self.role)
 
 
 class Preset(models.Model):
@@ -302,7 +315,7 @@ class Sandbox(models.Model):
             # and the page's COUNT(*) becomes an index-only scan of live rows only.
             models.Index(
                 fields=["team", "-created_at"],
-                condition=~Q(status="deleted"),
+                condition=~Q(status=Status.DELETED),
                 name="sandbox_team_recent_idx",
             ),
             models.Index(fields=["team", "status"], name="sandbox_team_status_idx"),

@@ -34,10 +34,8 @@ API's error shape: 504 when it did not answer in time, else 502; never a 500.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import logging
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import requests
@@ -69,8 +67,8 @@ from sandboxes.services import (
     transport,
 )
 from sandboxes.services.actors import Actor
-from sandboxes.services.errors import ServiceError, TooManyLongCalls
-from sandboxes.states import Status
+from sandboxes.services.errors import TooManyLongCalls
+from sandboxes.states import PARKED, WAKING, Status
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +90,6 @@ DROP_REQUEST = HOP_BY_HOP | {"host", "cookie", "authorization", "content-length"
 #: Never passed back: cookies would land on the dashboard's origin.
 DROP_RESPONSE = HOP_BY_HOP | {"set-cookie"}
 ISOLATION_POLICY = "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads"
-PARKED = (Status.PAUSED, Status.HIBERNATED)
-WAKING = (Status.PAUSING, Status.RESUMING)
 CHUNK = 64 * 1024
 #: Seconds to open the connection to the upstream.
 CONNECT_TIMEOUT = 10
@@ -160,7 +156,7 @@ def service_proxy(
         return _error(404, "not_found", f"the sandbox exposes no service called {service!r}")
     # The longest this request may wait: a wake, then the upstream's answer.
     bound = CONNECT_TIMEOUT + settings.SANDBOX_PROXY_TIMEOUT_SECONDS
-    if sandbox.status in PARKED + WAKING:
+    if sandbox.status in PARKED | WAKING:
         bound += settings.SANDBOX_WAKE_TIMEOUT_SECONDS
     try:
         slot = long_calls.acquire(team=team, kind="proxied request", seconds=bound)
@@ -187,14 +183,14 @@ def _serve(
     slot: long_calls.Slot,
 ) -> HttpResponse:
     sandbox_id = sandbox.pk
-    if sandbox.status in PARKED + WAKING:
+    if sandbox.status in PARKED | WAKING:
         if not sandbox.wake_on_http:
             return _error(
                 409,
                 "sandbox_not_running",
                 f"{sandbox_id} is {sandbox.status} and wake-on-HTTP is off; resume it first",
             )
-        sandbox = wake(sandbox, actor)
+        sandbox = lifecycle.wake(sandbox=sandbox, actor=actor)
     if sandbox.status != Status.RUNNING:
         return _error(409, "sandbox_not_running", f"{sandbox_id} is {sandbox.status}")
     interactive.touch_activity(sandbox)
@@ -202,38 +198,6 @@ def _serve(
         return _forward(request, sandbox, entry, path, slot)
     except RequestDataTooBig:
         return _error(413, "too_large", "the request body is larger than the proxy accepts")
-
-
-def wake(sandbox: Sandbox, actor: Actor) -> Sandbox:
-    """Resume a parked sandbox and wait (bounded) until it runs; return the fresh row.
-
-    A pause in progress is waited for first. The resume is asked for once; this request
-    then carries it out itself unless a worker already holds it.
-    """
-    waker = actor if actor.can_write(sandbox.team) else Actor.system()
-    deadline = time.monotonic() + settings.SANDBOX_WAKE_TIMEOUT_SECONDS
-    asked = False
-    while True:
-        row = Sandbox.objects.select_related("team", "preset", "snapshot").get(pk=sandbox.pk)
-        if row.status in PARKED and not asked:
-            asked = True
-            # Refused when another request woke it first or it moved on: the row tells.
-            with contextlib.suppress(ServiceError):
-                lifecycle.request_operation(
-                    sandbox=row,
-                    operation="resume",
-                    actor=waker,
-                    data={"reason": "wake_on_http", "requested_by": actor.label},
-                    record_refusal=False,
-                )
-            continue
-        if row.status == Status.RESUMING:
-            lifecycle.perform_operation(sandbox_id=row.pk)  # a no-op if a worker has it
-            row = Sandbox.objects.select_related("team", "preset", "snapshot").get(pk=row.pk)
-        waiting = row.status in WAKING or (row.status in PARKED and not asked)
-        if not waiting or time.monotonic() >= deadline:
-            return row
-        time.sleep(0.1)
 
 
 def _target(entry: dict, path: str, query: str) -> str:

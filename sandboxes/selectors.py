@@ -2,17 +2,17 @@
 
 A sandbox or snapshot of another team is simply not found (``DoesNotExist``), never
 "forbidden": callers cannot learn that it exists.
+
+Selectors read the database only. A read that must ask a provider (capabilities, health,
+metrics) or parse what a provider defines (snapshot ids) is a service
+(``services.backends``, ``services.interactive``, ``services.snapshots``); the import
+contracts in pyproject.toml keep services and providers out of here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 
-from providers.base import Capabilities, Capacity, Health, MetricSample
-from providers.errors import InvalidSnapshotId, ProviderError
-from providers.snapshot_ids import parse_snapshot_id
 from sandboxes.models import (
     ActiveSnapshot,
     ApiToken,
@@ -25,19 +25,12 @@ from sandboxes.models import (
     Team,
     TeamSecret,
 )
-from sandboxes.services import backends
-from sandboxes.services.errors import ServiceError
-from sandboxes.services.snapshots import active_version, visible_to
 from sandboxes.states import Status
 
 
 def storable(text: str) -> bool:
     """Whether ``text`` can be looked up at all: PostgreSQL refuses text with NUL in it."""
     return "\x00" not in text
-
-
-def teams_for_user(user) -> QuerySet[Team]:
-    return Team.objects.filter(memberships__user=user).order_by("slug")
 
 
 def membership(user, team: Team) -> Membership | None:
@@ -90,11 +83,6 @@ SANDBOX_LIST_COLUMNS = (
 )
 
 
-def sandbox_list(team: Team, *, include_deleted: bool = False) -> QuerySet[dict]:
-    """The rows of a list page as dicts: ``SANDBOX_LIST_COLUMNS`` and ``snapshot_version``."""
-    return sandbox_rows(sandboxes_for_team(team, include_deleted=include_deleted))
-
-
 def sandbox_rows(sandboxes: QuerySet[Sandbox]) -> QuerySet[dict]:
     """``sandboxes`` (filtered, ordered, perhaps sliced to a page) as list-page rows.
 
@@ -108,7 +96,7 @@ def sandbox_rows(sandboxes: QuerySet[Sandbox]) -> QuerySet[dict]:
 
 
 def sandbox_row(sandbox: Sandbox) -> dict:
-    """One sandbox as ``sandbox_list`` gives its rows."""
+    """One sandbox as ``sandbox_rows`` gives its rows."""
     row = {name: getattr(sandbox, name) for name in SANDBOX_LIST_COLUMNS}
     row["snapshot_version"] = sandbox.snapshot.snapshot_id if sandbox.snapshot_id else None
     return row
@@ -185,12 +173,26 @@ def presets(*, enabled_only: bool = True) -> QuerySet[Preset]:
     return queryset.filter(enabled=True) if enabled_only else queryset
 
 
+def visible_to(team: Team | None) -> Q:
+    """Versions a team may see and start from: its own and the shared ones."""
+    return Q(team__isnull=True) | Q(team=team) if team is not None else Q(team__isnull=True)
+
+
+def active_version(*, team: Team | None, provider: str, preset_id: str) -> Snapshot | None:
+    """The team's own active version of the pair, else the shared one."""
+    pointers = ActiveSnapshot.objects.filter(provider=provider, preset_id=preset_id).filter(
+        Q(team__isnull=True) | Q(team=team)
+    )
+    chosen = sorted(pointers.select_related("snapshot"), key=lambda p: p.team_id is None)
+    return chosen[0].snapshot if chosen else None
+
+
 def snapshots_for_team(team: Team, *, include_deleted: bool = False) -> QuerySet[Snapshot]:
     queryset = Snapshot.objects.filter(visible_to(team)).select_related(
         "preset", "parent", "created_by", "team"
     )
     if not include_deleted:
-        queryset = queryset.exclude(status="deleted")
+        queryset = queryset.exclude(status=SnapshotStatus.DELETED)
     return queryset.order_by("provider", "preset_id", "-version")
 
 
@@ -198,34 +200,6 @@ def get_snapshot(team: Team, snapshot_id: str) -> Snapshot:
     if not storable(snapshot_id):
         raise Snapshot.DoesNotExist(snapshot_id)
     return snapshots_for_team(team, include_deleted=True).get(snapshot_id=snapshot_id)
-
-
-def resolve_snapshot(team: Team, snapshot_id: str) -> Snapshot:
-    """A version by its id, or by the id without ``_vN`` (the team's active version)."""
-    if not storable(snapshot_id):
-        raise Snapshot.DoesNotExist(snapshot_id)
-    exact = snapshots_for_team(team, include_deleted=True).filter(snapshot_id=snapshot_id).first()
-    if exact is not None:
-        return exact
-    try:
-        parsed = parse_snapshot_id(snapshot_id)
-    except InvalidSnapshotId:
-        raise Snapshot.DoesNotExist(snapshot_id) from None
-    active = None
-    if parsed.version is None:
-        active = active_version(team=team, provider=parsed.provider, preset_id=parsed.preset_id)
-    if active is None:
-        raise Snapshot.DoesNotExist(snapshot_id)
-    return get_snapshot(team, active.snapshot_id)
-
-
-def is_snapshot_id(text: str) -> bool:
-    """Whether ``text`` is written like one of our snapshot ids (with or without ``_vN``)."""
-    try:
-        parse_snapshot_id(text)
-    except InvalidSnapshotId:
-        return False
-    return True
 
 
 def snapshot_by_provider_ref(team: Team, ref: str) -> Snapshot | None:
@@ -251,28 +225,6 @@ def active_snapshot_ids(team: Team) -> set[int]:
     return {pk for _, pk in chosen.values()}
 
 
-def active_snapshot(team: Team, provider: str, preset_id: str) -> Snapshot | None:
-    return active_version(team=team, provider=provider, preset_id=preset_id)
-
-
-def enabled_providers() -> list[str]:
-    return backends.enabled_provider_names()
-
-
-def default_provider() -> str | None:
-    return backends.default_provider()
-
-
-def provider_capabilities(name: str) -> Capabilities:
-    """What a provider can do; a provider switched off since a sandbox was made on it
-    offers nothing, and every capability says so."""
-    try:
-        return backends.capabilities(name)
-    except ServiceError:
-        reason = f"provider {name} is not enabled on this server"
-        return Capabilities(reasons=dict.fromkeys(Capabilities.names(), reason))
-
-
 def api_tokens(team: Team, *, user=None) -> QuerySet[ApiToken]:
     """The team's tokens (only ``user``'s when given), newest first."""
     queryset = ApiToken.objects.filter(team=team).select_related("user")
@@ -285,51 +237,6 @@ def get_api_token(team: Team, token_id: int, *, user=None) -> ApiToken:
     if user is not None:
         queryset = queryset.filter(user=user)
     return queryset.get(pk=token_id)
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """CPU and memory samples of a sandbox, or why there are none."""
-
-    samples: list[MetricSample] = field(default_factory=list)
-    reason: str = ""  # why nothing is reported (unsupported, not running, provider error)
-
-
-def sandbox_metrics(sandbox: Sandbox) -> Metrics:
-    """Recent samples from the sandbox's provider (a provider call: keep it off hot paths)."""
-    try:
-        caps = backends.capabilities(sandbox.provider)
-    except ServiceError as exc:
-        return Metrics(reason=exc.message)
-    if not caps.supports_metrics:
-        return Metrics(
-            reason=f"not reported by {sandbox.provider}: {caps.reason('supports_metrics')}"
-        )
-    if not sandbox.provider_ref or sandbox.status == Status.DELETED:
-        return Metrics(reason=f"the sandbox is {sandbox.status}; nothing to measure")
-    try:
-        samples = backends.get_provider(sandbox.provider).get(sandbox.provider_ref).metrics()
-    except ProviderError as exc:
-        return Metrics(reason=f"{sandbox.provider} could not report metrics: {exc.message}")
-    if not samples:
-        return Metrics(reason=f"{sandbox.provider} has no samples for this sandbox yet")
-    return Metrics(samples=list(samples))
-
-
-def provider_health(name: str) -> Health:
-    try:
-        return backends.get_provider(name).health()
-    except ProviderError as exc:
-        return Health(reachable=False, detail=exc.message)
-
-
-def provider_capacity(name: str) -> Capacity | None:
-    """What the provider can still hold (None: it does not say)."""
-    return backends.provider_capacity(name)
-
-
-def provider_health_and_capacity(name: str) -> tuple[Health, Capacity | None]:
-    return provider_health(name), provider_capacity(name)
 
 
 def team_secrets(team: Team) -> QuerySet[TeamSecret]:

@@ -63,6 +63,24 @@ TRANSITIONAL: frozenset[Status] = frozenset(
 SETTLED: frozenset[Status] = frozenset(Status) - TRANSITIONAL
 #: Statuses that hold resources against the team's quota.
 LIVE: frozenset[Status] = frozenset(Status) - {S.DELETED, S.FAILED}
+#: Settled and live: the sandbox has its instance and no operation is under way
+#: (running, paused, hibernated or stopped).
+SETTLED_LIVE: frozenset[Status] = SETTLED & LIVE
+#: Parked: not running, but woken by a resume (wake-on-HTTP does it through the proxy).
+PARKED: frozenset[Status] = frozenset({S.PAUSED, S.HIBERNATED})
+#: On the way into or out of parked: a wake waits for these to end.
+WAKING: frozenset[Status] = frozenset({S.PAUSING, S.RESUMING})
+
+#: The statuses each action on a sandbox's instance needs; the lifecycle operations have
+#: theirs in ``services.lifecycle.OPERATIONS``. The services enforce these, and the
+#: dashboard reads the same sets to show a disabled button with the reason.
+ACTION_STATUSES: dict[str, frozenset[Status]] = {
+    "exec": frozenset({S.RUNNING}),
+    "terminal": frozenset({S.RUNNING}),
+    "services": SETTLED_LIVE,
+    "wake_on": SETTLED_LIVE,
+    "snapshot": frozenset({S.RUNNING, S.PAUSED, S.STOPPED}),
+}
 
 
 def can_transition(current: str, target: str) -> bool:
@@ -71,3 +89,9 @@ def can_transition(current: str, target: str) -> bool:
 
 def is_transitional(status: str) -> bool:
     return Status(status) in TRANSITIONAL
+
+
+def in_words(statuses: frozenset[Status]) -> str:
+    """``running, paused or stopped``: the statuses in the order they are declared."""
+    names = [str(status) for status in Status if status in statuses]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"

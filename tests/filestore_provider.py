@@ -239,7 +239,6 @@ class FileStoreInstance(Instance):
 
 class FileStoreProvider(Provider):
     name = NAME
-    config_keys = (ROOT_KEY,)
 
     def __init__(self, root: Path) -> None:
         self.store = Store(root)

@@ -55,14 +55,6 @@ POLICY_NETWORKS = {"internet": "sandboxes-internet", "allowlist": "sandboxes-all
 
 class DockerProvider(Provider):
     name: ClassVar[str] = "docker"
-    config_keys: ClassVar[tuple[str, ...]] = (
-        "DOCKER_HOST",
-        "DOCKER_BASE_IMAGE",
-        "DOCKER_PIDS_LIMIT",
-        "DOCKER_TIMEOUT",
-        "DOCKER_NET_NAMESPACE",
-        "DOCKER_NET_DENY",
-    )
 
     def __init__(
         self,

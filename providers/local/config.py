@@ -25,23 +25,6 @@ from providers.local.cgroups import (
 from providers.local.network import NetworkSettings
 from providers.settings import int_setting
 
-CONFIG_KEYS = (
-    "LOCAL_SANDBOX_ROOT",
-    "LOCAL_SANDBOX_CGROUP_PARENT",
-    "LOCAL_SANDBOX_MAX_LAYERS",
-    "LOCAL_SANDBOX_PIDS_MAX",
-    "LOCAL_SANDBOX_TOTAL_PIDS",
-    "LOCAL_SANDBOX_TOTAL_MEMORY_MB",
-    "LOCAL_SANDBOX_MIN_FREE_MB",
-    "LOCAL_SANDBOX_BWRAP",
-    "LOCAL_SANDBOX_HOST_USR",
-    "LOCAL_SANDBOX_ID_RANGE",
-    "LOCAL_SANDBOX_PASTA",
-    "LOCAL_SANDBOX_DNS",
-    "LOCAL_SANDBOX_NET_NAMESPACE",
-    "LOCAL_SANDBOX_NET_DENY",
-)
-
 _CGROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 

@@ -62,7 +62,7 @@ from providers.local import (
     terminal,
 )
 from providers.local.cgroups import Cgroups, Layout, Limits
-from providers.local.config import CONFIG_KEYS, LocalConfig
+from providers.local.config import LocalConfig
 from providers.local.instance import LocalInstance, service_url
 from providers.local.layers import PARTS, Layers, in_use_leftover
 from providers.local.network import NetworkSetup
@@ -87,7 +87,6 @@ PROBE_SECONDS = 5.0
 
 class LocalProvider(Provider):
     name = "local"
-    config_keys = CONFIG_KEYS
 
     def __init__(self, config: LocalConfig) -> None:
         self.config = config

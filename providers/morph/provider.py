@@ -85,12 +85,6 @@ MORPH_NETWORK = (
 
 class MorphProvider(Provider):
     name: ClassVar[str] = "morph"
-    config_keys: ClassVar[tuple[str, ...]] = (
-        "MORPH_API_KEY",
-        "MORPH_BASE_URL",
-        "MORPH_BOOT_TIMEOUT",
-        "MORPH_HTTP_TIMEOUT",
-    )
 
     def __init__(
         self,

@@ -30,7 +30,7 @@ from providers.pve.instance import PveInstance
 from providers.pve.kinds import LXC, QEMU, Kind, dns_label
 from providers.pve.metadata import GuestMeta
 from providers.pve.placement import choose_node
-from providers.pve.settings import CONFIG_KEYS, PveSettings
+from providers.pve.settings import PveSettings
 from providers.pve.tasks import TaskWaiter
 from providers.pve.vmids import VmidAllocator
 
@@ -53,7 +53,6 @@ PVE_NETWORK = (
 
 class PveProvider(Provider):
     kind: ClassVar[Kind]
-    config_keys = CONFIG_KEYS
 
     def __init__(self, settings: PveSettings) -> None:
         self.settings = settings

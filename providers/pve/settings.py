@@ -11,23 +11,6 @@ from urllib.parse import urlsplit
 from providers.addresses import AddressRule, parse_networks
 from providers.settings import FALSE_WORDS, TRUE_WORDS, flag_setting, int_setting, number_setting
 
-CONFIG_KEYS = (
-    "PVE_API_URL",
-    "PVE_API_TOKEN",
-    "PVE_VERIFY_TLS",
-    "PVE_NODE",
-    "PVE_STORAGE",
-    "PVE_BRIDGE",
-    "PVE_VMID_RANGE",
-    "PVE_PUBLIC_DOMAIN",
-    "PVE_LXC_SUSPEND",
-    "PVE_LXC_AGENT_PORT",
-    "PVE_GUEST_WORKDIR",
-    "PVE_HTTP_TIMEOUT",
-    "PVE_TASK_TIMEOUT",
-    "PVE_LOCK_WAIT",
-    "PVE_GUEST_CIDRS",
-)
 #: Accept guest addresses on loopback. Not an environment variable (the control plane's
 #: settings pass on ``PVE_*`` names only, and this is none): only the PVE simulator's
 #: configuration carries it, because its guests live on the test host's loopback.

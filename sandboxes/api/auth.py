@@ -14,7 +14,7 @@ from rest_framework.request import Request
 
 from sandboxes.api.errors import AuthenticationThrottled
 from sandboxes.current_team import team_context
-from sandboxes.models import ApiToken, Role, Team
+from sandboxes.models import ApiToken, Team, role_can_write
 from sandboxes.services import auth_failures
 from sandboxes.services.actors import Actor
 from sandboxes.services.tokens import authenticate_token
@@ -35,7 +35,7 @@ class Principal:
 
     @property
     def can_write(self) -> bool:
-        return self.role != Role.VIEWER and not self.read_only_token
+        return role_can_write(self.role, token=self.token)
 
 
 def _principal(actor: Actor, team: Team, token: ApiToken | None = None) -> Principal | None:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from django.core.paginator import Page
 from django.core.paginator import Paginator as DjangoPaginator
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
@@ -35,8 +36,10 @@ class RowPaginator(DjangoPaginator):
         super().__init__(object_list, per_page, **kwargs)
         self.rows = rows
 
-    def _get_page(self, object_list, number, paginator):
-        return super()._get_page(self.rows(object_list), number, paginator)
+    def page(self, number) -> Page:
+        page = super().page(number)
+        page.object_list = self.rows(page.object_list)  # still a lazy slice: one query
+        return page
 
 
 class Pagination(PageNumberPagination):

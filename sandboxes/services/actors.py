@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from sandboxes.models import ActorKind, Membership, Role, Team
+from sandboxes.models import ActorKind, Membership, Role, Team, role_can_manage, role_can_write
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -77,10 +77,7 @@ class Actor:
         return self.role_in(team) is not None
 
     def can_write(self, team: Team) -> bool:
-        role = self.role_in(team)
-        if role in (None, Role.VIEWER):
-            return False
-        return not (self.token is not None and not self.token.can_write)
+        return role_can_write(self.role_in(team), token=self.token)
 
     def can_manage(self, team: Team) -> bool:
-        return self.can_write(team) and self.role_in(team) in (Role.OWNER, Role.ADMIN)
+        return role_can_manage(self.role_in(team), token=self.token)

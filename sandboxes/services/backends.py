@@ -1,21 +1,25 @@
-"""The enabled providers, built once from settings.SANDBOX_PROVIDER_CONFIG.
+"""The enabled providers, built once from settings.SANDBOX_PROVIDER_CONFIG, and the reads
+that must ask them (capabilities, health, capacity).
 
-Only the service layer and the selectors use this module; everything else asks them.
+Those reads are services rather than selectors because they call a provider: the views,
+the API and the admin ask here and never hold a provider themselves. The value types they
+answer with (``Capabilities``, ``Health``, ``Capacity``) are the providers' own, passed on.
 """
 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from providers.base import Capabilities, Capacity, Provider
+from providers.base import Capabilities, Capacity, Health, Provider
 from providers.errors import ProviderError
 from providers.registry import build_providers, default_provider_name
-from sandboxes.services.errors import InvalidInput
+from sandboxes.services.errors import InvalidInput, ServiceError
 from sandboxes.services.reservations import DbReservationStore
 
 
@@ -80,6 +84,16 @@ def capabilities(name: str) -> Capabilities:
     return get_provider(name).capabilities
 
 
+def provider_capabilities(name: str) -> Capabilities:
+    """What a provider can do; a provider switched off since a sandbox was made on it
+    offers nothing, and every capability says so (where ``capabilities`` refuses)."""
+    try:
+        return capabilities(name)
+    except ServiceError:
+        reason = f"provider {name} is not enabled on this server"
+        return Capabilities(reasons=dict.fromkeys(Capabilities.names(), reason))
+
+
 def provider_capacity(name: str) -> Capacity | None:
     """What the provider can still hold; None when it does not say or cannot tell now.
 
@@ -89,3 +103,36 @@ def provider_capacity(name: str) -> Capacity | None:
         return provider.capacity()
     except (ProviderError, OSError):
         return None
+
+
+def provider_health(name: str) -> Health:
+    """Whether the provider answers (and how fast); a provider error is an answer too."""
+    try:
+        return get_provider(name).health()
+    except ProviderError as exc:
+        return Health(reachable=False, detail=exc.message)
+
+
+@dataclass(frozen=True)
+class ProviderState:
+    """One enabled provider as the health page and ``/api/v1/health`` show it."""
+
+    name: str
+    health: Health
+    capacity: Capacity | None
+
+
+def _state(name: str) -> ProviderState:
+    return ProviderState(name, provider_health(name), provider_capacity(name))
+
+
+def provider_states() -> list[ProviderState]:
+    """Health and capacity of every enabled provider, in the order they are enabled.
+
+    Each check talks to a back end (and bounds its own wait); asking them all at once
+    makes the answer as slow as the slowest one, not their sum. There is one provider per
+    kind, a handful at most, so one thread each.
+    """
+    names = enabled_provider_names()
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        return list(pool.map(_state, names))

@@ -31,7 +31,7 @@ from sandboxes.services.errors import ServiceError
 from sandboxes.services.events import record_event
 from sandboxes.services.idle import Seconds
 from sandboxes.services.snapshots import delete_snapshot_version
-from sandboxes.states import Status
+from sandboxes.states import SETTLED, Status
 
 logger = logging.getLogger(__name__)
 S = Status
@@ -43,8 +43,9 @@ TTL_APPLIES_TO: dict[str, frozenset[Status]] = {
     TtlAction.DELETE: frozenset({S.RUNNING, S.PAUSED, S.HIBERNATED, S.STOPPED, S.FAILED}),
 }
 #: Settled statuses in which an expired deadline is simply dropped: the sandbox is already
-#: parked the way (or further than) its TTL action would park it.
-_PARKED = frozenset({S.PAUSED, S.HIBERNATED, S.STOPPED, S.FAILED})
+#: at rest the way (or further than) its TTL action would put it. Not ``states.PARKED``
+#: (what a wake resumes): stopped and failed sandboxes are at rest too.
+_AT_REST = SETTLED - {S.RUNNING, S.DELETED}
 #: A version whose delete the provider refused is not asked again for this long.
 REFUSED_DELETE_BACKOFF = timedelta(days=1)
 
@@ -71,7 +72,7 @@ def drop_lapsed(*, now: datetime, limit: int) -> int:
     """Deadlines that passed while the sandbox was already parked: nothing to do but note
     it and drop the deadline (so a later start re-arms the TTL)."""
     lapsed = (
-        Sandbox.objects.filter(expires_at__lte=now, status__in=_PARKED)
+        Sandbox.objects.filter(expires_at__lte=now, status__in=_AT_REST)
         .exclude(_applies())
         .values_list("pk", "team_id", "status", "ttl_action", "expires_at")[:limit]
     )

@@ -1,4 +1,5 @@
-"""Calls whose answer the caller waits for: exec, exposed services, wake-on, settings.
+"""Calls whose answer the caller waits for: exec, exposed services, wake-on, settings,
+and a sandbox's metrics (a read, but one that asks the provider).
 
 These run in the request (they are quick on every provider) and are audited like the
 lifecycle actions. A provider failure becomes ``ProviderFailure`` with the provider's
@@ -7,13 +8,14 @@ message; nothing in the row changes unless the provider call succeeded.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from providers.base import ExecResult, Instance, SshInfo
+from providers.base import ExecResult, Instance, MetricSample, SshInfo
 from providers.errors import ProviderError
 from sandboxes.models import Outcome, Sandbox, TtlAction
 from sandboxes.services import long_calls, team_secrets
@@ -25,6 +27,7 @@ from sandboxes.services.errors import (
     InvalidInput,
     NotAllowed,
     ProviderFailure,
+    ServiceError,
 )
 from sandboxes.services.events import record_event
 from sandboxes.services.validation import (
@@ -33,7 +36,7 @@ from sandboxes.services.validation import (
     validate_seconds,
     validate_service,
 )
-from sandboxes.states import Status
+from sandboxes.states import ACTION_STATUSES, PARKED, Status
 
 MAX_EXEC_TIMEOUT = 3600
 MAX_COMMAND_LENGTH = 64 * 1024
@@ -75,7 +78,7 @@ def exec_command(
     *, sandbox: Sandbox, actor: Actor, command: str | list[str], timeout_seconds: int = 60
 ) -> ExecResult:
     """Run a command in a running sandbox and return its exit code and output."""
-    _require(sandbox, actor, "supports_exec", statuses={Status.RUNNING}, action="exec")
+    _require(sandbox, actor, "supports_exec", statuses=ACTION_STATUSES["exec"], action="exec")
     if isinstance(command, str):
         valid = 0 < len(command) <= MAX_COMMAND_LENGTH
     else:
@@ -140,7 +143,7 @@ def expose_service(*, sandbox: Sandbox, actor: Actor, name: str, port: int) -> d
         sandbox,
         actor,
         "supports_expose_http",
-        statuses={Status.RUNNING, Status.PAUSED, Status.HIBERNATED, Status.STOPPED},
+        statuses=ACTION_STATUSES["services"],
         action="expose services of",
     )
     try:
@@ -189,7 +192,7 @@ def hide_service(*, sandbox: Sandbox, actor: Actor, name: str) -> None:
         sandbox,
         actor,
         "supports_expose_http",
-        statuses={Status.RUNNING, Status.PAUSED, Status.HIBERNATED, Status.STOPPED},
+        statuses=ACTION_STATUSES["services"],
         action="hide services of",
     )
     if name not in {s["name"] for s in sandbox.services}:
@@ -222,8 +225,7 @@ def set_wake_on(*, sandbox: Sandbox, actor: Actor, http: bool, ssh: bool) -> San
     """
     if not isinstance(http, bool) or not isinstance(ssh, bool):
         raise InvalidInput("http and ssh are true or false")
-    live = {Status.RUNNING, Status.PAUSED, Status.HIBERNATED, Status.STOPPED}
-    _require(sandbox, actor, None, statuses=live, action="set wake-on for")
+    _require(sandbox, actor, None, statuses=ACTION_STATUSES["wake_on"], action="set wake-on for")
     caps = capabilities(sandbox.provider)
     if ssh and not caps.supports_wake_on:
         raise CapabilityMissing(
@@ -314,10 +316,42 @@ def ssh_access(*, sandbox: Sandbox, actor: Actor) -> SshInfo:
         raise CapabilityMissing(sandbox.provider, "supports_ssh", caps.reason("supports_ssh"))
     reachable = {Status.RUNNING}
     if sandbox.wake_on_ssh:
-        reachable |= {Status.PAUSED, Status.HIBERNATED}
+        reachable |= PARKED
     if sandbox.status not in reachable:
         raise IllegalTransition("connect over SSH to", sandbox.status, allowed=sorted(reachable))
     try:
         return _instance(sandbox).ssh_info()
     except ProviderError as exc:
         raise _failure(exc) from exc
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """CPU and memory samples of a sandbox, or why there are none."""
+
+    samples: list[MetricSample] = field(default_factory=list)
+    reason: str = ""  # why nothing is reported (unsupported, not running, provider error)
+
+
+def sandbox_metrics(*, sandbox: Sandbox) -> Metrics:
+    """Recent samples from the sandbox's provider (a provider call: keep it off hot paths).
+
+    Never raises for what the provider cannot tell: the reason is the answer then.
+    """
+    try:
+        caps = capabilities(sandbox.provider)
+    except ServiceError as exc:
+        return Metrics(reason=exc.message)
+    if not caps.supports_metrics:
+        return Metrics(
+            reason=f"not reported by {sandbox.provider}: {caps.reason('supports_metrics')}"
+        )
+    if not sandbox.provider_ref or sandbox.status == Status.DELETED:
+        return Metrics(reason=f"the sandbox is {sandbox.status}; nothing to measure")
+    try:
+        samples = get_provider(sandbox.provider).get(sandbox.provider_ref).metrics()
+    except ProviderError as exc:
+        return Metrics(reason=f"{sandbox.provider} could not report metrics: {exc.message}")
+    if not samples:
+        return Metrics(reason=f"{sandbox.provider} has no samples for this sandbox yet")
+    return Metrics(samples=list(samples))

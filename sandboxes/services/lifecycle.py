@@ -8,12 +8,16 @@ Each action is two halves:
 * the *operation* (``perform_operation``), run by a django-q2 worker: takes the lease,
   calls the provider, and settles the status (or rolls back and records the failure).
 
+``wake`` is the one operation carried out in the request: the service proxy resumes a
+parked sandbox with wake-on-HTTP on and serves the request once it runs.
+
 Quick calls whose answer the caller waits for (exec, services, wake-on) live in
 ``sandboxes/services/interactive.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -45,13 +49,13 @@ from sandboxes.services.backends import (
     get_provider,
     provider_capacity,
 )
-from sandboxes.services.errors import CapabilityMissing, InvalidInput, NotAllowed
+from sandboxes.services.errors import CapabilityMissing, InvalidInput, NotAllowed, ServiceError
 from sandboxes.services.events import Audit, record_event
 from sandboxes.services.queue import enqueue_on_commit
 from sandboxes.services.quotas import check_provider_capacity, check_quota
 from sandboxes.services.snapshots import resolve_for_start
 from sandboxes.services.validation import validate_metadata, validate_name, validate_seconds
-from sandboxes.states import TRANSITIONAL, Status
+from sandboxes.states import PARKED, TRANSITIONAL, WAKING, Status
 
 logger = logging.getLogger(__name__)
 S = Status
@@ -341,6 +345,40 @@ def _enqueue(sandbox: Sandbox) -> None:
         sandbox.pk,
         name=f"{sandbox.operation}-{sandbox.pk}",
     )
+
+
+def wake(*, sandbox: Sandbox, actor: Actor) -> Sandbox:
+    """Resume a parked sandbox and wait (bounded) until it runs; return the fresh row.
+
+    A pause in progress is waited for first. The resume is asked for once; this request
+    then carries it out itself unless a worker already holds it. Traffic wakes a sandbox
+    whoever sent it (a viewer's request too): a caller who may not write asks as the
+    system, and the audit event names who sent it.
+    """
+    waker = actor if actor.can_write(sandbox.team) else Actor.system()
+    deadline = time.monotonic() + settings.SANDBOX_WAKE_TIMEOUT_SECONDS
+    asked = False
+    while True:
+        row = Sandbox.objects.select_related("team", "preset", "snapshot").get(pk=sandbox.pk)
+        if row.status in PARKED and not asked:
+            asked = True
+            # Refused when another request woke it first or it moved on: the row tells.
+            with contextlib.suppress(ServiceError):
+                request_operation(
+                    sandbox=row,
+                    operation="resume",
+                    actor=waker,
+                    data={"reason": "wake_on_http", "requested_by": actor.label},
+                    record_refusal=False,
+                )
+            continue
+        if row.status == Status.RESUMING:
+            perform_operation(sandbox_id=row.pk)  # a no-op if a worker has it
+            row = Sandbox.objects.select_related("team", "preset", "snapshot").get(pk=row.pk)
+        waiting = row.status in WAKING or (row.status in PARKED and not asked)
+        if not waiting or time.monotonic() >= deadline:
+            return row
+        time.sleep(0.1)
 
 
 # --- operations (workers) --------------------------------------------------------------

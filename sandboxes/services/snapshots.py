@@ -9,13 +9,19 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max, Q
+from django.db.models import Max
 from django.utils import timezone
 
 from providers.errors import Conflict as ProviderConflict
 from providers.errors import InvalidSnapshotId, NotFound, ProviderError
 from providers.presets import parse_preset_id
-from providers.snapshot_ids import NoActiveVersion, format_snapshot_id, resolve_snapshot_id
+from providers.snapshot_ids import (
+    NoActiveVersion,
+    format_snapshot_id,
+    parse_snapshot_id,
+    resolve_snapshot_id,
+)
+from sandboxes import selectors
 from sandboxes.models import (
     ActiveSnapshot,
     Outcome,
@@ -25,27 +31,46 @@ from sandboxes.models import (
     SnapshotStatus,
     Team,
 )
+from sandboxes.selectors import active_version, visible_to
 from sandboxes.services import leases
 from sandboxes.services.actors import Actor
 from sandboxes.services.backends import capabilities, get_provider
 from sandboxes.services.errors import CapabilityMissing, Conflict, InvalidInput, NotAllowed
 from sandboxes.services.events import record_event
 from sandboxes.services.queue import enqueue_on_commit
-from sandboxes.states import Status
+from sandboxes.states import ACTION_STATUSES, Status, in_words
 
 
-def visible_to(team: Team | None) -> Q:
-    """Versions a team may see and start from: its own and the shared ones."""
-    return Q(team__isnull=True) | Q(team=team) if team is not None else Q(team__isnull=True)
+def is_snapshot_id(text: str) -> bool:
+    """Whether ``text`` is written like one of our snapshot ids (with or without ``_vN``)."""
+    try:
+        parse_snapshot_id(text)
+    except InvalidSnapshotId:
+        return False
+    return True
 
 
-def active_version(*, team: Team | None, provider: str, preset_id: str) -> Snapshot | None:
-    """The team's own active version of the pair, else the shared one."""
-    pointers = ActiveSnapshot.objects.filter(provider=provider, preset_id=preset_id).filter(
-        Q(team__isnull=True) | Q(team=team)
-    )
-    chosen = sorted(pointers.select_related("snapshot"), key=lambda p: p.team_id is None)
-    return chosen[0].snapshot if chosen else None
+def resolve_snapshot(*, team: Team, snapshot_id: str) -> Snapshot:
+    """A version by its id, or by the id without ``_vN`` (the team's active version).
+
+    ``Snapshot.DoesNotExist`` for anything the team cannot see, as the selectors answer.
+    """
+    if not selectors.storable(snapshot_id):
+        raise Snapshot.DoesNotExist(snapshot_id)
+    visible = selectors.snapshots_for_team(team, include_deleted=True)
+    exact = visible.filter(snapshot_id=snapshot_id).first()
+    if exact is not None:
+        return exact
+    try:
+        parsed = parse_snapshot_id(snapshot_id)
+    except InvalidSnapshotId:
+        raise Snapshot.DoesNotExist(snapshot_id) from None
+    active = None
+    if parsed.version is None:
+        active = active_version(team=team, provider=parsed.provider, preset_id=parsed.preset_id)
+    if active is None:
+        raise Snapshot.DoesNotExist(snapshot_id)
+    return selectors.get_snapshot(team, active.snapshot_id)
 
 
 def _invalid_snapshot(message: str) -> InvalidInput:
@@ -133,11 +158,11 @@ def take_snapshot(*, sandbox: Sandbox, actor: Actor, label: str = "") -> Snapsho
         )
     label = _validate_label(label)
     sandbox = Sandbox.objects.select_related("team", "preset").get(pk=sandbox.pk)
-    allowed = {Status.RUNNING, Status.PAUSED, Status.STOPPED}
+    allowed = ACTION_STATUSES["snapshot"]
     if sandbox.status not in allowed or not sandbox.provider_ref:
         raise Conflict(
             f"a sandbox that is {sandbox.status} cannot be snapshotted "
-            "(it must be running, paused or stopped)"
+            f"(it must be {in_words(allowed)})"
         )
     with transaction.atomic():
         version = _next_version(sandbox.provider, sandbox.preset)

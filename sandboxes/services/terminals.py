@@ -37,7 +37,7 @@ from sandboxes.services.interactive import (
     _require,
     touch_activity,
 )
-from sandboxes.states import Status
+from sandboxes.states import ACTION_STATUSES
 
 #: Variables a caller may set, at most (a terminal's environment is small: TERM, LANG...).
 MAX_ENV_VARIABLES = 64
@@ -176,7 +176,11 @@ def open_terminal(
     session (see ``AuditedTerminal``)."""
     try:
         _require(
-            sandbox, actor, "supports_terminal", statuses={Status.RUNNING}, action="open a terminal"
+            sandbox,
+            actor,
+            "supports_terminal",
+            statuses=ACTION_STATUSES["terminal"],
+            action="open a terminal",
         )
     except NotAllowed as refused:
         record_event(

@@ -17,7 +17,13 @@ PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_rate(rate: str | None) -> tuple[int, int] | None:
-    """``"600/min"`` -> (600, 60); None or "" -> None (no limit)."""
+    """``"600/min"`` -> (600, 60); None or "" -> None (no limit).
+
+    DRF's ``SimpleRateThrottle.parse_rate`` reads the same format, but only as a method of
+    a throttle (which cannot be made without a scope), and it is stricter: ``600/Min`` or
+    an empty rate would stop working. This one also serves a service with no DRF in it
+    (``auth_failures``), and a bad value's error names the value.
+    """
     if not rate:
         return None
     count, _, period = rate.partition("/")

@@ -2,7 +2,8 @@
 
 The service layer decides and enforces; this only predicts its answer so the page can
 show a disabled button with the reason instead of a button that fails. The status sets
-mirror the services' rules (``lifecycle.OPERATIONS``, ``interactive``, ``snapshots``).
+are the services' own (``lifecycle.OPERATIONS``, ``states.ACTION_STATUSES``), so the
+prediction cannot drift from the rule.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ from typing import TYPE_CHECKING
 
 from sandboxes.models import Sandbox
 from sandboxes.services.lifecycle import OPERATIONS
-from sandboxes.states import Status
+from sandboxes.states import ACTION_STATUSES, in_words
 
 if TYPE_CHECKING:
-    from sandboxes.selectors import Capabilities
+    from sandboxes.services.backends import Capabilities
 
-S = Status
 LIFECYCLE_ORDER = ("start", "resume", "pause", "hibernate", "stop", "delete")
 LABELS = {
     "start": "Start",
@@ -30,19 +30,14 @@ LABELS = {
 #: Actions that lose work or the sandbox: confirmed before they run.
 DESTRUCTIVE = {"delete": "Delete {name}? Its files are gone for good.", "stop": "Stop {name}?"}
 
-LIVE = frozenset({S.RUNNING, S.PAUSED, S.HIBERNATED, S.STOPPED})
-FEATURES: dict[str, tuple[str, frozenset[Status], str]] = {
-    # name: (capability, statuses it needs, what it needs in words)
-    "exec": ("supports_exec", frozenset({S.RUNNING}), "running"),
-    "services": ("supports_expose_http", LIVE, "running, paused, hibernated or stopped"),
+FEATURES: dict[str, str] = {
+    # name: the capability it needs (its statuses are states.ACTION_STATUSES[name])
+    "exec": "supports_exec",
+    "services": "supports_expose_http",
     # Wake-on-HTTP goes through the control plane's proxy to exposed services, so it
     # needs what exposing needs; wake-on-SSH is the provider's own (see _services.html).
-    "wake_on": ("supports_expose_http", LIVE, "running, paused, hibernated or stopped"),
-    "snapshot": (
-        "supports_snapshots",
-        frozenset({S.RUNNING, S.PAUSED, S.STOPPED}),
-        "running, paused or stopped",
-    ),
+    "wake_on": "supports_expose_http",
+    "snapshot": "supports_snapshots",
 }
 
 
@@ -87,11 +82,11 @@ def feature_offer(
     sandbox: Sandbox, caps: Capabilities, feature: str, *, read_only_reason: str = ""
 ) -> Offer:
     """Whether exec, services, wake-on or snapshot can be used now, and why not."""
-    capability, statuses, needs = FEATURES[feature]
+    capability, statuses = FEATURES[feature], ACTION_STATUSES[feature]
     if not caps.supports(capability):
         reason = f"not offered by {sandbox.provider}: {caps.reason(capability)}"
     elif sandbox.status not in statuses:
-        reason = f"the sandbox is {sandbox.status}; this needs it {needs}"
+        reason = f"the sandbox is {sandbox.status}; this needs it {in_words(statuses)}"
     else:
         reason = read_only_reason
     return Offer(feature, allowed=not reason, reason=reason)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sandboxes.selectors import MetricSample
+    from sandboxes.services.interactive import MetricSample
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from django.urls import reverse
-from django.utils import timezone
 
 from sandboxes.states import is_transitional
 
@@ -30,20 +27,6 @@ def badge_class(status: str) -> str:
         return "busy" if is_transitional(status) else "off"
     except ValueError:
         return "off"
-
-
-def ago(moment: datetime, now: datetime) -> str:
-    """``just now``, ``5 min ago``, ``3 h ago``, ``2 d ago``, then the date."""
-    seconds = int((now - moment).total_seconds())
-    if seconds < 60:
-        return "just now"
-    if seconds < 3600:
-        return f"{seconds // 60} min ago"
-    if seconds < 86400:
-        return f"{seconds // 3600} h ago"
-    if seconds < 30 * 86400:
-        return f"{seconds // 86400} d ago"
-    return timezone.localtime(moment).strftime("%Y-%m-%d")
 
 
 class IdUrls:

@@ -20,16 +20,16 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
 from django.utils.http import url_has_allowed_host_and_scheme
-from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
-from sandboxes import selectors
 from sandboxes.current_team import team_context
 from sandboxes.models import ApiToken, Sandbox, Snapshot
+from sandboxes.services import backends
 from sandboxes.services.actors import Actor
 from sandboxes.services.errors import ServiceError
 
 if TYPE_CHECKING:
-    from sandboxes.selectors import Capabilities
+    from sandboxes.services.backends import Capabilities
 
 View = Callable[..., HttpResponse]
 NOT_FOUND = (Sandbox.DoesNotExist, Snapshot.DoesNotExist, ApiToken.DoesNotExist)
@@ -75,6 +75,16 @@ def render_fragment(
     body = render_to_string(template, context, request)
     body += render_to_string("sandboxes/_messages.html", {"oob": True}, request)
     return HttpResponse(body, status=status)
+
+
+def polled(response: HttpResponse, *, done: bool) -> HttpResponse:
+    """A polled fragment; once ``done``, the same body as HTTP 286, which tells HTMX to
+    stop polling (the element's ``hx-trigger="every ..."`` ends there)."""
+    if not done:
+        return response
+    stop = HttpResponseStopPolling(response.content)
+    stop["Content-Type"] = response["Content-Type"]
+    return stop
 
 
 def safe_next(request: HttpRequest, default: str) -> str:
@@ -133,5 +143,5 @@ def capabilities_for(request: HttpRequest, provider: str) -> Capabilities:
     sandbox was made offers nothing, and says so."""
     cache: dict[str, Capabilities] = request.__dict__.setdefault("_capabilities", {})
     if provider not in cache:
-        cache[provider] = selectors.provider_capabilities(provider)
+        cache[provider] = backends.provider_capabilities(provider)
     return cache[provider]

@@ -11,7 +11,6 @@ from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseStopPolling
 
 from sandboxes import selectors
 from sandboxes.forms import (
@@ -31,6 +30,7 @@ from sandboxes.views.common import (
     actor,
     capabilities_for,
     is_partial,
+    polled,
     redirect_back,
     render_fragment,
     report,
@@ -268,11 +268,7 @@ def sandbox_versions_taken(request: HttpRequest, sandbox_id: str) -> HttpRespons
     if not is_partial(request):
         return render(request, "sandboxes/detail.html", detail_context(request, sandbox))
     response = render_fragment(request, "sandboxes/_taken.html", context)
-    if not context["taking"]:
-        stop = HttpResponseStopPolling(response.content)
-        stop["Content-Type"] = response["Content-Type"]
-        return stop
-    return response
+    return polled(response, done=not context["taking"])
 
 
 @require_GET
@@ -280,7 +276,7 @@ def sandbox_versions_taken(request: HttpRequest, sandbox_id: str) -> HttpRespons
 def sandbox_metrics(request: HttpRequest, sandbox_id: str) -> HttpResponse:
     """CPU and memory over time where the provider reports them (a provider call)."""
     sandbox = selectors.get_sandbox(request.team, sandbox_id)
-    metrics = selectors.sandbox_metrics(sandbox)
+    metrics = interactive.sandbox_metrics(sandbox=sandbox)
     context = {
         "sandbox": sandbox,
         "metrics": metrics,

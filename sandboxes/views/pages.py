@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
@@ -15,7 +13,7 @@ from sandboxes import selectors
 from sandboxes.current_team import switch_team
 from sandboxes.filters import EventFilter
 from sandboxes.models import Team
-from sandboxes.services import workers
+from sandboxes.services import backends, workers
 from sandboxes.views.common import is_partial, render_fragment, safe_next, team_view
 
 EVENTS_PER_PAGE = 50
@@ -45,7 +43,7 @@ COMMON_ACTIONS = [
 def preset_list(request: HttpRequest) -> HttpResponse:
     """Machine sizes, the providers each is offered on, and the active version there."""
     team = request.team
-    enabled = selectors.enabled_providers()
+    enabled = backends.enabled_provider_names()
     pointers = selectors.active_pointers(team)
     shared = {(p.provider, p.preset_id): p for p in pointers if p.team_id is None}
     own = {(p.provider, p.preset_id): p for p in pointers if p.team_id is not None}
@@ -70,20 +68,16 @@ def preset_list(request: HttpRequest) -> HttpResponse:
 @team_view
 def provider_health(request: HttpRequest) -> HttpResponse:
     """Each enabled provider: reachable or not, latency, and what it can do."""
-    names = selectors.enabled_providers()
-    # Health checks talk to back ends; asking them at once keeps the page as slow as the
-    # slowest one, not the sum.
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(names)))) as pool:
-        results = list(pool.map(selectors.provider_health_and_capacity, names))
+    default = backends.default_provider()
     rows = []
-    for name, (health, capacity) in zip(names, results, strict=True):
-        caps = selectors.provider_capabilities(name)
+    for state in backends.provider_states():
+        caps = backends.provider_capabilities(state.name)
         rows.append(
             {
-                "name": name,
-                "health": health,
-                "capacity": capacity,
-                "default": name == selectors.default_provider(),
+                "name": state.name,
+                "health": state.health,
+                "capacity": state.capacity,
+                "default": state.name == default,
                 "capabilities": [
                     (
                         cap.removeprefix("supports_").replace("_", " "),

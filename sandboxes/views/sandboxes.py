@@ -6,32 +6,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.contrib import messages
+from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.html import conditional_escape
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
+from django_htmx.http import HttpResponseClientRedirect
 
 from sandboxes import selectors
 from sandboxes.filters import SandboxFilter
 from sandboxes.forms import NewSandboxForm, add_service_error
 from sandboxes.models import Sandbox, SnapshotStatus
-from sandboxes.services import lifecycle
+from sandboxes.services import backends, lifecycle
 from sandboxes.services.errors import ServiceError
 from sandboxes.states import Status
 from sandboxes.ui.actions import DESTRUCTIVE, LABELS, LIFECYCLE_ORDER, lifecycle_offers
-from sandboxes.ui.format import IdUrls, ago, badge_class
+from sandboxes.ui.format import IdUrls, badge_class
 from sandboxes.views.common import (
     actor,
     capabilities_for,
     confirm_page,
     confirmed,
     is_partial,
+    polled,
     redirect_back,
     render_fragment,
     report,
@@ -104,7 +105,6 @@ class RowActions:
 def rows_for(request: HttpRequest, sandboxes) -> list[Row]:
     urls = IdUrls()
     actions = RowActions(request, urls)
-    now = timezone.now()
     return [
         Row(
             sandbox=sandbox,
@@ -114,7 +114,7 @@ def rows_for(request: HttpRequest, sandboxes) -> list[Row]:
                 urls("snapshot-detail", sandbox.snapshot.snapshot_id) if sandbox.snapshot_id else ""
             ),
             badge=badge_class(sandbox.status),
-            created=ago(sandbox.created_at, now),
+            created=naturaltime(sandbox.created_at),
             actions=actions(sandbox),
         )
         for sandbox in sandboxes
@@ -145,7 +145,7 @@ def _list_context(request: HttpRequest, params: QueryDict) -> dict:
         "chosen_statuses": statuses,
         "query": query.urlencode(),
         "query_without_status": _without(query, "status"),
-        "providers": selectors.enabled_providers(),
+        "providers": backends.enabled_provider_names(),
         "presets": selectors.presets(),
     }
 
@@ -237,11 +237,7 @@ def sandbox_status(request: HttpRequest, sandbox_id: str) -> HttpResponse:
     else:
         changed = request.GET.get("shown") != sandbox.status
         response = status_fragment(request, sandbox, with_sections=changed)
-    if not sandbox.is_transitional:
-        stop = HttpResponseStopPolling(response.content)
-        stop["Content-Type"] = response["Content-Type"]
-        return stop
-    return response
+    return polled(response, done=not sandbox.is_transitional)
 
 
 @require_POST
@@ -281,12 +277,12 @@ def sandbox_action(request: HttpRequest, sandbox_id: str, action: str) -> HttpRe
 def _new_form(request: HttpRequest, data=None) -> NewSandboxForm:
     """The create form; its version choices follow the chosen preset and provider."""
     source = data if data is not None else request.GET
-    providers = selectors.enabled_providers()
+    providers = backends.enabled_provider_names()
     presets = list(selectors.presets())
     # The team's lifecycle defaults, shown (and changeable; blank is never) on the form.
     idle, keep = lifecycle.team_lifecycle_defaults(request.team)
     initial: dict = {
-        "provider": selectors.default_provider(),
+        "provider": backends.default_provider(),
         "idle_timeout": idle,
         "delete_parked": keep,
     }
@@ -304,7 +300,9 @@ def _new_form(request: HttpRequest, data=None) -> NewSandboxForm:
     versions = selectors.snapshots_for_team(request.team).filter(
         status=SnapshotStatus.READY, provider=initial["provider"], preset_id=initial.get("preset")
     )
-    active = selectors.active_snapshot(request.team, initial["provider"], initial.get("preset"))
+    active = selectors.active_version(
+        team=request.team, provider=initial["provider"], preset_id=initial.get("preset")
+    )
     return NewSandboxForm(
         data,
         initial=initial,

@@ -482,7 +482,7 @@ def test_the_fast_representation_is_what_the_declared_fields_give(memory_backend
     assert declared["services"][0]["name"] == "web"
     assert declared["expires_at"] is not None
     assert "+01:00" in declared["created_at"] or "+02:00" in declared["created_at"]
-    (row,) = selectors.sandbox_list(sandbox.team)
+    (row,) = selectors.sandbox_rows(selectors.sandboxes_for_team(sandbox.team))
     assert SandboxSerializer().to_representation(sandbox) == declared
     assert SandboxSerializer().to_representation(row) == declared
 

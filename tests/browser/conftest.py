@@ -23,7 +23,11 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screensh
 PASSWORD = "e2e-password-1"
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: while Playwright's sync API runs, its event loop is the
+# running loop of this thread, and any later test that calls async_to_sync here (the
+# ASGI proxy tests in tests/test_fair_sharing.py) would be refused. It ends with the
+# browser tests.
+@pytest.fixture(scope="package")
 def browser() -> Iterator:
     require("chromium", os.access(CHROMIUM, os.X_OK), "apt-get install -y chromium")
     playwright_api = pytest.importorskip("playwright.sync_api")

@@ -19,7 +19,7 @@ from sandboxes.api.errors import ApiError
 from sandboxes.api.views.base import TeamView
 from sandboxes.api.views.sandboxes import IDEMPOTENCY_HEADER
 from sandboxes.models import Sandbox
-from sandboxes.services import lifecycle
+from sandboxes.services import lifecycle, snapshots
 
 
 def _service_url(sandbox: Sandbox, name: str) -> str | None:
@@ -32,7 +32,7 @@ class CmuxStartView(TeamView):
 
     def snapshot_id(self, given: str) -> str:
         """Our id as it is, or the version imported from a provider image reference."""
-        if selectors.is_snapshot_id(given):
+        if snapshots.is_snapshot_id(given):
             return given
         version = selectors.snapshot_by_provider_ref(self.team, given)
         return version.snapshot_id if version is not None else given

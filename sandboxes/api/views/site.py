@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 from drf_spectacular.utils import extend_schema
@@ -13,7 +12,7 @@ from rest_framework.settings import api_settings
 from sandboxes import selectors
 from sandboxes.api import serializers as s
 from sandboxes.api.views.base import TeamView
-from sandboxes.services import quotas, workers
+from sandboxes.services import backends, quotas, workers
 from sandboxes.services.interactive import MAX_EXEC_TIMEOUT
 from sandboxes.services.validation import (
     METADATA_MAX_KEY,
@@ -26,10 +25,10 @@ class ConfigView(TeamView):
     serializer_class = s.ConfigSerializer
 
     def providers(self) -> list[dict]:
-        default = selectors.default_provider()
+        default = backends.default_provider()
         out = []
-        for name in selectors.enabled_providers():
-            caps = selectors.provider_capabilities(name)
+        for name in backends.enabled_provider_names():
+            caps = backends.provider_capabilities(name)
             missing = [c for c in caps.names() if not caps.supports(c)]
             out.append(
                 {
@@ -61,9 +60,9 @@ class ConfigView(TeamView):
     )
     def get(self, request: Request) -> Response:
         rates = api_settings.DEFAULT_THROTTLE_RATES
-        enabled = set(selectors.enabled_providers())
+        enabled = set(backends.enabled_provider_names())
         body = {
-            "default_provider": selectors.default_provider(),
+            "default_provider": backends.default_provider(),
             "providers": self.providers(),
             "presets": list(selectors.presets()),
             "team": self.team_info(),
@@ -91,20 +90,15 @@ class HealthView(TeamView):
         ),
     )
     def get(self, request: Request) -> Response:
-        names = selectors.enabled_providers()
-        # Each provider bounds its own health check; asking them side by side means the
-        # answer takes as long as the slowest one, not their sum.
-        with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
-            results = list(pool.map(selectors.provider_health_and_capacity, names))
         providers = [
             {
-                "name": name,
-                "reachable": health.reachable,
-                "latency_ms": health.latency_ms,
-                "detail": health.detail,
-                "capacity": capacity.as_dict() if capacity is not None else None,
+                "name": state.name,
+                "reachable": state.health.reachable,
+                "latency_ms": state.health.latency_ms,
+                "detail": state.health.detail,
+                "capacity": state.capacity.as_dict() if state.capacity is not None else None,
             }
-            for name, (health, capacity) in zip(names, results, strict=True)
+            for state in backends.provider_states()
         ]
         background = asdict(workers.liveness())
         body = {

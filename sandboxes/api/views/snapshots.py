@@ -14,7 +14,12 @@ from sandboxes.api.filtering import FilterBackend
 from sandboxes.api.views.base import TeamView
 from sandboxes.filters import SnapshotFilter
 from sandboxes.models import Preset, Snapshot
-from sandboxes.services.snapshots import activate_snapshot, delete_snapshot_version
+from sandboxes.services import backends
+from sandboxes.services.snapshots import (
+    activate_snapshot,
+    delete_snapshot_version,
+    resolve_snapshot,
+)
 
 CONFLICT = OpenApiResponse(s.ErrorSerializer, description="In use, active, or not ready.")
 
@@ -51,7 +56,7 @@ class SnapshotView(TeamView):
         snapshot_id = self.kwargs["snapshot_id"]
         try:
             if resolve:
-                return selectors.resolve_snapshot(self.team, snapshot_id)
+                return resolve_snapshot(team=self.team, snapshot_id=snapshot_id)
             return selectors.get_snapshot(self.team, snapshot_id)
         except Snapshot.DoesNotExist:
             raise ApiError(404, "not_found", "no such snapshot version for your team") from None
@@ -106,7 +111,7 @@ class PresetListView(mixins.ListModelMixin, TeamView):
     def get_serializer_context(self) -> dict:
         context = super().get_serializer_context()
         if not self.schema_only:
-            context["enabled_providers"] = set(selectors.enabled_providers())
+            context["enabled_providers"] = set(backends.enabled_provider_names())
         return context
 
     @extend_schema(
