@@ -36,7 +36,8 @@ from bench import Result
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS = float(os.environ.get("BENCH_FAIRNESS_SECONDS", "20"))
 CAP = 4  # SANDBOX_LONG_CALLS_PER_TEAM's default
-BENCH_DB = "sbx_bench_fairness"
+#: Its own name per run: another checkout may be running the same bench on this server.
+BENCH_DB = f"sbx_bench_fairness_{os.getpid()}"
 REDIS_URL = "redis://127.0.0.1:6379/12"
 EXEC = {"command": ["sleep", "5"], "timeout_seconds": 30}
 UPSTREAM = """
