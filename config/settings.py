@@ -309,6 +309,9 @@ if env.get("REDIS_URL"):
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": env["REDIS_URL"],
             "KEY_PREFIX": "sandboxes",
+            # One pool per process: Django's own would make one (and a new connection)
+            # per request under ASGI, where each request runs in a new thread.
+            "OPTIONS": {"pool_class": "sandboxes.redis_pool.SharedConnectionPool"},
         },
     }
 
