@@ -47,7 +47,11 @@ def asgi_get(path: str) -> tuple[int, dict[bytes, bytes], bytes]:
 
         await application(scope, receive, send)
 
-    asyncio.run(run())
+    # In a thread of its own: the browser tests leave Playwright's event loop running in
+    # the main thread, where asyncio.run() is then refused.
+    thread = threading.Thread(target=asyncio.run, args=(run(),))
+    thread.start()
+    thread.join(60)
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     headers = {name.lower(): value for name, value in start["headers"]}
