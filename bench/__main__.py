@@ -43,7 +43,7 @@ def machine() -> str:
     )
 
 
-def section(name: str, results: list[Result], error: str = "") -> str:
+def section(name: str, results: list[Result], error: str = "", notes: str = "") -> str:
     lines = [f"## {name}", ""]
     lines.append(
         f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {machine()}; "
@@ -60,6 +60,8 @@ def section(name: str, results: list[Result], error: str = "") -> str:
         detail = f" ({r.detail})" if r.detail else ""
         lines.append(f"| {r.name}{detail} | {value} | {r.target} | {met} |")
     lines.append("")
+    if notes:  # a module's NOTES: how to read its numbers (what they cannot show)
+        lines += [notes.strip(), ""]
     return "\n".join(lines)
 
 
@@ -84,8 +86,9 @@ def main(argv: list[str]) -> int:
     for name in chosen:
         print(f"== {name}", flush=True)
         try:
-            results = importlib.import_module(f"bench.bench_{name}").run()
-            sections[name] = section(name, results)
+            module = importlib.import_module(f"bench.bench_{name}")
+            results = module.run()
+            sections[name] = section(name, results, notes=getattr(module, "NOTES", ""))
             for r in results:
                 flag = "" if r.met is None else ("  ok" if r.met else "  MISSED")
                 print(f"  {r.name}: {r.value:g} {r.unit} {r.target}{flag}", flush=True)

@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGE = "/api/v1/sandboxes"
 BARE = "/bench/bare"
 SECONDS = float(os.environ.get("BENCH_API_SECONDS", "8"))
-BENCH_DB = "sbx_bench_api"
+#: Its own name per run: another checkout may be running the same bench on this server.
+BENCH_DB = f"sbx_bench_api_{os.getpid()}"
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,7 @@ def _database() -> dict:
     # 0: a connection per request. Under ASGI every request runs in a thread of its own,
     # and a persistent connection would stay behind with each finished thread until the
     # database refuses new ones (Django's advice: no persistent connections under ASGI).
+    # Only used without the pool (below): the pool is how connections are reused.
     config = dj_database_url.parse(url, conn_max_age=env_int("DB_CONN_MAX_AGE", 0))
     if config["ENGINE"] == "django.db.backends.sqlite3":
         if config["NAME"] and config["NAME"] != ":memory:":
@@ -167,8 +168,32 @@ def _database() -> dict:
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     else:
-        config["CONN_HEALTH_CHECKS"] = True
+        config["CONN_HEALTH_CHECKS"] = True  # with the pool: checked as it is handed out
+        pool = _database_pool()
+        if pool:
+            # A request borrows a connection and gives it back at its end (opening one is
+            # a PostgreSQL backend started, several ms); Django refuses a pool together
+            # with persistent connections, which the pool replaces.
+            config["CONN_MAX_AGE"] = 0
+            config.setdefault("OPTIONS", {})["pool"] = pool
     return config
+
+
+def _database_pool() -> dict | None:
+    """psycopg_pool's options for each process's pool of PostgreSQL connections (None: no
+    pool). Long calls give their connection back while they wait on a sandbox
+    (sandboxes/services/long_calls.py), so a request holds one only while it queries."""
+    max_size = env_int("DB_POOL_MAX_SIZE", 10)
+    if max_size <= 0:
+        return None
+    return {
+        "min_size": max(0, min(env_int("DB_POOL_MIN_SIZE", 2), max_size)),
+        "max_size": max_size,
+        # A query finding every connection busy waits this long for one, then fails.
+        "timeout": max(1, env_seconds("DB_POOL_TIMEOUT", 10)),
+        # Connections idle this long are closed, down to min_size.
+        "max_idle": 300,
+    }
 
 
 DATABASES = {"default": _database()}
@@ -289,6 +314,9 @@ if env.get("REDIS_URL"):
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": env["REDIS_URL"],
             "KEY_PREFIX": "sandboxes",
+            # One pool per process: Django's own would make one (and a new connection)
+            # per request under ASGI, where each request runs in a new thread.
+            "OPTIONS": {"pool_class": "sandboxes.redis_pool.SharedConnectionPool"},
         },
     }
 

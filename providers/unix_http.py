@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
@@ -77,11 +79,18 @@ class _UnixPool(HTTPConnectionPool):
 
 
 class UnixAdapter(HTTPAdapter):
-    """A transport adapter for ``http+unix://`` URLs (proxy settings do not apply)."""
+    """A transport adapter for ``http+unix://`` URLs (proxy settings do not apply).
 
-    def __init__(self, **kwargs) -> None:
+    One connection pool per socket, kept for the ``max_sockets`` used most recently: a
+    long-lived adapter (the service proxy keeps one per process, for keep-alive) must not
+    keep a pool for every sandbox it ever reached.
+    """
+
+    def __init__(self, *, max_sockets: int = 100, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.pools: dict[str, _UnixPool] = {}
+        self.pools: OrderedDict[str, _UnixPool] = OrderedDict()
+        self.max_sockets = max_sockets
+        self._pools_lock = threading.Lock()  # requests from several threads share it
 
     def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
         return self._pool(request.url)
@@ -91,9 +100,15 @@ class UnixAdapter(HTTPAdapter):
 
     def _pool(self, url: str) -> _UnixPool:
         path = socket_path(url)
-        pool = self.pools.get(path)
-        if pool is None:
-            pool = self.pools[path] = _UnixPool(path, maxsize=self._pool_maxsize)
+        with self._pools_lock:
+            pool = self.pools.get(path)
+            if pool is None:
+                pool = self.pools[path] = _UnixPool(path, maxsize=self._pool_maxsize)
+                if len(self.pools) > self.max_sockets:
+                    # Its idle connections close; one still in use closes when returned.
+                    self.pools.popitem(last=False)[1].close()
+            else:
+                self.pools.move_to_end(path)
         return pool
 
     def request_url(self, request, proxies) -> str:
@@ -101,9 +116,10 @@ class UnixAdapter(HTTPAdapter):
 
     def close(self) -> None:
         super().close()
-        for pool in self.pools.values():
-            pool.close()
-        self.pools.clear()
+        with self._pools_lock:
+            for pool in self.pools.values():
+                pool.close()
+            self.pools.clear()
 
 
 def session() -> requests.Session:

@@ -45,3 +45,6 @@ class SandboxesConfig(AppConfig):
     def ready(self) -> None:
         post_migrate.connect(_install_schedules, sender=self, dispatch_uid="sandboxes-schedules")
         _connect_worker_signals()
+        from sandboxes import db_pool
+
+        db_pool.install()

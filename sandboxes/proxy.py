@@ -55,7 +55,7 @@ from django.http import (
 from django.views.decorators.csrf import csrf_exempt
 from urllib3.util.response import assert_header_parsing
 
-from sandboxes import selectors
+from sandboxes import db_pool, selectors
 from sandboxes.current_team import team_context
 from sandboxes.models import Sandbox, Team
 from sandboxes.services import (
@@ -145,10 +145,7 @@ def service_proxy(
         if with_token:
             return _error(401, "not_authenticated", "the token is unknown, revoked or expired")
         return redirect_to_login(request.get_full_path())
-    try:
-        sandbox = selectors.get_sandbox(team, sandbox_id) if team else None
-    except Sandbox.DoesNotExist:
-        sandbox = None
+    sandbox = selectors.proxy_target(team, sandbox_id) if team else None
     if sandbox is None:
         return _error(404, "not_found", "no such sandbox in your team")
     entry = next((s for s in sandbox.services if s.get("name") == service), None)
@@ -193,7 +190,8 @@ def _serve(
         sandbox = lifecycle.wake(sandbox=sandbox, actor=actor)
     if sandbox.status != Status.RUNNING:
         return _error(409, "sandbox_not_running", f"{sandbox_id} is {sandbox.status}")
-    interactive.touch_activity(sandbox)
+    if not interactive.activity_is_recent(sandbox):  # a write at most every 30 s, not each time
+        interactive.touch_activity(sandbox)
     try:
         return _forward(request, sandbox, entry, path, slot)
     except RequestDataTooBig:
@@ -214,6 +212,9 @@ def _forward(
     headers["X-Forwarded-Proto"] = request.scheme
     headers["X-Forwarded-Host"] = request.get_host()
     headers["X-Forwarded-Prefix"] = prefix.rstrip("/")
+    # From here the request waits on the sandbox (and a streamed body may flow for long):
+    # the pool's connection is free meanwhile; the slot's release borrows one again.
+    db_pool.give_back()
     try:
         try:
             upstream = _send(request, sandbox, entry, path, headers)
@@ -244,6 +245,7 @@ def _forward(
         logger.info("proxy %s/%s: %r", sandbox.pk, entry["name"], exc)
         return _error(502, "bad_gateway", f"the service {entry['name']!r} did not answer")
     body = _Body(upstream, slot)
+    body.prefetch_if_small()
     try:
         response = _response(
             upstream, prefix, entry, body.chunks() if isinstance(request, ASGIRequest) else body
@@ -293,16 +295,15 @@ def _response(
 def _send(
     request: HttpRequest, sandbox: Sandbox, entry: dict, path: str, headers: dict
 ) -> requests.Response:
-    with transport.session_for(sandbox, entry["url"]) as session:
-        return session.request(
-            request.method,
-            _target(entry, path, request.META.get("QUERY_STRING", "")),
-            headers=headers,
-            data=request.body or None,
-            stream=True,
-            allow_redirects=False,
-            timeout=(CONNECT_TIMEOUT, settings.SANDBOX_PROXY_TIMEOUT_SECONDS),
-        )
+    return transport.session_for(sandbox, entry["url"]).request(
+        request.method,
+        _target(entry, path, request.META.get("QUERY_STRING", "")),
+        headers=headers,
+        data=request.body or None,
+        stream=True,
+        allow_redirects=False,
+        timeout=(CONNECT_TIMEOUT, settings.SANDBOX_PROXY_TIMEOUT_SECONDS),
+    )
 
 
 class _Body:
@@ -312,12 +313,38 @@ class _Body:
     def __init__(self, upstream: requests.Response, slot: long_calls.Slot) -> None:
         self.upstream = upstream
         self.slot = slot
+        #: The whole body, read ahead (``prefetch_if_small``); None: read as it is sent.
+        self.prefetched: bytes | None = None
+
+    def prefetch_if_small(self) -> None:
+        """Read a body of at most one chunk (by its Content-Length) now, in the request's
+        thread: under ASGI each chunk read later costs two thread switches, most of what
+        passing on a small answer would take; and the upstream connection goes back to
+        the keep-alive pool at once. The response still streams it, and the slot is still
+        held until it has been passed on."""
+        length = self.upstream.headers.get("Content-Length", "")
+        if not (length.isdigit() and int(length) <= CHUNK):
+            return
+        try:
+            self.prefetched = self.upstream.raw.read(decode_content=False)
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+            # As when a streamed body breaks off: the answer ends short.
+            logger.info("proxy: the upstream's body broke off: %r", exc)
+            self.prefetched = b""
 
     def __iter__(self) -> Iterator[bytes]:
+        if self.prefetched is not None:
+            try:
+                if self.prefetched:
+                    yield self.prefetched
+            finally:
+                self.close()
+            return
         try:
             for chunk in self.upstream.raw.stream(CHUNK, decode_content=False):
                 # Still flowing: keep the slot past its first bound (each read has its own).
                 self.slot.extend(seconds=settings.SANDBOX_PROXY_TIMEOUT_SECONDS)
+                db_pool.give_back()  # the renewal may have borrowed one
                 yield chunk
         except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
             # The status line is gone already: the answer ends short (the client sees it).
@@ -341,6 +368,13 @@ class _AsyncBody:
         self.body = body
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self.body.prefetched is not None:
+            try:
+                if self.body.prefetched:
+                    yield self.body.prefetched  # no thread switch for what is in memory
+            finally:
+                await sync_to_async(self.close)()
+            return
         chunks = iter(self.body)
         read = sync_to_async(next)
         try:

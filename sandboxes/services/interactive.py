@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from providers.base import ExecResult, Instance, MetricSample, SshInfo
 from providers.errors import ProviderError
+from sandboxes import db_pool
 from sandboxes.models import Outcome, Sandbox, TtlAction
 from sandboxes.services import long_calls, team_secrets
 from sandboxes.services.actors import Actor
@@ -74,6 +75,13 @@ def touch_activity(sandbox: Sandbox, *, at=None) -> None:
     )
 
 
+def activity_is_recent(sandbox: Sandbox) -> bool:
+    """Whether ``sandbox`` as just loaded was touched within the granularity: then
+    ``touch_activity`` would change nothing (activity only moves forward, so the stored
+    value is at least that recent), and the service proxy skips its statement."""
+    return sandbox.last_activity_at >= timezone.now() - ACTIVITY_GRANULARITY
+
+
 def exec_command(
     *, sandbox: Sandbox, actor: Actor, command: str | list[str], timeout_seconds: int = 60
 ) -> ExecResult:
@@ -107,6 +115,8 @@ def exec_command(
     # is counted per team). Refused before anything reaches the provider.
     env = team_secrets.environment_for(sandbox)  # never logged, never in an event
     slot = long_calls.acquire(team=sandbox.team, kind="exec", seconds=timeout_seconds)
+    # The command may run for up to an hour: the pool's connection is free meanwhile.
+    db_pool.give_back()
     try:
         result = _instance(sandbox).exec(command, timeout=timeout_seconds, env=env)
     except ProviderError as exc:

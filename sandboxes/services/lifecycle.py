@@ -40,6 +40,7 @@ from providers.base import (
     InstanceStatus,
 )
 from providers.errors import NotFound, ProviderError
+from sandboxes import db_pool
 from sandboxes.models import Outcome, Preset, Sandbox, Snapshot, SnapshotStatus, Team, TtlAction
 from sandboxes.services import network, team_secrets, transitions
 from sandboxes.services.actors import Actor
@@ -378,6 +379,7 @@ def wake(*, sandbox: Sandbox, actor: Actor) -> Sandbox:
         waiting = row.status in WAKING or (row.status in PARKED and not asked)
         if not waiting or time.monotonic() >= deadline:
             return row
+        db_pool.give_back()  # the database connection is not held while sleeping
         time.sleep(0.1)
 
 

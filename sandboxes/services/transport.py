@@ -10,6 +10,9 @@ providers/guarded_http.py).
 
 from __future__ import annotations
 
+import http.cookiejar
+import threading
+
 import requests
 
 from providers import guarded_http, unix_http
@@ -19,11 +22,41 @@ from sandboxes.services.backends import get_provider
 from sandboxes.services.errors import ServiceError
 
 
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """Stores no cookie: the sessions are shared by every sandbox's requests, and one
+    upstream's ``Set-Cookie`` must never be sent to another."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: object) -> bool:
+        return False
+
+
+#: One session per address rule (None: no rule), shared by the process's requests: its
+#: connections to an upstream are kept alive and reused instead of opened per request.
+_sessions: dict[AddressRule | None, requests.Session] = {}
+_sessions_lock = threading.Lock()
+
+
 def session_for(sandbox: Sandbox, url: str) -> requests.Session:
-    """A session for one request to ``url``, a service of ``sandbox``: ``http+unix://``
-    as is, ``http(s)://`` through the provider's address check when it has one."""
-    session = unix_http.session()
+    """The session for a request to ``url``, a service of ``sandbox``: ``http+unix://``
+    as is, ``http(s)://`` through the provider's address check when it has one (every
+    new connection is checked; a kept one was checked when it was made). Not to be
+    closed by the caller: it is shared."""
     rule = _address_rule(sandbox, url)
+    session = _sessions.get(rule)
+    if session is None:
+        with _sessions_lock:
+            session = _sessions.get(rule)
+            if session is None:
+                session = _sessions[rule] = _new_session(rule)
+    return session
+
+
+def _new_session(rule: AddressRule | None) -> requests.Session:
+    session = unix_http.session()
+    # No proxy, .netrc or CA bundle from the environment: a request to a sandbox goes
+    # straight to the checked address (a proxy would be what the address check sees).
+    session.trust_env = False
+    session.cookies.set_policy(_NoCookies())
     return guarded_http.mount(session, rule) if rule is not None else session
 
 

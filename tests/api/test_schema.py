@@ -86,6 +86,13 @@ def served_schema() -> dict:
 
 SCHEMA = served_schema()
 OPERATIONS = sorted(op["operationId"] for item in SCHEMA["paths"].values() for op in item.values())
+#: Every operation that takes a body (each documents 413 and 400).
+BODY_OPERATIONS = sorted(
+    op["operationId"]
+    for item in SCHEMA["paths"].values()
+    for op in item.values()
+    if "requestBody" in op
+)
 
 
 def test_the_served_schema_is_the_one_tested(client):
@@ -133,3 +140,69 @@ def test_the_api_keeps_to_its_schema(world, wsgi_app, operation_id, mode):
         case.call_and_validate(headers=world["headers"], checks=CHECKS)
 
     keeps_to_the_schema()
+
+
+#: Beyond the limits (issue 13, item 5): a body larger than DATA_UPLOAD_MAX_MEMORY_SIZE
+#: (2.5 MB), and JSON nested deeper than the parser goes. Both are well-formed JSON.
+OVERSIZED_BYTES = 3 * 1024 * 1024
+NESTING_DEPTH = 5000
+BEYOND_THE_LIMITS = {
+    "a 3 MB body": (413, "request_too_large"),
+    "JSON nested 5,000 levels deep": (400, "malformed_request"),
+}
+
+
+def beyond_the_limits(kind: str, generated: object) -> bytes:
+    """The raw body that replaces the one schemathesis generated for the operation."""
+    if kind == "a 3 MB body":
+        # The generated body, made too large: the operation's own fields, plus filler.
+        body = dict(generated) if isinstance(generated, dict) else {}
+        body["filler"] = "x" * OVERSIZED_BYTES
+        return json.dumps(body).encode()
+    return ('{"a": ' * NESTING_DEPTH + "1" + "}" * NESTING_DEPTH).encode()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(BEYOND_THE_LIMITS))
+@pytest.mark.parametrize("operation_id", BODY_OPERATIONS)
+def test_bodies_beyond_the_limits_get_4xx_in_the_error_shape(world, wsgi_app, operation_id, kind):
+    """Generated requests for every operation with a body, the body swapped for one beyond
+    the limits: the documented 4xx in the error shape, never a 5xx, nothing done."""
+    schema = schemathesis.openapi.from_dict(copy.deepcopy(SCHEMA))
+    schema.app = wsgi_app
+    operation = schema.find_operation_by_id(operation_id)
+    names = [p.name for p in operation.path_parameters]
+    strategy = operation.as_strategy(
+        GenerationMode.POSITIVE,
+        path_parameters={name: world["path"][name] for name in names} or None,
+    )
+    expected_status, expected_code = BEYOND_THE_LIMITS[kind]
+
+    @given(strategy)
+    @settings(
+        max_examples=2,  # each sends megabytes; the body, not the generated fields, matters
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def refused(case):
+        response = case.call(
+            headers={**world["headers"], "Content-Type": "application/json"},
+            data=beyond_the_limits(kind, case.body),
+        )
+        case.validate_response(
+            response,
+            checks=[
+                not_a_server_error,
+                status_code_conformance,
+                content_type_conformance,
+                response_schema_conformance,
+            ],
+        )
+        assert response.status_code == expected_status, response.text[:500]
+        error = response.json()["error"]
+        assert error["code"] == expected_code
+        assert error["message"]
+
+    refused()

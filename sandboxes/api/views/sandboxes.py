@@ -11,7 +11,7 @@ from rest_framework import mixins, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from sandboxes import selectors
+from sandboxes import db_pool, selectors
 from sandboxes.api import serializers as s
 from sandboxes.api.errors import ApiError
 from sandboxes.api.filtering import FilterBackend
@@ -173,6 +173,7 @@ class SandboxDetailView(TeamView):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
+            db_pool.give_back()  # not held while sleeping: each poll borrows one
             time.sleep(min(WAIT_POLL_SECONDS, remaining))
 
     @extend_schema(
