@@ -34,6 +34,7 @@ LIVE = frozenset({S.RUNNING, S.PAUSED, S.HIBERNATED, S.STOPPED})
 FEATURES: dict[str, tuple[str, frozenset[Status], str]] = {
     # name: (capability, statuses it needs, what it needs in words)
     "exec": ("supports_exec", frozenset({S.RUNNING}), "running"),
+    "terminal": ("supports_terminal", frozenset({S.RUNNING}), "running"),
     "services": ("supports_expose_http", LIVE, "running, paused, hibernated or stopped"),
     # Wake-on-HTTP goes through the control plane's proxy to exposed services, so it
     # needs what exposing needs; wake-on-SSH is the provider's own (see _services.html).
@@ -86,7 +87,8 @@ def lifecycle_offers(
 def feature_offer(
     sandbox: Sandbox, caps: Capabilities, feature: str, *, read_only_reason: str = ""
 ) -> Offer:
-    """Whether exec, services, wake-on or snapshot can be used now, and why not."""
+    """Whether exec, the terminal, services, wake-on or snapshot can be used now, and why
+    not."""
     capability, statuses, needs = FEATURES[feature]
     if not caps.supports(capability):
         reason = f"not offered by {sandbox.provider}: {caps.reason(capability)}"
