@@ -20,6 +20,7 @@ from websockets.sync.client import ClientConnection, connect
 from sandboxes.models import Membership, Outcome, Sandbox, SandboxEvent
 from sandboxes.services import lifecycle, terminal_hub
 from sandboxes.services.actors import Actor
+from sandboxes.services.errors import NotAllowed
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -311,3 +312,58 @@ def test_a_stopping_server_ends_its_sessions_with_their_audit_rows(sandbox, memb
     closed = terminal_events(sandbox)[-1]
     assert (closed.action, closed.data["reason"]) == ("terminal_close", "the web server stopped")
     assert terminal_hub.sessions() == []
+
+
+class Quiet:
+    """A client that takes output and never pushes back (``terminal_hub.Client``)."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def output(self, data: bytes) -> None:
+        pass
+
+    def ended(self, exit_code: int | None) -> None:
+        self.events.append("ended")
+
+    def displaced(self) -> None:
+        self.events.append("displaced")
+
+    def wait_for_room(self) -> None:
+        pass
+
+
+def test_the_scrollback_is_bounded_and_starts_at_a_line(sandbox, member, settings):
+    settings.SANDBOX_TERMINAL_SCROLLBACK_BYTES = 4096
+    live = terminal_hub.open_session(sandbox=sandbox, actor=Actor.for_user(member))
+    try:
+        live.write(b"seq 1 30000; echo done-$((6*7))\n")  # about 170 KB of output
+        wait_for(lambda: b"done-42\r\n" in live.scrollback(), "the output")
+        kept = live.scrollback()
+        assert len(kept) <= 4096
+        assert kept.split(b"\r\n", 1)[0].isdigit()  # a whole line first, not half of one
+        assert b"29999\r\n30000\r\n" in kept  # the newest output is what is kept
+    finally:
+        live.close("test over")
+
+
+def test_too_many_sessions_end_the_oldest_detached_one(sandbox, member, settings):
+    settings.SANDBOX_TERMINAL_MAX_SESSIONS = 2
+    actor = Actor.for_user(member)
+    first = terminal_hub.open_session(sandbox=sandbox, actor=actor)
+    second = terminal_hub.open_session(sandbox=sandbox, actor=actor)
+    clients = [Quiet(), Quiet()]
+    first.attach(clients[0])
+    second.attach(clients[1])
+    try:
+        with pytest.raises(NotAllowed):  # every one is in use: refused
+            terminal_hub.open_session(sandbox=sandbox, actor=actor)
+        first.detach(clients[0])
+        third = terminal_hub.open_session(sandbox=sandbox, actor=actor)
+        assert first.ended
+        assert not second.ended
+        assert {s.id for s in terminal_hub.sessions()} == {second.id, third.id}
+        closed = SandboxEvent.objects.get(action="terminal_close", data__session=first.id)
+        assert closed.data["reason"] == "replaced by a newer session (too many open)"
+    finally:
+        terminal_hub.close_all("test over")

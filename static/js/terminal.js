@@ -60,8 +60,14 @@
       buttons.close.hidden = !live;
     }
 
+    // Typed while the connection is being made (or remade): kept, and sent once attached,
+    // so the first keys after "Open terminal" or a reconnect are not lost.
+    let pending = [];
+    let attached = false;
+
     function send(data) {
-      if (socket && socket.readyState === WebSocket.OPEN) socket.send(data);
+      if (socket && attached && socket.readyState === WebSocket.OPEN) socket.send(data);
+      else if (socket && pending.length < 1000) pending.push(data);
     }
 
     function sendControl(message) {
@@ -145,6 +151,7 @@
       say(session ? "Reconnecting…" : "Opening a shell…");
       const ws = new WebSocket(url);
       ws.binaryType = "arraybuffer";
+      attached = false;
       let finished = false; // the server said how it ended: no retry
       let opened = false;
       socket = ws;
@@ -165,7 +172,10 @@
           term.reset();
           showSession(true);
           say(message.resumed ? "Reattached to your session." : "Connected.");
+          attached = true;
           sendControl({ type: "resize", cols: term.cols, rows: term.rows });
+          pending.forEach((data) => ws.send(data));
+          pending = [];
           term.focus();
         } else if (message.type === "exit") {
           finished = true;
@@ -188,10 +198,15 @@
         }
       };
       ws.onclose = () => {
+        attached = false;
         if (socket === ws) socket = null;
-        if (disposed || finished) return;
+        if (disposed || finished) {
+          pending = [];
+          return;
+        }
         const session = remembered(sandbox);
         if (!session || (!opened && retries >= RETRY_MS.length)) {
+          pending = [];
           showSession(false);
           say(opened ? "Disconnected." : "Could not connect to the terminal.");
           return;

@@ -23,7 +23,10 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screensh
 PASSWORD = "e2e-password-1"
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: while Playwright's sync API runs, this thread looks as if
+# an event loop ran in it, and asgiref's async_to_sync refuses to work here; tests after
+# the browser tests in one run (tests/test_fair_sharing.py) need that to be over.
+@pytest.fixture(scope="module")
 def browser() -> Iterator:
     require("chromium", os.access(CHROMIUM, os.X_OK), "apt-get install -y chromium")
     playwright_api = pytest.importorskip("playwright.sync_api")

@@ -169,3 +169,30 @@ def test_viewers_see_why_there_is_no_terminal(
     expect(page.locator("#why-terminal")).to_contain_text(re.compile("read-only"))
     expect(page.get_by_role("button", name="Open terminal")).to_have_count(0)
     page.close()
+
+
+@pytest.mark.parametrize("provider", ["local"], indirect=True)
+def test_pausing_swaps_the_panel_and_resuming_reattaches(
+    browser, asgi_live_server, running, worker, shots
+):
+    base = asgi_live_server.url
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    sign_in(page, base, "olivia")
+    page.goto(f"{base}/sandboxes/{running.pk}/")
+    page.get_by_role("button", name="Open terminal").click()
+    # Typed at once, while the socket is still connecting: kept and sent once attached.
+    type_line(page, "echo before-pause-$((6*7))")
+    screen_shows(page, r"^before-pause-42\s*$")
+
+    # The status change swaps the panel out (its socket closes, the session waits)...
+    page.locator('#sandbox-status button[data-action="pause"]').click()
+    expect(page.locator("#why-terminal")).to_contain_text("paused", timeout=TIMEOUT)
+    shots(page, "terminal while paused")
+    # ...and back: the new panel attaches to the same shell, scrollback and all.
+    page.locator('#sandbox-status button[data-action="resume"]').click()
+    expect(page.locator("[data-terminal-state]")).to_have_text(
+        "Reattached to your session.", timeout=TIMEOUT
+    )
+    screen_shows(page, r"^before-pause-42\s*$")
+    assert SandboxEvent.objects.filter(sandbox=running, action="terminal_open").count() == 1
+    page.close()
