@@ -87,11 +87,9 @@
       if (!navigator.clipboard || !navigator.clipboard.readText) {
         return say("This browser cannot paste from a button; use Ctrl+Shift+V.");
       }
+      term.focus(); // now, not when the clipboard answers: Enter must not press Paste again
       navigator.clipboard.readText().then(
-        (text) => {
-          term.paste(text); // bracketed paste when the program asked for it
-          term.focus();
-        },
+        (text) => term.paste(text), // bracketed paste when the program asked for it
         () => say("The browser refused the clipboard; use Ctrl+Shift+V.")
       );
     }

@@ -104,6 +104,7 @@ def test_the_web_terminal_survives_a_reload(browser, asgi_live_server, running, 
     # Paste (the Paste button reads the clipboard) and copy (the selection to it).
     page.evaluate("() => navigator.clipboard.writeText('echo pasted-$((2+3))')")
     page.get_by_role("button", name="Paste").click()
+    screen_shows(page, r"# echo pasted-\$\(\(2\+3\)\)$")  # pasted (once), not yet run
     page.keyboard.press("Enter")
     screen_shows(page, r"^pasted-5\s*$")
     page.evaluate("() => document.querySelector('[data-terminal]').terminal().selectAll()")
