@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install system-packages run test bench lint format clean
+.PHONY: install system-packages run test bench lint format clean static
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test: install
 bench: install system-packages
 	@scripts/ensure-system-packages wrk || echo "no wrk: bench_api uses its Python load generator"
 	$(BIN)/python -m bench
+
+# Rebuilds static/vendor/ (xterm.js) from the npm registry, as package-lock.json pins it.
+# Its output is committed: `make run` and production never need npm or the network.
+static:
+	scripts/build-static
 
 lint:
 	$(BIN)/ruff check --fix .

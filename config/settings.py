@@ -303,6 +303,15 @@ SANDBOX_PROXY_ISOLATE = env_bool("SANDBOX_PROXY_ISOLATE", True)
 # them: 429 with Retry-After. 0 switches a cap off.
 SANDBOX_LONG_CALLS_PER_TEAM = max(0, env_int("SANDBOX_LONG_CALLS_PER_TEAM", 4))
 SANDBOX_LONG_CALLS_TOTAL = max(0, env_int("SANDBOX_LONG_CALLS_TOTAL", 32))
+# The web terminal (sandboxes/services/terminal_hub.py): a session whose browser went away
+# (a reload, a dropped connection) stays open this long for it to come back, replaying
+# the last SANDBOX_TERMINAL_SCROLLBACK_BYTES of output; at most
+# SANDBOX_TERMINAL_MAX_SESSIONS open per user and web process (each is a thread, a pty).
+SANDBOX_TERMINAL_DETACH_SECONDS = max(0, env_int("SANDBOX_TERMINAL_DETACH_SECONDS", 300))
+SANDBOX_TERMINAL_SCROLLBACK_BYTES = max(
+    4096, env_int("SANDBOX_TERMINAL_SCROLLBACK_BYTES", 256 * 1024)
+)
+SANDBOX_TERMINAL_MAX_SESSIONS = max(1, env_int("SANDBOX_TERMINAL_MAX_SESSIONS", 20))
 
 # --- The API's per-team request counters (sandboxes/services/throttling.py) must be
 # shared by every web worker: in Redis when REDIS_URL is set, else in the database.

@@ -131,3 +131,12 @@ def team_admin(django_user_model, team):
 @pytest.fixture
 def outsider(django_user_model, other_team):
     return _member(django_user_model, other_team, "mallory", "owner")
+
+
+@pytest.fixture
+def asgi_live_server(transactional_db):
+    """``config.asgi`` under uvicorn on a loopback port (see ``tests/asgi_server.py``)."""
+    from tests.asgi_server import asgi_server
+
+    with asgi_server() as server:
+        yield server

@@ -81,7 +81,11 @@ class HostTerminal(TerminalSession):
             stdin=slave,
             stdout=slave,
             stderr=slave,
-            env={**os.environ, **env},
+            # HOME is the instance's folder: a login shell must not run the host user's
+            # profile (on the build machines it runs `pyenv rehash`, which takes a lock
+            # that a shell killed mid-way, as tests do, leaves behind for every later
+            # login shell to hang on), nor write its history there.
+            env={**os.environ, "HOME": str(workdir), **env},
             start_new_session=True,
             # The pty as the controlling terminal: stty, job control and SIGWINCH work.
             preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),

@@ -96,9 +96,10 @@ class AuditedTerminal:
     def closed(self) -> bool:
         return self._closed_event is not None
 
-    def close(self) -> SandboxEvent:
+    def close(self, reason: str = "") -> SandboxEvent:
         """End the session (its processes are killed) and record ``terminal_close`` with
-        its duration; idempotent (returns the same event)."""
+        its duration and, when given, why it ended (``reason``: "detached for 300 s",
+        "closed by the user"...); idempotent (returns the first event)."""
         with self._close_lock:
             if self._closed_event is not None:
                 return self._closed_event
@@ -108,18 +109,21 @@ class AuditedTerminal:
             except ProviderError as exc:
                 problem = exc.message
             duration = time.monotonic() - self._started
+            data = {
+                "session": self.session_id,
+                "opened_event": self.opened.pk,
+                "duration_seconds": round(duration, 3),
+                "exit_code": self.session.exit_code,
+            }
+            if reason:
+                data["reason"] = reason[:200]
             self._closed_event = record_event(
                 actor=self.actor,
                 action="terminal_close",
                 outcome=Outcome.FAILED if problem else Outcome.SUCCEEDED,
                 sandbox=self.sandbox,
                 message=problem,
-                data={
-                    "session": self.session_id,
-                    "opened_event": self.opened.pk,
-                    "duration_seconds": round(duration, 3),
-                    "exit_code": self.session.exit_code,
-                },
+                data=data,
             )
             return self._closed_event
 

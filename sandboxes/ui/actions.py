@@ -33,6 +33,7 @@ DESTRUCTIVE = {"delete": "Delete {name}? Its files are gone for good.", "stop": 
 FEATURES: dict[str, str] = {
     # name: the capability it needs (its statuses are states.ACTION_STATUSES[name])
     "exec": "supports_exec",
+    "terminal": "supports_terminal",
     "services": "supports_expose_http",
     # Wake-on-HTTP goes through the control plane's proxy to exposed services, so it
     # needs what exposing needs; wake-on-SSH is the provider's own (see _services.html).

@@ -1,5 +1,6 @@
-"""The sandbox detail page and what is done from it: settings, services, wake-on, the exec
-console, snapshots and the CPU/memory charts."""
+"""The sandbox detail page and what is done from it: settings, services, wake-on, the web
+terminal (its websocket is sandboxes/websocket.py), the exec console, snapshots and the
+CPU/memory charts."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def live_context(request: HttpRequest, sandbox: Sandbox) -> dict[str, Any]:
         "offers": lifecycle_offers(sandbox, caps, read_only_reason=reason),
         "features": {
             name: feature_offer(sandbox, caps, name, read_only_reason=reason)
-            for name in ("exec", "services", "wake_on", "snapshot")
+            for name in ("exec", "terminal", "services", "wake_on", "snapshot")
         },
         "timeline": events[::-1],
         "taken": taken,
@@ -87,6 +88,9 @@ def detail_context(request: HttpRequest, sandbox: Sandbox, **extra: Any) -> dict
 #: (the console once running, say) appears without a reload.
 LIVE_SECTIONS = (
     "_timeline.html",
+    # Swapped when the status changes: the page's script detaches the old terminal and
+    # attaches the new one to the same session (see static/js/terminal.js).
+    "_terminal.html",
     "_console.html",
     "_services.html",
     "_taken.html",
