@@ -9,7 +9,7 @@ import threading
 import pytest
 from django.core.cache.backends.redis import RedisCache
 
-from config.asgi import OneStepASGIHandler, application
+from config.asgi import OneStepASGIHandler, application, django_application
 from sandboxes.redis_pool import SharedConnectionPool
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -59,7 +59,7 @@ def asgi_get(path: str) -> tuple[int, dict[bytes, bytes], bytes]:
 
 
 def test_the_asgi_application_runs_the_whole_middleware_chain_and_the_view():
-    assert isinstance(application, OneStepASGIHandler)
+    assert isinstance(django_application, OneStepASGIHandler)  # what `application` routes http to
     status, headers, body = asgi_get("/login/")
     assert status == 200
     assert headers[b"x-frame-options"] == b"DENY"  # the last middleware's answer

@@ -9,7 +9,7 @@ from django.urls import URLPattern, reverse
 from playwright.sync_api import expect
 
 from sandboxes import urls
-from sandboxes.services import interactive, lifecycle, snapshots, tokens
+from sandboxes.services import interactive, lifecycle, snapshots, team_secrets, tokens
 from sandboxes.services.actors import Actor
 from tests.browser.conftest import sign_in
 from tests.taskqueue import drain
@@ -38,6 +38,7 @@ def content(provider, owner, team):
     version = snapshots.take_snapshot(sandbox=sandbox, actor=actor, label="a long label " * 4)
     drain()
     token, _ = tokens.create_api_token(user=owner, team=team, actor=actor, name="narrow")
+    team_secrets.set_secret(team=team, actor=actor, name="DEPLOY_TOKEN", value="not shown")
     first = f"{provider}_1vcpu_1gb_8gb_v1"
     return {
         "sandbox_id": sandbox.pk,
@@ -46,6 +47,7 @@ def content(provider, owner, team):
         "action": "pause",
         "service": "web",
         "token_id": token.pk,
+        "name": "DEPLOY_TOKEN",
     }
 
 
