@@ -143,16 +143,6 @@ def sandbox_status(team: Team, sandbox_id: str) -> str | None:
     return Sandbox.objects.filter(team=team, pk=sandbox_id).values_list("status", flat=True).first()
 
 
-def sandbox_by_idempotency_key(team: Team, key: str) -> Sandbox | None:
-    if not key:
-        return None
-    return (
-        Sandbox.objects.select_related("preset", "snapshot")
-        .filter(team=team, idempotency_key=key)
-        .first()
-    )
-
-
 def sandbox_status_counts(team: Team) -> dict[str, int]:
     """How many of the team's sandboxes are in each status (one grouped query)."""
     rows = Sandbox.objects.filter(team=team).values_list("status").annotate(n=Count("pk"))

@@ -22,7 +22,7 @@ from sandboxes.filters import SandboxFilter
 from sandboxes.forms import NewSandboxForm, add_service_error
 from sandboxes.models import Sandbox, SnapshotStatus
 from sandboxes.services import backends, lifecycle
-from sandboxes.services.errors import ServiceError
+from sandboxes.services.errors import IdempotencyKeyReused, ServiceError
 from sandboxes.states import Status
 from sandboxes.ui.actions import DESTRUCTIVE, LABELS, LIFECYCLE_ORDER, lifecycle_offers
 from sandboxes.ui.format import IdUrls, badge_class
@@ -313,6 +313,11 @@ def _new_form(request: HttpRequest, data=None) -> NewSandboxForm:
     )
 
 
+REUSED_FORM = (
+    "This form already created a sandbox with other values; open a new form to create another one."
+)
+
+
 @require_http_methods(["GET", "POST"])
 @team_view
 def sandbox_new(request: HttpRequest) -> HttpResponse:
@@ -335,6 +340,9 @@ def sandbox_new(request: HttpRequest) -> HttpResponse:
                     delete_parked_after_seconds=data["delete_parked"],
                     idempotency_key=f"dashboard-{data['idempotency_key']}",
                 )
+            except IdempotencyKeyReused:
+                # The same form sent again with other values (a double submit, edited).
+                form.add_error(None, REUSED_FORM)
             except ServiceError as exc:
                 add_service_error(form, exc)
             else:

@@ -49,17 +49,16 @@ class CmuxStartView(TeamView):
         team_ref = data.get("teamSlugOrId")
         if team_ref and team_ref not in (self.team.slug, str(self.team.pk)):
             raise ApiError(404, "not_found", "no such team for your credentials")
-        key = request.headers.get("Idempotency-Key", "")
-        sandbox = selectors.sandbox_by_idempotency_key(self.team, key)
-        if sandbox is None:
-            sandbox = lifecycle.create_sandbox(
-                team=self.team,
-                actor=self.actor,
-                snapshot_id=self.snapshot_id(data["snapshotId"]),
-                ttl_seconds=data.get("ttlSeconds"),
-                metadata=data.get("metadata"),
-                idempotency_key=key,
-            )
+        # A retry with the same Idempotency-Key answers the first sandbox (409 if it asks
+        # for something else): lifecycle.replayed_create, as on create.
+        sandbox = lifecycle.create_sandbox(
+            team=self.team,
+            actor=self.actor,
+            snapshot_id=self.snapshot_id(data["snapshotId"]),
+            ttl_seconds=data.get("ttlSeconds"),
+            metadata=data.get("metadata"),
+            idempotency_key=request.headers.get("Idempotency-Key", ""),
+        )
         body = {
             "instanceId": sandbox.pk,
             "provider": sandbox.provider,

@@ -67,34 +67,6 @@ def accepted(sandbox: Sandbox, **headers: str) -> Response:
     )
 
 
-def idempotency_mismatch(existing: Sandbox, data: dict[str, Any]) -> list[str]:
-    """The fields of a retried create that differ from the sandbox the key made first."""
-    given = {
-        "name": (data.get("name") or "").strip(),
-        "metadata": data.get("metadata") or {},
-        "ttl_seconds": data.get("ttl_seconds"),
-        "ttl_action": data.get("ttl_action", TtlAction.STOP),
-    }
-    # Left out, these took the team's defaults (or nothing): only a value given can differ.
-    for name in ("idle_timeout_seconds", "delete_parked_after_seconds", "env"):
-        if name in data:
-            given[name] = data[name]
-    differing = [name for name, value in given.items() if getattr(existing, name) != value]
-    if "secrets" in data and list(dict.fromkeys(data["secrets"])) != existing.secret_names:
-        differing.append("secrets")
-    if data.get("network_policy", "") != existing.network_policy:
-        differing.append("network_policy")
-    if data.get("preset") and data["preset"] != existing.preset_id:
-        differing.append("preset")
-    if data.get("provider") and data["provider"] != existing.provider:
-        differing.append("provider")
-    wanted = data.get("snapshot_id")
-    made = existing.snapshot.snapshot_id if existing.snapshot_id else ""
-    if wanted and wanted != made and made.rsplit("_v", 1)[0] != wanted:
-        differing.append("snapshot_id")
-    return differing
-
-
 class SandboxListView(mixins.ListModelMixin, TeamView):
     serializer_class = s.SandboxSerializer
     filter_backends = [FilterBackend]
@@ -126,36 +98,28 @@ class SandboxListView(mixins.ListModelMixin, TeamView):
     def post(self, request: Request) -> Response:
         data = self.validated(s.SandboxCreateSerializer)
         key = request.headers.get("Idempotency-Key", "")
-        existing = selectors.sandbox_by_idempotency_key(self.team, key)
-        if existing is not None:
-            differing = idempotency_mismatch(existing, data)
-            if differing:
-                raise ApiError(
-                    409,
-                    "idempotency_key_reused",
-                    "this Idempotency-Key was used for a different request",
-                    fields={field: ["differs from the first request"] for field in differing},
-                )
-            return accepted(existing, **{"Idempotent-Replayed": "true"})
-        sandbox = lifecycle.create_sandbox(
-            team=self.team,
-            actor=self.actor,
-            preset_id=data.get("preset"),
-            provider=data.get("provider"),
-            snapshot_id=data.get("snapshot_id"),
-            name=data.get("name", ""),
-            ttl_seconds=data.get("ttl_seconds"),
-            ttl_action=data.get("ttl_action", TtlAction.STOP),
-            idle_timeout_seconds=data.get("idle_timeout_seconds", lifecycle.TEAM_DEFAULT),
-            delete_parked_after_seconds=data.get(
+        asked = {
+            "preset_id": data.get("preset"),
+            "provider": data.get("provider"),
+            "snapshot_id": data.get("snapshot_id"),
+            "name": data.get("name", ""),
+            "ttl_seconds": data.get("ttl_seconds"),
+            "ttl_action": data.get("ttl_action", TtlAction.STOP),
+            "idle_timeout_seconds": data.get("idle_timeout_seconds", lifecycle.TEAM_DEFAULT),
+            "delete_parked_after_seconds": data.get(
                 "delete_parked_after_seconds", lifecycle.TEAM_DEFAULT
             ),
-            metadata=data.get("metadata"),
-            idempotency_key=key,
-            network_policy=data.get("network_policy"),
-            network_allow=data.get("network_allow"),
-            env=data.get("env"),
-            secrets=data.get("secrets"),
+            "metadata": data.get("metadata"),
+            "network_policy": data.get("network_policy"),
+            "network_allow": data.get("network_allow"),
+            "env": data.get("env"),
+            "secrets": data.get("secrets"),
+        }
+        existing = lifecycle.replayed_create(team=self.team, idempotency_key=key, **asked)
+        if existing is not None:
+            return accepted(existing, **{"Idempotent-Replayed": "true"})
+        sandbox = lifecycle.create_sandbox(
+            team=self.team, actor=self.actor, idempotency_key=key, **asked
         )
         return accepted(sandbox)
 
