@@ -1,4 +1,4 @@
-"""The domain model (DESIGN.md, "Data model").
+"""The domain model (docs/architecture.md, "Data model" and "Glossary").
 
 Rows change only through ``sandboxes/services``; in particular nothing assigns
 ``Sandbox.status`` directly: transitions are compare-and-set updates.
