@@ -57,7 +57,7 @@ def resolve_snapshot(*, team: Team, snapshot_id: str) -> Snapshot:
     """
     if not selectors.storable(snapshot_id):
         raise Snapshot.DoesNotExist(snapshot_id)
-    visible = selectors.snapshots_for_team(team, include_deleted=True)
+    visible = selectors.snapshots_for_team(team=team, include_deleted=True)
     exact = visible.filter(snapshot_id=snapshot_id).first()
     if exact is not None:
         return exact
@@ -70,7 +70,7 @@ def resolve_snapshot(*, team: Team, snapshot_id: str) -> Snapshot:
         active = active_version(team=team, provider=parsed.provider, preset_id=parsed.preset_id)
     if active is None:
         raise Snapshot.DoesNotExist(snapshot_id)
-    return selectors.get_snapshot(team, active.snapshot_id)
+    return selectors.get_snapshot(team=team, snapshot_id=active.snapshot_id)
 
 
 def _invalid_snapshot(message: str) -> InvalidInput:
@@ -104,7 +104,7 @@ def resolve_for_start(
                 f"{snapshot_id} is of preset {resolved.preset_id}, not {preset_id}"
             )
         snapshot = (
-            Snapshot.objects.filter(visible_to(team), snapshot_id=str(resolved))
+            Snapshot.objects.filter(visible_to(team=team), snapshot_id=str(resolved))
             .select_related("preset")
             .first()
         )

@@ -129,10 +129,10 @@ def _list_context(request: HttpRequest, params: QueryDict) -> dict:
     """The list region: filters applied, one page of rows, status counts. Constant queries."""
     team = request.team
     statuses = params.getlist("status")
-    queryset = selectors.sandboxes_for_team(team, include_deleted=Status.DELETED in statuses)
+    queryset = selectors.sandboxes_for_team(team=team, include_deleted=Status.DELETED in statuses)
     filterset = SandboxFilter(params or None, queryset=queryset)
     page = Paginator(filterset.qs, PER_PAGE).get_page(params.get("page"))
-    counts = selectors.sandbox_status_counts(team)
+    counts = selectors.sandbox_status_counts(team=team)
     query = params.copy()
     query.pop("page", None)
     chips = [("", "All", sum(n for s, n in counts.items() if s != Status.DELETED))]
@@ -196,7 +196,7 @@ def sandbox_bulk(request: HttpRequest) -> HttpResponse:
 
 def _apply_bulk(request: HttpRequest, action: str, ids: list[str]) -> None:
     wanted = [pk for pk in ids[:500] if selectors.storable(pk)]
-    chosen = list(selectors.sandboxes_for_team(request.team).filter(pk__in=wanted))
+    chosen = list(selectors.sandboxes_for_team(team=request.team).filter(pk__in=wanted))
     done = 0
     for sandbox in chosen:
         try:
@@ -215,7 +215,7 @@ def _apply_bulk(request: HttpRequest, action: str, ids: list[str]) -> None:
 @require_GET
 @team_view
 def sandbox_detail(request: HttpRequest, sandbox_id: str) -> HttpResponse:
-    sandbox = selectors.get_sandbox(request.team, sandbox_id)
+    sandbox = selectors.get_sandbox(team=request.team, sandbox_id=sandbox_id)
     return render(request, "sandboxes/detail.html", detail_context(request, sandbox))
 
 
@@ -227,7 +227,7 @@ def sandbox_status(request: HttpRequest, sandbox_id: str) -> HttpResponse:
     Polled every second while the sandbox is transitional; once it settles, the answer
     is HTTP 286, which tells HTMX to stop polling.
     """
-    sandbox = selectors.get_sandbox(request.team, sandbox_id)
+    sandbox = selectors.get_sandbox(team=request.team, sandbox_id=sandbox_id)
     if not request.htmx:
         return redirect("sandbox-detail", sandbox_id=sandbox.pk)
     if request.GET.get("part") == "row":
@@ -246,7 +246,7 @@ def sandbox_action(request: HttpRequest, sandbox_id: str, action: str) -> HttpRe
     """start, stop, pause, hibernate, resume or delete one sandbox."""
     if action not in REQUESTS:
         raise Http404("no such action")
-    sandbox = selectors.get_sandbox(request.team, sandbox_id)
+    sandbox = selectors.get_sandbox(team=request.team, sandbox_id=sandbox_id)
     if action == "delete" and not confirmed(request):
         return confirm_page(
             request,
@@ -260,7 +260,7 @@ def sandbox_action(request: HttpRequest, sandbox_id: str, action: str) -> HttpRe
         messages.info(request, f"{LABELS[action]}: requested for {sandbox}.")
     except ServiceError as exc:
         report(request, exc)
-    sandbox = selectors.get_sandbox(request.team, sandbox.pk)
+    sandbox = selectors.get_sandbox(team=request.team, sandbox_id=sandbox.pk)
     if is_partial(request):
         if request.POST.get("part") == "row":
             return render_fragment(
@@ -288,7 +288,9 @@ def _new_form(request: HttpRequest, data=None) -> NewSandboxForm:
     }
     snapshot_id = source.get("snapshot", "")
     if snapshot_id and selectors.storable(snapshot_id):
-        chosen = selectors.snapshots_for_team(request.team).filter(snapshot_id=snapshot_id).first()
+        chosen = (
+            selectors.snapshots_for_team(team=request.team).filter(snapshot_id=snapshot_id).first()
+        )
         if chosen is not None:
             initial.update(provider=chosen.provider, preset=chosen.preset_id, snapshot=snapshot_id)
     for key in ("preset", "provider", "name", "ttl", "ttl_action", "idle_timeout", "delete_parked"):
@@ -297,7 +299,7 @@ def _new_form(request: HttpRequest, data=None) -> NewSandboxForm:
     if "preset" not in initial and presets:
         offered = [p for p in presets if initial["provider"] in p.providers]
         initial["preset"] = (offered or presets)[0].pk
-    versions = selectors.snapshots_for_team(request.team).filter(
+    versions = selectors.snapshots_for_team(team=request.team).filter(
         status=SnapshotStatus.READY, provider=initial["provider"], preset_id=initial.get("preset")
     )
     active = selectors.active_version(

@@ -477,12 +477,14 @@ def test_the_fast_representation_is_what_the_declared_fields_give(memory_backend
     settings.TIME_ZONE = "Europe/Paris"  # offsets other than Z are written the same way too
     sandbox_id = create(api, name="full", ttl_seconds=60, metadata={"a": "b"})["id"]
     api.post(url(sandbox_id, "services"), {"name": "web", "port": 80}, format="json")
-    sandbox = selectors.get_sandbox(Sandbox.objects.get(pk=sandbox_id).team, sandbox_id)
+    sandbox = selectors.get_sandbox(
+        team=Sandbox.objects.get(pk=sandbox_id).team, sandbox_id=sandbox_id
+    )
     declared = serializers.Serializer.to_representation(SandboxSerializer(), sandbox)
     assert declared["services"][0]["name"] == "web"
     assert declared["expires_at"] is not None
     assert "+01:00" in declared["created_at"] or "+02:00" in declared["created_at"]
-    (row,) = selectors.sandbox_rows(selectors.sandboxes_for_team(sandbox.team))
+    (row,) = selectors.sandbox_rows(selectors.sandboxes_for_team(team=sandbox.team))
     assert SandboxSerializer().to_representation(sandbox) == declared
     assert SandboxSerializer().to_representation(row) == declared
 

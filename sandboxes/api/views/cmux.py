@@ -34,7 +34,7 @@ class CmuxStartView(TeamView):
         """Our id as it is, or the version imported from a provider image reference."""
         if snapshots.is_snapshot_id(given):
             return given
-        version = selectors.snapshot_by_provider_ref(self.team, given)
+        version = selectors.snapshot_by_provider_ref(team=self.team, ref=given)
         return version.snapshot_id if version is not None else given
 
     @extend_schema(

@@ -79,7 +79,7 @@ class SandboxListView(mixins.ListModelMixin, TeamView):
         if self.schema_only:
             return Sandbox.objects.none()
         wanted = self.request.query_params.getlist("status")
-        return selectors.sandboxes_for_team(self.team, include_deleted="deleted" in wanted)
+        return selectors.sandboxes_for_team(team=self.team, include_deleted="deleted" in wanted)
 
     @extend_schema(
         operation_id="sandboxes_list",
@@ -131,7 +131,7 @@ class SandboxDetailView(TeamView):
         """Poll only the status column, outside any transaction, until settled or timed out."""
         deadline = time.monotonic() + seconds
         while True:
-            current = selectors.sandbox_status(self.team, self.kwargs["sandbox_id"])
+            current = selectors.sandbox_status(team=self.team, sandbox_id=self.kwargs["sandbox_id"])
             if current is None or not is_transitional(current):
                 return
             remaining = deadline - time.monotonic()
@@ -323,7 +323,7 @@ class SandboxEventsView(mixins.ListModelMixin, TeamView):
     def get_queryset(self):
         if self.schema_only:
             return SandboxEvent.objects.none()
-        return selectors.sandbox_events(self.get_sandbox())
+        return selectors.sandbox_events(sandbox=self.get_sandbox())
 
     @extend_schema(
         operation_id="sandboxes_events", summary="The sandbox's audit trail, oldest first"
