@@ -119,17 +119,7 @@ class MembershipInline(admin.TabularInline):
 class TeamForm(forms.ModelForm):
     class Meta:
         model = Team
-        fields = [
-            "slug",
-            "name",
-            "max_sandboxes",
-            "max_vcpus",
-            "max_memory_mb",
-            "network_policy",
-            "network_allow",
-            "idle_timeout_seconds",
-            "delete_parked_after_seconds",
-        ]
+        fields = ["slug", *teams.TEAM_SETTINGS]  # what the teams service lets an operator set
 
     def clean(self):
         cleaned = super().clean()

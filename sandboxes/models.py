@@ -139,6 +139,10 @@ class Preset(models.Model):
     def __str__(self) -> str:
         return self.id
 
+    def size(self) -> dict[str, int]:
+        """What a sandbox of this preset is given: its vCPUs, memory and disk."""
+        return {"vcpus": self.vcpus, "memory_mb": self.memory_mb, "disk_gb": self.disk_gb}
+
 
 class SnapshotStatus(models.TextChoices):
     CREATING = "creating"
