@@ -16,7 +16,15 @@ contracts in pyproject.toml keep services and providers out of here.
 
 from __future__ import annotations
 
-from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models import (
+    BooleanField,
+    Count,
+    ExpressionWrapper,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+)
 
 from sandboxes.models import (
     ActiveSnapshot,
@@ -30,7 +38,7 @@ from sandboxes.models import (
     Team,
     TeamSecret,
 )
-from sandboxes.states import Status
+from sandboxes.states import TRANSITIONAL, Status
 
 
 def storable(text: str) -> bool:
@@ -93,10 +101,13 @@ def sandbox_rows(sandboxes: QuerySet[Sandbox]) -> QuerySet[dict]:
 
     No model objects are built for a page. The version's id is a subquery rather than a
     join, so counting the sandboxes stays a plain (index-only) count of the team's rows.
+    Beside the columns: ``snapshot_version`` (that id) and ``is_transitional``.
     """
     version = Snapshot.objects.filter(pk=OuterRef("snapshot_id")).order_by()
     return sandboxes.values(
-        *SANDBOX_LIST_COLUMNS, snapshot_version=Subquery(version.values("snapshot_id")[:1])
+        *SANDBOX_LIST_COLUMNS,
+        snapshot_version=Subquery(version.values("snapshot_id")[:1]),
+        is_transitional=ExpressionWrapper(Q(status__in=TRANSITIONAL), output_field=BooleanField()),
     )
 
 
@@ -104,6 +115,7 @@ def sandbox_row(sandbox: Sandbox) -> dict:
     """One sandbox as ``sandbox_rows`` gives its rows."""
     row = {name: getattr(sandbox, name) for name in SANDBOX_LIST_COLUMNS}
     row["snapshot_version"] = sandbox.snapshot.snapshot_id if sandbox.snapshot_id else None
+    row["is_transitional"] = sandbox.is_transitional
     return row
 
 

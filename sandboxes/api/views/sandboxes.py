@@ -93,7 +93,6 @@ def lifecycle_action(operation: str, summary: str):
 class SandboxViewSet(ViewSetMixin, mixins.ListModelMixin, TeamView):
     """The caller's team's sandboxes. Another team's sandbox is simply not found."""
 
-
     serializer_class = s.SandboxSerializer
     filter_backends = [FilterBackend]
     filterset_class = SandboxFilter
