@@ -28,7 +28,7 @@ from sandboxes.services.errors import ServiceError
 from sandboxes.services.presets import preset_id_for
 from sandboxes.services.snapshots import (
     activate_snapshot,
-    delete_snapshot_version,
+    delete_snapshot,
     import_snapshot,
     update_snapshot_label,
 )
@@ -367,7 +367,7 @@ class SnapshotAdmin(ServiceWritesAdmin):
             self,
             request,
             queryset,
-            lambda s, actor: delete_snapshot_version(snapshot=s, actor=actor),
+            lambda s, actor: delete_snapshot(snapshot=s, actor=actor),
             "Deleting",
         )
 

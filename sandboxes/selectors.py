@@ -210,8 +210,8 @@ def visible_to(*, team: Team | None) -> Q:
     return Q(team__isnull=True) | Q(team=team) if team is not None else Q(team__isnull=True)
 
 
-def active_version(*, team: Team | None, provider: str, preset_id: str) -> Snapshot | None:
-    """The team's own active version of the pair, else the shared one."""
+def active_snapshot(*, team: Team | None, provider: str, preset_id: str) -> Snapshot | None:
+    """The team's own active snapshot of the pair, else the shared one."""
     pointers = ActiveSnapshot.objects.filter(provider=provider, preset_id=preset_id).filter(
         Q(team__isnull=True) | Q(team=team)
     )

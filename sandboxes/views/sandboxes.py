@@ -296,7 +296,7 @@ def _new_form(request: HttpRequest, data=None) -> NewSandboxForm:
     versions = selectors.snapshots_for_team(team=request.team).filter(
         status=SnapshotStatus.READY, provider=initial["provider"], preset_id=initial.get("preset")
     )
-    active = selectors.active_version(
+    active = selectors.active_snapshot(
         team=request.team, provider=initial["provider"], preset_id=initial.get("preset")
     )
     return NewSandboxForm(

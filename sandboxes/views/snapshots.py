@@ -194,7 +194,7 @@ def snapshot_delete(request: HttpRequest, snapshot_id: str) -> HttpResponse:
             button="Delete version",
         )
     try:
-        snapshots.delete_snapshot_version(snapshot=snapshot, actor=actor(request))
+        snapshots.delete_snapshot(snapshot=snapshot, actor=actor(request))
         messages.success(request, f"Deleting {snapshot.snapshot_id}.")
     except ServiceError as exc:
         report(request, exc)

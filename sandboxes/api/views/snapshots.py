@@ -17,7 +17,7 @@ from sandboxes.models import Preset, Snapshot
 from sandboxes.services import backends
 from sandboxes.services.snapshots import (
     activate_snapshot,
-    delete_snapshot_version,
+    delete_snapshot,
     resolve_snapshot,
 )
 
@@ -81,7 +81,7 @@ class SnapshotDetailView(SnapshotView):
         responses={202: s.SnapshotSerializer, 409: CONFLICT},
     )
     def delete(self, request: Request, snapshot_id: str) -> Response:
-        snapshot = delete_snapshot_version(snapshot=self.get_snapshot(), actor=self.actor)
+        snapshot = delete_snapshot(snapshot=self.get_snapshot(), actor=self.actor)
         return Response(self.body(snapshot), status=status.HTTP_202_ACCEPTED)
 
 
