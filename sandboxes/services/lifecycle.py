@@ -20,10 +20,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import transaction
@@ -128,31 +128,17 @@ def team_lifecycle_defaults(team: Team) -> tuple[int | None, int | None]:
 
 
 def replayed_create(
-    *,
-    team: Team,
-    idempotency_key: str,
-    preset_id: str | None = None,
-    provider: str | None = None,
-    snapshot_id: str | None = None,
-    name: str = "",
-    ttl_seconds: int | None = None,
-    ttl_action: str = TtlAction.STOP,
-    idle_timeout_seconds: int | _TeamDefault | None = TEAM_DEFAULT,
-    delete_parked_after_seconds: int | _TeamDefault | None = TEAM_DEFAULT,
-    metadata: dict[str, str] | None = None,
-    network_policy: str | None = None,
-    network_allow: list[str] | None = None,
-    env: dict[str, str] | None = None,
-    secrets: list[str] | None = None,
+    *, team: Team, idempotency_key: str, asked: Mapping[str, Any]
 ) -> Sandbox | None:
     """The sandbox a create with this ``idempotency_key`` made before, or None (no key, or
     a key the team has not used).
 
     The one idempotency rule, for the API, cmux and the dashboard (``create_sandbox``
     applies it too): a retry asks for what the first create asked for, or it is refused
-    with IdempotencyKeyReused (409) naming the fields that differ. A field left out took a
-    default the first time, so only a field given can differ (``preset_id`` is ``preset``
-    and a snapshot id without ``_vN`` matches the version it resolved to).
+    with IdempotencyKeyReused (409) naming the fields that differ. ``asked`` holds
+    ``create_sandbox``'s keyword arguments as given. A field left out took a default the
+    first time, so only a field given can differ (``preset_id`` is ``preset`` and a
+    snapshot id without ``_vN`` matches the version it resolved to).
     """
     if not idempotency_key:
         return None
@@ -164,28 +150,31 @@ def replayed_create(
     if existing is None:
         return None
     given: dict[str, object] = {
-        "name": validate_name(name),
-        "metadata": validate_metadata(metadata),
-        "ttl_seconds": ttl_seconds,
-        "ttl_action": ttl_action,
+        "name": validate_name(asked.get("name", "")),
+        "metadata": validate_metadata(asked.get("metadata")),
+        "ttl_seconds": asked.get("ttl_seconds"),
+        "ttl_action": asked.get("ttl_action", TtlAction.STOP),
     }
-    if idle_timeout_seconds is not TEAM_DEFAULT:
-        given["idle_timeout_seconds"] = idle_timeout_seconds
-    if delete_parked_after_seconds is not TEAM_DEFAULT:
-        given["delete_parked_after_seconds"] = delete_parked_after_seconds
-    if env is not None:
-        given["env"] = env
+    for field in ("idle_timeout_seconds", "delete_parked_after_seconds"):
+        if asked.get(field, TEAM_DEFAULT) is not TEAM_DEFAULT:
+            given[field] = asked[field]
+    if asked.get("env") is not None:
+        given["env"] = asked["env"]
     differing = [field for field, value in given.items() if getattr(existing, field) != value]
+    secrets = asked.get("secrets")
     if secrets is not None and list(dict.fromkeys(secrets)) != existing.secret_names:
         differing.append("secrets")
-    asked = network.parse_policy(network_policy, network_allow) if network_policy else None
-    if asked != network.stored(existing.network_policy, existing.network_allow):
+    mode = asked.get("network_policy")
+    policy = network.parse_policy(mode, asked.get("network_allow")) if mode else None
+    if policy != network.stored(existing.network_policy, existing.network_allow):
         differing.append("network_policy")
+    preset_id, provider = asked.get("preset_id"), asked.get("provider")
     if preset_id and preset_id != existing.preset_id:
         differing.append("preset")
     if provider and provider != existing.provider:
         differing.append("provider")
     made = existing.snapshot.snapshot_id if existing.snapshot_id else ""
+    snapshot_id = asked.get("snapshot_id")
     if snapshot_id and snapshot_id not in (made, made.rsplit("_v", 1)[0]):
         differing.append("snapshot_id")
     if differing:
@@ -282,7 +271,7 @@ def create_sandbox(
             "Idempotency-Key is longer than 200 characters",
             fields={"idempotency_key": ["200 characters at most"]},
         )
-    existing = replayed_create(team=team, idempotency_key=idempotency_key, **asked)
+    existing = replayed_create(team=team, idempotency_key=idempotency_key, asked=asked)
     if existing is not None:
         return existing
     snapshot = resolve_for_start(
@@ -300,7 +289,7 @@ def create_sandbox(
     with transaction.atomic():
         locked_team = Team.objects.select_for_update().get(pk=team.pk)
         # Again under the lock: two retries racing.
-        existing = replayed_create(team=team, idempotency_key=idempotency_key, **asked)
+        existing = replayed_create(team=team, idempotency_key=idempotency_key, asked=asked)
         if existing is not None:
             return existing
         check_quota(team=locked_team, vcpus=preset.vcpus, memory_mb=preset.memory_mb)

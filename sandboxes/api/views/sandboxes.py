@@ -154,7 +154,7 @@ class SandboxViewSet(ViewSetMixin, mixins.ListModelMixin, TeamView):
             "env": data.get("env"),
             "secrets": data.get("secrets"),
         }
-        existing = lifecycle.replayed_create(team=self.team, idempotency_key=key, **asked)
+        existing = lifecycle.replayed_create(team=self.team, idempotency_key=key, asked=asked)
         if existing is not None:
             return accepted(existing, **{"Idempotent-Replayed": "true"})
         sandbox = lifecycle.create_sandbox(
