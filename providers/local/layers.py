@@ -214,7 +214,7 @@ class Layers:
                 shutil.rmtree(tmp / "layer")
                 os.rename(flat, tmp / "layer")
                 chain = [r for r in chain if r == BASE_REF]
-            size = _disk_usage(tmp / "layer")
+            size = disk_usage(tmp / "layer")
             manifest = {
                 "ref": ref,
                 "chain": [ref, *chain],
@@ -410,7 +410,8 @@ def _apply_layer(layer: Path, target: Path) -> None:
         raise OperationFailed(f"flattening layers failed: {message}")
 
 
-def _disk_usage(path: Path) -> int:
+def disk_usage(path: Path) -> int:
+    """Bytes the files under ``path`` take on disk (allocated blocks, not their lengths)."""
     total = 0
     for directory, _dirs, files in os.walk(path):
         for name in files:
