@@ -115,3 +115,19 @@ def test_every_documented_command_runs_with_help():
         )
         assert result.returncode == 0, f"manage.py {name} --help: {result.stderr[-2000:]}"
         assert "usage: manage.py" in result.stdout
+
+
+#: ``make <target>`` in a code span, or starting a line of a code block (after variables).
+MAKE = re.compile(r"`(?:[A-Z_]+=\S+ )*make ([a-z][a-z-]*)|^\s+(?:[A-Z_]+=\S+ )*make ([a-z][a-z-]*)")
+
+
+def test_every_documented_make_target_exists():
+    targets = set(re.findall(r"^([a-z][a-z-]*):", (ROOT / "Makefile").read_text(), re.M))
+    shown = set()
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for line in doc.read_text().splitlines():
+            for span, block in MAKE.findall(line):
+                shown.add((doc.relative_to(ROOT), span or block))
+    assert {"run", "test", "bench"} <= {target for _, target in shown}
+    missing = sorted(f"{doc}: make {target}" for doc, target in shown if target not in targets)
+    assert not missing, f"no such Makefile target: {missing}"
