@@ -39,7 +39,13 @@ from sandboxes import db_pool, selectors
 from sandboxes.models import Outcome, Sandbox
 from sandboxes.services import auth_failures, interactive, lifecycle, long_calls, tokens
 from sandboxes.services.actors import Actor
-from sandboxes.services.errors import IllegalTransition, InvalidInput, NotAllowed, TooManyLongCalls
+from sandboxes.services.errors import (
+    IllegalTransition,
+    InvalidInput,
+    NotAllowed,
+    ServiceError,
+    TooManyLongCalls,
+)
 from sandboxes.services.events import record_event
 from sandboxes.states import PARKED, WAKING, Status
 
@@ -272,4 +278,7 @@ def ready_for_traffic(*, sandbox: Sandbox, actor: Actor | None) -> Sandbox:
 
 def moved_service(*, sandbox: Sandbox, service: dict[str, Any]) -> dict[str, Any] | None:
     """The service at its current URL when the provider moved it (None: it did not)."""
-    return interactive.refresh_service_url(sandbox, service["name"])
+    try:
+        return interactive.refresh_service_url(sandbox, service["name"])
+    except ServiceError:
+        return None  # the provider cannot tell (the instance is gone): nowhere else to go

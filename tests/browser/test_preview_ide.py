@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".data" / "test-cache"
 LAB = CACHE / "jupyterlab"
 ARCHIVE = CACHE / "jupyterlab.tar"
-TIMEOUT = 120_000  # ms: JupyterLab's first load on a busy machine
+TIMEOUT = int(
+    __import__("os").environ.get("PREVIEW_IDE_TIMEOUT", "120000")
+)  # ms: JupyterLab's first load on a busy machine
 LAB_PORT = 8888
 RECEIVER = """
 import http.server, subprocess
@@ -132,6 +134,7 @@ def lab(provider, owner, team, settings):
         sandbox,
         owner,
         "cd /workspace && PYTHONPATH=/opt/jupyterlab JUPYTER_PATH=/opt/jupyterlab/share/jupyter "
+        "JUPYTER_CONFIG_PATH=/opt/jupyterlab/etc/jupyter "
         "HOME=/root nohup python3 -m jupyterlab --app-dir=/opt/jupyterlab/share/jupyter/lab "
         f"--no-browser --allow-root --ServerApp.ip=127.0.0.1 --ServerApp.port={LAB_PORT} "
         "--ServerApp.token= --ServerApp.password= --ServerApp.allow_remote_access=True "
@@ -155,13 +158,24 @@ def test_jupyterlab_works_through_its_preview_url(browser, asgi_live_server, lab
     page.goto(f"{base}/sandboxes/{lab.pk}/")
     expect(page.locator(f'[data-preview-url="{preview}"]')).to_be_visible()
     shots(page, "sandbox page with preview urls")
+    problems: list[str] = []
+    context.on(
+        "response",
+        lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+    )
+    context.on("requestfailed", lambda r: problems.append(f"failed {r.url} {r.failure}"))
     with context.expect_page() as opened:
         page.get_by_role("link", name="Open service lab").click()
     ide = opened.value
+    ide.on("console", lambda m: problems.append(f"console {m.type}: {m.text}"))
+    ide.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
     ide.wait_for_url(f"{preview}/lab**", timeout=TIMEOUT)
     card = ide.locator(".jp-LauncherCard", has_text="Terminal")
     try:
         expect(card).to_be_visible(timeout=TIMEOUT)
+    except AssertionError:
+        log = sh(lab, owner, "tail -40 /tmp/lab.log")
+        pytest.fail("JupyterLab did not start in the browser:\n" + "\n".join(problems) + log)
     finally:
         shots(ide, "jupyterlab launcher")
 
