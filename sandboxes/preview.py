@@ -28,15 +28,18 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import h11
 from django.conf import settings
-from django.db import connections
+from django.db import DatabaseError, connection, connections
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from sandboxes import db_pool
 from sandboxes.services import previews, transport
 
 log = logging.getLogger(__name__)
@@ -94,18 +97,34 @@ async def application(scope: Scope, receive: Receive, send: Send, where: tuple[i
         await _websocket(scope, receive, send, port, sandbox_id)
 
 
+#: Threads for the database work of preview requests (the access check, a wake): few and
+#: long-lived, so each keeps its connection between requests where that is cheap.
+_db_threads = ThreadPoolExecutor(max_workers=16, thread_name_prefix="preview-db")
+
+
+def _after_database_work() -> None:
+    """Between two requests' work in a thread: a pooled connection goes back to the pool,
+    a SQLite one is kept (opening it is most of a check's cost), any other is closed
+    when Django would close it (``CONN_MAX_AGE``, unusable)."""
+    if db_pool.pooled():
+        db_pool.give_back()
+    elif connection.vendor != "sqlite":
+        connection.close_if_unusable_or_obsolete()
+
+
 async def in_thread(function: Callable[..., Any], /, **kwargs: Any) -> Any:
-    """A service call in a thread, with that thread's database connections closed after
-    it when they are not pooled (nothing here is a Django request)."""
+    """A service call in one of the preview's database threads."""
 
     def call() -> Any:
         try:
             return function(**kwargs)
+        except DatabaseError:
+            connections.close_all()
+            raise
         finally:
-            if not settings.DATABASES["default"].get("CONN_MAX_AGE"):
-                connections.close_all()
+            _after_database_work()
 
-    return await asyncio.get_running_loop().run_in_executor(None, call)
+    return await asyncio.get_running_loop().run_in_executor(_db_threads, call)
 
 
 # --- requests: headers, credentials
@@ -289,23 +308,86 @@ async def _exchange(scope: Scope, send: Send, port: int, sandbox_id: str) -> Non
     await _redirect(send, following, [(b"set-cookie", cookie.encode("latin-1"))])
 
 
+#: A request admitted (its credentials, sandbox and service checked, the sandbox running)
+#: lets the same credentials in again for this long without asking the database: the
+#: difference between a check per request and one per burst of an IDE's requests. A
+#: revoked membership, a changed password or sharing level, a paused sandbox take effect
+#: within it. Per process; only admissions are remembered, never refusals.
+ADMITTED_SECONDS = 2.0
+MAX_ADMITTED = 10_000
+_admitted: dict[tuple, tuple[float, previews.Access]] = {}
+
+
+def _admit(
+    *, cross_origin: bool, **kwargs: Any
+) -> tuple[previews.Access, previews.NotReady | None]:
+    """In one thread: who the request is (``previews.authorize``), then the sandbox made
+    ready for it (``previews.ready_for_traffic``: woken when parked with wake-on-HTTP)."""
+    access = previews.authorize(**kwargs)
+    if access.outcome != "ok":
+        return access, None
+    if cross_origin and access.actor is not None:
+        return replace(access, outcome="cross_origin"), None
+    try:
+        sandbox = previews.ready_for_traffic(sandbox=access.sandbox, actor=access.actor)
+    except previews.NotReady as exc:
+        return access, exc
+    return replace(access, sandbox=sandbox), None
+
+
+def _cross_origin(scope: Scope) -> bool:
+    """Sent by another origin with the visitor's cookie (another preview host is the same
+    site, so a browser sends it): refused unless it is a safe read or the service is
+    public (no cookie needed there)."""
+    origin = _header(scope, b"origin")
+    if not origin or _bearer(scope) is not None:
+        return False
+    expected = f"{_scheme(scope)}://{_header(scope, b'host')}"
+    return origin.lower() != expected.lower() and (
+        scope["type"] == "websocket" or scope.get("method") not in ("GET", "HEAD", "OPTIONS")
+    )
+
+
 async def _access(
     scope: Scope, send: Send | None, port: int, sandbox_id: str
 ) -> previews.Access | None:
-    """The decision for this request; None once the preview host has answered itself
-    (``send`` None: a websocket, whose refusal the caller makes)."""
+    """The admitted request (its sandbox running); None when refused, once the preview
+    host has answered itself (``send`` None: a websocket, whose refusal the caller makes)."""
     client = scope.get("client") or ("", 0)
-    access = await in_thread(
-        previews.authorize,
+    cookie = _cookies(scope).get(previews.COOKIE_NAME, "")
+    bearer = _bearer(scope)
+    cross_origin = _cross_origin(scope)
+    key = (sandbox_id, port, cookie, bearer, cross_origin)
+    cached = _admitted.get(key)
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]
+    access, not_ready = await in_thread(
+        _admit,
+        cross_origin=cross_origin,
         sandbox_id=sandbox_id,
         port=port,
-        cookie=_cookies(scope).get(previews.COOKIE_NAME, ""),
-        bearer=_bearer(scope),
+        cookie=cookie,
+        bearer=bearer,
         client_ip=str(client[0]),
     )
-    if access.outcome == "ok" or send is None:
+    if access.outcome == "ok" and not_ready is None:
+        if ADMITTED_SECONDS > 0:
+            if len(_admitted) >= MAX_ADMITTED:
+                _admitted.clear()
+            _admitted[key] = (time.monotonic() + ADMITTED_SECONDS, access)
         return access
-    if access.outcome == "login":
+    if send is None:
+        return None
+    if not_ready is not None:
+        extra = [(b"retry-after", str(not_ready.retry_after).encode())]
+        await _answer(
+            send,
+            not_ready.status,
+            not_ready.code,
+            not_ready.message,
+            extra if not_ready.retry_after else [],
+        )
+    elif access.outcome == "login":
         login = (
             f"{dashboard_url(scope)}/preview/{sandbox_id}/{port}/"
             f"?next={quote(_path_and_query(scope), safe='')}"
@@ -321,35 +403,11 @@ async def _access(
         )
     elif access.outcome == "unauthorized":
         await _answer(send, 401, "not_authenticated", "the token is unknown or may not open this")
+    elif access.outcome == "cross_origin":
+        await _answer(send, 403, "cross_origin", "refused: the request came from another origin")
     else:
         await _answer(send, 403, "forbidden", "your role in the team cannot open this service")
     return None
-
-
-def _cross_origin(scope: Scope, access: previews.Access) -> bool:
-    """A request with the visitor's cookie sent by another origin (another preview host
-    is the same site): refused for anything but a public service's safe reads."""
-    if access.actor is None or _bearer(scope) is not None:
-        return False
-    origin = _header(scope, b"origin")
-    if not origin:
-        return False
-    expected = f"{'https' if _scheme(scope) == 'https' else 'http'}://{_header(scope, b'host')}"
-    return origin.lower() != expected.lower() and (
-        scope["type"] == "websocket" or scope.get("method") not in ("GET", "HEAD", "OPTIONS")
-    )
-
-
-async def _ready(scope: Scope, send: Send | None, access: previews.Access):
-    try:
-        return await in_thread(
-            previews.ready_for_traffic, sandbox=access.sandbox, actor=access.actor
-        )
-    except previews.NotReady as exc:
-        if send is not None:
-            extra = [(b"retry-after", str(exc.retry_after).encode())] if exc.retry_after else []
-            await _answer(send, exc.status, exc.code, exc.message, extra)
-        return None
 
 
 # --- upstream connections
@@ -452,16 +510,8 @@ async def _http(scope: Scope, receive: Receive, send: Send, port: int, sandbox_i
         await _exchange(scope, send, port, sandbox_id)
         return
     access = await _access(scope, send, port, sandbox_id)
-    if access is None:
-        return
-    if _cross_origin(scope, access):
-        await _answer(send, 403, "cross_origin", "refused: the request came from another origin")
-        return
-    sandbox = await _ready(scope, send, access)
-    if sandbox is None:
-        return
-    access = previews.Access("ok", sandbox, access.service, access.actor)
-    await Exchange(scope, receive, send, access).run()
+    if access is not None:
+        await Exchange(scope, receive, send, access).run()
 
 
 class Exchange:
@@ -612,14 +662,9 @@ async def _websocket(
     if message["type"] != "websocket.connect":
         return
     access = await _access(scope, None, port, sandbox_id)
-    if access is None or access.outcome != "ok" or _cross_origin(scope, access):
+    if access is None:
         await send({"type": "websocket.close", "code": 1008})
         return
-    sandbox = await _ready(scope, None, access)
-    if sandbox is None:
-        await send({"type": "websocket.close", "code": 1013})
-        return
-    access = previews.Access("ok", sandbox, access.service, access.actor)
     try:
         upstream = await _open_websocket(scope, access)
     except InvalidStatus as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -24,6 +25,15 @@ from sandboxes.services.tokens import create_api_token
 from sandboxes.states import Status
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_admissions(monkeypatch):
+    """Each test sees every request checked (the admission cache is per process)."""
+    from sandboxes import preview
+
+    monkeypatch.setattr(preview, "_admitted", {})
+
 
 BIG = 256 * 1024 * 1024  # well past any buffer: a cap or a whole-body read would show
 
@@ -277,12 +287,17 @@ def test_an_expired_token_is_refused(asgi_live_server, sandbox, member, settings
 
 
 def test_a_password_change_or_leaving_the_team_ends_the_preview_session(
-    asgi_live_server, sandbox, member
+    asgi_live_server, sandbox, member, monkeypatch
 ):
+    from sandboxes import preview
+
+    monkeypatch.setattr(preview, "ADMITTED_SECONDS", 0.5)
     cookie = browser_cookie(asgi_live_server, sandbox, member)
     cookies = {previews.COOKIE_NAME: cookie}
     assert get(asgi_live_server, sandbox, cookies=cookies).status_code == 200
     member.memberships.update(role="viewer")
+    # An admission is remembered for ADMITTED_SECONDS, then checked again.
+    time.sleep(0.6)
     assert get(asgi_live_server, sandbox, cookies=cookies).status_code == 403
     member.memberships.update(role="member")
     member.set_password("another-password-1")
@@ -373,6 +388,9 @@ def test_a_public_service_leaks_nothing_of_the_team(
             {**sandbox.services[0], "url": f"http://127.0.0.1:{nowhere}/", "sharing": "public"}
         ]
     )
+    from sandboxes import preview
+
+    preview._admitted.clear()  # the admission remembered the service as it was
     down = get(asgi_live_server, sandbox, "/x")
     idle.close()
     assert down.status_code == 502
