@@ -542,6 +542,8 @@ def test_sharing_is_changed_through_the_api(sandbox, client, member, viewer):
     assert body["sharing"] == "public"
     assert body["preview_url"] == f"http://8080-{sandbox.pk}.localhost"
     assert Sandbox.objects.get(pk=sandbox.pk).services[0]["sharing"] == "public"
+    shown = client.get(f"/api/v1/sandboxes/{sandbox.pk}", **auth).json()
+    assert shown["services"][0]["sharing"] == "public"
     event = SandboxEvent.objects.get(sandbox=sandbox, action="service_sharing")
     assert event.data == {"name": "web", "sharing": "public", "was": "private"}
     bad = client.patch(url, {"sharing": "world"}, content_type="application/json", **auth)
