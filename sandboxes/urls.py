@@ -25,6 +25,11 @@ urlpatterns = [
         name="sandbox-service-hide",
     ),
     path("preview/<str:sandbox_id>/<int:port>/", previews.open_preview, name="preview-open"),
+    path(
+        SANDBOX + "services/<str:service>/sharing/",
+        previews.service_sharing,
+        name="sandbox-service-sharing",
+    ),
     path(SANDBOX + "wake-on/", detail.sandbox_wake_on, name="sandbox-wake-on"),
     path(SANDBOX + "exec/", detail.sandbox_exec, name="sandbox-exec"),
     path(SANDBOX + "snapshot/", detail.sandbox_snapshot, name="sandbox-snapshot"),

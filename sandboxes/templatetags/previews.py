@@ -23,3 +23,8 @@ def preview_url(context: Any, sandbox: Any, service: dict[str, Any]) -> str:
 @register.filter
 def sharing(service: dict[str, Any]) -> str:
     return previews.sharing_of(service)
+
+
+@register.simple_tag
+def sharing_levels() -> tuple[str, ...]:
+    return previews.SHARING_LEVELS

@@ -6,12 +6,23 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
+from django.views.decorators.http import require_POST
 
 from sandboxes import selectors
 from sandboxes.services import previews
-from sandboxes.services.errors import InvalidInput, NotAllowed
-from sandboxes.views.common import actor, team_view
+from sandboxes.services.errors import InvalidInput, NotAllowed, ServiceError
+from sandboxes.views.common import (
+    actor,
+    is_partial,
+    redirect_back,
+    render_fragment,
+    report,
+    team_view,
+)
+from sandboxes.views.detail import detail_context
 
 
 @team_view
@@ -35,3 +46,24 @@ def open_preview(request: HttpRequest, sandbox_id: str, port: int) -> HttpRespon
     response["Cache-Control"] = "no-store"
     response["Referrer-Policy"] = "no-referrer"
     return response
+
+
+@require_POST
+@team_view
+def service_sharing(request: HttpRequest, sandbox_id: str, service: str) -> HttpResponse:
+    """The sandbox page's sharing choice for one service (``previews.set_sharing``)."""
+    sandbox = selectors.get_sandbox(request.team, sandbox_id)
+    try:
+        previews.set_sharing(
+            sandbox=sandbox,
+            actor=actor(request),
+            name=service,
+            sharing=request.POST.get("sharing", ""),
+        )
+        messages.success(request, f"{service} is now {request.POST['sharing']}.")
+    except ServiceError as exc:
+        report(request, exc)
+    if not is_partial(request):
+        return redirect_back(request, reverse("sandbox-detail", args=[sandbox.pk]))
+    context = detail_context(request, sandbox)
+    return render_fragment(request, "sandboxes/_services.html", context)

@@ -66,6 +66,20 @@ def test_services_are_exposed_linked_and_removed(htmx, running):
     assert f"http://8080-{running.pk}.localhost" in body
     assert url in body
     assert "Exposed web at" in body
+    # Who may open it: private by default, changed from the page.
+    assert '<option value="private" selected>' in body
+    shared = htmx.post(
+        reverse("sandbox-service-sharing", args=[running.pk, "web"]), {"sharing": "public"}
+    )
+    assert '<option value="public" selected>' in shared.content.decode()
+    running.refresh_from_db()
+    assert running.services[0]["sharing"] == "public"
+    refused = htmx.post(
+        reverse("sandbox-service-sharing", args=[running.pk, "web"]), {"sharing": "world"}
+    )
+    assert "sharing: one of private, team, public" in refused.content.decode()
+    running.refresh_from_db()
+    assert running.services[0]["sharing"] == "public"
     bad = htmx.post(reverse("sandbox-service-add", args=[running.pk]), {"name": "Web!", "port": 1})
     assert b"1-32 lowercase letters" in bad.content
     htmx.post(reverse("sandbox-service-hide", args=[running.pk, "web"]))
