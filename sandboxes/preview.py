@@ -279,7 +279,11 @@ def dashboard_url(scope: Scope) -> str:
 
 
 def _path_and_query(scope: Scope) -> str:
-    path = quote(scope.get("path", "/"), safe="/%:@!$&'()*+,;=~-._")
+    raw = scope.get("raw_path")
+    if raw:  # as the client sent it (an encoded slash stays encoded)
+        path = raw.decode("latin-1")
+    else:
+        path = quote(scope.get("path", "/"), safe="/%:@!$&'()*+,;=~-._")
     query = scope.get("query_string", b"").decode("latin-1")
     return f"{path}?{query}" if query else path
 
@@ -478,7 +482,32 @@ async def _connection(access: previews.Access, service: dict[str, Any]) -> Conne
     return Connection(reader, writer)
 
 
+_pruned_at = 0.0
+
+
+def _prune() -> None:
+    """Close kept connections unused for longer than IDLE_SECONDS (services of sandboxes
+    that are no longer visited hold none for long)."""
+    global _pruned_at
+    now = time.monotonic()
+    if now - _pruned_at < IDLE_SECONDS:
+        return
+    _pruned_at = now
+    for key in list(_idle):
+        kept = []
+        for conn in _idle[key]:
+            if now - conn.idle_since > IDLE_SECONDS or conn.reader.at_eof():
+                conn.close()
+            else:
+                kept.append(conn)
+        if kept:
+            _idle[key] = kept
+        else:
+            del _idle[key]
+
+
 def _give_back(key: tuple[str, str], conn: Connection) -> None:
+    _prune()
     if not conn.reusable():
         conn.close()
         return
