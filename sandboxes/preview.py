@@ -597,18 +597,18 @@ class Exchange:
                 await self._send_body(conn)
                 response = await self._response_head(conn, timeout)
                 break
+            except TimeoutError:  # an OSError too: first
+                conn.close()
+                await _answer(
+                    self.send, 504, "gateway_timeout", "the service did not answer in time"
+                )
+                return
             except (OSError, h11.ProtocolError, asyncio.IncompleteReadError) as exc:
                 conn.close()
                 if conn.used and not self.body_started and attempt < 2:
                     continue  # a kept connection the service had closed: once more, anew
                 log.info("preview %s: %r", self.service["name"], exc)
                 await _answer(self.send, 502, "bad_gateway", "the service did not answer")
-                return
-            except TimeoutError:
-                conn.close()
-                await _answer(
-                    self.send, 504, "gateway_timeout", "the service did not answer in time"
-                )
                 return
         if response is None:
             return

@@ -564,3 +564,59 @@ def test_sharing_is_changed_through_the_api(sandbox, client, member, viewer):
     )
     assert refused.status_code == 403
     assert Sandbox.objects.get(pk=sandbox.pk).services[0]["sharing"] == "public"
+
+
+# --- upstreams that misbehave
+
+
+def _raw_service(box: Sandbox, port: int) -> None:
+    Sandbox.objects.filter(pk=box.pk).update(
+        services=[
+            {"name": "web", "port": 8080, "url": f"http://127.0.0.1:{port}/", "sharing": "public"}
+        ]
+    )
+
+
+def test_a_kept_connection_the_service_closed_is_replaced_unseen(asgi_live_server, sandbox):
+    from tests.tcp_server import TcpServer
+
+    def answer_once_then_close(conn: socket.socket) -> None:
+        conn.settimeout(5)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            head += chunk
+        # keep-alive as far as the proxy knows, then gone (an idle timeout, a restart)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        conn.close()
+
+    server = TcpServer(serve=answer_once_then_close)
+    try:
+        _raw_service(sandbox, server.port)
+        for _ in range(3):
+            response = get(asgi_live_server, sandbox, "/again")
+            assert response.status_code == 200
+            assert response.text == "ok"
+        assert server.connections == 3
+    finally:
+        server.close()
+
+
+def test_a_service_that_does_not_answer_in_time_is_a_gateway_timeout(
+    asgi_live_server, sandbox, settings
+):
+    from tests.tcp_server import TcpServer
+
+    settings.SANDBOX_PROXY_TIMEOUT_SECONDS = 1
+    release = threading.Event()
+    server = TcpServer(serve=lambda conn: (release.wait(10), conn.close()))
+    try:
+        _raw_service(sandbox, server.port)
+        response = get(asgi_live_server, sandbox, "/slow")
+        assert response.status_code == 504
+        assert response.json()["error"]["code"] == "gateway_timeout"
+    finally:
+        release.set()
+        server.close()
