@@ -70,6 +70,43 @@ class NetworkPolicySerializer(serializers.Serializer):
     )
 
 
+class RepoSerializer(serializers.Serializer):
+    url = serializers.CharField()
+    branch = serializers.CharField(help_text="Empty: the repository's default branch.")
+    path = serializers.CharField(help_text="The clone's folder, relative to the user's home.")
+    credential = serializers.CharField(
+        help_text="The name of the team secret it clones with (never its value)."
+    )
+    username = serializers.CharField()
+
+
+class RepoInputSerializer(StrictSerializer):
+    url = StrictCharField(
+        max_length=2000,
+        help_text="https://, http://, ssh://, git:// or user@host:path; no credentials in it.",
+    )
+    branch = StrictCharField(required=False, allow_blank=True, max_length=200)
+    path = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=200,
+        help_text="A folder inside the home; default: the repository's name.",
+    )
+    credential = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=64,
+        help_text="Name of a team secret: the password or token for http(s) (asked by "
+        "git through GIT_ASKPASS), a private key for ssh.",
+    )
+    username = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=100,
+        help_text="The user name sent with the credential; default x-access-token.",
+    )
+
+
 class SandboxSerializer(serializers.Serializer):
     """A sandbox as the API shows it. Reads only columns of the row and its snapshot."""
 
@@ -106,6 +143,20 @@ class SandboxSerializer(serializers.Serializer):
         child=serializers.CharField(),
         source="secret_names",
         help_text="Names of the team secrets its exec and terminals get (never the values).",
+    )
+    repo = RepoSerializer(
+        allow_null=True, help_text="The repository cloned at its first start (null: none)."
+    )
+    setup_status = serializers.ChoiceField(
+        choices=["", "pending", "running", "succeeded", "failed"],
+        help_text="The clone and setup script: empty when there is none; failed keeps the "
+        "sandbox running, with the reason in setup_error and the output in its events.",
+    )
+    setup_error = serializers.CharField()
+    environment = serializers.IntegerField(
+        source="environment_id",
+        allow_null=True,
+        help_text="The id of the team environment it was started from.",
     )
     last_error = serializers.CharField()
     created_at = serializers.DateTimeField()
@@ -153,6 +204,10 @@ class SandboxSerializer(serializers.Serializer):
             "network": network_view(row["network"]),
             "env": row["env"] or {},
             "secrets": list(row["secret_names"] or []),
+            "repo": repo_view(row["repo"]),
+            "setup_status": row["setup_status"],
+            "setup_error": row["setup_error"],
+            "environment": row["environment_id"],
             "last_error": row["last_error"],
             "created_at": iso_datetime(row["created_at"], tz),
             "started_at": iso_datetime(row["started_at"], tz),
@@ -216,6 +271,31 @@ class SandboxCreateSerializer(StrictSerializer):
         help_text="Names of team secrets (PUT /api/v1/secrets/{name}) given to every exec "
         "and terminal as variables of those names.",
     )
+    repo = RepoInputSerializer(
+        required=False,
+        help_text="A repository cloned into the sandbox's home at its first start.",
+    )
+    setup = StrictCharField(
+        required=False,
+        allow_blank=True,
+        trim_whitespace=False,
+        max_length=65536,
+        help_text="A script run once after the first start (after the clone), as the "
+        "sandbox's user, in the repository, with its env and secrets (sh -e; bash if present).",
+    )
+
+
+def repo_view(record: dict | None) -> dict | None:
+    """A sandbox's or environment's repository as the API shows it (null: none)."""
+    if not record:
+        return None
+    return {
+        "url": record["url"],
+        "branch": record.get("branch", ""),
+        "path": record.get("path", ""),
+        "credential": record.get("credential", ""),
+        "username": record.get("username", ""),
+    }
 
 
 def network_view(record: dict | None) -> dict:
