@@ -144,8 +144,8 @@ class SandboxSerializer(serializers.Serializer):
         source="secret_names",
         help_text="Names of the team secrets its exec and terminals get (never the values).",
     )
-    repo = RepoSerializer(
-        allow_null=True, help_text="The repository cloned at its first start (null: none)."
+    repo = serializers.SerializerMethodField(
+        help_text="The repository cloned at its first start (null: none)."
     )
     setup_status = serializers.ChoiceField(
         choices=["", "pending", "running", "succeeded", "failed"],
@@ -168,6 +168,10 @@ class SandboxSerializer(serializers.Serializer):
     @extend_schema_field(NetworkPolicySerializer)
     def get_network(self, sandbox) -> dict:
         return network_view(sandbox.network)
+
+    @extend_schema_field(RepoSerializer(allow_null=True))
+    def get_repo(self, sandbox) -> dict | None:
+        return repo_view(sandbox.repo)
 
     @cached_property
     def _tz(self) -> tzinfo:
