@@ -33,8 +33,8 @@ from schemathesis.specs.openapi.checks import (
 
 from sandboxes.models import SandboxEvent
 from sandboxes.services import interactive, lifecycle
-from sandboxes.services.environments import create_environment
 from sandboxes.services.actors import Actor
+from sandboxes.services.environments import create_environment
 from sandboxes.services.snapshots import import_snapshot
 from tests.api.conftest import bearer_client
 
