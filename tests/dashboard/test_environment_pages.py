@@ -41,7 +41,8 @@ def test_create_edit_and_start_an_environment(alice, memory_backend, team):
     assert environment.idle_timeout_seconds == 1800
 
     edit = alice.get(f"/environments/{environment.pk}/")
-    assert b"MODE=dev" in edit.content and b"web=8080" in edit.content
+    assert b"MODE=dev" in edit.content
+    assert b"web=8080" in edit.content
     saved = alice.post(f"/environments/{environment.pk}/", form(env="MODE=ci"))
     assert saved.status_code == 302
     environment.refresh_from_db()
@@ -79,7 +80,8 @@ def test_viewers_see_environments_but_cannot_change_or_start_them(
     environment = Environment.objects.get()
     victor = signed_in(viewer)
     page = victor.get("/environments/")
-    assert page.status_code == 200 and b"api" in page.content
+    assert page.status_code == 200
+    assert b"api" in page.content
     assert b"Start sandbox" not in page.content
     victor.post(f"/environments/{environment.pk}/start/")
     victor.post("/environments/", form(name="other"))
