@@ -21,6 +21,8 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.conf import settings
+
 from providers.base import ExecResult, Instance
 from providers.errors import ProviderError
 from sandboxes.models import Outcome, Sandbox, Team, TeamSecret
@@ -34,8 +36,9 @@ from sandboxes.states import Status
 logger = logging.getLogger(__name__)
 
 PENDING, RUNNING, SUCCEEDED, FAILED = "pending", "running", "succeeded", "failed"
-#: How long the clone and the setup script may each run.
-STEP_TIMEOUT_SECONDS = 1800
+#: How long the clone and the setup script may run together (and within the worker's
+#: task timeout, ``Q_TIMEOUT``, less a minute to record the outcome).
+TIMEOUT_SECONDS = 1800
 #: Output kept in the timeline per sandbox; the rest is counted, not stored.
 OUTPUT_CAP = 256 * 1024
 #: An event is written when this much output waits, or after FLUSH_SECONDS.
@@ -288,11 +291,15 @@ def _run_step(
     timeline: _Timeline,
     *,
     streamed: bool,
+    deadline: float,
 ) -> tuple[int, bool]:
     """Run ``argv`` in the sandbox; its output goes to ``timeline``. (exit code, timed out)."""
-    deadline = time.monotonic() + STEP_TIMEOUT_SECONDS
+    if deadline - time.monotonic() < 1:
+        timeline.close()
+        return -1, True
     if not streamed:
-        result: ExecResult = instance.exec(argv, timeout=STEP_TIMEOUT_SECONDS, env=env)
+        left = deadline - time.monotonic()
+        result: ExecResult = instance.exec(argv, timeout=left, env=env)
         timeline.add(result.stdout + result.stderr)
         timeline.close()
         return result.exit_code, result.timed_out
@@ -370,7 +377,13 @@ def _expose_services(sandbox: Sandbox) -> None:
         )
 
 
+def _budget() -> float:
+    task_timeout = (getattr(settings, "Q_CLUSTER", {}) or {}).get("timeout") or TIMEOUT_SECONDS
+    return max(10.0, min(TIMEOUT_SECONDS, task_timeout - 60))
+
+
 def _run(sandbox: Sandbox) -> None:
+    deadline = time.monotonic() + _budget()
     env = team_secrets.environment_for(sandbox)  # never logged, never in an event
     secret_values = [env[name] for name in sandbox.secret_names or [] if name in env]
     instance = get_provider(sandbox.provider).get(sandbox.provider_ref)
@@ -392,7 +405,9 @@ def _run(sandbox: Sandbox) -> None:
                 clone_env["SBX_GIT_SSH_KEY"] = value
         timeline = _Timeline(sandbox, "clone", secret_values, used)
         argv = ["sh", "-c", CLONE_SCRIPT, "sbx-clone", repo["url"], repo["branch"], repo["path"]]
-        code, timed_out = _run_step(instance, argv, clone_env, timeline, streamed=streamed)
+        code, timed_out = _run_step(
+            instance, argv, clone_env, timeline, streamed=streamed, deadline=deadline
+        )
         used = timeline.used
         if code != 0:
             why = "timed out" if timed_out else f"exit code {code}"
@@ -402,7 +417,9 @@ def _run(sandbox: Sandbox) -> None:
         timeline = _Timeline(sandbox, "setup", secret_values, used)
         argv = ["sh", "-c", SETUP_SCRIPT, "sbx-setup", repo.get("path", "")]
         setup_env = {**env, "SBX_SETUP": sandbox.setup}
-        code, timed_out = _run_step(instance, argv, setup_env, timeline, streamed=streamed)
+        code, timed_out = _run_step(
+            instance, argv, setup_env, timeline, streamed=streamed, deadline=deadline
+        )
         if code != 0:
             why = "timed out" if timed_out else f"exit code {code}"
             _finish(sandbox, FAILED, f"setup failed ({why}): {_last_line(timeline.tail)}")
