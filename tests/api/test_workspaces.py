@@ -79,6 +79,35 @@ def test_a_sandbox_without_a_repository_has_nothing_to_set_up(memory_backend, ap
     assert (shown["repo"], shown["setup_status"], shown["environment"]) == (None, "", None)
 
 
+def test_without_terminals_each_step_runs_as_one_exec(memory_backend, api, tmp_path, monkeypatch):
+    """Providers without terminals (PVE, Morph): the output is stored when a step ends."""
+    memory_backend.disabled.add("supports_terminal")
+    monkeypatch.setenv("HOME", str(tmp_path))  # the in-memory provider's exec inherits it
+    server = GitServer(tmp_path / "git", password=PASSWORD)
+    server.add_repo("app", {"README": "hello\n"})
+    sock = listening("127.0.0.1")
+    server.serve(sock)
+    try:
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/public/app.git"
+        created = api.post(
+            "/api/v1/sandboxes",
+            {"preset": SMALL, "repo": {"url": url}, "setup": "cat README; exit 3"},
+            format="json",
+        ).json()
+    finally:
+        server.close()
+    shown = api.get(f"/api/v1/sandboxes/{created['id']}").json()
+    assert (shown["status"], shown["setup_status"]) == ("running", "failed")
+    assert shown["setup_error"] == "setup failed (exit code 3): hello"
+    assert (tmp_path / "app" / "README").read_text() == "hello\n"
+    steps = list(
+        SandboxEvent.objects.filter(sandbox_id=created["id"], action="setup_output")
+        .order_by("id")
+        .values_list("data__step", flat=True)
+    )
+    assert steps == ["clone", "setup"]
+
+
 # --- the journey: real sandboxes, a git server on a test host ---------------------------
 
 
