@@ -218,28 +218,40 @@ def _handler(server: GitServer) -> type[BaseHTTPRequestHandler]:
                 env["HTTP_CONTENT_ENCODING"] = self.headers["Content-Encoding"]
             if self.headers.get("Git-Protocol"):
                 env["GIT_PROTOCOL"] = self.headers["Git-Protocol"]
-            done = subprocess.run(
+            # Streamed as git writes it (HTTP/1.0: the body ends when the connection does).
+            with subprocess.Popen(
                 [shutil.which("git") or "git", "http-backend"],
-                input=body,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
                 env=env,
-                capture_output=True,
-                check=False,
-            )
-            head, _, payload = done.stdout.partition(b"\r\n\r\n")
-            status = 200
-            headers = []
-            for line in head.decode(errors="replace").split("\r\n"):
-                key, _, value = line.partition(":")
-                if key.lower() == "status":
-                    status = int(value.strip().split()[0])
-                elif key:
-                    headers.append((key, value.strip()))
-            self.send_response(status)
-            for key, value in headers:
-                self.send_header(key, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            with contextlib.suppress(OSError):
-                self.wfile.write(payload)
+            ) as backend:
+                assert backend.stdin is not None
+                assert backend.stdout is not None
+                backend.stdin.write(body)
+                backend.stdin.close()
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = backend.stdout.read1(65536)
+                    if not data:
+                        break
+                    head += data
+                head, _, first = head.partition(b"\r\n\r\n")
+                status = 200
+                headers = []
+                for line in head.decode(errors="replace").split("\r\n"):
+                    key, _, value = line.partition(":")
+                    if key.lower() == "status":
+                        status = int(value.strip().split()[0])
+                    elif key:
+                        headers.append((key, value.strip()))
+                self.send_response(status)
+                for key, value in headers:
+                    self.send_header(key, value)
+                self.end_headers()
+                with contextlib.suppress(OSError):
+                    self.wfile.write(first)
+                    while data := backend.stdout.read1(1 << 20):
+                        self.wfile.write(data)
 
     return Handler
