@@ -294,6 +294,8 @@ class Sandbox(models.Model):
     #: Where the clone and setup are: "" (nothing to do), pending, running, succeeded, failed.
     setup_status = models.CharField(max_length=10, blank=True)
     setup_error = models.TextField(blank=True)
+    #: When the running setup began (the sweep fails one whose worker died).
+    setup_started_at = models.DateTimeField(null=True, blank=True)
     #: The team environment it was started from (its recipe was copied at create).
     environment = models.ForeignKey(
         "Environment", null=True, blank=True, on_delete=models.SET_NULL, related_name="sandboxes"

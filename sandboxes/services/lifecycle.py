@@ -543,10 +543,7 @@ def _perform_start(sandbox: Sandbox, token: str) -> None:
     )
     if sandbox.setup_status == workspaces.PENDING:
         # Its own task: a clone may take minutes, the start's lease is not held meanwhile.
-        with transaction.atomic():
-            enqueue_on_commit(
-                "sandboxes.tasks.run_workspace_setup", sandbox.pk, name=f"setup-{sandbox.pk}"
-            )
+        workspaces.enqueue_setup(sandbox.pk)
 
 
 def _fail_start(

@@ -18,10 +18,13 @@ from __future__ import annotations
 import logging
 import re
 import time
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
 
 from providers.base import ExecResult, Instance
 from providers.errors import ProviderError
@@ -31,6 +34,7 @@ from sandboxes.services.actors import Actor
 from sandboxes.services.backends import capabilities, get_provider
 from sandboxes.services.errors import InvalidInput, ServiceError
 from sandboxes.services.events import record_event
+from sandboxes.services.queue import enqueue_on_commit
 from sandboxes.states import Status
 
 logger = logging.getLogger(__name__)
@@ -346,7 +350,7 @@ def run_setup(*, sandbox_id: str) -> None:
     of a sandbox that runs and has them pending. Does nothing otherwise (safe to repeat)."""
     claimed = Sandbox.objects.filter(
         pk=sandbox_id, setup_status=PENDING, status=Status.RUNNING
-    ).update(setup_status=RUNNING, setup_error="")
+    ).update(setup_status=RUNNING, setup_error="", setup_started_at=timezone.now())
     if not claimed:
         return
     sandbox = Sandbox.objects.select_related("team", "environment").get(pk=sandbox_id)
@@ -367,6 +371,42 @@ def run_setup(*, sandbox_id: str) -> None:
     except Exception:
         logger.exception("setup of %s failed", sandbox_id)
         _finish(sandbox, FAILED, "the setup failed unexpectedly (see the control plane's log)")
+
+
+def resolve_stuck_setups(*, now: datetime, limit: int) -> int:
+    """The sweep's part: a setup whose worker died (running past its whole budget) is
+    failed with the reason; a pending one whose task was lost (the sandbox has run for a
+    while) is enqueued again. Returns how many were acted on."""
+    lost_worker = now - timedelta(seconds=_budget() + 120)
+    stuck = list(
+        Sandbox.objects.filter(setup_status=RUNNING, setup_started_at__lt=lost_worker)
+        .select_related("team")
+        .order_by("setup_started_at")[:limit]
+    )
+    for sandbox in stuck:
+        _finish(
+            sandbox,
+            FAILED,
+            "the worker running the setup stopped before it ended (its output so far is in "
+            "the timeline)",
+        )
+    lost_task = now - timedelta(seconds=settings.SANDBOX_STUCK_SECONDS)
+    pending = list(
+        Sandbox.objects.filter(
+            setup_status=PENDING, status=Status.RUNNING, started_at__lt=lost_task
+        ).values_list("pk", flat=True)[:limit]
+    )
+    for sandbox_id in pending:
+        enqueue_setup(sandbox_id)
+    return len(stuck) + len(pending)
+
+
+def enqueue_setup(sandbox_id: str) -> None:
+    """Run the sandbox's setup in a task of its own, once the caller's transaction commits."""
+    with transaction.atomic():
+        enqueue_on_commit(
+            "sandboxes.tasks.run_workspace_setup", sandbox_id, name=f"setup-{sandbox_id}"
+        )
 
 
 def _expose_services(sandbox: Sandbox) -> None:

@@ -108,6 +108,34 @@ def test_without_terminals_each_step_runs_as_one_exec(memory_backend, api, tmp_p
     assert steps == ["clone", "setup"]
 
 
+def test_the_sweep_fails_a_setup_whose_worker_died_and_requeues_a_lost_one(
+    memory_backend, api, settings
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from sandboxes.services.sweep import run_sweep
+
+    made = [
+        api.post("/api/v1/sandboxes", {"preset": SMALL, "setup": "true"}, format="json").json()
+        for _ in range(2)
+    ]
+    long_ago = timezone.now() - timedelta(hours=2)
+    # One whose worker died mid-setup, one whose setup task never ran.
+    Sandbox.objects.filter(pk=made[0]["id"]).update(
+        setup_status="running", setup_started_at=long_ago
+    )
+    Sandbox.objects.filter(pk=made[1]["id"]).update(setup_status="pending", started_at=long_ago)
+    report = run_sweep()
+    assert report.actions["setups"] == 2
+    died, lost = (api.get(f"/api/v1/sandboxes/{m['id']}").json() for m in made)
+    assert (died["status"], died["setup_status"]) == ("running", "failed")
+    assert died["setup_error"].startswith("the worker running the setup stopped")
+    assert lost["setup_status"] == "succeeded"  # enqueued again, and ran
+    assert run_sweep().actions["setups"] == 0
+
+
 # --- the journey: real sandboxes, a git server on a test host ---------------------------
 
 
