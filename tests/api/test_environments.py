@@ -155,6 +155,10 @@ def test_one_call_starts_a_sandbox_from_the_recipe(memory_backend, api, repo_url
     # The recipe changing later changes no sandbox made from it.
     api.patch(f"/api/v1/environments/{environment['id']}", {"env": {}}, format="json")
     assert api.get(f"/api/v1/sandboxes/{sandbox['id']}").json()["env"] == {"MODE": "dev"}
+    # Deleting it leaves the sandbox as it is, without the link.
+    assert api.delete(f"/api/v1/environments/{environment['id']}").status_code == 204
+    kept = api.get(f"/api/v1/sandboxes/{sandbox['id']}").json()
+    assert (kept["status"], kept["environment"], kept["env"]) == ("running", None, {"MODE": "dev"})
     events = str(list(SandboxEvent.objects.values())).encode()
     assert b"key is [secret]" in events
     assert VALUE.encode() not in events
