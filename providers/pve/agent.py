@@ -137,14 +137,27 @@ def secret_from_environment() -> str | None:
 class Agent:
     """The agent's state: its secret, working directory, seen nonces and live commands."""
 
-    def __init__(self, secret: str, workdir: Path) -> None:
-        self.secret = secret
+    def __init__(self, secret: str, workdir: Path, secret_file: Path | None = None) -> None:
+        self._secret = secret
+        self._secret_file = secret_file
+        self._secret_seen: tuple[int, int] | None = None
         self.workdir = workdir
         self._nonces: dict[str, float] = {}
         self._lock = threading.Lock()
         self._procs: set[subprocess.Popen] = set()
         self._terminals: set[Terminal] = set()
         self._closed = False
+
+    @property
+    def secret(self) -> str:
+        """The secret; with a secret file, what it holds now (the provider rewrites it)."""
+        if self._secret_file is not None:
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                info = self._secret_file.stat()
+                if (info.st_mtime_ns, info.st_size) != self._secret_seen:
+                    self._secret = self._secret_file.read_text().strip()
+                    self._secret_seen = (info.st_mtime_ns, info.st_size)
+        return self._secret
 
     def fresh(self, stamp: str, nonce: str) -> bool:
         try:
@@ -506,8 +519,16 @@ class _TerminalRelay:
 class AgentServer:
     """The agent listening on ``host:port`` (port 0 picks a free one)."""
 
-    def __init__(self, host: str, port: int, *, secret: str, workdir: Path) -> None:
-        self.agent = Agent(secret, workdir)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        secret: str,
+        workdir: Path,
+        secret_file: Path | None = None,
+    ) -> None:
+        self.agent = Agent(secret, workdir, secret_file)
         handler = type("Handler", (_Handler,), {"agent": self.agent})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
@@ -529,15 +550,43 @@ class AgentServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Sandboxes exec agent for PVE containers")
+    parser = argparse.ArgumentParser(description="Sandboxes agent for PVE guests")
     parser.add_argument("--listen", default=f"0.0.0.0:{DEFAULT_PORT}")
     parser.add_argument("--workdir", default="/root/work")
+    parser.add_argument(
+        "--secret-file",
+        help=f"read the secret from this file (re-read when it changes), not {SECRET_ENV}",
+    )
+    parser.add_argument(
+        "--daemon",
+        action="store_true",
+        help="serve in the background once listening; exit 0 at once if the address is taken",
+    )
     args = parser.parse_args(argv)
-    secret = secret_from_environment()
+    secret_file = Path(args.secret_file) if args.secret_file else None
+    secret = secret_file.read_text().strip() if secret_file else secret_from_environment()
     if not secret:
         parser.error(f"{SECRET_ENV} is not set (the provider sets it in the CT's 'env')")
     host, _, port = args.listen.rpartition(":")
-    server = AgentServer(host, int(port), secret=secret, workdir=Path(args.workdir))
+    try:
+        server = AgentServer(
+            host.strip("[]"),
+            int(port),
+            secret=secret,
+            workdir=Path(args.workdir),
+            secret_file=secret_file,
+        )
+    except OSError as exc:
+        if args.daemon and exc.errno == errno.EADDRINUSE:
+            return 0  # an agent serves there already; it reads the secret file afresh
+        raise
+    if args.daemon and os.fork():
+        os._exit(0)  # the parent: the agent is listening
+    if args.daemon:
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
     server.httpd.serve_forever()
     return 0
 
