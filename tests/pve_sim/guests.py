@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +92,7 @@ class GuestRuntime:
         self.net = 64 + secrets.randbelow(160)
         self.runs: dict[int, dict[int, _Run]] = {}
         self.vms: dict[int, _Vm] = {}
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pve-sim-vms")
         cluster.runtime = self
         cluster.start_hooks.append(self.started)
         cluster.stop_hooks.append(self.stopped)
@@ -142,13 +144,16 @@ class GuestRuntime:
             "--",
             GUEST_PYTHON, str(VM_GUEST), "/run/qga/qga.sock",
         ]  # fmt: skip
-        proc = subprocess.Popen(
+        # --die-with-parent follows the *thread* that started bubblewrap: start it from
+        # the runtime's own long-lived thread, not from a request's, which ends.
+        proc = self._spawner.submit(
+            subprocess.Popen,
             argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             start_new_session=True,
             env=GUEST_ENV,  # as systemd starts qemu-guest-agent: nothing of the host's
-        )
+        ).result()
         vm = self.vms[guest.vmid] = _Vm(proc, folder)
         deadline = time.monotonic() + QGA_BOOT
         while not vm.socket.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -229,6 +234,7 @@ class GuestRuntime:
             vm.proc.wait()
             shutil.rmtree(vm.folder, ignore_errors=True)
         self.vms.clear()
+        self._spawner.shutdown(wait=False)
 
 
 def _agent_ready(guest: Guest, command: str) -> None:
