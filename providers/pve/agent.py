@@ -137,7 +137,15 @@ def secret_from_environment() -> str | None:
 class Agent:
     """The agent's state: its secret, working directory, seen nonces and live commands."""
 
-    def __init__(self, secret: str, workdir: Path, secret_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        secret: str,
+        workdir: Path,
+        secret_file: Path | None = None,
+        environment: dict[str, str] | None = None,
+    ) -> None:
+        #: What terminals start from (None: the agent's own environment).
+        self.environment = environment
         self._secret = secret
         self._secret_file = secret_file
         self._secret_seen: tuple[int, int] | None = None
@@ -229,7 +237,8 @@ class Agent:
         if any("\0" in k or "=" in k or not k or "\0" in v for k, v in env.items()):
             raise ValueError("bad environment variable")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        base = {k: v for k, v in os.environ.items() if k != SECRET_ENV}
+        source = os.environ if self.environment is None else self.environment
+        base = {k: v for k, v in source.items() if k != SECRET_ENV}
         base.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         base.setdefault("HOME", str(Path.home()))
         terminal = Terminal(argv, cols, rows, {**base, **env}, self.workdir)
@@ -527,8 +536,9 @@ class AgentServer:
         secret: str,
         workdir: Path,
         secret_file: Path | None = None,
+        environment: dict[str, str] | None = None,
     ) -> None:
-        self.agent = Agent(secret, workdir, secret_file)
+        self.agent = Agent(secret, workdir, secret_file, environment)
         handler = type("Handler", (_Handler,), {"agent": self.agent})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True

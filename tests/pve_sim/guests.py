@@ -107,7 +107,12 @@ class GuestRuntime:
         secret = _secret(guest)
         if secret is None:
             return  # like a real template's agent: no secret, no service
-        server = AgentServer(guest.ip, self.agent_port, secret=secret, workdir=guest.disk)
+        # Terminals get a container's environment, not this test process's (whose login
+        # profile, read by a login shell, belongs to the host).
+        environment = {**GUEST_ENV, "HOME": str(guest.disk)}
+        server = AgentServer(
+            guest.ip, self.agent_port, secret=secret, workdir=guest.disk, environment=environment
+        )
         guest.agent = server.start(poll_interval=0.02)
 
     def stopped(self, guest: Guest) -> None:
