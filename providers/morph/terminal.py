@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import paramiko
 
-from providers.base import TerminalSession, terminal_size
+from providers.base import DEFAULT_TERM, TerminalSession, terminal_size
 from providers.errors import Conflict, Unavailable
 from providers.terminal_marks import KILL_SCRIPT, MARKER_VARIABLE
 
@@ -82,7 +82,8 @@ def open_session(
         assert transport is not None
         transport.set_keepalive(15)
         channel = transport.open_session(timeout=CONNECT_TIMEOUT)
-        channel.get_pty(term=env.get("TERM", "xterm-256color"), width=cols, height=rows)
+        term = env["TERM"] if "TERM" in env else DEFAULT_TERM
+        channel.get_pty(term=term, width=cols, height=rows)
         channel.exec_command(command)
     except paramiko.AuthenticationException:
         client.close()
