@@ -352,7 +352,7 @@ class MorphInstance(Instance):
             argv=argv,
             cols=cols,
             rows=rows,
-            env=variables,
+            variables=variables,
             redact=self._provider.redact,
         )
 

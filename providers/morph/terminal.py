@@ -55,13 +55,13 @@ def open_session(
     argv: list[str],
     cols: int,
     rows: int,
-    env: Mapping[str, str],
+    variables: Mapping[str, str],
     redact: Callable[[str], str],
 ) -> MorphTerminal:
     cols, rows = terminal_size(cols, rows)
     token = secrets.token_hex(16)
-    variables = [f"{k}={v}" for k, v in {**env, MARKER_VARIABLE: token}.items()]
-    command = shlex.join(["/bin/sh", "-c", _WRAPPER, "sh", "env", "--", *variables, *argv])
+    assignments = [f"{k}={v}" for k, v in {**variables, MARKER_VARIABLE: token}.items()]
+    command = shlex.join(["/bin/sh", "-c", _WRAPPER, "sh", "env", "--", *assignments, *argv])
     client = paramiko.SSHClient()
     # Morph publishes no host key to pin (see the module's docstring).
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507
@@ -82,8 +82,7 @@ def open_session(
         assert transport is not None
         transport.set_keepalive(15)
         channel = transport.open_session(timeout=CONNECT_TIMEOUT)
-        term = env["TERM"] if "TERM" in env else DEFAULT_TERM
-        channel.get_pty(term=term, width=cols, height=rows)
+        channel.get_pty(term=variables.get("TERM", DEFAULT_TERM), width=cols, height=rows)
         channel.exec_command(command)
     except paramiko.AuthenticationException:
         client.close()

@@ -79,7 +79,7 @@ def test_a_refused_or_unreachable_gateway_never_shows_the_key(fake):
             argv=["true"],
             cols=80,
             rows=24,
-            env={},
+            variables={},
             redact=provider.redact,
         )
 
@@ -111,6 +111,6 @@ def test_a_stopped_instance_gets_no_terminal_even_at_the_gateway(fake):
             argv=["true"],
             cols=80,
             rows=24,
-            env={},
+            variables={},
             redact=provider.redact,
         )
