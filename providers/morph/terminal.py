@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import secrets
+import select
 import shlex
 import threading
 from collections.abc import Callable, Mapping
@@ -121,11 +122,15 @@ class MorphTerminal(TerminalSession):
     def read(self, timeout: float | None = None) -> bytes:
         if self._closed:
             return b""
-        self._channel.settimeout(timeout)
+        channel = self._channel
+        # Wait on the channel's own event pipe, not with a channel timeout, which would
+        # apply to a writer in another thread too.
+        if not (channel.recv_ready() or channel.eof_received or channel.closed):
+            ready, _, _ = select.select([channel], [], [], timeout)
+            if not ready:
+                raise TimeoutError("no terminal output")
         try:
-            return self._channel.recv(_CHUNK)
-        except TimeoutError:
-            raise TimeoutError("no terminal output") from None
+            return channel.recv(_CHUNK)
         except (OSError, EOFError, paramiko.SSHException):
             return b""
 
