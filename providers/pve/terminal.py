@@ -85,6 +85,12 @@ def open_session(
         )
         status, headers, early = _response_head(conn, where)
         given = headers.get("x-sandbox-signature", "")
+        if status == 404:
+            raise AgentRefused(
+                f"{where} has no terminals: it is from an older version; install the current "
+                "providers/pve/agent.py in the template (docs/providers/pve.md)",
+                status,
+            )
         if status != 200:
             detail = _refusal(conn, headers, early)
             expected = sign(secret, "response", nonce, detail)
