@@ -477,7 +477,7 @@ class _TerminalRelay:
             if not chunk:
                 break
             self.send(b"o", chunk)
-        if not self.terminal.killed and not self.done:
+        if not self.done:  # the output ended by itself (or the agent is closing)
             self.terminal.proc.wait()
             self.ended = True
             self.send(b"e")

@@ -34,6 +34,15 @@ def _alive(marker: str) -> bool:
     return False
 
 
+def _wait_alive(marker: str) -> bool:
+    deadline = time.monotonic() + PATIENCE
+    while not _alive(marker):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def _wait_gone(marker: str) -> bool:
     deadline = time.monotonic() + PATIENCE
     while _alive(marker):
@@ -76,7 +85,7 @@ def test_a_wrong_secret_opens_no_terminal(agent):
 def test_a_forged_or_replayed_frame_ends_the_session_and_its_processes(agent, attack):
     session = _open(agent, "echo ready; exec sleep 31302")
     _read_until(session, rb"ready")
-    assert _alive("sleep 31302")
+    assert _wait_alive("sleep 31302")
     session.write(b"typed\n")  # frame 0, accepted
     if attack == "forged":  # the right sequence number, but not made with the session's key
         bad = frame(b"not the session key", TO_AGENT, b"i", session._seq, b"kill\n")
@@ -148,3 +157,27 @@ def test_each_vm_has_its_own_agent_secret_kept_out_of_pve(tmp_path):
         finally:
             for instance in made:
                 instance.delete()
+
+
+@pytest.mark.parametrize("kind", ["pve-lxc", "pve-vm"])
+def test_a_terminal_ends_with_its_guest_and_a_restarted_guest_has_terminals(tmp_path, kind):
+    with simulated(kind, tmp_path) as (_sim, provider):
+        spec = InstanceSpec(f"sbx-restart-{kind}", "p", 1, 512, 4)
+        instance = provider.create(spec, template_for(kind), {"sandbox_id": spec.sandbox_id})
+        try:
+            instance.start()
+            instance = provider.get(instance.id)
+            session = instance.open_terminal("/bin/sh")
+            session.write(b"echo up-$((2+3))\n")
+            _read_until(session, rb"up-5")
+            instance.stop()
+            while session.read(timeout=PATIENCE):  # the output ends with the guest
+                pass
+            assert session.wait(timeout=PATIENCE) == -9
+            session.close()
+            instance.start()  # a VM boots without the agent: the next terminal brings it
+            with provider.get(instance.id).open_terminal("echo again-$((3+4))") as again:
+                _read_until(again, rb"again-7")
+                assert again.wait(timeout=PATIENCE) == 0
+        finally:
+            instance.delete()
