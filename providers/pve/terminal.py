@@ -38,6 +38,8 @@ CONNECT_TIMEOUT = 5.0
 #: How long ``close`` waits for the agent to confirm the session's processes are gone.
 CLOSE_TIMEOUT = 30.0
 _CHUNK = 65536
+#: Unread output a waiter (not the reader) receives at most.
+_BUFFERED = 1024 * 1024
 
 
 class AgentRefused(OperationFailed):
@@ -195,7 +197,8 @@ class AgentTerminal(TerminalSession):
             return
         for kind, payload in frames:
             if kind == b"o":
-                self._output += payload
+                if not self._closed:  # after close, output is dropped on arrival
+                    self._output += payload
             elif kind == b"x" and len(payload) == 4:
                 self._exit_code = struct.unpack(">i", payload)[0]
             elif kind == b"e":
@@ -207,8 +210,14 @@ class AgentTerminal(TerminalSession):
         if self._exit_code is None:
             self._exit_code = -9  # gone with its guest, or killed at close
 
-    def _until(self, done: Callable[[], bool], timeout: float | None) -> bool:
-        """Receive until ``done()`` (or the connection ended); False on timeout."""
+    def _until(
+        self, done: Callable[[], bool], timeout: float | None, *, reader: bool = False
+    ) -> bool:
+        """Receive until ``done()`` (or the connection ended); False on timeout.
+
+        Only the reader receives past ``_BUFFERED`` bytes of unread output: ``wait`` does
+        not buffer a program's output without bound, it lets the output hold the program
+        back, as the terminal itself would."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while not done():
@@ -217,7 +226,7 @@ class AgentTerminal(TerminalSession):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                if self._receiving:
+                if self._receiving or (not reader and len(self._output) >= _BUFFERED):
                     self._cond.wait(remaining)
                     continue
                 self._receiving = True
@@ -247,11 +256,12 @@ class AgentTerminal(TerminalSession):
     # --- the contract
 
     def read(self, timeout: float | None = None) -> bytes:
-        if not self._until(lambda: bool(self._output) or self._output_ended, timeout):
+        if not self._until(lambda: bool(self._output) or self._output_ended, timeout, reader=True):
             raise TimeoutError("no terminal output")
         with self._cond:
             chunk = bytes(self._output[:_CHUNK])
             del self._output[:_CHUNK]
+            self._cond.notify_all()  # a waiter held back by a full buffer may go on
             return b"" if self._closed else chunk
 
     def write(self, data: bytes) -> None:
@@ -286,7 +296,7 @@ class AgentTerminal(TerminalSession):
             self._send(b"c")
         with contextlib.suppress(OSError):
             self._conn.shutdown(socket.SHUT_WR)
-        self._until(lambda: self._hung_up, CLOSE_TIMEOUT)
+        self._until(lambda: self._hung_up, CLOSE_TIMEOUT, reader=True)
         with self._cond:
             if self._exit_code is None:
                 self._exit_code = -9
