@@ -41,6 +41,7 @@ def check_ref(ref: str) -> str:
             "docker-daemon:NAME[:TAG] or docker://REGISTRY/NAME:TAG"
         )
     transport, _, rest = ref.partition(":")
+    rest = rest.removeprefix("//")
     if not rest or not _REF.fullmatch(rest) or rest.startswith("-") or ".." in rest.split("/"):
         raise ValueError(f"image reference {ref[:120]!r} has characters that are not allowed")
     if transport in ("oci-archive", "docker-archive") and not Path(rest.split(":")[0]).is_file():

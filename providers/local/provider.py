@@ -66,7 +66,7 @@ from providers.local import (
 from providers.local.cgroups import Cgroups, Layout, Limits
 from providers.local.config import LocalConfig
 from providers.local.instance import LocalInstance, service_url
-from providers.local.layers import Layers, in_use_leftover, parts_for
+from providers.local.layers import PARTS, Layers, in_use_leftover, parts_for
 from providers.local.network import NetworkSetup
 from providers.local.state import (
     SANDBOX_ID_RE,
@@ -363,7 +363,9 @@ class LocalProvider(Provider):
     def _commit_new(self, state: SandboxState) -> bool:
         """Write the sandbox's directory atomically; False when it appeared meanwhile."""
         tmp = self.store.sandboxes / f".tmp-{state.id}-{secrets.token_hex(4)}"
-        parts = list(state.parts.values())
+        # Every disk has the base's parts (an image's sandbox uses "root" only), so
+        # spare disks fit any sandbox.
+        parts = list(dict.fromkeys([*PARTS.values(), *state.parts.values()]))
         try:
             if disk.take_spare(self.store.sandboxes, state.disk_gb, tmp):
                 self._spares.refill(state.disk_gb, parts)
