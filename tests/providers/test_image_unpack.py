@@ -104,7 +104,7 @@ def test_absolute_names_stay_inside_and_device_nodes_are_refused(tmp_path):
 
 def test_image_references_are_checked_before_skopeo_runs(tmp_path):
     for bad in ("ftp://x", "/etc/passwd", "docker://-rm", "oci-archive:" + str(tmp_path / "no")):
-        with pytest.raises(ValueError, match="image reference|does not exist"):
+        with pytest.raises(ValueError, match=r"image reference|does not exist"):
             oci.check_ref(bad)
     config = ImageConfig.from_oci(
         {
