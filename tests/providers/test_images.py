@@ -124,3 +124,36 @@ def test_oci_images_share_layers_and_keep_their_configuration(local, sandboxes, 
     for ref in (snap.ref, two.ref, one.ref):
         local.delete_snapshot(ref)
     assert set(stored_layers(local)) - before == set()
+
+
+def test_a_docker_sandbox_from_the_same_root_filesystem(tmp_path):
+    from providers.base import InstanceSpec
+    from tests.docker_daemon import docker_provider_under_test
+
+    spec, rootfs = debian_rootfs()
+    with docker_provider_under_test() as (provider, _base):
+        imported = provider.import_image(debian.image_source(spec, rootfs))
+        again = provider.import_image(debian.image_source(spec, rootfs))
+        assert again.ref == imported.ref
+        assert again.bytes_written == 0
+        sandbox = InstanceSpec(
+            sandbox_id="sbx-docker-debian",
+            preset_id="1vcpu_512mb_4gb",
+            vcpus=1,
+            memory_mb=512,
+            disk_gb=4,
+        )
+        metadata = {"sandbox_id": sandbox.sandbox_id, "team": "tests", "preset": "p"}
+        instance = provider.create(sandbox, imported.ref, metadata)
+        try:
+            instance.start()
+            box = provider.get(instance.id)
+            assert box.exec("git --version", timeout=60).stdout.startswith("git version 2.")
+            installed = box.exec("apt list --installed 2>/dev/null", timeout=60).stdout
+            assert "python3/" in installed
+            assert "ca-certificates/" in installed
+            result = box.exec("python3 -c 'import sys; print(sys.version_info[0])'", timeout=60)
+            assert result.stdout == "3\n"
+        finally:
+            instance.delete()
+            provider.delete_snapshot(imported.ref)
