@@ -134,3 +134,32 @@ def test_a_failed_build_keeps_its_error_and_log(local_backend, image_settings, t
     assert not Snapshot.objects.filter(provider="local", version__gt=1).exists()
     outcomes = SandboxEvent.objects.filter(action="build_image").values_list("outcome", flat=True)
     assert sorted(outcomes) == ["failed", "requested"]
+
+
+@pytest.mark.django_db
+def test_the_versions_page_shows_builds_with_progress_and_log(team, other_team, member):
+    from django.test import Client
+
+    shared = ImageBuild.objects.create(
+        provider="local", kind="debian", suite="bookworm", packages=["git"], presets=[SMALL],
+        status="running", progress="installing remaining packages inside the chroot",
+        log="I: downloading packages with apt...\nI: extracting archives...\n",
+    )  # fmt: skip
+    ImageBuild.objects.create(
+        team=other_team, provider="local", kind="oci", ref="docker://registry.test/secret:1",
+        presets=[SMALL], status="failed", error="other team's failure",
+    )  # fmt: skip
+    client = Client()
+    client.force_login(member)
+    page = client.get("/versions/").content.decode()
+    assert "installing remaining packages inside the chroot" in page
+    assert "I: extracting archives..." in page
+    assert "every 2s" in page  # polled while it runs
+    assert "registry.test/secret" not in page  # another team's build stays its own
+    assert "other team&#x27;s failure" not in page
+
+    ImageBuild.objects.filter(pk=shared.pk).update(status="succeeded", progress="done",
+                                                   snapshot_ids=[f"local_{SMALL}_v1"])  # fmt: skip
+    part = client.get("/versions/?builds=1", headers={"HX-Request": "true"}).content.decode()
+    assert f"local_{SMALL}_v1" in part
+    assert "every 2s" not in part  # nothing left to follow
