@@ -163,3 +163,52 @@ def test_the_versions_page_shows_builds_with_progress_and_log(team, other_team, 
     part = client.get("/versions/?builds=1", headers={"HX-Request": "true"}).content.decode()
     assert f"local_{SMALL}_v1" in part
     assert "every 2s" not in part  # nothing left to follow
+
+
+@pytest.fixture
+def loopback_mirror(tmp_path):
+    """A "mirror" on loopback answering for dists/bookworm/Release (nothing is built)."""
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "debian/dists/bookworm").mkdir(parents=True)
+    (tmp_path / "debian/dists/bookworm/Release").write_text("Suite: bookworm\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/debian"
+    server.shutdown()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_first_start_queues_one_default_debian_image(
+    local_backend, image_settings, loopback_mirror, monkeypatch
+):
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", False)  # queued for a worker, not run here
+    image_settings.SANDBOX_DEFAULT_IMAGE = "off"
+    assert images.queue_default_image() == (None, "SANDBOX_DEFAULT_IMAGE is off")
+    image_settings.SANDBOX_DEFAULT_IMAGE = "debian"
+    image_settings.SANDBOX_DEBIAN_MIRROR = "http://127.0.0.1:9/debian"  # nothing listens
+    build, why = images.queue_default_image()
+    assert build is None
+    assert "cannot be reached" in why
+
+    image_settings.SANDBOX_DEBIAN_MIRROR = loopback_mirror
+    build, why = images.queue_default_image()
+    assert build is not None, why
+    assert (build.status, build.suite, build.activate, build.team) == (
+        "queued",
+        "bookworm",
+        True,
+        None,
+    )
+    assert set(build.presets) >= {SMALL, OTHER}
+    assert "git" in build.packages
+    assert images.queue_default_image() == (None, "the default image was queued before")
+    # The host-/usr version stays what local presets start from until the image is ready.
+    active = ActiveSnapshot.objects.get(team=None, provider="local", preset_id=SMALL)
+    assert active.snapshot.provider_ref == "base"
