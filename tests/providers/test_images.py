@@ -101,6 +101,12 @@ def test_oci_images_share_layers_and_keep_their_configuration(local, sandboxes, 
     assert sh(box, "touch /home/app/work/mine && ls -n /home/app/work/mine | cut -d' ' -f3")
     # The image's user has no root rights: the base's files are not its to change.
     assert box.exec("echo x > /etc/passwd", timeout=30).exit_code != 0
+    # A terminal is the same user, in the same place, with the same environment.
+    with box.open_terminal(["sh", "-c", "id -u; pwd; echo $GREETING"]) as session:
+        output = b""
+        while chunk := session.read(timeout=10):
+            output += chunk
+    assert output.decode().split() == ["1000", "/home/app/work", "hello", "from", "the", "image"]
     state = json.loads((local.store.sandbox_dir(box.id) / "state.json").read_text())
     assert state["image"]["exposed_ports"] == [8080]
 
