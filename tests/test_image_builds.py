@@ -209,6 +209,10 @@ def test_first_start_queues_one_default_debian_image(
     assert set(build.presets) >= {SMALL, OTHER}
     assert "git" in build.packages
     assert images.queue_default_image() == (None, "the default image was queued before")
+    ImageBuild.objects.filter(pk=build.pk).update(status="failed", error="mirror went away")
+    again, _ = images.queue_default_image()  # a failed first build is tried at the next start
+    assert again is not None
+    assert again.pk != build.pk
     # The host-/usr version stays what local presets start from until the image is ready.
     active = ActiveSnapshot.objects.get(team=None, provider="local", preset_id=SMALL)
     assert active.snapshot.provider_ref == "base"

@@ -40,6 +40,8 @@ from sandboxes.services.queue import enqueue_on_commit
 from sandboxes.services.snapshots import activate_snapshot, next_version
 
 TASK = "sandboxes.tasks.run_image_build"
+#: The label of the image `make run` builds on first start.
+DEFAULT_LABEL = "debian (default)"
 #: The log and progress are written to the row at most this often while a build runs.
 FLUSH_SECONDS = 1.0
 
@@ -356,8 +358,9 @@ def queue_default_image(*, provider: str = "local") -> tuple[ImageBuild | None, 
         return None, "SANDBOX_DEFAULT_IMAGE is off"
     if provider not in enabled_provider_names():
         return None, f"the {provider} provider is not enabled"
-    if ImageBuild.objects.filter(provider=provider, team=None, label="debian (default)").exists():
-        return None, "the default image was queued before"
+    earlier = ImageBuild.objects.filter(provider=provider, team=None, label=DEFAULT_LABEL)
+    if earlier.exclude(status=ImageBuildStatus.FAILED).exists():
+        return None, "the default image was queued before"  # a failed one is tried again
     problem = debian.problem()
     if problem:
         return None, problem
@@ -373,7 +376,7 @@ def queue_default_image(*, provider: str = "local") -> tuple[ImageBuild | None, 
         suite=spec.suite,
         packages=spec.packages,
         mirror=spec.mirror,
-        label="debian (default)",
+        label=DEFAULT_LABEL,
         activate=True,
     )
     return build, f"building a Debian {spec.suite} image for {provider} (image build {build.pk})"
