@@ -130,10 +130,24 @@ def apply_layer(tar_path: Path, target: Path, *, privileged: bool | None = None)
                 continue
             _set_metadata(path, member, privileged, symlink=member.issym())
             done.files += 1
-    # Deepest first, so setting a read-only mode never blocks what comes after.
+    # Deepest first, so setting a read-only mode never blocks what comes after. A later
+    # member may have replaced a directory (or one of its parents) with a symlink: chmod
+    # follows symlinks, so each one is checked to still be a directory of the layer.
     for path, member in sorted(directories, key=lambda item: -item[0].count("/")):
-        _set_metadata(path, member, privileged, symlink=False)
+        if _inside_as_directories(root, path):
+            _set_metadata(path, member, privileged, symlink=False)
     return done
+
+
+def _inside_as_directories(root: str, path: str) -> bool:
+    """Whether every step from ``root`` to ``path`` is a real directory (no symlink)."""
+    relative = os.path.relpath(path, root)
+    current = root
+    for part in relative.split("/"):
+        current = os.path.join(current, part)
+        if not _is_real_dir(current):
+            return False
+    return True
 
 
 def _safe_parent(root: str, relative: str, name: str) -> str:

@@ -446,11 +446,23 @@ def resolve_user(spec: str, roots: list[Path]) -> tuple[int, int, str]:
 
 
 def _image_file(roots: list[Path], relative: str) -> str:
-    for root in roots:  # top first; a file never escapes its layer (no symlinks followed)
-        path = root / relative
-        with contextlib.suppress(OSError):
-            if stat.S_ISREG(os.lstat(path).st_mode):
-                return path.read_text(errors="replace")
+    """A file of the image, read from the topmost layer holding it. No symlink is
+    followed, not even a parent directory's (an image's ``etc -> /etc`` must not make
+    the host's file the image's)."""
+    for root in roots:  # top first
+        current = root
+        parts = relative.split("/")
+        try:
+            for part in parts[:-1]:
+                current = current / part
+                if not stat.S_ISDIR(os.lstat(current).st_mode):
+                    raise NotADirectoryError(current)
+            fd = os.open(current / parts[-1], os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        with os.fdopen(fd, "rb") as handle:
+            if stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return handle.read(1 << 20).decode(errors="replace")
     return ""
 
 

@@ -85,6 +85,42 @@ def test_a_layer_cannot_write_outside_its_directory(tmp_path, build):
     assert not os.path.exists("/tmp/escaped")
 
 
+def test_a_directory_replaced_by_a_symlink_keeps_its_mode_off_the_target(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o700)
+    os.chmod(outside, 0o700)
+
+    def build(tar, add):
+        add("d", type=tarfile.DIRTYPE, mode=0o777)
+        add("d", type=tarfile.SYMTYPE, linkname=str(outside))
+        add("p/q", type=tarfile.DIRTYPE, mode=0o777)
+        add("p", type=tarfile.SYMTYPE, linkname=str(tmp_path))
+
+    target = tmp_path / "out"
+    apply_layer(write(tmp_path, build), target)
+    assert os.readlink(target / "d") == str(outside)
+    assert stat.S_IMODE(os.stat(outside).st_mode) == 0o700
+    assert not (tmp_path / "q").exists()
+
+
+def test_the_image_user_is_read_from_the_image_never_through_a_symlink(tmp_path):
+    from providers.images import ImageError
+    from providers.local.layers import resolve_user
+
+    layer = tmp_path / "layer"
+    (layer / "etc").mkdir(parents=True)
+    (layer / "etc/passwd").write_text("app:x:1000:1000::/home/app:/bin/sh\n")
+    (layer / "etc/group").write_text("staff:x:50:\n")
+    assert resolve_user("app:staff", [layer]) == (1000, 50, "/home/app")
+    assert resolve_user("", [layer]) == (0, 0, "/root")
+    assert resolve_user("4242", [layer]) == (4242, 0, "/")
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "etc").symlink_to("/etc")  # the host's /etc must not answer for the image
+    with pytest.raises(ImageError, match="not in its /etc/passwd"):
+        resolve_user("root", [evil])
+
+
 def test_absolute_names_stay_inside_and_device_nodes_are_refused(tmp_path):
     def build(tar, add):
         add("/etc/motd", data=b"hello\n", mode=0o644)
