@@ -89,7 +89,13 @@ def apply_layer(tar_path: Path, target: Path, *, privileged: bool | None = None)
                     raise UnsafeLayer(f"layer member {name[:200]!r} is a malformed whiteout")
                 gone = os.path.join(parent, hidden)
                 _remove(gone)
-                os.mknod(gone, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+                try:
+                    os.mknod(gone, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+                except PermissionError:
+                    raise ImageError(
+                        "this image deletes files in an upper layer (a whiteout), which only "
+                        "root can store for overlayfs: import it as root"
+                    ) from None
                 done.whiteouts += 1
                 continue
             if member.ischr() or member.isblk():
