@@ -216,3 +216,32 @@ def test_first_start_queues_one_default_debian_image(
     # The host-/usr version stays what local presets start from until the image is ready.
     active = ActiveSnapshot.objects.get(team=None, provider="local", preset_id=SMALL)
     assert active.snapshot.provider_ref == "base"
+
+
+@pytest.mark.django_db
+def test_the_sweep_fails_a_build_its_worker_abandoned(settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from sandboxes.services.sweep import run_sweep
+
+    now = timezone.now()
+    timeout = int(settings.Q_CLUSTER["timeout"])
+    abandoned = ImageBuild.objects.create(
+        provider="local", presets=[SMALL], status="running",
+        started_at=now - timedelta(seconds=timeout + 600),
+    )  # fmt: skip
+    running = ImageBuild.objects.create(
+        provider="local", presets=[SMALL], status="running", started_at=now - timedelta(seconds=60)
+    )
+    queued = ImageBuild.objects.create(
+        provider="local", presets=[SMALL], created_at=now - timedelta(days=1)
+    )
+    report = run_sweep(now=now)
+    assert report.actions.get("images") == 1
+    abandoned.refresh_from_db()
+    assert abandoned.status == "failed"
+    assert "worker" in abandoned.error
+    assert ImageBuild.objects.get(pk=running.pk).status == "running"
+    assert ImageBuild.objects.get(pk=queued.pk).status == "queued"  # a worker may come

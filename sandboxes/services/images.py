@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -319,6 +320,25 @@ def _finish(build: ImageBuild, log: _Log, *, status: str, **fields) -> None:
         message=str(fields.get("error", ""))[:500],
         data={"build": build.pk, "snapshot_ids": fields.get("snapshot_ids", [])},
     )
+
+
+def fail_abandoned(*, now=None, limit: int = 50) -> int:
+    """Builds left ``running`` by a worker that died, or that outran the task timeout
+    (``Q_TIMEOUT``, after which django-q2 kills the task), are marked failed (the sweep)."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=int(settings.Q_CLUSTER.get("timeout") or 1800) + 120)
+    stale = list(
+        ImageBuild.objects.filter(status=ImageBuildStatus.RUNNING, started_at__lt=cutoff)
+        .order_by("started_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    message = "the worker running this build stopped, or it ran longer than Q_TIMEOUT"
+    done = 0
+    for pk in stale:
+        done += ImageBuild.objects.filter(pk=pk, status=ImageBuildStatus.RUNNING).update(
+            status=ImageBuildStatus.FAILED, error=message, progress="failed", finished_at=now
+        )
+    return done
 
 
 # --- the first start of `make run`
