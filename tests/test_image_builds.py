@@ -101,7 +101,9 @@ def test_import_snapshot_copies_an_oci_archive_into_the_local_provider(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_bad_requests_change_nothing(local_backend, image_settings, team, member, tmp_path):
+def test_bad_requests_change_nothing(
+    local_backend, image_settings, team, member, tmp_path, monkeypatch
+):
     with pytest.raises(CommandError, match="not Debian package names"):
         run("build_image", "--provider", "local", "--preset", SMALL, "--packages", "git;rm -rf /")
     with pytest.raises(CommandError, match="suite"):
@@ -117,8 +119,29 @@ def test_bad_requests_change_nothing(local_backend, image_settings, team, member
         images.request_import(
             actor=Actor.system(), provider="local", preset_ids=[SMALL], ref="docker://-x"
         )
+    # A team's owner builds and imports for the team, but never from the host's files,
+    # its Docker daemon or a mirror of their choosing.
+    team.memberships.filter(user=member).update(role="owner")
+    owner = Actor.for_user(member)
+    for ref in (f"oci-archive:{tmp_path}/x.tar", "docker-daemon:postgres:16"):
+        with pytest.raises(NotAllowed, match="only an operator"):
+            images.request_import(
+                actor=owner, provider="local", preset_ids=[SMALL], ref=ref, team=team
+            )
+    with pytest.raises(NotAllowed, match="only an operator"):
+        images.request_build(actor=owner, provider="local", preset_ids=[SMALL], team=team,
+                             mirror="file:///etc")  # fmt: skip
     assert not ImageBuild.objects.exists()
     assert not SandboxEvent.objects.filter(action="build_image").exists()
+
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", False)  # queued only: nothing is fetched
+    build = images.request_import(
+        actor=owner, provider="local", preset_ids=[SMALL], ref="docker://127.0.0.1:9/app:1",
+        team=team,
+    )  # fmt: skip
+    assert (build.team, build.status) == (team, "queued")
 
 
 @pytest.mark.django_db(transaction=True)

@@ -66,11 +66,24 @@ def is_image_ref(ref: str) -> bool:
 
 def _require_manager(actor: Actor, team: Team | None) -> None:
     if team is None:
-        operator = actor.is_automation or (actor.user is not None and actor.user.is_superuser)
-        if not operator or actor.token is not None:
+        if not _is_operator(actor):
             raise NotAllowed("only an operator can build shared images")
     elif not actor.can_manage(team):
         raise NotAllowed("only the team's owners and admins can build its images")
+
+
+def _is_operator(actor: Actor) -> bool:
+    if actor.token is not None:
+        return False
+    return actor.is_automation or (actor.user is not None and actor.user.is_superuser)
+
+
+def _require_operator_for_host_sources(actor: Actor, what: str) -> None:
+    """Files and the Docker daemon of the control plane's host are the operator's: a
+    team's admin may build from Debian's configured mirror and import from registries
+    only (an ``oci-archive:`` of a host file would copy it into the team's sandboxes)."""
+    if not _is_operator(actor):
+        raise NotAllowed(f"only an operator can {what}")
 
 
 def _presets(provider: str, preset_ids: list[str]) -> list[str]:
@@ -124,6 +137,8 @@ def request_build(
     _require_manager(actor, team)
     get_provider(provider)
     presets = _presets(provider, list(preset_ids))
+    if mirror and mirror.strip() != settings.SANDBOX_DEBIAN_MIRROR:
+        _require_operator_for_host_sources(actor, "choose another Debian mirror")
     mirror = (mirror or settings.SANDBOX_DEBIAN_MIRROR).strip()
     try:
         spec = debian.DebianSpec(suite=suite, packages=tuple(packages), mirror=mirror)
@@ -157,6 +172,8 @@ def request_import(
     _require_manager(actor, team)
     get_provider(provider)
     presets = _presets(provider, list(preset_ids))
+    if isinstance(ref, str) and not ref.startswith("docker://"):
+        _require_operator_for_host_sources(actor, "import from the host's files or Docker daemon")
     try:
         oci.check_ref(ref)
     except ValueError as exc:
