@@ -22,6 +22,7 @@ import os
 import shutil
 import stat
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,70 +73,10 @@ def apply_layer(tar_path: Path, target: Path, *, privileged: bool | None = None)
     except (tarfile.TarError, OSError) as exc:
         raise ImageError(f"{tar_path.name} is not a readable tar: {exc}") from exc
     with archive:
-        for member in archive:
-            name = clean_name(member.name)
-            if not name:
-                continue  # the root itself
-            parent_rel, _, base = name.rpartition("/")
-            parent = _safe_parent(root, parent_rel, name)
-            path = os.path.join(parent, base)
-            if base == OPAQUE:
-                os.setxattr(parent, OPAQUE_XATTRS[0 if privileged else 1], b"y")
-                done.opaque += 1
-                continue
-            if base.startswith(WHITEOUT):
-                hidden = base[len(WHITEOUT) :]
-                if not hidden or hidden in (".", ".."):
-                    raise UnsafeLayer(f"layer member {name[:200]!r} is a malformed whiteout")
-                gone = os.path.join(parent, hidden)
-                _remove(gone)
-                try:
-                    os.mknod(gone, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-                except PermissionError:
-                    raise ImageError(
-                        "this image deletes files in an upper layer (a whiteout), which only "
-                        "root can store for overlayfs: import it as root"
-                    ) from None
-                done.whiteouts += 1
-                continue
-            if member.ischr() or member.isblk():
-                done.skipped.append(name)
-                continue
-            if member.isdir():
-                if os.path.lexists(path) and not _is_real_dir(path):
-                    _remove(path)
-                if not os.path.lexists(path):
-                    os.mkdir(path, 0o700)
-                directories.append((path, member))
-                continue
-            _remove(path)
-            if member.isreg():
-                source = archive.extractfile(member)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                with os.fdopen(fd, "wb") as out, source:
-                    while chunk := source.read(1 << 20):
-                        out.write(chunk)
-            elif member.issym():
-                os.symlink(member.linkname, path)
-            elif member.islnk():
-                link = clean_name(member.linkname)
-                link_parent, _, link_base = link.rpartition("/")
-                existing = os.path.join(_safe_parent(root, link_parent, link), link_base)
-                if not link_base or not _is_regular(existing):
-                    raise UnsafeLayer(
-                        f"hard link {name[:200]!r} points at {member.linkname[:200]!r}, "
-                        "which is not a file of this layer"
-                    )
-                os.link(existing, path, follow_symlinks=False)
-                done.files += 1
-                continue  # shares its inode's owner and mode
-            elif member.isfifo():
-                os.mkfifo(path, 0o600)
-            else:
-                done.skipped.append(name)
-                continue
-            _set_metadata(path, member, privileged, symlink=member.issym())
-            done.files += 1
+        try:
+            _apply(archive, root, privileged, done, directories)
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
+            raise ImageError(f"{tar_path.name} is damaged: {exc}") from exc
     # Deepest first, so setting a read-only mode never blocks what comes after. A later
     # member may have replaced a directory (or one of its parents) with a symlink: chmod
     # follows symlinks, so each one is checked to still be a directory of the layer.
@@ -143,6 +84,79 @@ def apply_layer(tar_path: Path, target: Path, *, privileged: bool | None = None)
         if _inside_as_directories(root, path):
             _set_metadata(path, member, privileged, symlink=False)
     return done
+
+
+def _apply(
+    archive: tarfile.TarFile,
+    root: str,
+    privileged: bool,
+    done: Applied,
+    directories: list[tuple[str, tarfile.TarInfo]],
+) -> None:
+    for member in archive:
+        name = clean_name(member.name)
+        if not name:
+            continue  # the root itself
+        parent_rel, _, base = name.rpartition("/")
+        parent = _safe_parent(root, parent_rel, name)
+        path = os.path.join(parent, base)
+        if base == OPAQUE:
+            os.setxattr(parent, OPAQUE_XATTRS[0 if privileged else 1], b"y")
+            done.opaque += 1
+            continue
+        if base.startswith(WHITEOUT):
+            hidden = base[len(WHITEOUT) :]
+            if not hidden or hidden in (".", ".."):
+                raise UnsafeLayer(f"layer member {name[:200]!r} is a malformed whiteout")
+            gone = os.path.join(parent, hidden)
+            _remove(gone)
+            try:
+                os.mknod(gone, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+            except PermissionError:
+                raise ImageError(
+                    "this image deletes files in an upper layer (a whiteout), which only "
+                    "root can store for overlayfs: import it as root"
+                ) from None
+            done.whiteouts += 1
+            continue
+        if member.ischr() or member.isblk():
+            done.skipped.append(name)
+            continue
+        if member.isdir():
+            if os.path.lexists(path) and not _is_real_dir(path):
+                _remove(path)
+            if not os.path.lexists(path):
+                os.mkdir(path, 0o700)
+            directories.append((path, member))
+            continue
+        _remove(path)
+        if member.isreg():
+            source = archive.extractfile(member)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as out, source:
+                while chunk := source.read(1 << 20):
+                    out.write(chunk)
+        elif member.issym():
+            os.symlink(member.linkname, path)
+        elif member.islnk():
+            link = clean_name(member.linkname)
+            link_parent, _, link_base = link.rpartition("/")
+            existing = os.path.join(_safe_parent(root, link_parent, link), link_base)
+            if not link_base or not _is_regular(existing):
+                raise UnsafeLayer(
+                    f"hard link {name[:200]!r} points at {member.linkname[:200]!r}, "
+                    "which is not a file of this layer"
+                )
+            os.link(existing, path, follow_symlinks=False)
+            done.files += 1
+            continue  # shares its inode's owner and mode
+        elif member.isfifo():
+            os.mkfifo(path, 0o600)
+        else:
+            done.skipped.append(name)
+            continue
+        _set_metadata(path, member, privileged, symlink=member.issym())
+        done.files += 1
 
 
 def _inside_as_directories(root: str, path: str) -> bool:

@@ -9,11 +9,12 @@ provider side is ``Provider.import_image`` (see docs/images.md).
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import threading
 import time
 import urllib.request
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -39,6 +40,8 @@ from sandboxes.services.errors import InvalidInput, NotAllowed
 from sandboxes.services.events import record_event
 from sandboxes.services.queue import enqueue_on_commit
 from sandboxes.services.snapshots import activate_snapshot, next_version
+
+logger = logging.getLogger(__name__)
 
 TASK = "sandboxes.tasks.run_image_build"
 #: The label of the image `make run` builds on first start.
@@ -234,8 +237,11 @@ def perform_build(*, build_pk: int) -> ImageBuild | None:
     log = _Log(build)
     try:
         result = _run(build, log)
-    except (ImageError, ProviderError, ValueError, OSError) as exc:
+    except Exception as exc:  # whatever went wrong, the build says so instead of hanging
         message = getattr(exc, "message", None) or str(exc)
+        if not isinstance(exc, ImageError | ProviderError | ValueError | OSError):
+            logger.exception("image build %s failed", build.pk)
+            message = f"{type(exc).__name__}: {exc}"
         log.line(f"failed: {message}")
         _finish(build, log, status=ImageBuildStatus.FAILED, error=message[:2000])
         return ImageBuild.objects.get(pk=build_pk)
@@ -339,7 +345,7 @@ def _finish(build: ImageBuild, log: _Log, *, status: str, **fields) -> None:
     )
 
 
-def fail_abandoned(*, now=None, limit: int = 50) -> int:
+def fail_abandoned(*, now: datetime | None = None, limit: int = 50) -> int:
     """Builds left ``running`` by a worker that died, or that outran the task timeout
     (``Q_TIMEOUT``, after which django-q2 kills the task), are marked failed (the sweep)."""
     now = now or timezone.now()

@@ -153,3 +153,15 @@ def test_image_references_are_checked_before_skopeo_runs(tmp_path):
     assert config.env == {"A": "1", "B": "x=y"}
     assert config.exposed_ports == (80, 8080)
     assert unpack.clean_name("./a//b/") == "a/b"
+
+
+def test_a_damaged_layer_is_a_clear_error(tmp_path):
+    import gzip
+
+    from providers.images import ImageError
+
+    whole = layer_tar(lambda tar, add: add("big", data=os.urandom(1 << 20), mode=0o644))
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(gzip.compress(whole)[:200_000])
+    with pytest.raises(ImageError, match=r"damaged|not a readable tar"):
+        apply_layer(broken, tmp_path / "out")
