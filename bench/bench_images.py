@@ -39,10 +39,11 @@ cache hit. "Bytes written" is what the local provider's storage grew by (disk bl
 the unpacked files); the unique layer's size is its unpacked tar.
 
 Create + start to first exec is measured taking turns with the host-/usr version, so that
-load from elsewhere falls on both alike: on a quiet machine both are well under 15 ms
-(about 10 ms); with other work on the two cores (load 4-8 while these ran) both rise
-together. A sandbox from an image mounts one overlay (its root) over the image's layers,
-against two (root and /usr) for the host-/usr version.
+load from elsewhere falls on both alike: in a quieter moment the Debian image measured
+10.4 ms (median, n=20) against 17.2 ms for the host-/usr version; with other work on the
+two cores (load 4-8 while these ran) both rise together. A sandbox from an image mounts
+one overlay (its root) over the image's layers, against two (root and /usr) for the
+host-/usr version.
 """
 
 _ids = itertools.count(1)
