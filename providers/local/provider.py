@@ -434,7 +434,8 @@ class LocalProvider(Provider):
     def _sweep(self) -> None:
         """Remove what failed operations or crashes left behind (old temp dirs, cgroups)."""
         now = time.time()
-        for directory in (self.store.sandboxes, self.store.snapshots, self.store.root):
+        layers = self.store.root / "layers"  # an image import's half-unpacked layer
+        for directory in (self.store.sandboxes, self.store.snapshots, self.store.root, layers):
             with contextlib.suppress(OSError):
                 for entry in os.scandir(directory):
                     leftover = entry.name.startswith((".tmp-", ".trash-", ".base-tmp-"))
