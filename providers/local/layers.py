@@ -376,12 +376,14 @@ class Layers:
         directory = self.store.root / "layers"
         if not directory.is_dir():
             return
-        used = {r for chain in sandbox_chains.values() for r in chain}
-        for ref in self.snapshot_refs():
-            manifest = self._manifest(ref)
-            if manifest:
-                used.update(manifest["chain"])
+        # Under the lock an import holds until its snapshot is published: a layer it just
+        # stored is then named by that snapshot's manifest.
         with locked(self.store.root / "layers.lock"):
+            used = {r for chain in sandbox_chains.values() for r in chain}
+            for ref in self.snapshot_refs():
+                manifest = self._manifest(ref)
+                if manifest:
+                    used.update(manifest["chain"])
             for name in os.listdir(directory):
                 if re.fullmatch(r"[0-9a-f]{64}", name) and f"sha256:{name}" not in used:
                     trash = self.store.root / f".trash-layer-{name[:16]}-{secrets.token_hex(4)}"
