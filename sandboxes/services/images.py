@@ -54,7 +54,7 @@ DEFAULT_SUITE = debian.DEFAULT_SUITE
 DEFAULT_PACKAGES = debian.DEFAULT_PACKAGES
 
 
-def parse_packages(text: str) -> tuple[str, ...]:
+def parse_packages(*, text: str) -> tuple[str, ...]:
     """``git, curl python3`` -> the package names; InvalidInput naming a bad one."""
     try:
         return debian.parse_packages(text)
@@ -62,7 +62,7 @@ def parse_packages(text: str) -> tuple[str, ...]:
         raise InvalidInput(str(exc), fields={"packages": [str(exc)]}) from None
 
 
-def is_image_ref(ref: str) -> bool:
+def is_image_ref(*, ref: str) -> bool:
     """Whether an import reference names an OCI/Docker image source (skopeo's syntax)."""
     return oci.is_image_ref(ref)
 
@@ -380,7 +380,7 @@ def default_image_spec() -> debian.DebianSpec | None:
     )
 
 
-def mirror_reachable(mirror: str, suite: str, timeout: float = 5.0) -> bool:
+def mirror_reachable(*, mirror: str, suite: str, timeout: float = 5.0) -> bool:
     if not mirror.startswith(("http://", "https://")):
         return mirror.startswith("file://")
     try:
@@ -407,7 +407,7 @@ def queue_default_image(*, provider: str = "local") -> tuple[ImageBuild | None, 
     problem = debian.problem()
     if problem:
         return None, problem
-    if not mirror_reachable(spec.mirror, spec.suite):
+    if not mirror_reachable(mirror=spec.mirror, suite=spec.suite):
         return None, f"Debian's mirror ({spec.mirror}) cannot be reached from this host"
     presets = [p.pk for p in Preset.objects.all() if provider in (p.providers or [])]
     if not presets:

@@ -51,7 +51,7 @@ class Command(BaseCommand):
     ):
         team_row = _team(team)
         try:
-            names = images.parse_packages(packages)
+            names = images.parse_packages(text=packages)
             build = images.request_build(
                 actor=Actor.system(),
                 provider=provider,

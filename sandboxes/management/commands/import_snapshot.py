@@ -31,7 +31,7 @@ class Command(BaseCommand):
             team_row = Team.objects.filter(slug=team).first()
             if team_row is None:
                 raise CommandError(f"no team {team!r}")
-        if images.is_image_ref(ref):
+        if images.is_image_ref(ref=ref):
             try:
                 build = images.request_import(
                     actor=Actor.system(),
