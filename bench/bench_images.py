@@ -42,9 +42,8 @@ Create + start to first exec is measured first (before the build fills the page 
 the disk's write-back) and taking turns with the host-/usr version, so that load from
 elsewhere falls on both alike: they are within a millisecond of each other. With other
 work on the two shared cores both rise together (16-17 ms each at load 4-6 in earlier
-runs). A sandbox from an image mounts
-one overlay (its root) over the image's layers, against two (root and /usr) for the
-host-/usr version.
+runs). A sandbox from an image mounts one overlay (its root) over the image's layers,
+against two (root and /usr) for the host-/usr version.
 """
 
 _ids = itertools.count(1)
