@@ -603,3 +603,64 @@ class Environment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.team}:{self.name}"
+
+
+class ImageBuildStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class ImageBuild(models.Model):
+    """Making a real root filesystem a snapshot version (``sandboxes.services.images``):
+    a Debian build (mmdebstrap) or an OCI import (skopeo), registered as the next version
+    of one or more presets on one provider (stored once). The worker runs it; its progress
+    and the tail of its log (``SANDBOX_IMAGE_LOG_BYTES``) show on the versions page."""
+
+    KIND_DEBIAN = "debian"
+    KIND_OCI = "oci"
+
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.CASCADE, related_name="image_builds"
+    )
+    provider = models.CharField(max_length=32)
+    kind = models.CharField(max_length=10, default=KIND_DEBIAN)
+    #: Preset ids to register the image for.
+    presets = models.JSONField(default=list)
+    suite = models.CharField(max_length=40, blank=True)
+    packages = models.JSONField(default=list, blank=True)
+    mirror = models.CharField(max_length=255, blank=True)
+    #: The source of an OCI import (``oci-archive:PATH``, ``docker://...``).
+    ref = models.CharField(max_length=255, blank=True)
+    label = models.CharField(max_length=200, blank=True)
+    activate = models.BooleanField(default=False)
+    status = models.CharField(
+        max_length=10, choices=ImageBuildStatus.choices, default=ImageBuildStatus.QUEUED
+    )
+    #: The current step, for people ("downloading packages", "storing layers").
+    progress = models.CharField(max_length=200, blank=True)
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    #: The snapshot ids registered, one per preset.
+    snapshot_ids = models.JSONField(default=list, blank=True)
+    bytes_written = models.BigIntegerField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["team", "created_at"], name="image_build_team_idx")]
+
+    def __str__(self) -> str:
+        return f"image build {self.pk} ({self.kind}, {self.provider})"
+
+    @property
+    def source(self) -> str:
+        if self.kind == self.KIND_OCI:
+            return self.ref
+        return f"debian {self.suite}: {', '.join(self.packages)}"

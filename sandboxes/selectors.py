@@ -17,6 +17,7 @@ from sandboxes.models import (
     ActiveSnapshot,
     ApiToken,
     Environment,
+    ImageBuild,
     Membership,
     Preset,
     Sandbox,
@@ -224,6 +225,12 @@ def snapshots_for_team(team: Team, *, include_deleted: bool = False) -> QuerySet
     if not include_deleted:
         queryset = queryset.exclude(status=SnapshotStatus.DELETED)
     return queryset.order_by("provider", "preset_id", "-version")
+
+
+def image_builds_for_team(team: Team, *, limit: int = 10) -> list[ImageBuild]:
+    """The latest image builds the team sees: its own and the shared ones."""
+    queryset = ImageBuild.objects.filter(Q(team=team) | Q(team__isnull=True))
+    return list(queryset.select_related("created_by").order_by("-created_at")[:limit])
 
 
 def get_snapshot(team: Team, snapshot_id: str) -> Snapshot:

@@ -3,7 +3,7 @@ row, take a lease and do nothing when there is nothing (left) to do."""
 
 from __future__ import annotations
 
-from sandboxes.services import lifecycle, orphans, snapshots, sweep, workers, workspaces
+from sandboxes.services import images, lifecycle, orphans, snapshots, sweep, workers, workspaces
 
 
 def run_sandbox_operation(sandbox_id: str) -> None:
@@ -36,3 +36,7 @@ def run_snapshot_retention() -> int:
 
 def remove_orphan(provider: str, ref: str, sandbox_id: str) -> None:
     orphans.remove_orphan(provider=provider, ref=ref, sandbox_id=sandbox_id)
+
+
+def run_image_build(build_pk: int) -> None:
+    images.perform_build(build_pk=build_pk)
