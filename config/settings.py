@@ -330,6 +330,14 @@ SANDBOX_TERMINAL_SCROLLBACK_BYTES = max(
     4096, env_int("SANDBOX_TERMINAL_SCROLLBACK_BYTES", 256 * 1024)
 )
 SANDBOX_TERMINAL_MAX_SESSIONS = max(1, env_int("SANDBOX_TERMINAL_MAX_SESSIONS", 20))
+# Images (sandboxes/services/images.py, docs/images.md): the Debian mirror builds use, where
+# downloaded packages and built root filesystems are cached, what `make run` builds for
+# the local provider on first start ("debian", "debian:SUITE", or "off"), and how much
+# of a build's log is kept (its tail).
+SANDBOX_DEBIAN_MIRROR = env.get("SANDBOX_DEBIAN_MIRROR") or "http://deb.debian.org/debian"
+SANDBOX_IMAGE_CACHE_DIR = Path(env.get("SANDBOX_IMAGE_CACHE_DIR") or DATA_DIR / "image-cache")
+SANDBOX_DEFAULT_IMAGE = (env.get("SANDBOX_DEFAULT_IMAGE") or "debian").strip()
+SANDBOX_IMAGE_LOG_BYTES = max(1024, env_int("SANDBOX_IMAGE_LOG_BYTES", 64 * 1024))
 
 # --- The API's per-team request counters (sandboxes/services/throttling.py) must be
 # shared by every web worker: in Redis when REDIS_URL is set, else in the database.

@@ -76,6 +76,43 @@ class NetworkPolicySerializer(serializers.Serializer):
     )
 
 
+class RepoSerializer(serializers.Serializer):
+    url = serializers.CharField()
+    branch = serializers.CharField(help_text="Empty: the repository's default branch.")
+    path = serializers.CharField(help_text="The clone's folder, relative to the user's home.")
+    credential = serializers.CharField(
+        help_text="The name of the team secret it clones with (never its value)."
+    )
+    username = serializers.CharField()
+
+
+class RepoInputSerializer(StrictSerializer):
+    url = StrictCharField(
+        max_length=2000,
+        help_text="https://, http://, ssh://, git:// or user@host:path; no credentials in it.",
+    )
+    branch = StrictCharField(required=False, allow_blank=True, max_length=200)
+    path = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=200,
+        help_text="A folder inside the home; default: the repository's name.",
+    )
+    credential = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=64,
+        help_text="Name of a team secret: the password or token for http(s) (asked by "
+        "git through GIT_ASKPASS), a private key for ssh.",
+    )
+    username = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=100,
+        help_text="The user name sent with the credential; default x-access-token.",
+    )
+
+
 class SandboxSerializer(serializers.Serializer):
     """A sandbox as the API shows it. Reads only columns of the row and its snapshot."""
 
@@ -113,6 +150,20 @@ class SandboxSerializer(serializers.Serializer):
         source="secret_names",
         help_text="Names of the team secrets its exec and terminals get (never the values).",
     )
+    repo = serializers.SerializerMethodField(
+        help_text="The repository cloned at its first start (null: none)."
+    )
+    setup_status = serializers.ChoiceField(
+        choices=["", "pending", "running", "succeeded", "failed"],
+        help_text="The clone and setup script: empty when there is none; failed keeps the "
+        "sandbox running, with the reason in setup_error and the output in its events.",
+    )
+    setup_error = serializers.CharField()
+    environment = serializers.IntegerField(
+        source="environment_id",
+        allow_null=True,
+        help_text="The id of the team environment it was started from.",
+    )
     last_error = serializers.CharField()
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
@@ -123,6 +174,10 @@ class SandboxSerializer(serializers.Serializer):
     @extend_schema_field(NetworkPolicySerializer)
     def get_network(self, sandbox) -> dict:
         return network_view(sandbox.network)
+
+    @extend_schema_field(RepoSerializer(allow_null=True))
+    def get_repo(self, sandbox) -> dict | None:
+        return repo_view(sandbox.repo)
 
     @cached_property
     def _tz(self) -> tzinfo:
@@ -165,6 +220,10 @@ class SandboxSerializer(serializers.Serializer):
             "network": network_view(row["network"]),
             "env": row["env"] or {},
             "secrets": list(row["secret_names"] or []),
+            "repo": repo_view(row["repo"]),
+            "setup_status": row["setup_status"],
+            "setup_error": row["setup_error"],
+            "environment": row["environment_id"],
             "last_error": row["last_error"],
             "created_at": iso_datetime(row["created_at"], tz),
             "started_at": iso_datetime(row["started_at"], tz),
@@ -228,6 +287,31 @@ class SandboxCreateSerializer(StrictSerializer):
         help_text="Names of team secrets (PUT /api/v1/secrets/{name}) given to every exec "
         "and terminal as variables of those names.",
     )
+    repo = RepoInputSerializer(
+        required=False,
+        help_text="A repository cloned into the sandbox's home at its first start.",
+    )
+    setup = StrictCharField(
+        required=False,
+        allow_blank=True,
+        trim_whitespace=False,
+        max_length=65536,
+        help_text="A script run once after the first start (after the clone), as the "
+        "sandbox's user, in the repository, with its env and secrets (sh -e; bash if present).",
+    )
+
+
+def repo_view(record: dict | None) -> dict | None:
+    """A sandbox's or environment's repository as the API shows it (null: none)."""
+    if not record:
+        return None
+    return {
+        "url": record["url"],
+        "branch": record.get("branch", ""),
+        "path": record.get("path", ""),
+        "credential": record.get("credential", ""),
+        "username": record.get("username", ""),
+    }
 
 
 def network_view(record: dict | None) -> dict:
@@ -520,6 +604,101 @@ class HealthSerializer(serializers.Serializer):
     background = BackgroundHealthSerializer()
 
 
+# --- team environments -----------------------------------------------------------------
+
+
+class EnvironmentServiceSerializer(StrictSerializer):
+    name = StrictCharField(max_length=32)
+    port = StrictIntegerField(min_value=1, max_value=65535)
+
+
+class EnvironmentSerializer(serializers.Serializer):
+    """A team environment: the recipe of sandboxes started from it."""
+
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    description = serializers.CharField()
+    snapshot_id = serializers.CharField(help_text="Empty: the active version of preset.")
+    preset = serializers.CharField(source="preset_id", allow_null=True)
+    provider = serializers.CharField()
+    repo = serializers.SerializerMethodField()
+    env = serializers.DictField(child=serializers.CharField())
+    secrets = serializers.ListField(child=serializers.CharField(), source="secret_names")
+    setup = serializers.CharField()
+    services = serializers.ListField(child=serializers.DictField())
+    network_policy = serializers.CharField(help_text="Empty: the team's, else the preset's.")
+    network_allow = serializers.ListField(child=serializers.CharField())
+    idle_timeout_seconds = serializers.IntegerField(
+        allow_null=True, help_text="null: the team's default; 0: never."
+    )
+    delete_parked_after_seconds = serializers.IntegerField(
+        allow_null=True, help_text="null: the team's default; 0: never."
+    )
+    ttl_seconds = serializers.IntegerField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    updated_by = serializers.CharField()
+
+    @extend_schema_field(RepoSerializer(allow_null=True))
+    def get_repo(self, environment) -> dict | None:
+        return repo_view(environment.repo)
+
+
+def _lifecycle_field() -> serializers.IntegerField:
+    return StrictIntegerField(
+        required=False, allow_null=True, min_value=0, max_value=365 * 24 * 3600
+    )
+
+
+class EnvironmentWriteSerializer(StrictSerializer):
+    """Create (name required) or change (only the fields given) an environment."""
+
+    name = StrictRegexField(
+        r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$",
+        max_length=64,
+        required=False,
+        help_text="Lowercase letters, digits and dashes; unique in the team.",
+    )
+    description = StrictCharField(required=False, allow_blank=True, max_length=200)
+    snapshot_id = StrictCharField(required=False, allow_blank=True, max_length=120)
+    preset = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=40)
+    provider = StrictCharField(required=False, allow_blank=True, max_length=32)
+    repo = RepoInputSerializer(required=False, allow_null=True)
+    env = serializers.DictField(
+        child=StrictCharField(max_length=16384, allow_blank=True, trim_whitespace=False),
+        required=False,
+    )
+    secrets = serializers.ListField(
+        child=StrictCharField(max_length=64), required=False, max_length=64
+    )
+    setup = StrictCharField(
+        required=False, allow_blank=True, trim_whitespace=False, max_length=65536
+    )
+    services = EnvironmentServiceSerializer(many=True, required=False)
+    network_policy = serializers.ChoiceField(
+        choices=[("", "the team's or preset's"), *NetworkMode.choices], required=False
+    )
+    network_allow = serializers.ListField(
+        child=StrictCharField(max_length=253), required=False, max_length=64
+    )
+    idle_timeout_seconds = _lifecycle_field()
+    delete_parked_after_seconds = _lifecycle_field()
+    ttl_seconds = _lifecycle_field()
+
+
+class EnvironmentStartSerializer(StrictSerializer):
+    """Start a sandbox from an environment; every field is optional."""
+
+    name = name_field()
+    branch = StrictCharField(
+        required=False, max_length=200, help_text="Another branch of its repository."
+    )
+    ttl_seconds = seconds_field(required=False, allow_null=True)
+    idle_timeout_seconds = seconds_field(required=False, allow_null=True)
+    delete_parked_after_seconds = seconds_field(required=False, allow_null=True)
+    metadata = MetadataField(required=False)
+
+
 # --- cmux compatibility ----------------------------------------------------------------
 
 
@@ -527,13 +706,26 @@ class CmuxStartSerializer(StrictSerializer):
     """The body of cmux's ``POST /api/sandboxes/start``, mapped onto create."""
 
     snapshotId = StrictCharField(
+        required=False,
         max_length=255,
-        help_text="A snapshot version or id without _vN, or a provider's image reference.",
+        help_text="A snapshot version or id without _vN, or a provider's image reference "
+        "(required unless environmentId is given).",
     )
     ttlSeconds = seconds_field(required=False, allow_null=True)
     metadata = MetadataField(required=False)
     teamSlugOrId = StrictCharField(
         required=False, max_length=50, help_text="Must be the team of your token if given."
+    )
+    repoUrl = StrictCharField(
+        required=False,
+        max_length=2000,
+        help_text="A repository cloned into the sandbox at its first start.",
+    )
+    branch = StrictCharField(required=False, max_length=200, help_text="Its branch.")
+    environmentId = StrictCharField(
+        required=False,
+        max_length=64,
+        help_text="A team environment (its id or name) to start from; snapshotId is then optional.",
     )
 
 

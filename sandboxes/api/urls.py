@@ -6,7 +6,16 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from sandboxes.api import schema  # noqa: F401 - registers the OpenAPI extensions
-from sandboxes.api.views import cmux, previews, sandboxes, secrets, site, snapshots, tokens
+from sandboxes.api.views import (
+    cmux,
+    environments,
+    previews,
+    sandboxes,
+    secrets,
+    site,
+    snapshots,
+    tokens,
+)
 
 SANDBOX = "sandboxes/<str:sandbox_id>"
 
@@ -32,6 +41,17 @@ v1 = [
     path(f"{SANDBOX}/ssh", sandboxes.SandboxSshView.as_view(), name="sandbox-ssh"),
     path("secrets", secrets.SecretListView.as_view(), name="secret-list"),
     path("secrets/<str:name>", secrets.SecretDetailView.as_view(), name="secret-detail"),
+    path("environments", environments.EnvironmentListView.as_view(), name="environment-list"),
+    path(
+        "environments/<str:environment_id>",
+        environments.EnvironmentDetailView.as_view(),
+        name="environment-detail",
+    ),
+    path(
+        "environments/<str:environment_id>/start",
+        environments.EnvironmentStartView.as_view(),
+        name="environment-start",
+    ),
     path("presets", snapshots.PresetListView.as_view(), name="preset-list"),
     path("snapshots", snapshots.SnapshotListView.as_view(), name="snapshot-list"),
     path(

@@ -156,6 +156,8 @@ class SandboxListView(mixins.ListModelMixin, TeamView):
             network_allow=data.get("network_allow"),
             env=data.get("env"),
             secrets=data.get("secrets"),
+            repo=data.get("repo"),
+            setup=data.get("setup", ""),
         )
         return accepted(sandbox)
 
