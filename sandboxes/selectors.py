@@ -142,6 +142,20 @@ def proxy_target(team: Team, sandbox_id: str) -> Sandbox | None:
     return sandbox
 
 
+def preview_target(sandbox_id: str) -> Sandbox | None:
+    """A live sandbox by id with its team, whichever team it is, as a preview host needs
+    it (``services/previews.authorize`` decides who may see it); None for anything else."""
+    if not storable(sandbox_id):
+        return None
+    return (
+        Sandbox.objects.select_related("team")
+        .only(*PROXY_COLUMNS, "team__id", "team__name")
+        .filter(pk=sandbox_id)
+        .exclude(status=Status.DELETED)
+        .first()
+    )
+
+
 def sandbox_status(team: Team, sandbox_id: str) -> str | None:
     """Only the status column (cheap enough to poll); None when the team has no such sandbox."""
     if not storable(sandbox_id):

@@ -4,7 +4,16 @@ tests/test_dashboard_isolation.py walks this list, so a new page is covered auto
 from django.urls import path
 from django.views.generic import RedirectView
 
-from sandboxes.views import detail, environments, pages, sandboxes, secrets, snapshots, tokens
+from sandboxes.views import (
+    detail,
+    environments,
+    pages,
+    previews,
+    sandboxes,
+    secrets,
+    snapshots,
+    tokens,
+)
 
 SANDBOX = "sandboxes/<str:sandbox_id>/"
 SNAPSHOT = "versions/<str:snapshot_id>/"
@@ -23,6 +32,12 @@ urlpatterns = [
         SANDBOX + "services/<str:service>/remove/",
         detail.sandbox_service_hide,
         name="sandbox-service-hide",
+    ),
+    path("preview/<str:sandbox_id>/<int:port>/", previews.open_preview, name="preview-open"),
+    path(
+        SANDBOX + "services/<str:service>/sharing/",
+        previews.service_sharing,
+        name="sandbox-service-sharing",
     ),
     path(SANDBOX + "wake-on/", detail.sandbox_wake_on, name="sandbox-wake-on"),
     path(SANDBOX + "exec/", detail.sandbox_exec, name="sandbox-exec"),

@@ -30,6 +30,7 @@ from sandboxes.api.fields import (
     seconds_field,
 )
 from sandboxes.models import NetworkMode, Sandbox, TtlAction
+from sandboxes.services import previews
 from sandboxes.services.interactive import MAX_EXEC_TIMEOUT
 from sandboxes.states import TRANSITIONAL, Status
 
@@ -47,6 +48,11 @@ class ServiceSerializer(serializers.Serializer):
     name = serializers.CharField()
     port = serializers.IntegerField()
     url = serializers.CharField()
+    sharing = serializers.ChoiceField(
+        choices=previews.SHARING_LEVELS,
+        default=previews.DEFAULT_SHARING,
+        help_text="Who may open its preview URL (PATCH .../services/{name} to change).",
+    )
 
 
 # A sandbox's wake-on settings, read from its row (SandboxSerializer nests it with
@@ -197,7 +203,13 @@ class SandboxSerializer(serializers.Serializer):
             "disk_gb": row["disk_gb"],
             "metadata": row["metadata"],
             "services": [
-                {"name": s["name"], "port": s["port"], "url": s["url"]} for s in row["services"]
+                {
+                    "name": s["name"],
+                    "port": s["port"],
+                    "url": s["url"],
+                    "sharing": previews.sharing_of(s),
+                }
+                for s in row["services"]
             ],
             "ttl_seconds": row["ttl_seconds"],
             "ttl_action": row["ttl_action"],

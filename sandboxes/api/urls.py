@@ -6,7 +6,16 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from sandboxes.api import schema  # noqa: F401 - registers the OpenAPI extensions
-from sandboxes.api.views import cmux, environments, sandboxes, secrets, site, snapshots, tokens
+from sandboxes.api.views import (
+    cmux,
+    environments,
+    previews,
+    sandboxes,
+    secrets,
+    site,
+    snapshots,
+    tokens,
+)
 
 SANDBOX = "sandboxes/<str:sandbox_id>"
 
@@ -24,7 +33,7 @@ v1 = [
     path(f"{SANDBOX}/services", sandboxes.SandboxServicesView.as_view(), name="sandbox-services"),
     path(
         f"{SANDBOX}/services/<str:name>",
-        sandboxes.SandboxServiceDetailView.as_view(),
+        previews.SandboxServiceView.as_view(),
         name="sandbox-service",
     ),
     path(f"{SANDBOX}/wake-on", sandboxes.SandboxWakeOnView.as_view(), name="sandbox-wake-on"),

@@ -68,8 +68,8 @@ def get_pages(objects) -> list[str]:
     """Every dashboard URL, from the URL conf (a new page is covered by itself)."""
     found = []
     for pattern in urls.urlpatterns:
-        if not isinstance(pattern, URLPattern) or pattern.name == "home":
-            continue
+        if not isinstance(pattern, URLPattern) or pattern.name in ("home", "preview-open"):
+            continue  # preview-open: a redirect to the service's own origin, not a page
         kwargs = {name: objects[name] for name in pattern.pattern.converters}
         found.append(reverse(pattern.name, kwargs=kwargs))
     return found

@@ -48,6 +48,7 @@ def team_a(running, member, team):
         "other_id": v3.snapshot_id,
         "action": "delete",
         "service": "web",
+        "port": 8080,
         "token_id": str(token.pk),
         "name": "PRIVATE_SECRET",
     }
