@@ -14,9 +14,11 @@ install: $(BIN)/.installed
 
 # Installs what the local provider needs (bubblewrap; a C compiler for its sandbox init;
 # libseccomp-dev for its seccomp filter; passt (pasta) and nftables for sandboxes with an
-# outbound network) when it can; says what to install when it cannot (not root, no apt-get).
+# outbound network; mmdebstrap and skopeo to build and import images) when it can; says what
+# to install when it cannot (not root, no apt-get).
 system-packages:
-	@scripts/ensure-system-packages bubblewrap gcc libc6-dev libseccomp-dev passt nftables
+	@scripts/ensure-system-packages bubblewrap gcc libc6-dev libseccomp-dev passt nftables \
+	  mmdebstrap skopeo
 
 # DEBUG stays off unless you set it (DEBUG=1 make run): its error pages show the server's
 # environment.

@@ -1,6 +1,8 @@
 """The ASGI application uvicorn serves (``make run``, production): routed by scope type.
 
-``http`` goes to Django (its views run in threads); ``websocket`` to
+A request for a preview host (``<port>-<sandbox id>.<SANDBOX_PREVIEW_DOMAIN>``, an
+exposed service at an origin of its own) goes to ``sandboxes.preview``, whatever its
+type; otherwise ``http`` goes to Django (its views run in threads); ``websocket`` to
 ``sandboxes.websocket`` (the web terminal), which authenticates with the Django session
 itself; ``lifespan`` lets a stopping server end the web terminal sessions it holds, each
 with its ``terminal_close`` audit event, rather than leaving them unrecorded. Why not
@@ -39,7 +41,7 @@ class OneStepASGIHandler(ASGIHandler):
 django.setup(set_prefix=False)
 django_application = OneStepASGIHandler()
 
-from sandboxes import websocket  # noqa: E402 - needs Django set up
+from sandboxes import preview, websocket  # noqa: E402 - needs Django set up
 from sandboxes.services import terminal_hub  # noqa: E402
 
 
@@ -55,7 +57,9 @@ async def lifespan(receive: Any, send: Any) -> None:
 
 
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] == "http":
+    if scope["type"] != "lifespan" and (where := preview.target(scope)) is not None:
+        await preview.application(scope, receive, send, where)  # <port>-<sandbox>.<domain>
+    elif scope["type"] == "http":
         await django_application(scope, receive, send)
     elif scope["type"] == "websocket":
         await websocket.application(scope, receive, send)

@@ -297,6 +297,24 @@ SANDBOX_WAKE_TIMEOUT_SECONDS = max(1, env_int("SANDBOX_WAKE_TIMEOUT_SECONDS", 60
 SANDBOX_PROXY_TIMEOUT_SECONDS = max(1, env_int("SANDBOX_PROXY_TIMEOUT_SECONDS", 120))
 # Serve proxied pages in an opaque origin (CSP sandbox) so they cannot act as the dashboard.
 SANDBOX_PROXY_ISOLATE = env_bool("SANDBOX_PROXY_ISOLATE", True)
+# Preview URLs (sandboxes/preview.py): each exposed service is its own origin,
+# <port>-<sandbox id>.SANDBOX_PREVIEW_DOMAIN, routed by Host before Django. The default
+# `localhost` needs no DNS (browsers resolve *.localhost to loopback); production needs a
+# wildcard DNS record and certificate (docs/operations.md). Scheme and port: those of the
+# URL the browser uses ("" and 0: the dashboard request's own). A browser gets in with a
+# signed token valid SANDBOX_PREVIEW_TOKEN_SECONDS, exchanged for a cookie of that host
+# only, valid SANDBOX_PREVIEW_SESSION_SECONDS.
+SANDBOX_PREVIEW_DOMAIN = env.get("SANDBOX_PREVIEW_DOMAIN", "localhost").strip().strip(".").lower()
+SANDBOX_PREVIEW_SCHEME = env_choice("SANDBOX_PREVIEW_SCHEME", "", ("", "http", "https"))
+SANDBOX_PREVIEW_PORT = max(0, min(65535, env_int("SANDBOX_PREVIEW_PORT", 0)))
+# Where a browser without access to a preview is sent to sign in: the dashboard's URL
+# ("": SANDBOX_PREVIEW_DOMAIN itself, on the preview's scheme and port, as under make run).
+SANDBOX_PREVIEW_DASHBOARD_URL = env.get("SANDBOX_PREVIEW_DASHBOARD_URL", "").strip().rstrip("/")
+SANDBOX_PREVIEW_TOKEN_SECONDS = max(5, env_int("SANDBOX_PREVIEW_TOKEN_SECONDS", 60))
+SANDBOX_PREVIEW_SESSION_SECONDS = max(60, env_int("SANDBOX_PREVIEW_SESSION_SECONDS", 8 * 3600))
+# The dashboard's cookies are host-only: a Domain would send the session to preview hosts.
+SESSION_COOKIE_DOMAIN = None
+CSRF_COOKIE_DOMAIN = None
 # Long calls (exec, ?wait, the service proxy and its wake) hold a thread and a database
 # connection while they wait: at most this many at once per team, and on the whole site,
 # counted where the API's rate counters are (sandboxes/services/long_calls.py). Beyond
@@ -312,6 +330,14 @@ SANDBOX_TERMINAL_SCROLLBACK_BYTES = max(
     4096, env_int("SANDBOX_TERMINAL_SCROLLBACK_BYTES", 256 * 1024)
 )
 SANDBOX_TERMINAL_MAX_SESSIONS = max(1, env_int("SANDBOX_TERMINAL_MAX_SESSIONS", 20))
+# Images (sandboxes/services/images.py, docs/images.md): the Debian mirror builds use, where
+# downloaded packages and built root filesystems are cached, what `make run` builds for
+# the local provider on first start ("debian", "debian:SUITE", or "off"), and how much
+# of a build's log is kept (its tail).
+SANDBOX_DEBIAN_MIRROR = env.get("SANDBOX_DEBIAN_MIRROR") or "http://deb.debian.org/debian"
+SANDBOX_IMAGE_CACHE_DIR = Path(env.get("SANDBOX_IMAGE_CACHE_DIR") or DATA_DIR / "image-cache")
+SANDBOX_DEFAULT_IMAGE = (env.get("SANDBOX_DEFAULT_IMAGE") or "debian").strip()
+SANDBOX_IMAGE_LOG_BYTES = max(1024, env_int("SANDBOX_IMAGE_LOG_BYTES", 64 * 1024))
 
 # --- The API's per-team request counters (sandboxes/services/throttling.py) must be
 # shared by every web worker: in Redis when REDIS_URL is set, else in the database.

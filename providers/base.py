@@ -44,6 +44,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 from providers.addresses import AddressRule
 from providers.errors import Unsupported
+from providers.images import ImageSource
 from providers.network import NetworkPolicy
 
 #: Keys of the metadata the control plane stores on every instance it makes. Together
@@ -131,6 +132,16 @@ class SnapshotResult:
 
     ref: str
     size_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class ImportResult(SnapshotResult):
+    """An image imported as a snapshot version (``Provider.import_image``)."""
+
+    #: Bytes the import wrote to the provider's storage (layers already held are free).
+    bytes_written: int | None = None
+    #: How many of the image's layers the provider already held.
+    layers_reused: int = 0
 
 
 @dataclass(frozen=True)
@@ -554,6 +565,15 @@ class Provider(ABC):
         name resolves to them at connect time. ``http+unix://`` URLs are never checked.
         """
         return None
+
+    def import_image(self, source: ImageSource) -> ImportResult:
+        """Make a snapshot version from an image (a root filesystem's layers and its
+        configuration, see ``providers.images``): the image's Env, WorkingDir, User and
+        ExposedPorts are honoured by the sandboxes made from it, as far as the provider
+        can. Unsupported where the provider has no way to take one."""
+        raise Unsupported(
+            f"the {self.name} provider cannot import images", capability="import_image"
+        )
 
     def capacity(self) -> Capacity | None:
         """What this provider can still hold (None: it does not say; nothing is refused)."""

@@ -12,7 +12,7 @@ from datetime import timedelta
 from django import forms
 from django.utils import timezone
 
-from sandboxes.models import TtlAction
+from sandboxes.models import NetworkMode, TtlAction
 from sandboxes.services.errors import ServiceError
 from sandboxes.ui.durations import format_duration, parse_duration
 
@@ -73,6 +73,8 @@ def add_service_error(form: forms.Form, error: ServiceError) -> None:
     placed = False
     for field, problems in error.fields.items():
         target = field if field in form.fields else None
+        if target is None and field.replace(".", "_") in form.fields:
+            target = field.replace(".", "_")  # repo.url: the form's repo_url
         if target is None and field == "snapshot_id" and "snapshot" in form.fields:
             target = "snapshot"
         for problem in problems:
@@ -97,6 +99,21 @@ class NewSandboxForm(forms.Form):
     )
     idle_timeout = DurationField(label="Hibernate when idle for")
     delete_parked = DurationField(label="Delete when stopped or paused for")
+    repo_url = forms.CharField(
+        label="Repository",
+        required=False,
+        max_length=2000,
+        help_text="cloned into the home at the first start (https://, ssh://, user@host:path)",
+    )
+    repo_branch = forms.CharField(label="Branch", required=False, max_length=200)
+    setup = forms.CharField(
+        label="Setup script",
+        required=False,
+        max_length=65536,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 4, "class": "mono"}),
+        help_text="run once after the first start, in the repository (sh -e)",
+    )
     #: One per rendered form: a double submit (or a retried POST) makes one sandbox.
     idempotency_key = forms.CharField(widget=forms.HiddenInput, max_length=64)
 
@@ -182,3 +199,144 @@ class SecretForm(forms.Form):
         strip=False,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
     )
+
+
+class LinesField(forms.CharField):
+    """One entry per line, as a list."""
+
+    widget = forms.Textarea(attrs={"rows": 2})
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("required", False)
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value):
+        return "\n".join(value) if isinstance(value, list) else value
+
+    def to_python(self, value):
+        text = super().to_python(value) or ""
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+class EnvironmentForm(forms.Form):
+    """A team environment; the service checks it (``services/environments.py``)."""
+
+    name = forms.CharField(
+        label="Name", max_length=64, help_text="lowercase letters, digits and dashes"
+    )
+    description = forms.CharField(label="Description", required=False, max_length=200)
+    preset = forms.ChoiceField(label="Preset", required=False)
+    provider = forms.ChoiceField(label="Provider", required=False)
+    snapshot_id = forms.CharField(
+        label="Snapshot version",
+        required=False,
+        max_length=120,
+        help_text="blank: the active version of the preset on the provider",
+    )
+    repo_url = forms.CharField(label="Repository", required=False, max_length=2000)
+    repo_branch = forms.CharField(label="Branch", required=False, max_length=200)
+    repo_path = forms.CharField(
+        label="Folder", required=False, max_length=200, help_text="inside the home"
+    )
+    repo_credential = forms.ChoiceField(
+        label="Git credential", required=False, help_text="a team secret (token or SSH key)"
+    )
+    env = MetadataField(label="Variables", help_text="one NAME=value per line")
+    secrets = forms.MultipleChoiceField(
+        label="Secrets", required=False, widget=forms.CheckboxSelectMultiple
+    )
+    setup = forms.CharField(
+        label="Setup script",
+        required=False,
+        max_length=65536,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 5, "class": "mono"}),
+        help_text="run once after the first start, in the repository (sh -e)",
+    )
+    services = LinesField(label="Services to expose", help_text="one name=port per line")
+    network_policy = forms.ChoiceField(label="Outbound network", required=False)
+    network_allow = LinesField(label="Allowlist", help_text="CIDRs and host names, one a line")
+    idle_timeout = DurationField(
+        label="Hibernate when idle for", help_text="blank: the team's default"
+    )
+    delete_parked = DurationField(
+        label="Delete when stopped or paused for", help_text="blank: the team's default"
+    )
+    ttl = DurationField(label="Time to live")
+
+    def __init__(self, *args, presets, providers, secret_names, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["preset"].choices = [("", "—")] + [(p.pk, _preset_label(p)) for p in presets]
+        self.fields["provider"].choices = [("", "the site's default")] + [
+            (name, name) for name in providers
+        ]
+        self.fields["repo_credential"].choices = [("", "none (a public repository)")] + [
+            (name, name) for name in secret_names
+        ]
+        self.fields["secrets"].choices = [(name, name) for name in secret_names]
+        self.fields["network_policy"].choices = [
+            ("", "the team's, else the preset's"),
+            *list(NetworkMode.choices),
+        ]
+
+    def clean_services(self) -> list[dict]:
+        services = []
+        for line in self.cleaned_data["services"]:
+            name, sep, port = line.partition("=")
+            if not sep or not port.strip().isdigit():
+                raise forms.ValidationError(f"{line}: write name=port")
+            services.append({"name": name.strip(), "port": int(port)})
+        return services
+
+    def as_data(self) -> dict:
+        """The cleaned form as ``environments.create_environment`` takes it."""
+        data = self.cleaned_data
+        repo = None
+        if data["repo_url"]:
+            repo = {
+                "url": data["repo_url"],
+                "branch": data["repo_branch"],
+                "path": data["repo_path"],
+                "credential": data["repo_credential"],
+            }
+        return {
+            "name": data["name"],
+            "description": data["description"],
+            "preset": data["preset"] or None,
+            "provider": data["provider"],
+            "snapshot_id": data["snapshot_id"],
+            "repo": repo,
+            "env": data["env"],
+            "secrets": data["secrets"],
+            "setup": data["setup"],
+            "services": data["services"],
+            "network_policy": data["network_policy"],
+            "network_allow": data["network_allow"],
+            "idle_timeout_seconds": data["idle_timeout"],
+            "delete_parked_after_seconds": data["delete_parked"],
+            "ttl_seconds": data["ttl"],
+        }
+
+    @staticmethod
+    def initial_of(environment) -> dict:
+        repo = environment.repo or {}
+        return {
+            "name": environment.name,
+            "description": environment.description,
+            "preset": environment.preset_id or "",
+            "provider": environment.provider,
+            "snapshot_id": environment.snapshot_id,
+            "repo_url": repo.get("url", ""),
+            "repo_branch": repo.get("branch", ""),
+            "repo_path": repo.get("path", ""),
+            "repo_credential": repo.get("credential", ""),
+            "env": environment.env,
+            "secrets": environment.secret_names,
+            "setup": environment.setup,
+            "services": [f"{s['name']}={s['port']}" for s in environment.services],
+            "network_policy": environment.network_policy,
+            "network_allow": environment.network_allow,
+            "idle_timeout": environment.idle_timeout_seconds,
+            "delete_parked": environment.delete_parked_after_seconds,
+            "ttl": environment.ttl_seconds,
+        }

@@ -290,6 +290,20 @@ class Sandbox(models.Model):
     env = models.JSONField(default=dict, blank=True)
     #: Names of team secrets handed to those processes as variables (values: TeamSecret).
     secret_names = models.JSONField(default=list, blank=True)
+    #: The repository cloned at first start: {"url", "branch", "path", "credential"}
+    #: (``services/workspaces.py``); empty: none.
+    repo = models.JSONField(default=dict, blank=True)
+    #: A script run once after the first start, as the sandbox's user, in the repository.
+    setup = models.TextField(blank=True)
+    #: Where the clone and setup are: "" (nothing to do), pending, running, succeeded, failed.
+    setup_status = models.CharField(max_length=10, blank=True)
+    setup_error = models.TextField(blank=True)
+    #: When the running setup began (the sweep fails one whose worker died).
+    setup_started_at = models.DateTimeField(null=True, blank=True)
+    #: The team environment it was started from (its recipe was copied at create).
+    environment = models.ForeignKey(
+        "Environment", null=True, blank=True, on_delete=models.SET_NULL, related_name="sandboxes"
+    )
 
     #: The operation a transitional status stands for (pausing may end paused or
     #: hibernated), so a worker or the reconciler knows what to carry out.
@@ -552,3 +566,105 @@ class TeamSecret(models.Model):
 
     def __str__(self) -> str:
         return f"{self.team}:{self.name}"  # never the value
+
+
+class Environment(models.Model):
+    """A team's named recipe for sandboxes (``services/environments.py``): what to start
+    from, the repository and its setup, variables and secrets, services, network and
+    lifecycle. A sandbox started from it copies the recipe at create."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="environments")
+    name = models.SlugField(max_length=64)
+    description = models.CharField(max_length=200, blank=True)
+    #: A snapshot id (a version, or the active version without ``_vN``); blank: the
+    #: active version of ``preset`` on ``provider``.
+    snapshot_id = models.CharField(max_length=128, blank=True)
+    preset = models.ForeignKey(
+        Preset, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    provider = models.CharField(max_length=32, blank=True)
+    repo = models.JSONField(default=dict, blank=True)
+    env = models.JSONField(default=dict, blank=True)
+    secret_names = models.JSONField(default=list, blank=True)
+    setup = models.TextField(blank=True)
+    #: Services exposed once it runs: [{"name", "port"}].
+    services = models.JSONField(default=list, blank=True)
+    network_policy = models.CharField(max_length=10, choices=NetworkMode.choices, blank=True)
+    network_allow = models.JSONField(default=list, blank=True)
+    #: Lifecycle: null takes the team's default (0 is never), as on create.
+    idle_timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    delete_parked_after_seconds = models.PositiveIntegerField(null=True, blank=True)
+    ttl_seconds = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    updated_by = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["team", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "name"], name="environment_name_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.team}:{self.name}"
+
+
+class ImageBuildStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class ImageBuild(models.Model):
+    """Making a real root filesystem a snapshot version (``sandboxes.services.images``):
+    a Debian build (mmdebstrap) or an OCI import (skopeo), registered as the next version
+    of one or more presets on one provider (stored once). The worker runs it; its progress
+    and the tail of its log (``SANDBOX_IMAGE_LOG_BYTES``) show on the versions page."""
+
+    KIND_DEBIAN = "debian"
+    KIND_OCI = "oci"
+
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.CASCADE, related_name="image_builds"
+    )
+    provider = models.CharField(max_length=32)
+    kind = models.CharField(max_length=10, default=KIND_DEBIAN)
+    #: Preset ids to register the image for.
+    presets = models.JSONField(default=list)
+    suite = models.CharField(max_length=40, blank=True)
+    packages = models.JSONField(default=list, blank=True)
+    mirror = models.CharField(max_length=255, blank=True)
+    #: The source of an OCI import (``oci-archive:PATH``, ``docker://...``).
+    ref = models.CharField(max_length=255, blank=True)
+    label = models.CharField(max_length=200, blank=True)
+    activate = models.BooleanField(default=False)
+    status = models.CharField(
+        max_length=10, choices=ImageBuildStatus.choices, default=ImageBuildStatus.QUEUED
+    )
+    #: The current step, for people ("downloading packages", "storing layers").
+    progress = models.CharField(max_length=200, blank=True)
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    #: The snapshot ids registered, one per preset.
+    snapshot_ids = models.JSONField(default=list, blank=True)
+    bytes_written = models.BigIntegerField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["team", "created_at"], name="image_build_team_idx")]
+
+    def __str__(self) -> str:
+        return f"image build {self.pk} ({self.kind}, {self.provider})"
+
+    @property
+    def source(self) -> str:
+        if self.kind == self.KIND_OCI:
+            return self.ref
+        return f"debian {self.suite}: {', '.join(self.packages)}"

@@ -1,5 +1,10 @@
 """The service proxy: ``/s/<sandbox_id>/<service>/<path>`` forwards to an exposed service.
 
+Superseded by preview URLs (``sandboxes/preview.py``: every service at an origin of its
+own). A browser opening a page here (a session, ``GET``/``HEAD`` accepting HTML) is
+redirected to the service's preview URL; scripts (API tokens) and a page's own requests
+are still served here, for the clients written against it.
+
 Traffic that passes through here is the control plane's own evidence of use: it touches
 the sandbox's activity (idle hibernation counts from it), and when the sandbox is paused
 or hibernated with wake-on-HTTP on, the request resumes it (the resume runs here, inline,
@@ -49,6 +54,7 @@ from django.http import (
     BadHeaderError,
     HttpRequest,
     HttpResponse,
+    HttpResponseRedirect,
     JsonResponse,
     StreamingHttpResponse,
 )
@@ -63,6 +69,7 @@ from sandboxes.services import (
     interactive,
     lifecycle,
     long_calls,
+    previews,
     tokens,
     transport,
 )
@@ -151,6 +158,8 @@ def service_proxy(
     entry = next((s for s in sandbox.services if s.get("name") == service), None)
     if entry is None:
         return _error(404, "not_found", f"the sandbox exposes no service called {service!r}")
+    if _is_navigation(request, with_token):
+        return _to_preview(request, sandbox, entry, path)
     # The longest this request may wait: a wake, then the upstream's answer.
     bound = CONNECT_TIMEOUT + settings.SANDBOX_PROXY_TIMEOUT_SECONDS
     if sandbox.status in PARKED | WAKING:
@@ -169,6 +178,21 @@ def service_proxy(
         # A streamed answer's body holds the slot until it has been passed on.
         if not isinstance(response, StreamingHttpResponse):
             slot.release()
+
+
+def _is_navigation(request: HttpRequest, with_token: bool) -> bool:
+    """A browser opening a page (not a script with a token, not a page's own fetch)."""
+    accept = request.headers.get("Accept", "")
+    return not with_token and request.method in ("GET", "HEAD") and "text/html" in accept
+
+
+def _to_preview(request: HttpRequest, sandbox: Sandbox, entry: dict, path: str) -> HttpResponse:
+    """The same page at the service's preview URL (its own origin, sandboxes/preview.py)."""
+    origin = previews.preview_origin(
+        sandbox.pk, int(entry["port"]), scheme=request.scheme, web_port=int(request.get_port())
+    )
+    query = request.META.get("QUERY_STRING", "")
+    return HttpResponseRedirect(f"{origin}/{path}" + (f"?{query}" if query else ""))
 
 
 def _serve(

@@ -29,6 +29,8 @@ from django.db.models import (
 from sandboxes.models import (
     ActiveSnapshot,
     ApiToken,
+    Environment,
+    ImageBuild,
     Membership,
     Preset,
     Sandbox,
@@ -87,6 +89,10 @@ SANDBOX_LIST_COLUMNS = (
     "network",
     "env",
     "secret_names",
+    "repo",
+    "setup_status",
+    "setup_error",
+    "environment_id",
     "last_error",
     "created_at",
     "started_at",
@@ -151,6 +157,20 @@ def proxy_target(*, team: Team, sandbox_id: str) -> Sandbox | None:
     if sandbox is not None:
         sandbox.team = team  # the caller's, already loaded
     return sandbox
+
+
+def preview_target(*, sandbox_id: str) -> Sandbox | None:
+    """A live sandbox by id with its team, whichever team it is, as a preview host needs
+    it (``services/previews.authorize`` decides who may see it); None for anything else."""
+    if not storable(sandbox_id):
+        return None
+    return (
+        Sandbox.objects.select_related("team")
+        .only(*PROXY_COLUMNS, "team__id", "team__name")
+        .filter(pk=sandbox_id)
+        .exclude(status=Status.DELETED)
+        .first()
+    )
 
 
 def sandbox_status(*, team: Team, sandbox_id: str) -> str | None:
@@ -228,6 +248,12 @@ def snapshots_for_team(*, team: Team, include_deleted: bool = False) -> QuerySet
     return queryset.order_by("provider", "preset_id", "-version")
 
 
+def image_builds_for_team(*, team: Team, limit: int = 10) -> list[ImageBuild]:
+    """The latest image builds the team sees: its own and the shared ones."""
+    queryset = ImageBuild.objects.filter(Q(team=team) | Q(team__isnull=True))
+    return list(queryset.select_related("created_by").order_by("-created_at")[:limit])
+
+
 def get_snapshot(*, team: Team, snapshot_id: str) -> Snapshot:
     if not storable(snapshot_id):
         raise Snapshot.DoesNotExist(snapshot_id)
@@ -276,3 +302,19 @@ def get_api_token(*, team: Team, token_id: int, user=None) -> ApiToken:
 def team_secrets(*, team: Team) -> QuerySet[TeamSecret]:
     """The team's secrets, for listing: names and dates (the value is never read here)."""
     return TeamSecret.objects.filter(team=team).defer("ciphertext").order_by("name")
+
+
+def environments(*, team: Team) -> QuerySet[Environment]:
+    """The team's environments, by name."""
+    return Environment.objects.filter(team=team).select_related("team").order_by("name")
+
+
+def get_environment(*, team: Team, ref: str | int) -> Environment:
+    """The team's environment by id or name; ``Environment.DoesNotExist`` otherwise."""
+    queryset = environments(team=team)
+    text = str(ref)
+    if text.isdigit() and len(text) < 18:
+        return queryset.get(pk=int(text))
+    if not storable(text) or len(text) > 64:
+        raise Environment.DoesNotExist(text)
+    return queryset.get(name=text)

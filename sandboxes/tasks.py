@@ -3,11 +3,15 @@ row, take a lease and do nothing when there is nothing (left) to do."""
 
 from __future__ import annotations
 
-from sandboxes.services import lifecycle, orphans, snapshots, sweep, workers
+from sandboxes.services import images, lifecycle, orphans, snapshots, sweep, workers, workspaces
 
 
 def run_sandbox_operation(sandbox_id: str) -> None:
     lifecycle.perform_operation(sandbox_id=sandbox_id)
+
+
+def run_workspace_setup(sandbox_id: str) -> None:
+    workspaces.run_setup(sandbox_id=sandbox_id)
 
 
 def run_snapshot_operation(snapshot_pk: int) -> None:
@@ -32,3 +36,7 @@ def run_snapshot_retention() -> int:
 
 def remove_orphan(provider: str, ref: str, sandbox_id: str) -> None:
     orphans.remove_orphan(provider=provider, ref=ref, sandbox_id=sandbox_id)
+
+
+def run_image_build(build_pk: int) -> None:
+    images.perform_build(build_pk=build_pk)

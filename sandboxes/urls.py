@@ -4,7 +4,16 @@ tests/dashboard/test_isolation.py walks this list, so a new page is covered auto
 from django.urls import path
 from django.views.generic import RedirectView
 
-from sandboxes.views import detail, pages, sandboxes, secrets, snapshots, tokens
+from sandboxes.views import (
+    detail,
+    environments,
+    pages,
+    previews,
+    sandboxes,
+    secrets,
+    snapshots,
+    tokens,
+)
 
 SANDBOX = "sandboxes/<str:sandbox_id>/"
 SNAPSHOT = "versions/<str:snapshot_id>/"
@@ -23,6 +32,12 @@ urlpatterns = [
         SANDBOX + "services/<str:service>/remove/",
         detail.sandbox_service_hide,
         name="sandbox-service-hide",
+    ),
+    path("preview/<str:sandbox_id>/<int:port>/", previews.open_preview, name="preview-open"),
+    path(
+        SANDBOX + "services/<str:service>/sharing/",
+        previews.service_sharing,
+        name="sandbox-service-sharing",
     ),
     path(SANDBOX + "wake-on/", detail.sandbox_wake_on, name="sandbox-wake-on"),
     path(SANDBOX + "exec/", detail.sandbox_exec, name="sandbox-exec"),
@@ -44,6 +59,20 @@ urlpatterns = [
     path("audit/", pages.audit_log, name="audit-log"),
     path("tokens/", tokens.token_list, name="token-list"),
     path("secrets/", secrets.secret_list, name="secret-list"),
+    path("environments/", environments.environment_list, name="environment-list"),
+    path(
+        "environments/<int:environment_id>/", environments.environment_edit, name="environment-edit"
+    ),
+    path(
+        "environments/<int:environment_id>/start/",
+        environments.environment_start,
+        name="environment-start",
+    ),
+    path(
+        "environments/<int:environment_id>/delete/",
+        environments.environment_delete,
+        name="environment-delete",
+    ),
     path("secrets/<str:name>/delete/", secrets.secret_delete, name="secret-delete"),
     path("tokens/<int:token_id>/revoke/", tokens.token_revoke, name="token-revoke"),
     path("team/", pages.team_switch, name="team-switch"),

@@ -27,8 +27,19 @@ class AsgiServer:
         self.port = self.socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
+        from sandboxes import preview
+
+        static = ASGIStaticFilesHandler(application)
+
+        async def app(scope, receive, send) -> None:
+            # Preview hosts are the sandboxes' own origins: their /static/ is theirs.
+            if scope["type"] != "lifespan" and preview.target(scope) is not None:
+                await application(scope, receive, send)
+            else:
+                await static(scope, receive, send)
+
         config = uvicorn.Config(
-            ASGIStaticFilesHandler(application),
+            app,
             lifespan="on",  # its shutdown ends the web terminal sessions, as in production
             log_level="warning",
             ws="auto",  # as `make run` and production

@@ -315,6 +315,7 @@ def test_serve_stops_the_web_server_and_the_worker_on_sigterm(tmp_path):
         "SANDBOXES_DATA_DIR": str(tmp_path),
         "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
         "ADMIN_PASSWORD": "correct horse battery staple",
+        "SANDBOX_DEFAULT_IMAGE": "off",  # no Debian build in the background here
     }
     serve = subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--addr", f"127.0.0.1:{port}"],

@@ -31,8 +31,10 @@ def mode(target: Path) -> int:
 
 
 def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    """What a shell gives `make run`: no DEBUG, no SECRET_KEY, no DATABASE_URL."""
-    return {"PATH": os.environ["PATH"], "SANDBOXES_DATA_DIR": str(data_dir), **extra}
+    """What a shell gives `make run`: no DEBUG, no SECRET_KEY, no DATABASE_URL (and no
+    first-start Debian image build in the background: tests/test_image_builds.py)."""
+    base = {"PATH": os.environ["PATH"], "SANDBOXES_DATA_DIR": str(data_dir)}
+    return {**base, "SANDBOX_DEFAULT_IMAGE": "off", **extra}
 
 
 # --- DEBUG

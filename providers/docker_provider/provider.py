@@ -36,13 +36,15 @@ from providers.base import (
     META_SANDBOX_ID,
     Capabilities,
     Health,
+    ImportResult,
     InstanceSpec,
     Provider,
 )
 from providers.docker_provider import base_image, labels, services
 from providers.docker_provider.errors import docker_call
 from providers.docker_provider.instance import KEEPALIVE, DockerInstance
-from providers.errors import Conflict, NotFound, OperationFailed, ProviderError
+from providers.errors import Conflict, NotFound, OperationFailed, ProviderError, Unsupported
+from providers.images import ImageSource
 from providers.network import NetworkPolicy
 from providers.settings import int_setting
 
@@ -51,6 +53,8 @@ DEFAULT_HOST = "unix:///var/run/docker.sock"
 
 #: The Docker network of each outbound policy (made on first use; see services).
 POLICY_NETWORKS = {"internet": "sandboxes-internet", "allowlist": "sandboxes-allowlist"}
+#: Where imported root filesystems go (tagged by their layer digest).
+IMPORTED_REPOSITORY = "sandboxes-image"
 
 
 class DockerProvider(Provider):
@@ -302,6 +306,41 @@ class DockerProvider(Provider):
             for c in found
             if META_SANDBOX_ID in labels.metadata_of(c.labels)
         ]
+
+    def import_image(self, source: ImageSource) -> ImportResult:
+        """``docker import`` of a one-layer image (a built root filesystem) with its
+        configuration; the tag names the layer's digest, so importing it again reuses it."""
+        if len(source.layers) != 1:
+            raise Unsupported(
+                "the docker provider imports one-layer root filesystems; load a layered "
+                "image into the daemon (docker load, skopeo copy ... docker-daemon:NAME) "
+                "and register it by name with import_snapshot",
+                capability="import_image",
+            )
+        layer = source.layers[0]
+        reference = f"{IMPORTED_REPOSITORY}:{layer.digest.partition(':')[2][:24]}"
+        try:
+            with docker_call(f"inspect image {reference}", ref=reference):
+                self.client.images.get(reference)
+            return ImportResult(
+                ref=reference, size_bytes=layer.size, bytes_written=0, layers_reused=1
+            )
+        except NotFound:
+            pass
+        config = source.config
+        changes = [f"ENV {key}={json.dumps(value)}" for key, value in config.env.items()]
+        if config.working_dir:
+            changes.append(f"WORKDIR {config.working_dir}")
+        if config.user:
+            changes.append(f"USER {config.user}")
+        changes += [f"EXPOSE {port}" for port in config.exposed_ports]
+        changes.append(f'LABEL {labels.ROLE}="image"')
+        repository, _, tag = reference.partition(":")
+        with docker_call(f"import image {reference}", ref=reference):
+            self.client.api.import_image_from_file(
+                str(layer.path), repository=repository, tag=tag, changes=changes
+            )
+        return ImportResult(ref=reference, size_bytes=layer.size, bytes_written=layer.size)
 
     def delete_snapshot(self, ref: str) -> None:
         try:

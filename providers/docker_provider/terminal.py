@@ -34,43 +34,13 @@ from providers.base import TerminalSession, terminal_argv, terminal_env, termina
 from providers.docker_provider.base_image import WORKDIR
 from providers.docker_provider.errors import docker_call
 from providers.errors import Conflict, ProviderError, Unavailable
+from providers.terminal_marks import KILL_SCRIPT, MARKER_VARIABLE
 
 if TYPE_CHECKING:
     from providers.docker_provider.provider import DockerProvider
 
-MARKER_VARIABLE = "SBX_TERMINAL"
 _CHUNK = 65536
 _WAIT_POLL = 0.05
-
-#: Run by ``close`` with the session's token as $1: kill its processes and their sessions,
-#: again until a pass finds none (a shell may fork while it is being killed).
-KILL_SCRIPT = r"""
-t="$MARKER_VARIABLE=$1"
-for round in $(seq 1 200); do
-  sids=""
-  for d in /proc/[0-9]*; do
-    if tr '\0' '\n' < "$d/environ" 2>/dev/null | grep -qxF "$t"; then
-      read -r s < "$d/stat" 2>/dev/null || continue
-      set -- ${s##*) }
-      sids="$sids $4"
-      kill -9 "${d#/proc/}" 2>/dev/null
-    fi
-  done
-  found=""
-  for d in /proc/[0-9]*; do
-    read -r s < "$d/stat" 2>/dev/null || continue
-    set -- ${s##*) }
-    [ "$1" = Z ] && continue
-    for sid in $sids; do
-      if [ "$4" = "$sid" ] && [ "${d#/proc/}" != "$$" ]; then
-        kill -9 "${d#/proc/}" 2>/dev/null; found=1
-      fi
-    done
-  done
-  [ -z "$sids" ] && [ -z "$found" ] && exit 0
-  sleep 0.01
-done
-""".replace("$MARKER_VARIABLE", MARKER_VARIABLE)
 
 
 def open_session(

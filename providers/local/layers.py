@@ -18,6 +18,15 @@ A snapshot is a copy of a sandbox's writable layer, stored under ``snapshots/<re
 with a manifest naming the layers below it (its *chain*). Starting from a snapshot stacks
 the chain, so start time does not depend on snapshot size; when a chain grows past
 ``LOCAL_SANDBOX_MAX_LAYERS`` the next snapshot is flattened into one layer over the base.
+
+Imported images (``import_image``) stack differently: their layers are unpacked once
+each into ``<root>/layers/<sha256>/root`` (an image sharing a layer with another stores
+it once), OCI whiteouts translated into overlayfs ones (``providers/images/unpack.py``),
+and a snapshot holds a small top layer (mount points, /etc/hosts) and a chain ending in
+the layers' digests instead of ``base``. Such a sandbox has one overlay, its whole root;
+the image's configuration (Env, WorkingDir, User, ExposedPorts) is kept in the
+snapshot's manifest and in every snapshot made from it. Layers nothing stacks any more
+are removed when a snapshot is deleted.
 """
 
 from __future__ import annotations
@@ -34,12 +43,20 @@ import time
 from pathlib import Path
 
 from providers.errors import Conflict, NotFound, OperationFailed
+from providers.images import ImageError, ImageSource, unpack
 from providers.local import syscalls
 from providers.local.state import Store, atomic_write, locked, raise_disk_full
 
 BASE_REF = "base"
 BASE_FORMAT = 1
 SNAPSHOT_RE = re.compile(r"snap-[0-9a-f]{16}")
+#: An image layer in a chain: stored once by the digest of its tar (see import_image).
+LAYER_RE = re.compile(r"sha256:([0-9a-f]{64})")
+#: The one part of a sandbox made from an image: the image is its whole root.
+IMAGE_PARTS = {"/": "root"}
+#: Mount points and files of an image's root that the provider needs (the top layer an
+#: import writes above the image's own layers).
+IMAGE_DIRS = {"dev": 0o755, "proc": 0o555, "sys": 0o555, "run": 0o755, "tmp": 0o1777}
 #: overlayfs marks opaque directories with a trusted.* xattr; mounted by an unprivileged
 #: user (``userxattr``), with a user.* one.
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
@@ -150,6 +167,11 @@ class Layers:
         for ref in chain:
             if ref == BASE_REF:
                 found.extend(self._base_lowers(part))
+            elif (layer := LAYER_RE.fullmatch(ref)) is not None:
+                path = self.store.root / "layers" / layer.group(1) / part
+                if not path.is_dir():
+                    raise OperationFailed(f"image layer {ref[:19]} is missing")
+                found.append(path)
             else:
                 path = self.store.snapshots / ref / "layer" / part
                 if not path.is_dir():
@@ -204,7 +226,9 @@ class Layers:
     def publish(self, ref: str, tmp: Path, chain: list[str], source: str) -> int:
         """Flatten if the chain is too deep, write the manifest, publish the snapshot."""
         try:
-            below = [r for r in chain if r != BASE_REF]
+            image = self.image_config(chain)
+            # Snapshots above the base (or the image's layers, which stay shared).
+            below = [r for r in chain if SNAPSHOT_RE.fullmatch(r)]
             if len(below) + 1 > self.max_layers:
                 flat = tmp / "flat"
                 flat.mkdir()
@@ -213,7 +237,7 @@ class Layers:
                 _apply_layer(tmp / "layer", flat)
                 shutil.rmtree(tmp / "layer")
                 os.rename(flat, tmp / "layer")
-                chain = [r for r in chain if r == BASE_REF]
+                chain = [r for r in chain if not SNAPSHOT_RE.fullmatch(r)]
             size = disk_usage(tmp / "layer")
             manifest = {
                 "ref": ref,
@@ -222,6 +246,8 @@ class Layers:
                 "source_sandbox": source,
                 "size_bytes": size,
             }
+            if image is not None:
+                manifest["image"] = image
             atomic_write(tmp / "manifest.json", json.dumps(manifest, indent=1))
             # A version the control plane records as ready must survive a power cut:
             # one syncfs writes the copied layer back (fsync per file would cost a
@@ -263,6 +289,183 @@ class Layers:
         trash = self.store.root / f".trash-{ref}-{secrets.token_hex(4)}"
         os.rename(target, trash)
         shutil.rmtree(trash, ignore_errors=True)
+        self.prune_layers(sandbox_chains)
+
+    # --- images
+
+    def image_config(self, chain: list[str]) -> dict | None:
+        """The image configuration of a chain made from an imported image (None: the base)."""
+        for ref in chain:
+            if SNAPSHOT_RE.fullmatch(ref):
+                manifest = self._manifest(ref)
+                if manifest and "image" in manifest:
+                    return manifest["image"]
+        return None
+
+    def layer_dir(self, digest: str) -> Path:
+        match = LAYER_RE.fullmatch(digest)
+        if match is None:
+            raise ValueError(f"{digest[:80]!r} is not a sha256 layer digest")
+        return self.store.root / "layers" / match.group(1)
+
+    def import_image(self, source: ImageSource) -> tuple[str, int, int]:
+        """Store an image: each layer once by digest, and a snapshot stacking them.
+
+        Returns the snapshot's ref, the bytes written for it (layers not stored before,
+        and the small top layer) and how many of its layers were already stored.
+        """
+        if not source.layers:
+            raise ImageError("the image has no layers")
+        (self.store.root / "layers").mkdir(exist_ok=True, mode=0o700)
+        privileged = os.geteuid() == 0
+        written = 0
+        reused = 0
+        with locked(self.store.root / "layers.lock"):
+            for layer in source.layers:
+                final = self.layer_dir(layer.digest)
+                if (final / "root").is_dir():
+                    reused += 1
+                    continue
+                tmp = final.with_name(f".tmp-{final.name[:16]}@{os.getpid()}")
+                shutil.rmtree(tmp, ignore_errors=True)
+                try:
+                    unpack.apply_layer(layer.path, tmp / "root", privileged=privileged)
+                    os.chmod(tmp / "root", 0o755)  # noqa: S103 (a root directory)
+                    written += disk_usage(tmp)
+                    syscalls.syncfs(str(tmp))
+                    os.rename(tmp, final)
+                except BaseException as exc:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    if isinstance(exc, OSError):
+                        raise_disk_full(exc, self.store.root)
+                        raise OperationFailed(f"could not store layer: {exc}") from exc
+                    raise
+            layer_refs = [layer.digest for layer in reversed(source.layers)]
+            user = resolve_user(source.config.user, self.lowers(layer_refs, "root"))
+            ref = f"snap-{secrets.token_hex(8)}"
+            tmp = self.store.snapshots / f".tmp-{ref}@{os.getpid()}"
+            try:
+                top = tmp / "layer" / "root"
+                top.mkdir(parents=True)
+                _write_image_top(top)
+                image = source.config.as_dict()
+                image["uid"], image["gid"], image["home"] = user
+                image["description"] = source.description[:300]
+                manifest = {
+                    "ref": ref,
+                    "chain": [ref, *layer_refs],
+                    "created_at": time.time(),
+                    "source_sandbox": "",
+                    "size_bytes": written,
+                    "image": image,
+                }
+                atomic_write(tmp / "manifest.json", json.dumps(manifest, indent=1))
+                written += disk_usage(tmp)
+                syscalls.syncfs(str(tmp))
+                os.rename(tmp, self.store.snapshots / ref)
+                syscalls.fsync_dir(str(self.store.snapshots))
+            except BaseException as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if isinstance(exc, OSError):
+                    raise_disk_full(exc, self.store.root)
+                raise
+        return ref, written, reused
+
+    def prune_layers(self, sandbox_chains: dict[str, list[str]]) -> None:
+        """Remove image layers no snapshot and no sandbox stacks any more."""
+        directory = self.store.root / "layers"
+        if not directory.is_dir():
+            return
+        # Under the lock an import holds until its snapshot is published: a layer it just
+        # stored is then named by that snapshot's manifest.
+        with locked(self.store.root / "layers.lock"):
+            used = {r for chain in sandbox_chains.values() for r in chain}
+            for ref in self.snapshot_refs():
+                manifest = self._manifest(ref)
+                if manifest:
+                    used.update(manifest["chain"])
+            for name in os.listdir(directory):
+                if re.fullmatch(r"[0-9a-f]{64}", name) and f"sha256:{name}" not in used:
+                    trash = self.store.root / f".trash-layer-{name[:16]}-{secrets.token_hex(4)}"
+                    os.rename(directory / name, trash)
+                    shutil.rmtree(trash, ignore_errors=True)
+
+
+def parts_for(chain: list[str]) -> dict[str, str]:
+    """The overlay parts of a sandbox stacking ``chain``: the base's (a root and the
+    host's /usr), or an image's one root."""
+    return dict(PARTS) if BASE_REF in chain else dict(IMAGE_PARTS)
+
+
+def _write_image_top(top: Path) -> None:
+    """What the provider adds above an image: mount points, and a hosts file."""
+    for name, mode in IMAGE_DIRS.items():
+        (top / name).mkdir()
+        os.chmod(top / name, mode)
+    etc = top / "etc"
+    etc.mkdir()
+    os.chmod(etc, 0o755)  # noqa: S103 (/etc)
+    hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    (etc / "hosts").write_text(hosts)
+
+
+def resolve_user(spec: str, roots: list[Path]) -> tuple[int, int, str]:
+    """An image's ``User`` (``name``, ``uid``, ``name:group``, ``uid:gid``) as ids and a
+    home directory, read from the image's own /etc/passwd and /etc/group (top layer first)."""
+    spec = (spec or "").strip()
+    if not spec:
+        return 0, 0, "/root"
+    user, _, group = spec.partition(":")
+    passwd = _image_file(roots, "etc/passwd")
+    groups = _image_file(roots, "etc/group")
+    uid = gid = None
+    home = "/"
+    for line in passwd.splitlines():
+        fields = line.split(":")
+        named = len(fields) >= 6 and user in (fields[0], fields[2])
+        if named and fields[2].isdigit() and fields[3].isdigit():
+            uid, gid, home = int(fields[2]), int(fields[3]), fields[5] or "/"
+            break
+    if uid is None:
+        if not user.isdigit():
+            raise ImageError(f"the image's user {user[:40]!r} is not in its /etc/passwd")
+        uid, gid = int(user), 0
+    if group:
+        found = None
+        for line in groups.splitlines():
+            fields = line.split(":")
+            if len(fields) >= 3 and (fields[0] == group or fields[2] == group):
+                found = int(fields[2]) if fields[2].isdigit() else None
+                break
+        if found is None:
+            if not group.isdigit():
+                raise ImageError(f"the image's group {group[:40]!r} is not in its /etc/group")
+            found = int(group)
+        gid = found
+    if uid > 65535 or gid > 65535:
+        raise ImageError(f"the image's user {spec[:40]!r} is beyond the sandbox's 65536 ids")
+    return uid, gid, home
+
+
+def _image_file(roots: list[Path], relative: str) -> str:
+    """A file of the image, read from the topmost layer holding it. No symlink is
+    followed, not even a parent directory's (an image's ``etc -> /etc`` must not make
+    the host's file the image's)."""
+    for root in roots:  # top first
+        current = root
+        parts = relative.split("/")
+        try:
+            for part in parts[:-1]:
+                current = current / part
+                if not stat.S_ISDIR(os.lstat(current).st_mode):
+                    raise NotADirectoryError(current)
+            fd = os.open(current / parts[-1], os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        with os.fdopen(fd, "rb") as handle:
+            if stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return handle.read(1 << 20).decode(errors="replace")
+    return ""
 
 
 def build_base(target: Path, host_usr: Path) -> None:

@@ -30,6 +30,7 @@ from providers.base import (
     Capacity,
     ExecResult,
     Health,
+    ImportResult,
     InstanceSpec,
     InstanceStatus,
     MetricSample,
@@ -50,6 +51,7 @@ from providers.errors import (
     Unavailable,
     Unsupported,
 )
+from providers.images import ImageError, ImageSource
 from providers.local import (
     disk,
     execute,
@@ -64,7 +66,7 @@ from providers.local import (
 from providers.local.cgroups import Cgroups, Layout, Limits
 from providers.local.config import LocalConfig
 from providers.local.instance import LocalInstance, service_url
-from providers.local.layers import PARTS, Layers, disk_usage, in_use_leftover
+from providers.local.layers import PARTS, Layers, disk_usage, in_use_leftover, parts_for
 from providers.local.network import NetworkSetup
 from providers.local.state import (
     SANDBOX_ID_RE,
@@ -336,7 +338,8 @@ class LocalProvider(Provider):
                 metadata={str(k): str(v) for k, v in metadata.items()},
                 snapshot_ref=snapshot_ref,
                 chain=chain,
-                parts=dict(PARTS),
+                parts=parts_for(chain),
+                image=self.layers.image_config(chain),
                 created_at=time.time(),
                 id_slot=None if host.rootless() else self._claim_slot(sandbox_id),
                 network=spec.network.as_dict() if spec.network.networked else None,
@@ -360,7 +363,9 @@ class LocalProvider(Provider):
     def _commit_new(self, state: SandboxState) -> bool:
         """Write the sandbox's directory atomically; False when it appeared meanwhile."""
         tmp = self.store.sandboxes / f".tmp-{state.id}-{secrets.token_hex(4)}"
-        parts = list(state.parts.values())
+        # Every disk has the base's parts (an image's sandbox uses "root" only), so
+        # spare disks fit any sandbox.
+        parts = list(dict.fromkeys([*PARTS.values(), *state.parts.values()]))
         try:
             if disk.take_spare(self.store.sandboxes, state.disk_gb, tmp):
                 self._spares.refill(state.disk_gb, parts)
@@ -429,7 +434,8 @@ class LocalProvider(Provider):
     def _sweep(self) -> None:
         """Remove what failed operations or crashes left behind (old temp dirs, cgroups)."""
         now = time.time()
-        for directory in (self.store.sandboxes, self.store.snapshots, self.store.root):
+        layers = self.store.root / "layers"  # an image import's half-unpacked layer
+        for directory in (self.store.sandboxes, self.store.snapshots, self.store.root, layers):
             with contextlib.suppress(OSError):
                 for entry in os.scandir(directory):
                     leftover = entry.name.startswith((".tmp-", ".trash-", ".base-tmp-"))
@@ -736,9 +742,16 @@ class LocalProvider(Provider):
                 "stop and start it",
                 ref=sandbox_id,
             )
+        image = state.image
+        if image is None:
+            return execute.Target(
+                cwd=launch.WORKDIR,
+                env=launch.sandbox_env(sandbox_id),
+                socket=self.store.sandbox_dir(sandbox_id) / "exec.sock",
+            )
         return execute.Target(
-            cwd=launch.WORKDIR,
-            env=launch.sandbox_env(sandbox_id),
+            cwd=image_cwd(image),
+            env=image_env(sandbox_id, image),
             socket=self.store.sandbox_dir(sandbox_id) / "exec.sock",
         )
 
@@ -779,6 +792,21 @@ class LocalProvider(Provider):
             raise Conflict(f"sandbox {sandbox_id} stopped: {gone}", ref=sandbox_id) from None
         except Conflict as old:
             raise Conflict(f"sandbox {sandbox_id}: {old.message}", ref=sandbox_id) from None
+
+    # --- images
+
+    def import_image(self, source: ImageSource) -> ImportResult:
+        """Store an image's layers (each once, by digest) and make a snapshot of it."""
+        self.store.ensure_dirs()
+        self._check_space(sum(layer.size for layer in source.layers) * 3)
+        try:
+            with locked(self.store.root / "snapshots.lock", shared=True):
+                ref, written, reused = self.layers.import_image(source)
+        except ImageError as exc:
+            raise OperationFailed(f"the image cannot be imported: {exc}") from exc
+        return ImportResult(
+            ref=ref, size_bytes=written, bytes_written=written, layers_reused=reused
+        )
 
     def snapshot(self, sandbox_id: str) -> SnapshotResult:
         with self._locked_state(sandbox_id) as state:
@@ -888,6 +916,25 @@ class Spares:
         with self._lock:
             if self._thread is not None:
                 self._thread.join()
+
+
+def image_cwd(image: dict) -> str:
+    """The exec working directory of an image's sandbox: the image's WorkingDir (else
+    /workspace), as the image's user (``@UID:GID@PATH``, see sbx-init.c)."""
+    path = image.get("working_dir") or launch.WORKDIR
+    uid, gid = int(image.get("uid") or 0), int(image.get("gid") or 0)
+    return f"@{uid}:{gid}@{path}" if uid or gid else path
+
+
+def image_env(sandbox_id: str, image: dict) -> dict[str, str]:
+    """The sandbox's environment with the image's Env over it (HOME, USER for its user)."""
+    env = launch.sandbox_env(sandbox_id)
+    if int(image.get("uid") or 0):
+        home = image.get("home") or "/"
+        name = str(image.get("user") or "").partition(":")[0]
+        env.update({"HOME": home, "USER": name, "LOGNAME": name})
+    env.update({str(k): str(v) for k, v in (image.get("env") or {}).items()})
+    return env
 
 
 def _idmapped_dirs(layer: Path, mounts: list[launch.Mount]) -> tuple[Path, ...]:

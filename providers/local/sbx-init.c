@@ -15,7 +15,9 @@
  *   host can reach. Each connection asks for one command: the host sends a header
  *   "SBX1" + u32 payload length (little endian) with two file descriptors attached
  *   (the command's stdout and stderr), then the payload: NUL-separated fields
- *   cwd, argc, argv..., env... . A forked helper runs the command in a new session and
+ *   cwd, argc, argv..., env... . A cwd written "@UID:GID@PATH" runs the command as that user
+ *   and group (an image's User; no supplementary groups, no capabilities left), in PATH.
+ *   A forked helper runs the command in a new session and
  *   answers "E<wait status>\n" when it ends. A "K" from the host, or the host closing the
  *   connection early, kills the command's process group (an exec timeout).
  *   A terminal session is the header "SBXT" with no descriptors, and the fields cwd, cols,
@@ -144,7 +146,20 @@ static void exec_fields(char **fields, size_t n, size_t skip) {
     memcpy(argv, &fields[skip + 1], sizeof(char *) * (size_t)argc);
     memcpy(envp, &fields[skip + 1 + argc], sizeof(char *) * (n - skip - 1 - (size_t)argc));
     close_from(3);
-    if (chdir(fields[0]) != 0 && chdir("/") != 0) _exit(126);
+    char *cwd = fields[0];
+    if (cwd[0] == '@') {
+        /* "@UID:GID@PATH": the image's user (see the header); root's rights end here. */
+        char *end = NULL;
+        unsigned long uid = strtoul(cwd + 1, &end, 10);
+        if (!end || *end != ':') _exit(126);
+        unsigned long gid = strtoul(end + 1, &end, 10);
+        if (!end || *end != '@' || uid > 0xfffffffeUL || gid > 0xfffffffeUL) _exit(126);
+        cwd = end + 1;
+        gid_t group = (gid_t)gid;
+        setgroups(1, &group); /* refused where setgroups is denied (rootless): harmless */
+        if (setresgid(group, group, group) != 0 || setresuid(uid, uid, uid) != 0) _exit(126);
+    }
+    if (chdir(cwd) != 0 && chdir("/") != 0) _exit(126);
     execvpe(argv[0], argv, envp);
     dprintf(2, "%s: %s\n", argv[0], strerror(errno));
     _exit(errno == ENOENT ? 127 : 126);

@@ -89,6 +89,9 @@ class SandboxState:
     #: The outbound policy given at create (``providers.network.NetworkPolicy.as_dict``);
     #: None (state files from before policies): ``none``.
     network: dict | None = None
+    #: The image configuration of a sandbox made from an imported image (see
+    #: layers.import_image): env, working_dir, uid, gid, home, exposed_ports. None: the base.
+    image: dict | None = None
     version: int = STATE_VERSION
 
     def to_json(self) -> str:

@@ -22,16 +22,22 @@ from providers.base import (
     Networking,
     SnapshotResult,
     SshInfo,
+    TerminalSession,
+    terminal_argv,
+    terminal_env,
+    terminal_size,
     with_env,
 )
 from providers.errors import (
     Conflict,
+    InvalidState,
     NotFound,
     OperationFailed,
     ProviderError,
     Timeout,
     Unsupported,
 )
+from providers.morph.terminal import open_session
 
 if TYPE_CHECKING:
     from providers.morph.provider import MorphProvider
@@ -319,6 +325,36 @@ class MorphInstance(Instance):
                 raise Timeout(f"Morph snapshot {ref} is still pending", ref=ref)
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    def open_terminal(
+        self,
+        command: str | Sequence[str] | None = None,
+        *,
+        cols: int = 80,
+        rows: int = 24,
+        env: Mapping[str, str] | None = None,
+    ) -> TerminalSession:
+        argv = terminal_argv(command)
+        cols, rows = terminal_size(cols, rows)
+        variables = terminal_env(env)
+        self._refresh()
+        if self.status != InstanceStatus.RUNNING:
+            raise InvalidState(
+                f"Morph instance {self.id} is {self.status}; a terminal needs it running",
+                ref=self.id,
+            )
+        client = self._provider.client
+        return open_session(
+            self,
+            hostname=client.ssh_hostname,
+            port=int(client.ssh_port),
+            api_key=client.api_key,
+            argv=argv,
+            cols=cols,
+            rows=rows,
+            variables=variables,
+            redact=self._provider.redact,
+        )
 
     def ssh_info(self) -> SshInfo:
         client = self._provider.client

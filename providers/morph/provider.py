@@ -18,6 +18,7 @@ How the contract maps onto Morph:
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -42,7 +43,7 @@ from providers.base import (
 from providers.errors import Conflict, NotFound, OperationFailed, ProviderError, Timeout
 from providers.morph.errors import morph_call, redact
 from providers.morph.instance import MorphInstance
-from providers.settings import number_setting
+from providers.settings import int_setting, number_setting
 
 DEFAULT_BASE_URL = "https://cloud.morph.so/api"
 
@@ -68,9 +69,17 @@ def _one_transport() -> Iterator[None]:
 _construct_lock = threading.Lock()
 
 
-def _make_client(api_key: str, base_url: str, http_timeout: float) -> MorphCloudClient:
+def _make_client(
+    api_key: str,
+    base_url: str,
+    http_timeout: float,
+    ssh_hostname: str | None = None,
+    ssh_port: int | None = None,
+) -> MorphCloudClient:
     with _construct_lock, _one_transport():
-        client = MorphCloudClient(api_key=api_key, base_url=base_url)
+        client = MorphCloudClient(
+            api_key=api_key, base_url=base_url, ssh_hostname=ssh_hostname, ssh_port=ssh_port
+        )
     # The SDK's HTTP client waits forever by default; a hung API must not hang a worker.
     client._http_client.timeout = httpx.Timeout(http_timeout, connect=10.0)
     return client
@@ -81,6 +90,16 @@ MORPH_NETWORK = (
     "Morph Cloud gives its VMs their network and the provider cannot filter it (no deny "
     "list for your hosts or private ranges), so no policy beyond Morph's own is enforced"
 )
+
+
+def _hostname(value: str) -> str | None:
+    """MORPH_SSH_HOSTNAME: a host name or address, nothing else ('' = the SDK's default)."""
+    value = value.strip()
+    if not value:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", value) or value.startswith(("-", ".")):
+        raise ValueError(f"MORPH_SSH_HOSTNAME: {value!r} is not a host name or address")
+    return value
 
 
 class MorphProvider(Provider):
@@ -94,6 +113,8 @@ class MorphProvider(Provider):
         boot_timeout: float = 600.0,
         http_timeout: float = 60.0,
         poll_interval: float = 0.05,
+        ssh_hostname: str | None = None,
+        ssh_port: int | None = None,
     ) -> None:
         if not api_key:
             raise ValueError("MORPH_API_KEY is empty")
@@ -105,6 +126,9 @@ class MorphProvider(Provider):
         self.boot_timeout = boot_timeout
         self.http_timeout = http_timeout
         self.poll_interval = poll_interval
+        #: Morph's SSH gateway (terminals, ``ssh_info``); None: the SDK's default.
+        self.ssh_hostname = ssh_hostname or None
+        self.ssh_port = ssh_port
         self._client: MorphCloudClient | None = None
         self._lock = threading.Lock()
 
@@ -113,7 +137,13 @@ class MorphProvider(Provider):
         """The SDK client, made on first use (making one is not free: see below)."""
         with self._lock:
             if self._client is None:
-                self._client = _make_client(self._secret, self.base_url, self.http_timeout)
+                self._client = _make_client(
+                    self._secret,
+                    self.base_url,
+                    self.http_timeout,
+                    self.ssh_hostname,
+                    self.ssh_port,
+                )
             return self._client
 
     def __repr__(self) -> str:
@@ -129,6 +159,12 @@ class MorphProvider(Provider):
             config.get("MORPH_BASE_URL", "").strip() or DEFAULT_BASE_URL,
             boot_timeout=number_setting(config, "MORPH_BOOT_TIMEOUT", 600.0, low=1, high=86_400),
             http_timeout=number_setting(config, "MORPH_HTTP_TIMEOUT", 60.0, low=0.1, high=3600),
+            ssh_hostname=_hostname(config.get("MORPH_SSH_HOSTNAME", "")),
+            ssh_port=(
+                int_setting(config, "MORPH_SSH_PORT", 22, low=1, high=65535)
+                if config.get("MORPH_SSH_PORT", "").strip()
+                else None
+            ),
         )
 
     @classmethod
@@ -151,6 +187,7 @@ class MorphProvider(Provider):
             supports_expose_http=True,
             supports_wake_on=True,
             supports_ssh=True,
+            supports_terminal=True,
             reasons={
                 "supports_hibernate": "Morph's pause already saves memory; there is no "
                 "separate hibernate (use pause)",
@@ -158,8 +195,6 @@ class MorphProvider(Provider):
                 "supports_metrics": "Morph reports no per-instance CPU or memory samples",
                 "supports_network_internet": MORPH_NETWORK,
                 "supports_network_allowlist": MORPH_NETWORK,
-                "supports_terminal": "terminals on Morph are not offered through the control "
-                "plane yet; use SSH (the sandbox's SSH command) or exec",
             },
         )
 

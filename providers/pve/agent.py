@@ -12,7 +12,19 @@ request carries an HMAC-SHA256 over method, path, time, a nonce and the body; th
 rejects stale times and reused nonces, and signs its answer the same way so the
 provider knows it talked to this sandbox's agent.
 
-Run it by hand: ``python3 agent.py --listen 0.0.0.0:7391 --workdir /root/work``.
+Terminals (``POST /v1/terminal``): the request is signed like an exec; the agent answers
+``200`` (signed) and the connection then carries *frames* both ways, each authenticated
+with a key of this session alone (``session_key``: the secret and the request's nonce), a
+sequence number and the direction, so a frame cannot be forged, replayed, reordered or
+reflected. The client sends input (``i``), window sizes (``r``: cols, rows) and ``c``
+(close); the agent sends output (``o``), the exit status (``x``, once the process ended)
+and ``e`` (the output ended: nothing holds the terminal any more). Closing the connection
+or a ``c`` kills the process and every process of its terminal session. The pseudo-terminal
+is the guest's own (``openpty`` here, inside the container or VM).
+
+Run it by hand: ``python3 agent.py --listen 0.0.0.0:7391 --workdir /root/work``; in a VM
+the provider writes this file and ``--secret-file`` through the QEMU guest agent and
+starts it with ``--daemon`` (see docs/providers/pve.md).
 """
 
 from __future__ import annotations
@@ -20,12 +32,17 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import errno
+import fcntl
 import hashlib
 import hmac
 import json
 import os
+import select
 import signal
+import struct
 import subprocess
+import termios
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,6 +54,15 @@ DEFAULT_PORT = 7391
 CLOCK_WINDOW = 120.0
 OUTPUT_LIMIT = 1024 * 1024
 MAX_BODY = 1024 * 1024
+#: Largest frame payload either side sends or accepts.
+MAX_FRAME = 64 * 1024
+#: Frame header: kind (one byte), sequence number, payload length; a 32-byte MAC follows.
+FRAME_HEADER = struct.Struct(">cQI")
+MAC_SIZE = 32
+#: Directions, mixed into every frame's MAC (a frame cannot be sent back to its sender).
+TO_AGENT, TO_CLIENT = b"C", b"A"
+#: Terminal sizes the agent accepts (the control plane checks the same bound).
+MAX_CELLS = 1000
 
 
 def sign(secret: str, *parts: str | bytes) -> str:
@@ -47,6 +73,54 @@ def sign(secret: str, *parts: str | bytes) -> str:
             mac.update(b"\n")
         mac.update(part if isinstance(part, bytes) else part.encode())
     return mac.hexdigest()
+
+
+def session_key(secret: str, nonce: str) -> bytes:
+    """The key that authenticates the frames of the terminal session opened with ``nonce``."""
+    return sign(secret, "terminal", nonce).encode()
+
+
+def frame(key: bytes, direction: bytes, kind: bytes, seq: int, payload: bytes = b"") -> bytes:
+    """One authenticated frame (see the module's docstring)."""
+    header = FRAME_HEADER.pack(kind, seq, len(payload))
+    mac = hmac.new(key, direction + header + payload, hashlib.sha256).digest()
+    return header + payload + mac
+
+
+class FrameReader:
+    """Parses and checks the frames arriving in one direction; ``ValueError`` on anything
+    forged, replayed, out of order or too large."""
+
+    def __init__(self, key: bytes, direction: bytes) -> None:
+        self.key = key
+        self.direction = direction
+        self.seq = 0
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        self.buffer += data
+        frames = []
+        while len(self.buffer) >= FRAME_HEADER.size:
+            kind, seq, length = FRAME_HEADER.unpack_from(self.buffer)
+            if length > MAX_FRAME:
+                raise ValueError("frame too large")
+            end = FRAME_HEADER.size + length + MAC_SIZE
+            if len(self.buffer) < end:
+                break
+            header = bytes(self.buffer[: FRAME_HEADER.size])
+            payload = bytes(self.buffer[FRAME_HEADER.size : end - MAC_SIZE])
+            given = bytes(self.buffer[end - MAC_SIZE : end])
+            expected = hmac.new(
+                self.key, self.direction + header + payload, hashlib.sha256
+            ).digest()
+            if not hmac.compare_digest(given, expected):
+                raise ValueError("a frame is not authentic")
+            if seq != self.seq:
+                raise ValueError("a frame is out of sequence")
+            self.seq += 1
+            del self.buffer[:end]
+            frames.append((kind, payload))
+        return frames
 
 
 def secret_from_environment() -> str | None:
@@ -63,13 +137,35 @@ def secret_from_environment() -> str | None:
 class Agent:
     """The agent's state: its secret, working directory, seen nonces and live commands."""
 
-    def __init__(self, secret: str, workdir: Path) -> None:
-        self.secret = secret
+    def __init__(
+        self,
+        secret: str,
+        workdir: Path,
+        secret_file: Path | None = None,
+        environment: dict[str, str] | None = None,
+    ) -> None:
+        #: What terminals start from (None: the agent's own environment).
+        self.environment = environment
+        self._secret = secret
+        self._secret_file = secret_file
+        self._secret_seen: tuple[int, int] | None = None
         self.workdir = workdir
         self._nonces: dict[str, float] = {}
         self._lock = threading.Lock()
         self._procs: set[subprocess.Popen] = set()
+        self._terminals: set[Terminal] = set()
         self._closed = False
+
+    @property
+    def secret(self) -> str:
+        """The secret; with a secret file, what it holds now (the provider rewrites it)."""
+        if self._secret_file is not None:
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                info = self._secret_file.stat()
+                if (info.st_mtime_ns, info.st_size) != self._secret_seen:
+                    self._secret = self._secret_file.read_text().strip()
+                    self._secret_seen = (info.st_mtime_ns, info.st_size)
+        return self._secret
 
     def fresh(self, stamp: str, nonce: str) -> bool:
         try:
@@ -124,8 +220,105 @@ class Agent:
         with self._lock:
             self._closed = True
             procs = list(self._procs)
+            terminals = list(self._terminals)
         for proc in procs:
             _kill(proc)
+        for terminal in terminals:
+            terminal.kill()
+
+    def open_terminal(self, request: dict) -> Terminal:
+        argv = [str(part) for part in request["argv"]]
+        cols, rows = int(request.get("cols", 80)), int(request.get("rows", 24))
+        env = {str(k): str(v) for k, v in dict(request.get("env") or {}).items()}
+        if not argv or any("\0" in part for part in argv):
+            raise ValueError("argv is required and holds no NUL")
+        if not (1 <= cols <= MAX_CELLS and 1 <= rows <= MAX_CELLS):
+            raise ValueError(f"columns and rows go from 1 to {MAX_CELLS}")
+        if any("\0" in k or "=" in k or not k or "\0" in v for k, v in env.items()):
+            raise ValueError("bad environment variable")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        source = os.environ if self.environment is None else self.environment
+        base = {k: v for k, v in source.items() if k != SECRET_ENV}
+        base.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        base.setdefault("HOME", str(Path.home()))
+        terminal = Terminal(argv, cols, rows, {**base, **env}, self.workdir)
+        with self._lock:
+            if self._closed:
+                terminal.kill()
+            self._terminals.add(terminal)
+        return terminal
+
+    def forget(self, terminal: Terminal) -> None:
+        with self._lock:
+            self._terminals.discard(terminal)
+
+
+def _take_terminal() -> None:  # runs in the child, between fork and exec
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class Terminal:
+    """A process on a new pseudo-terminal, leader of its own session."""
+
+    def __init__(
+        self, argv: list[str], cols: int, rows: int, env: dict[str, str], cwd: Path
+    ) -> None:
+        self.master, slave = os.openpty()
+        try:
+            os.set_inheritable(self.master, False)
+            self.resize(cols, rows)
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                cwd=cwd,
+                env=env,
+                preexec_fn=_take_terminal,  # two syscalls between fork and exec
+            )
+        except BaseException:
+            os.close(self.master)
+            raise
+        finally:
+            os.close(slave)
+        os.set_blocking(self.master, False)
+        self.killed = False
+
+    def resize(self, cols: int, rows: int) -> None:
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def kill(self) -> None:
+        """Kill the process and every process of its session, until none is left."""
+        self.killed = True
+        sid = self.proc.pid
+        for _ in range(200):
+            found = False
+            for pid in _session_members(sid):
+                found = True
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            if self.proc.poll() is None:
+                found = True
+            if not found:
+                return
+            time.sleep(0.005)
+
+
+def _session_members(sid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        # state ppid pgrp session ...; zombies are gone already, their parent reaps them.
+        if len(fields) > 3 and fields[0] != b"Z" and int(fields[3]) == sid:
+            found.append(int(entry))
+    return found
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -160,7 +353,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(404, {"error": "not found"})
 
     def do_POST(self) -> None:
-        if self.path != "/v1/exec":
+        if self.path not in ("/v1/exec", "/v1/terminal"):
             self._answer(404, {"error": "not found"})
             return
         length = int(self.headers.get("Content-Length") or 0)
@@ -174,6 +367,9 @@ class _Handler(BaseHTTPRequestHandler):
         expected = sign(self.agent.secret, "POST", self.path, stamp, nonce, body)
         if not hmac.compare_digest(given, expected) or not self.agent.fresh(stamp, nonce):
             self._answer(401, {"error": "bad signature, stale time or reused nonce"})
+            return
+        if self.path == "/v1/terminal":
+            self._terminal(body, nonce)
             return
         try:
             request = json.loads(body)
@@ -197,12 +393,152 @@ class _Handler(BaseHTTPRequestHandler):
             }
         self._answer(200, result, nonce)
 
+    # --- terminals -------------------------------------------------------------------------
+
+    def _terminal(self, body: bytes, nonce: str) -> None:
+        try:
+            terminal = self.agent.open_terminal(json.loads(body))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self._answer(400, {"error": f"bad request: {exc}"}, nonce)
+            return
+        except OSError as exc:
+            self._answer(400, {"error": f"cannot run the command: {exc.strerror}"}, nonce)
+            return
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-sandbox-terminal")
+        self.send_header("X-Sandbox-Signature", sign(self.agent.secret, "response", nonce, b""))
+        self.end_headers()
+        self.wfile.flush()
+        try:
+            _TerminalRelay(self.connection, terminal, session_key(self.agent.secret, nonce)).run()
+        finally:
+            self.agent.forget(terminal)
+
+
+class _TerminalRelay:
+    """Carries one terminal over the connection until the client closes it or goes away."""
+
+    def __init__(self, conn, terminal: Terminal, key: bytes) -> None:
+        self.conn = conn
+        self.terminal = terminal
+        self.key = key
+        self.seq = 0
+        self.send_lock = threading.Lock()
+        self.connected = True
+        self.done = False
+        self.ended = False
+        # The rest of the request's buffered input (frames sent right after the request).
+        self.incoming = FrameReader(key, TO_AGENT)
+
+    def send(self, kind: bytes, payload: bytes = b"") -> None:
+        with self.send_lock:
+            if not self.connected:
+                return
+            data = frame(self.key, TO_CLIENT, kind, self.seq, payload)
+            self.seq += 1
+            try:
+                self.conn.sendall(data)
+            except OSError:
+                self.connected = False
+
+    def run(self) -> None:
+        pump = threading.Thread(target=self._pump_output, daemon=True)
+        pump.start()
+        threading.Thread(target=self._report_exit, daemon=True).start()
+        try:
+            self._read_frames()
+        finally:
+            self.terminal.kill()
+            self.done = True
+            pump.join(5)
+            if not self.ended:
+                self.send(b"e")
+            with self.send_lock:
+                self.connected = False
+            if not pump.is_alive():
+                os.close(self.terminal.master)
+
+    def _report_exit(self) -> None:
+        code = self.terminal.proc.wait()
+        self.send(b"x", struct.pack(">i", code))
+
+    def _pump_output(self) -> None:
+        master = self.terminal.master
+        while not self.done:
+            select.select([master], [], [], 0.25)
+            try:
+                chunk = os.read(master, MAX_FRAME)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                # EIO: nothing holds the terminal any more.
+                chunk = b"" if exc.errno == errno.EIO else None
+            if not chunk:
+                break
+            self.send(b"o", chunk)
+        if not self.done:  # the output ended by itself (or the agent is closing)
+            self.terminal.proc.wait()
+            self.ended = True
+            self.send(b"e")
+
+    def _read_frames(self) -> None:
+        while True:
+            try:
+                data = self.conn.recv(MAX_FRAME + 1024)
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                frames = self.incoming.feed(data)
+            except ValueError:
+                return  # forged or mangled: end the session
+            for kind, payload in frames:
+                if kind == b"c":
+                    return
+                if kind == b"r" and len(payload) == 4:
+                    cols, rows = struct.unpack(">HH", payload)
+                    if 1 <= cols <= MAX_CELLS and 1 <= rows <= MAX_CELLS:
+                        self.terminal.resize(cols, rows)
+                elif kind == b"i" and not self._write_input(payload):
+                    return
+
+    def _write_input(self, data: bytes) -> bool:
+        """Type ``data`` (waiting while the terminal's input is full); False when the
+        client hung up meanwhile."""
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.terminal.master, view) :]
+                continue
+            except BlockingIOError:
+                pass
+            except OSError:
+                return True  # the terminal is gone; the output side reports the end
+            poller = select.poll()
+            poller.register(self.terminal.master, select.POLLOUT)
+            poller.register(self.conn, select.POLLRDHUP)
+            for fd, events in poller.poll(1000):
+                if fd != self.terminal.master and events & (select.POLLRDHUP | select.POLLHUP):
+                    return False
+        return True
+
 
 class AgentServer:
     """The agent listening on ``host:port`` (port 0 picks a free one)."""
 
-    def __init__(self, host: str, port: int, *, secret: str, workdir: Path) -> None:
-        self.agent = Agent(secret, workdir)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        secret: str,
+        workdir: Path,
+        secret_file: Path | None = None,
+        environment: dict[str, str] | None = None,
+    ) -> None:
+        self.agent = Agent(secret, workdir, secret_file, environment)
         handler = type("Handler", (_Handler,), {"agent": self.agent})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
@@ -224,15 +560,43 @@ class AgentServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Sandboxes exec agent for PVE containers")
+    parser = argparse.ArgumentParser(description="Sandboxes agent for PVE guests")
     parser.add_argument("--listen", default=f"0.0.0.0:{DEFAULT_PORT}")
     parser.add_argument("--workdir", default="/root/work")
+    parser.add_argument(
+        "--secret-file",
+        help=f"read the secret from this file (re-read when it changes), not {SECRET_ENV}",
+    )
+    parser.add_argument(
+        "--daemon",
+        action="store_true",
+        help="serve in the background once listening; exit 0 at once if the address is taken",
+    )
     args = parser.parse_args(argv)
-    secret = secret_from_environment()
+    secret_file = Path(args.secret_file) if args.secret_file else None
+    secret = secret_file.read_text().strip() if secret_file else secret_from_environment()
     if not secret:
         parser.error(f"{SECRET_ENV} is not set (the provider sets it in the CT's 'env')")
     host, _, port = args.listen.rpartition(":")
-    server = AgentServer(host, int(port), secret=secret, workdir=Path(args.workdir))
+    try:
+        server = AgentServer(
+            host.strip("[]"),
+            int(port),
+            secret=secret,
+            workdir=Path(args.workdir),
+            secret_file=secret_file,
+        )
+    except OSError as exc:
+        if args.daemon and exc.errno == errno.EADDRINUSE:
+            return 0  # an agent serves there already; it reads the secret file afresh
+        raise
+    if args.daemon and os.fork():
+        os._exit(0)  # the parent: the agent is listening
+    if args.daemon:
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
     server.httpd.serve_forever()
     return 0
 

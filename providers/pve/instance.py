@@ -16,15 +16,28 @@ from providers.base import (
     MetricSample,
     Networking,
     SnapshotResult,
+    TerminalSession,
+    terminal_argv,
+    terminal_env,
+    terminal_size,
     with_env,
 )
-from providers.errors import Conflict, NotFound, OperationFailed, ProviderError, Unavailable
+from providers.errors import (
+    Conflict,
+    InvalidState,
+    NotFound,
+    OperationFailed,
+    ProviderError,
+    Unavailable,
+)
 from providers.pve import metadata as meta_codec
+from providers.pve import vm_agent
 from providers.pve.agent import SECRET_ENV
 from providers.pve.client import is_exists_error
 from providers.pve.guest_exec import lxc_exec, vm_exec
 from providers.pve.kinds import dns_label
 from providers.pve.metadata import GuestMeta
+from providers.pve.terminal import open_session
 
 if TYPE_CHECKING:
     from providers.pve.provider import PveProvider
@@ -221,6 +234,40 @@ class PveInstance(Instance):
             return lxc_exec(
                 self._address_of(), self._provider.settings.agent_port, secret, command, timeout
             )
+
+    # --- terminals ---------------------------------------------------------------------------
+
+    def open_terminal(
+        self,
+        command: str | Sequence[str] | None = None,
+        *,
+        cols: int = 80,
+        rows: int = 24,
+        env: Mapping[str, str] | None = None,
+    ) -> TerminalSession:
+        argv = terminal_argv(command)
+        cols, rows = terminal_size(cols, rows)
+        variables = terminal_env(env)
+        state = self._state()
+        if state != S.RUNNING:
+            raise InvalidState(
+                f"sandbox {self.sandbox_id} is {state}; a terminal needs it running", ref=self.id
+            )
+        if not self._kind.is_lxc:
+            return vm_agent.open_terminal(self, argv=argv, cols=cols, rows=rows, env=variables)
+        secret = self._secret()
+        port = self._provider.settings.agent_port
+
+        def attempt() -> TerminalSession:
+            return open_session(
+                self._address_of(), port, secret, argv=argv, cols=cols, rows=rows, env=variables
+            )
+
+        try:
+            return attempt()
+        except Unavailable:
+            self._address = None  # the address may have changed (DHCP): look again, once
+            return attempt()
 
     def _secret(self) -> str:
         for config in (self._config, None):

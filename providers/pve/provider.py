@@ -174,12 +174,6 @@ class PveProvider(Provider):
             "made; resizing a live sandbox is not offered yet",
             "supports_network_internet": PVE_NETWORK,
             "supports_network_allowlist": PVE_NETWORK,
-            "supports_terminal": (
-                "the container's sandbox agent has no terminal endpoint yet; use exec"
-                if lxc
-                else "terminals in PVE VMs are not offered yet (the guest agent cannot run "
-                "a process on a terminal); use exec"
-            ),
         }
         if not pause:
             reasons["supports_pause"] = (
@@ -197,6 +191,7 @@ class PveProvider(Provider):
             supports_exec=True,
             supports_expose_http=True,
             supports_metrics=True,
+            supports_terminal=True,
             reasons=reasons,
         )
 

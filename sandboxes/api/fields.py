@@ -78,6 +78,9 @@ def _field_writer(field: serializers.Field) -> RowWriter:
     if isinstance(field, serializers.DateTimeField):
         return lambda row, tz: iso_datetime(row[source], tz)
     if isinstance(field, AS_STORED) and "." not in source and source != "*":
+        if field.default is not serializers.empty:  # as DRF: the default when it is missing
+            default = field.default
+            return lambda row, tz: row.get(source, default)
         return lambda row, tz: row[source]
     raise TypeError(f"row_writer: no rule for {field.field_name} ({type(field).__name__})")
 

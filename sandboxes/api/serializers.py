@@ -29,6 +29,7 @@ from sandboxes.api.fields import (
     seconds_field,
 )
 from sandboxes.models import NetworkMode, Sandbox, TtlAction
+from sandboxes.services import previews
 from sandboxes.services.interactive import MAX_EXEC_TIMEOUT
 from sandboxes.states import Status
 
@@ -46,6 +47,11 @@ class ServiceSerializer(serializers.Serializer):
     name = serializers.CharField()
     port = serializers.IntegerField()
     url = serializers.CharField()
+    sharing = serializers.ChoiceField(
+        choices=previews.SHARING_LEVELS,
+        default=previews.DEFAULT_SHARING,
+        help_text="Who may open its preview URL (PATCH .../services/{name} to change).",
+    )
 
 
 # A sandbox's wake-on settings, read from its row (SandboxSerializer nests it with
@@ -66,6 +72,43 @@ class NetworkPolicySerializer(serializers.Serializer):
         choices=["preset", "team", "sandbox"],
         help_text="Where the policy came from: the preset's, the team's override, or the "
         "sandbox's own (asked for at create).",
+    )
+
+
+class RepoSerializer(serializers.Serializer):
+    url = serializers.CharField()
+    branch = serializers.CharField(help_text="Empty: the repository's default branch.")
+    path = serializers.CharField(help_text="The clone's folder, relative to the user's home.")
+    credential = serializers.CharField(
+        help_text="The name of the team secret it clones with (never its value)."
+    )
+    username = serializers.CharField()
+
+
+class RepoInputSerializer(StrictSerializer):
+    url = StrictCharField(
+        max_length=2000,
+        help_text="https://, http://, ssh://, git:// or user@host:path; no credentials in it.",
+    )
+    branch = StrictCharField(required=False, allow_blank=True, max_length=200)
+    path = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=200,
+        help_text="A folder inside the home; default: the repository's name.",
+    )
+    credential = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=64,
+        help_text="Name of a team secret: the password or token for http(s) (asked by "
+        "git through GIT_ASKPASS), a private key for ssh.",
+    )
+    username = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=100,
+        help_text="The user name sent with the credential; default x-access-token.",
     )
 
 
@@ -104,6 +147,20 @@ class SandboxSerializer(serializers.Serializer):
         source="secret_names",
         help_text="Names of the team secrets its exec and terminals get (never the values).",
     )
+    repo = serializers.SerializerMethodField(
+        help_text="The repository cloned at its first start (null: none)."
+    )
+    setup_status = serializers.ChoiceField(
+        choices=["", "pending", "running", "succeeded", "failed"],
+        help_text="The clone and setup script: empty when there is none; failed keeps the "
+        "sandbox running, with the reason in setup_error and the output in its events.",
+    )
+    setup_error = serializers.CharField()
+    environment = serializers.IntegerField(
+        source="environment_id",
+        allow_null=True,
+        help_text="The id of the team environment it was started from.",
+    )
     last_error = serializers.CharField()
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
@@ -114,6 +171,10 @@ class SandboxSerializer(serializers.Serializer):
     @extend_schema_field(NetworkPolicySerializer)
     def get_network(self, row: dict) -> dict:
         return network_view(row["network"])
+
+    @extend_schema_field(RepoSerializer(allow_null=True))
+    def get_repo(self, row: dict) -> dict | None:
+        return repo_view(row["repo"])
 
     def to_representation(self, sandbox: Sandbox | dict) -> dict[str, Any]:
         """A row of ``selectors.sandbox_rows`` (or a Sandbox, as ``selectors.sandbox_row``
@@ -182,6 +243,31 @@ class SandboxCreateSerializer(StrictSerializer):
         help_text="Names of team secrets (PUT /api/v1/secrets/{name}) given to every exec "
         "and terminal as variables of those names.",
     )
+    repo = RepoInputSerializer(
+        required=False,
+        help_text="A repository cloned into the sandbox's home at its first start.",
+    )
+    setup = StrictCharField(
+        required=False,
+        allow_blank=True,
+        trim_whitespace=False,
+        max_length=65536,
+        help_text="A script run once after the first start (after the clone), as the "
+        "sandbox's user, in the repository, with its env and secrets (sh -e; bash if present).",
+    )
+
+
+def repo_view(record: dict | None) -> dict | None:
+    """A sandbox's or environment's repository as the API shows it (null: none)."""
+    if not record:
+        return None
+    return {
+        "url": record["url"],
+        "branch": record.get("branch", ""),
+        "path": record.get("path", ""),
+        "credential": record.get("credential", ""),
+        "username": record.get("username", ""),
+    }
 
 
 def network_view(record: dict | None) -> dict:
@@ -474,6 +560,101 @@ class HealthSerializer(serializers.Serializer):
     background = BackgroundHealthSerializer()
 
 
+# --- team environments -----------------------------------------------------------------
+
+
+class EnvironmentServiceSerializer(StrictSerializer):
+    name = StrictCharField(max_length=32)
+    port = StrictIntegerField(min_value=1, max_value=65535)
+
+
+class EnvironmentSerializer(serializers.Serializer):
+    """A team environment: the recipe of sandboxes started from it."""
+
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    description = serializers.CharField()
+    snapshot_id = serializers.CharField(help_text="Empty: the active version of preset.")
+    preset = serializers.CharField(source="preset_id", allow_null=True)
+    provider = serializers.CharField()
+    repo = serializers.SerializerMethodField()
+    env = serializers.DictField(child=serializers.CharField())
+    secrets = serializers.ListField(child=serializers.CharField(), source="secret_names")
+    setup = serializers.CharField()
+    services = serializers.ListField(child=serializers.DictField())
+    network_policy = serializers.CharField(help_text="Empty: the team's, else the preset's.")
+    network_allow = serializers.ListField(child=serializers.CharField())
+    idle_timeout_seconds = serializers.IntegerField(
+        allow_null=True, help_text="null: the team's default; 0: never."
+    )
+    delete_parked_after_seconds = serializers.IntegerField(
+        allow_null=True, help_text="null: the team's default; 0: never."
+    )
+    ttl_seconds = serializers.IntegerField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    updated_by = serializers.CharField()
+
+    @extend_schema_field(RepoSerializer(allow_null=True))
+    def get_repo(self, environment) -> dict | None:
+        return repo_view(environment.repo)
+
+
+def _lifecycle_field() -> serializers.IntegerField:
+    return StrictIntegerField(
+        required=False, allow_null=True, min_value=0, max_value=365 * 24 * 3600
+    )
+
+
+class EnvironmentWriteSerializer(StrictSerializer):
+    """Create (name required) or change (only the fields given) an environment."""
+
+    name = StrictRegexField(
+        r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$",
+        max_length=64,
+        required=False,
+        help_text="Lowercase letters, digits and dashes; unique in the team.",
+    )
+    description = StrictCharField(required=False, allow_blank=True, max_length=200)
+    snapshot_id = StrictCharField(required=False, allow_blank=True, max_length=120)
+    preset = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=40)
+    provider = StrictCharField(required=False, allow_blank=True, max_length=32)
+    repo = RepoInputSerializer(required=False, allow_null=True)
+    env = serializers.DictField(
+        child=StrictCharField(max_length=16384, allow_blank=True, trim_whitespace=False),
+        required=False,
+    )
+    secrets = serializers.ListField(
+        child=StrictCharField(max_length=64), required=False, max_length=64
+    )
+    setup = StrictCharField(
+        required=False, allow_blank=True, trim_whitespace=False, max_length=65536
+    )
+    services = EnvironmentServiceSerializer(many=True, required=False)
+    network_policy = serializers.ChoiceField(
+        choices=[("", "the team's or preset's"), *NetworkMode.choices], required=False
+    )
+    network_allow = serializers.ListField(
+        child=StrictCharField(max_length=253), required=False, max_length=64
+    )
+    idle_timeout_seconds = _lifecycle_field()
+    delete_parked_after_seconds = _lifecycle_field()
+    ttl_seconds = _lifecycle_field()
+
+
+class EnvironmentStartSerializer(StrictSerializer):
+    """Start a sandbox from an environment; every field is optional."""
+
+    name = name_field()
+    branch = StrictCharField(
+        required=False, max_length=200, help_text="Another branch of its repository."
+    )
+    ttl_seconds = seconds_field(required=False, allow_null=True)
+    idle_timeout_seconds = seconds_field(required=False, allow_null=True)
+    delete_parked_after_seconds = seconds_field(required=False, allow_null=True)
+    metadata = MetadataField(required=False)
+
+
 # --- cmux compatibility ----------------------------------------------------------------
 
 
@@ -481,13 +662,26 @@ class CmuxStartSerializer(StrictSerializer):
     """The body of cmux's ``POST /api/sandboxes/start``, mapped onto create."""
 
     snapshotId = StrictCharField(
+        required=False,
         max_length=255,
-        help_text="A snapshot version or id without _vN, or a provider's image reference.",
+        help_text="A snapshot version or id without _vN, or a provider's image reference "
+        "(required unless environmentId is given).",
     )
     ttlSeconds = seconds_field(required=False, allow_null=True)
     metadata = MetadataField(required=False)
     teamSlugOrId = StrictCharField(
         required=False, max_length=50, help_text="Must be the team of your token if given."
+    )
+    repoUrl = StrictCharField(
+        required=False,
+        max_length=2000,
+        help_text="A repository cloned into the sandbox at its first start.",
+    )
+    branch = StrictCharField(required=False, max_length=200, help_text="Its branch.")
+    environmentId = StrictCharField(
+        required=False,
+        max_length=64,
+        help_text="A team environment (its id or name) to start from; snapshotId is then optional.",
     )
 
 

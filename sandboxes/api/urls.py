@@ -7,7 +7,15 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from rest_framework.routers import SimpleRouter
 
 from sandboxes.api import schema  # noqa: F401 - registers the OpenAPI extensions
-from sandboxes.api.views import cmux, sandboxes, secrets, site, snapshots, tokens
+from sandboxes.api.views import (
+    cmux,
+    environments,
+    sandboxes,
+    secrets,
+    site,
+    snapshots,
+    tokens,
+)
 
 #: /sandboxes, /sandboxes/<sandbox_id> and its actions (named sandbox-list, sandbox-detail,
 #: sandbox-<action>), from the ViewSet's methods and @actions.
@@ -20,6 +28,17 @@ v1 = [
     *sandbox_routes.urls,
     path("secrets", secrets.SecretListView.as_view(), name="secret-list"),
     path("secrets/<str:name>", secrets.SecretDetailView.as_view(), name="secret-detail"),
+    path("environments", environments.EnvironmentListView.as_view(), name="environment-list"),
+    path(
+        "environments/<str:environment_id>",
+        environments.EnvironmentDetailView.as_view(),
+        name="environment-detail",
+    ),
+    path(
+        "environments/<str:environment_id>/start",
+        environments.EnvironmentStartView.as_view(),
+        name="environment-start",
+    ),
     path("presets", snapshots.PresetListView.as_view(), name="preset-list"),
     path("snapshots", snapshots.SnapshotListView.as_view(), name="snapshot-list"),
     path(

@@ -41,8 +41,17 @@ from providers.base import (
 )
 from providers.errors import NotFound, ProviderError
 from sandboxes import db_pool
-from sandboxes.models import Outcome, Preset, Sandbox, Snapshot, SnapshotStatus, Team, TtlAction
-from sandboxes.services import network, team_secrets, transitions
+from sandboxes.models import (
+    Environment,
+    Outcome,
+    Preset,
+    Sandbox,
+    Snapshot,
+    SnapshotStatus,
+    Team,
+    TtlAction,
+)
+from sandboxes.services import network, team_secrets, transitions, workspaces
 from sandboxes.services.actors import Actor
 from sandboxes.services.backends import (
     capabilities,
@@ -203,6 +212,9 @@ def create_sandbox(
     network_allow: list[str] | None = None,
     env: dict[str, str] | None = None,
     secrets: list[str] | None = None,
+    repo: dict[str, str] | None = None,
+    setup: str = "",
+    environment: Environment | None = None,
 ) -> Sandbox:
     """Record a new sandbox in ``starting`` and enqueue its provisioning.
 
@@ -211,6 +223,9 @@ def create_sandbox(
 
     ``env`` (plain variables) and ``secrets`` (names of the team's secrets) are the
     environment of every exec and terminal process in it (``services/team_secrets.py``).
+    ``repo`` (url, branch, path, credential) is cloned into it and ``setup`` run in it
+    once after its first start (``services/workspaces.py``); ``environment`` is the team
+    environment the request was made from (``services/environments.py`` fills the rest).
 
     ``network_policy`` (and ``network_allow`` for ``allowlist``) override the team's and
     the preset's outbound policy; the effective one is stored on the sandbox
@@ -261,6 +276,11 @@ def create_sandbox(
         problem = "give network_policy: allowlist with network_allow"
         raise InvalidInput(f"network_allow: {problem}", fields={"network_allow": [problem]})
     env, secret_names = team_secrets.check_sandbox_environment(team=team, env=env, secrets=secrets)
+    repo = workspaces.check_repo(team=team, repo=repo)
+    setup = workspaces.check_setup(setup)
+    if environment is not None and environment.team_id != team.pk:
+        raise InvalidInput("no such environment", fields={"environment": ["not found"]})
+    has_setup = bool(repo or setup or (environment is not None and environment.services))
     if ttl_action not in TtlAction.values:
         raise InvalidInput(
             f"ttl_action must be one of {', '.join(TtlAction.values)}",
@@ -332,6 +352,10 @@ def create_sandbox(
             network=network.as_record(policy, policy_source),
             env=env,
             secret_names=secret_names,
+            repo=repo,
+            setup=setup,
+            setup_status=workspaces.PENDING if has_setup else "",
+            environment=environment,
         )
         record_event(
             actor=actor,
@@ -343,6 +367,8 @@ def create_sandbox(
                 "snapshot_id": snapshot.snapshot_id,
                 "preset": preset.id,
                 "network": sandbox.network,
+                **({"repo": repo} if repo else {}),
+                **({"environment": environment.name} if environment is not None else {}),
             },
         )
         _enqueue(sandbox)
@@ -593,6 +619,9 @@ def _perform_start(sandbox: Sandbox, token: str) -> None:
         fields=fields,
         audit=_audit(sandbox, "start", data={"provider_ref": instance.id}),
     )
+    if sandbox.setup_status == workspaces.PENDING:
+        # Its own task: a clone may take minutes, the start's lease is not held meanwhile.
+        workspaces.enqueue_setup(sandbox.pk)
 
 
 def _fail_start(

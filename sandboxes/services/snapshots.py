@@ -140,7 +140,7 @@ def resolve_for_start(
     return snapshot
 
 
-def _next_version(provider: str, preset: Preset) -> int:
+def next_version(provider: str, preset: Preset) -> int:
     """Allocate the next version number; call inside a transaction."""
     Preset.objects.select_for_update().filter(pk=preset.pk).first()
     last = Snapshot.objects.filter(provider=provider, preset=preset).aggregate(v=Max("version"))
@@ -165,7 +165,7 @@ def take_snapshot(*, sandbox: Sandbox, actor: Actor, label: str = "") -> Snapsho
             f"(it must be {in_words(allowed)})"
         )
     with transaction.atomic():
-        version = _next_version(sandbox.provider, sandbox.preset)
+        version = next_version(sandbox.provider, sandbox.preset)
         snapshot = Snapshot.objects.create(
             snapshot_id=format_snapshot_id(sandbox.provider, sandbox.preset_id, version),
             provider=sandbox.provider,
@@ -277,8 +277,16 @@ def _capture(snapshot: Snapshot, token: str) -> None:
 
 
 def _destroy(snapshot: Snapshot, token: str) -> None:
+    # One image build registers the same stored image for several presets: the image
+    # goes with the last version that names it.
+    shared = (
+        Snapshot.objects.filter(provider=snapshot.provider, provider_ref=snapshot.provider_ref)
+        .exclude(pk=snapshot.pk)
+        .exclude(status__in=(SnapshotStatus.DELETED, SnapshotStatus.FAILED))
+        .exists()
+    )
     try:
-        if snapshot.provider_ref:
+        if snapshot.provider_ref and not shared:
             get_provider(snapshot.provider).delete_snapshot(snapshot.provider_ref)
     except NotFound:
         pass
@@ -359,7 +367,7 @@ def import_snapshot(
         raise InvalidInput("ref: the provider's image reference (1-255 characters)")
     label = _validate_label(label)
     with transaction.atomic():
-        version = _next_version(provider, preset)
+        version = next_version(provider, preset)
         snapshot = Snapshot.objects.create(
             snapshot_id=format_snapshot_id(provider, preset.pk, version),
             provider=provider,

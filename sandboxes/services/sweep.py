@@ -21,7 +21,7 @@ from datetime import datetime
 from django.conf import settings
 from django.utils import timezone
 
-from sandboxes.services import gc, idle, orphans, queue, reconcile
+from sandboxes.services import gc, idle, images, orphans, queue, reconcile, workspaces
 from sandboxes.services.inventory import take_inventory
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ def run_sweep(
             "snapshots",
             lambda: reconcile.resolve_stuck_snapshots(now=now, limit=limit, stuck_seconds=stuck),
         ),
+        ("setups", lambda: workspaces.resolve_stuck_setups(now=now, limit=limit)),
         ("rows", load_rows),
         ("drift", lambda: reconcile.correct_drift(rows=rows, inventory=inventory, limit=limit)),
         ("ttl", lambda: gc.expire_ttls(now=now, limit=limit)),
@@ -75,6 +76,7 @@ def run_sweep(
         ("failed", lambda: gc.clean_failed(now=now, limit=limit)),
         ("parked", lambda: gc.delete_long_parked(now=now, limit=limit)),
         ("orphans", lambda: orphans.collect(rows=rows, inventory=inventory, now=now, limit=limit)),
+        ("images", lambda: images.fail_abandoned(now=now, limit=limit)),
     ]
     #: Phases that judge the providers against the rows: never on a failed read of them.
     needs_rows = {"drift", "orphans"}

@@ -151,10 +151,16 @@ def environment_for(sandbox: Sandbox) -> dict[str, str]:
     names = list(sandbox.secret_names or [])
     if not names:
         return env
+    env.update(secret_values(team_id=sandbox.team_id, names=names))
+    return env
+
+
+def secret_values(*, team_id: int, names: list[str]) -> dict[str, str]:
+    """The decrypted values of the team's secrets ``names``, for a sandbox's processes only
+    (its variables, a repository's clone credential): never logged, never shown."""
+    env: dict[str, str] = {}
     stored = dict(
-        TeamSecret.objects.filter(team_id=sandbox.team_id, name__in=names).values_list(
-            "name", "ciphertext"
-        )
+        TeamSecret.objects.filter(team_id=team_id, name__in=names).values_list("name", "ciphertext")
     )
     missing = [name for name in names if name not in stored]
     if missing:

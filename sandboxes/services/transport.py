@@ -11,7 +11,10 @@ providers/guarded_http.py).
 from __future__ import annotations
 
 import http.cookiejar
+import socket
 import threading
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import requests
 
@@ -82,3 +85,38 @@ def origins(url: str) -> tuple[str, ...]:
     if url.startswith(f"{unix_http.SCHEME}://"):
         return (url, unix_http.UPSTREAM_ORIGIN)  # it sees its requests as for localhost
     return (url,)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A connection to a service, made by ``connect`` (the preview proxy speaks HTTP/1.1
+    over it itself): ``tls_host`` is the name to verify when the URL is ``https``."""
+
+    sock: socket.socket
+    host_header: str
+    base_path: str
+    tls_host: str | None = None
+
+
+def connect(*, sandbox: Sandbox, url: str, timeout: float) -> Upstream:
+    """A blocking connected socket to the service at ``url`` of ``sandbox``, through the
+    same rules as ``session_for``: ``http+unix://`` sockets as they are, ``http(s)://``
+    through the provider's address check when it has one (``guarded_http.AddressRefused``,
+    an ``OSError``, when refused; ``refusal`` tells). Raises ``OSError`` when nothing
+    answers."""
+    parts = urlsplit(url)
+    base_path = parts.path.rstrip("/")
+    if parts.scheme == unix_http.SCHEME:
+        sock = unix_http.connect(unix_http.socket_path(url), timeout)
+        return Upstream(sock, "localhost", base_path)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise OSError(f"not a service URL: {parts.scheme}://")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    rule = _address_rule(sandbox, url)
+    if rule is None:
+        sock = socket.create_connection((parts.hostname, port), timeout)
+    else:
+        sock = guarded_http.connect(parts.hostname, port, rule, timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    tls_host = parts.hostname if parts.scheme == "https" else None
+    return Upstream(sock, parts.netloc, base_path, tls_host)

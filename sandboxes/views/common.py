@@ -23,7 +23,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
 from sandboxes.current_team import team_context
-from sandboxes.models import ApiToken, Sandbox, Snapshot
+from sandboxes.models import ApiToken, Environment, Sandbox, Snapshot
 from sandboxes.services import backends
 from sandboxes.services.actors import Actor
 from sandboxes.services.errors import ServiceError
@@ -32,7 +32,12 @@ if TYPE_CHECKING:
     from sandboxes.services.backends import Capabilities
 
 View = Callable[..., HttpResponse]
-NOT_FOUND = (Sandbox.DoesNotExist, Snapshot.DoesNotExist, ApiToken.DoesNotExist)
+NOT_FOUND = (
+    Sandbox.DoesNotExist,
+    Snapshot.DoesNotExist,
+    ApiToken.DoesNotExist,
+    Environment.DoesNotExist,
+)
 
 
 def team_view(view: View) -> View:

@@ -335,6 +335,12 @@ def sandbox_new(request: HttpRequest) -> HttpResponse:
                     idle_timeout_seconds=data["idle_timeout"],
                     delete_parked_after_seconds=data["delete_parked"],
                     idempotency_key=f"dashboard-{data['idempotency_key']}",
+                    repo=(
+                        {"url": data["repo_url"], "branch": data["repo_branch"]}
+                        if data["repo_url"]
+                        else None
+                    ),
+                    setup=data["setup"],
                 )
             except IdempotencyKeyReused:
                 # The same form sent again with other values (a double submit, edited).
@@ -351,7 +357,12 @@ def sandbox_new(request: HttpRequest) -> HttpResponse:
     else:
         form = _new_form(request)
         status = 200
-    context = {"form": form, "read_only_reason": request.team_ctx.read_only_reason}
+    idle, keep = lifecycle.team_lifecycle_defaults(request.team)
+    context = {
+        "form": form,
+        "read_only_reason": request.team_ctx.read_only_reason,
+        "team_defaults": {"idle": idle, "keep": keep},
+    }
     if is_partial(request):
         return render_fragment(request, "sandboxes/_new_form.html", context, status=status)
     return render(request, "sandboxes/new.html", context, status=status)

@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 from sandboxes import selectors
 from sandboxes.current_team import TeamContext
 from sandboxes.filters import SnapshotFilter
-from sandboxes.models import Snapshot, SnapshotStatus
+from sandboxes.models import ImageBuildStatus, Snapshot, SnapshotStatus
 from sandboxes.services import snapshots
 from sandboxes.services.errors import ServiceError
 from sandboxes.ui.actions import Offer
@@ -123,6 +123,11 @@ class Catalogue:
 @require_GET
 @team_view
 def snapshot_browser(request: HttpRequest) -> HttpResponse:
+    builds = selectors.image_builds_for_team(team=request.team)
+    active = any(b.status in (ImageBuildStatus.QUEUED, ImageBuildStatus.RUNNING) for b in builds)
+    if request.GET.get("builds") == "1" and is_partial(request):  # the builds' polling
+        context = {"builds": builds, "builds_active": active}
+        return render_fragment(request, "snapshots/_image_builds.html", context)
     show_deleted = request.GET.get("deleted") == "1"
     catalogue = Catalogue(request.team_ctx)
     queryset = selectors.snapshots_for_team(team=request.team, include_deleted=show_deleted)
@@ -137,6 +142,8 @@ def snapshot_browser(request: HttpRequest) -> HttpResponse:
         "show_deleted": show_deleted,
         "providers": sorted({s.provider for s in catalogue.all}),
         "presets": sorted({s.preset_id for s in catalogue.all}),
+        "builds": builds,
+        "builds_active": active,
     }
     if is_partial(request):
         return render_fragment(request, "snapshots/_groups.html", context)

@@ -64,7 +64,8 @@ def test_cmux_start_refuses_a_key_replayed_with_other_values(memory_backend, api
     [
         ({}, 400, "snapshotId"),
         ({"snapshotId": "nope"}, 400, "snapshot_id"),
-        ({"snapshotId": "memory_1vcpu_1gb_8gb", "repoUrl": "https://x"}, 400, "repoUrl"),
+        ({"snapshotId": "memory_1vcpu_1gb_8gb", "branch": "main"}, 400, "branch"),
+        ({"snapshotId": "memory_1vcpu_1gb_8gb", "repoUrl": "file:///etc"}, 400, "repo.url"),
         ({"snapshotId": "memory_1vcpu_1gb_8gb", "ttlSeconds": -5}, 400, "ttlSeconds"),
         ({"snapshotId": "memory_1vcpu_1gb_8gb", "teamSlugOrId": "alpha"}, 202, None),
         ({"snapshotId": "memory_1vcpu_1gb_8gb", "teamSlugOrId": "gamma"}, 404, None),

@@ -16,12 +16,13 @@ from rest_framework.test import APIClient
 from sandboxes.models import (
     ActiveSnapshot,
     ApiToken,
+    Environment,
     Sandbox,
     SandboxEvent,
     Snapshot,
     TeamSecret,
 )
-from sandboxes.services import interactive, lifecycle, team_secrets
+from sandboxes.services import environments, interactive, lifecycle, team_secrets
 from sandboxes.services.actors import Actor
 from sandboxes.services.snapshots import activate_snapshot, import_snapshot
 from tests.api.conftest import bearer_client, error_of
@@ -73,7 +74,16 @@ def team_a_world(memory_backend, team, member, team_admin):
     activate_snapshot(snapshot=version, actor=Actor.for_user(team_admin), team=team)
     token = bearer_client(member, team).token
     team_secrets.set_secret(team=team, actor=actor, name="web", value="a-secret-value")
-    return {"sandbox": sandbox, "version": version, "token": token, "team": team}
+    environment = environments.create_environment(
+        team=team, actor=actor, data={"name": "secret-env-a", "preset": "1vcpu_1gb_8gb"}
+    )
+    return {
+        "sandbox": sandbox,
+        "version": version,
+        "token": token,
+        "team": team,
+        "environment": environment,
+    }
 
 
 def path_values(world) -> dict[str, str]:
@@ -82,6 +92,7 @@ def path_values(world) -> dict[str, str]:
         "snapshot_id": world["version"].snapshot_id,
         "name": "web",
         "token_id": str(world["token"].pk),
+        "environment_id": str(world["environment"].pk),
     }
 
 
@@ -106,6 +117,7 @@ def state_of_team_a(world, store) -> dict:
         "active": list(ActiveSnapshot.objects.filter(team=team).values()),
         "tokens": list(ApiToken.objects.filter(team=team).order_by("pk").values()),
         "secrets": list(TeamSecret.objects.filter(team=team).order_by("pk").values()),
+        "environments": list(Environment.objects.filter(team=team).order_by("pk").values()),
         "events": SandboxEvent.objects.filter(team=team).count(),
         "instance": (record.status, dict(record.services), record.wake_on),
     }
@@ -119,6 +131,7 @@ def secrets_of_team_a(world) -> list[str]:
         world["token"].prefix,
         '"alpha"',
         "a-secret-value",
+        "secret-env-a",
     ]
 
 

@@ -82,6 +82,7 @@ def routes_with_a_body(memory_backend, team, team_admin, django_capture_on_commi
     and a client allowed to call them all."""
     from sandboxes.services import interactive, lifecycle
     from sandboxes.services.actors import Actor
+    from sandboxes.services.environments import create_environment
     from sandboxes.services.snapshots import import_snapshot
     from tests.api.conftest import bearer_client
 
@@ -93,12 +94,16 @@ def routes_with_a_body(memory_backend, team, team_admin, django_capture_on_commi
     version = import_snapshot(
         provider="memory", preset_id="1vcpu_1gb_8gb", ref="base", actor=actor, team=team
     )
+    environment = create_environment(
+        team=team, actor=actor, data={"name": "web", "preset": "1vcpu_1gb_8gb"}
+    )
     client = bearer_client(team_admin, team)
     values = {
         "sandbox_id": sandbox.pk,
         "snapshot_id": version.snapshot_id,
         "name": "web",
         "token_id": client.token.pk,
+        "environment_id": environment.pk,
     }
     schema = APIClient().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
     routes = [

@@ -31,8 +31,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from sandboxes.models import SandboxEvent
 from sandboxes.services import interactive, lifecycle
 from sandboxes.services.actors import Actor
+from sandboxes.services.environments import create_environment
 from sandboxes.services.snapshots import import_snapshot
 from tests.api.conftest import bearer_client
 
@@ -57,7 +59,8 @@ def test_the_schema_validates_without_warnings(db, tmp_path):
 
 @pytest.fixture
 def world(db, memory_backend, team, team_admin, django_capture_on_commit_callbacks):
-    """A running sandbox with a service, the team's own version, and an admin's token."""
+    """A running sandbox with a service, the team's own version, an environment, and an
+    admin's token."""
     actor = Actor.for_user(team_admin)
     with django_capture_on_commit_callbacks(execute=True):
         sandbox = lifecycle.create_sandbox(team=team, actor=actor, preset_id="1vcpu_1gb_8gb")
@@ -66,16 +69,23 @@ def world(db, memory_backend, team, team_admin, django_capture_on_commit_callbac
     version = import_snapshot(
         provider="memory", preset_id="1vcpu_1gb_8gb", ref="base", actor=actor, team=team
     )
+    environment = create_environment(
+        team=team, actor=actor, data={"name": "web", "preset": "1vcpu_1gb_8gb"}
+    )
     client = bearer_client(team_admin, team)
-    return {
+    yield {
         "headers": {"Authorization": f"Bearer {client.secret}"},
         "path": {
             "sandbox_id": sandbox.pk,
             "snapshot_id": version.snapshot_id,
             "name": "web",
             "token_id": client.token.pk,
+            "environment_id": str(environment.pk),
         },
     }
+    # Generated creates carry generated repositories: none may be cloned. (Their
+    # provisioning waits for a commit that this test's transaction never makes.)
+    assert not SandboxEvent.objects.filter(action__in=["setup", "setup_output"]).exists()
 
 
 def served_schema() -> dict:

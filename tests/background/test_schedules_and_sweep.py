@@ -95,6 +95,8 @@ def test_a_sweep_costs_the_same_queries_for_ten_times_the_sandboxes(memory_backe
     every_kind_once = {
         **dict.fromkeys(["stuck", "drift", "ttl", "idle", "failed", "parked", "orphans"], 1),
         "snapshots": 0,
+        "setups": 0,
+        "images": 0,
     }
     assert small_actions == large_actions == every_kind_once
     assert large == small

@@ -9,7 +9,14 @@ from django.urls import URLPattern, reverse
 from playwright.sync_api import expect
 
 from sandboxes import urls
-from sandboxes.services import interactive, lifecycle, snapshots, team_secrets, tokens
+from sandboxes.services import (
+    environments,
+    interactive,
+    lifecycle,
+    snapshots,
+    team_secrets,
+    tokens,
+)
 from sandboxes.services.actors import Actor
 from tests.browser.conftest import sign_in
 from tests.taskqueue import drain
@@ -39,6 +46,11 @@ def content(provider, owner, team):
     drain()
     token, _ = tokens.create_api_token(user=owner, team=team, actor=actor, name="narrow")
     team_secrets.set_secret(team=team, actor=actor, name="DEPLOY_TOKEN", value="not shown")
+    environment = environments.create_environment(
+        team=team,
+        actor=actor,
+        data={"name": "narrow-env", "preset": "1vcpu_1gb_8gb", "provider": provider},
+    )
     first = f"{provider}_1vcpu_1gb_8gb_v1"
     return {
         "sandbox_id": sandbox.pk,
@@ -48,6 +60,7 @@ def content(provider, owner, team):
         "service": "web",
         "token_id": token.pk,
         "name": "DEPLOY_TOKEN",
+        "environment_id": environment.pk,
     }
 
 
@@ -55,8 +68,8 @@ def get_pages(objects) -> list[str]:
     """Every dashboard URL, from the URL conf (a new page is covered by itself)."""
     found = []
     for pattern in urls.urlpatterns:
-        if not isinstance(pattern, URLPattern) or pattern.name == "home":
-            continue
+        if not isinstance(pattern, URLPattern) or pattern.name in ("home", "preview-open"):
+            continue  # preview-open: a redirect to the service's own origin, not a page
         kwargs = {name: objects[name] for name in pattern.pattern.converters}
         found.append(reverse(pattern.name, kwargs=kwargs))
     return found

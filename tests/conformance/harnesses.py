@@ -105,7 +105,13 @@ def morph_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider
 
     fake = FakeMorph("morph-conformance-key").start()
     try:
-        provider = MorphProvider(fake.api_key, fake.base_url, poll_interval=0.01)
+        provider = MorphProvider(
+            fake.api_key,
+            fake.base_url,
+            poll_interval=0.01,
+            ssh_hostname=fake.ssh.hostname,
+            ssh_port=fake.ssh.port,
+        )
         yield ProviderUnderTest(
             provider=provider,
             snapshot_ref=fake.state.BASE_SNAPSHOT,

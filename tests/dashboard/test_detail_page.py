@@ -59,11 +59,27 @@ def test_services_are_exposed_linked_and_removed(htmx, running):
     body = add.content.decode()
     running.refresh_from_db()
     url = running.services[0]["url"]
-    # Linked through the control plane's proxy (a provider's own URL, such as local's
-    # http+unix socket, is for the control plane only); the provider's URL is shown.
-    assert f'<a href="/s/{running.pk}/web/"' in body
+    # Linked to its preview URL through the dashboard (which signs the browser in there;
+    # a provider's own URL, such as local's http+unix socket, is for the control plane
+    # only); the preview URL and the provider's URL are shown.
+    assert f'href="/preview/{running.pk}/8080/"' in body
+    assert f"http://8080-{running.pk}.localhost" in body
     assert url in body
     assert "Exposed web at" in body
+    # Who may open it: private by default, changed from the page.
+    assert '<option value="private" selected>' in body
+    shared = htmx.post(
+        reverse("sandbox-service-sharing", args=[running.pk, "web"]), {"sharing": "public"}
+    )
+    assert '<option value="public" selected>' in shared.content.decode()
+    running.refresh_from_db()
+    assert running.services[0]["sharing"] == "public"
+    refused = htmx.post(
+        reverse("sandbox-service-sharing", args=[running.pk, "web"]), {"sharing": "world"}
+    )
+    assert "sharing: one of private, team, public" in refused.content.decode()
+    running.refresh_from_db()
+    assert running.services[0]["sharing"] == "public"
     bad = htmx.post(reverse("sandbox-service-add", args=[running.pk]), {"name": "Web!", "port": 1})
     assert b"1-32 lowercase letters" in bad.content
     htmx.post(reverse("sandbox-service-hide", args=[running.pk, "web"]))

@@ -10,8 +10,16 @@ import pytest
 from django.urls import URLPattern, reverse
 
 from sandboxes import urls
-from sandboxes.models import ActiveSnapshot, ApiToken, Sandbox, SandboxEvent, Snapshot, TeamSecret
-from sandboxes.services import interactive, snapshots, team_secrets, tokens
+from sandboxes.models import (
+    ActiveSnapshot,
+    ApiToken,
+    Environment,
+    Sandbox,
+    SandboxEvent,
+    Snapshot,
+    TeamSecret,
+)
+from sandboxes.services import environments, interactive, snapshots, team_secrets, tokens
 from sandboxes.services.actors import Actor
 from tests.dashboard.conftest import signed_in
 
@@ -28,12 +36,19 @@ def team_a(running, member, team):
     v3 = snapshots.take_snapshot(sandbox=running, actor=actor, label="private-label-2")
     token, _ = tokens.create_api_token(user=member, team=team, actor=actor, name="private-token")
     team_secrets.set_secret(team=team, actor=actor, name="PRIVATE_SECRET", value="private-value")
+    environment = environments.create_environment(
+        team=team,
+        actor=actor,
+        data={"name": "private-environment", "preset": "1vcpu_1gb_8gb", "provider": "memory"},
+    )
     return {
+        "environment_id": str(environment.pk),
         "sandbox_id": running.pk,
         "snapshot_id": v2.snapshot_id,
         "other_id": v3.snapshot_id,
         "action": "delete",
         "service": "web",
+        "port": 8080,
         "token_id": str(token.pk),
         "name": "PRIVATE_SECRET",
     }
@@ -54,6 +69,7 @@ def secrets_of(objects: dict[str, str]) -> list[str]:
         "private-token",
         "private-value",
         "PRIVATE_SECRET",
+        "private-environment",
         Sandbox.objects.get(pk=objects["sandbox_id"]).provider_ref,
     ]
 
@@ -71,6 +87,8 @@ def state(objects: dict[str, str]) -> tuple:
         sorted(ApiToken.objects.filter(team=sandbox.team).values_list("pk", "revoked_at")),
         SandboxEvent.objects.filter(team=sandbox.team).count(),
         sorted(TeamSecret.objects.filter(team=sandbox.team).values_list("name", "ciphertext")),
+        sorted(Environment.objects.filter(team=sandbox.team).values_list("name", "updated_at")),
+        Sandbox.objects.count(),
     )
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
+from tests.morph_fake.ssh import FakeMorphSsh
 from tests.morph_fake.state import ApiFailure, MorphState, run_in
 
 
@@ -98,6 +99,8 @@ class FakeMorph:
         self._faults: dict[str, list[_Fault]] = {}
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        #: Morph's SSH gateway (``tests/morph_fake/ssh.py``), started with the API.
+        self.ssh: FakeMorphSsh | None = None
         self._routes: list[tuple[str, re.Pattern, str, Callable[[Request], object]]] = []
         self._add_routes()
 
@@ -117,6 +120,7 @@ class FakeMorph:
 
             do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _handle
 
+        self.ssh = FakeMorphSsh(self.state, self.api_key).start()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -128,6 +132,8 @@ class FakeMorph:
         return f"http://127.0.0.1:{self._server.server_address[1]}/api"
 
     def stop(self) -> None:
+        if self.ssh is not None:
+            self.ssh.stop()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -1,4 +1,5 @@
-"""The data migration seeding version 1 of every local preset (the built-in base)."""
+"""The data migration seeding version 1 of every local preset (the built-in base, the host's
+/usr: labelled so since 0012)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def test_every_local_preset_has_an_active_shared_first_version():
         snapshot = Snapshot.objects.get(provider="local", preset=preset, version=1)
         assert snapshot.snapshot_id == f"local_{preset.id}_v1"
         assert parse_snapshot_id(snapshot.snapshot_id).provider == "local"
-        assert (snapshot.team, snapshot.status, snapshot.label) == (None, "ready", "base")
+        assert (snapshot.team, snapshot.status) == (None, "ready")
+        assert snapshot.label == "host /usr"  # named as what it is (0012)
         assert snapshot.provider_ref == BASE_REF
         active = ActiveSnapshot.objects.get(team=None, provider="local", preset=preset)
         assert active.snapshot == snapshot

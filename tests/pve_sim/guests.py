@@ -4,21 +4,31 @@
   CT's own loopback address (``127.X.Y.Z``, reported by ``/lxc/{vmid}/interfaces``) on
   the agent port, with the secret the provider put in the CT's ``env`` and the CT's disk
   directory as its working directory. The provider reaches it over real TCP.
-* QEMU: ``agent/exec`` starts the command under bubblewrap with the VM's disk directory
-  mounted at the guest's working directory (``/root/work`` by default) and the host's
-  root read-only, so the provider's own wrapper (``cd`` + ``timeout``) runs unchanged;
-  ``agent/exec-status`` reports it the way qemu-guest-agent does through PVE.
+* QEMU: while a VM runs, it is one bubblewrap (``vm_guest.py``: its own PID namespace,
+  the host's root read-only, the VM's disk directory at the guest's working directory,
+  ``/root/work`` by default, private ``/tmp`` and ``/run``) whose first process plays
+  qemu-guest-agent: ``agent/exec`` starts the command inside it, so the provider's own
+  wrapper (``cd`` + ``timeout``) runs unchanged, ``agent/exec-status`` reports it the way
+  qemu-guest-agent does through PVE, and ``agent/file-write`` writes a file inside. What
+  the provider starts there (the sandbox agent, serving terminals on the VM's address)
+  lives in the VM until it stops.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,12 +48,37 @@ def _secret(guest: Guest) -> str | None:
     return None
 
 
+VM_GUEST = Path(__file__).with_name("vm_guest.py")
+#: The guest's own Python (the system's: /root, where a virtualenv's may live, is the
+#: VM's home folder, a fresh tmpfs).
+GUEST_PYTHON = "/usr/bin/python3"
+GUEST_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+}
+#: How long a booting VM's guest agent may take to come up.
+QGA_BOOT = 10.0
+
+
 @dataclass
 class _Run:
-    proc: subprocess.Popen
+    conn: socket.socket
+    code: int | None = None
     out: bytes = b""
     err: bytes = b""
     done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Vm:
+    """A running VM: the bubblewrap holding it and its guest agent's socket."""
+
+    proc: subprocess.Popen
+    folder: Path
+
+    @property
+    def socket(self) -> Path:
+        return self.folder / "qga.sock"
 
 
 class GuestRuntime:
@@ -56,6 +91,8 @@ class GuestRuntime:
         #: The second octet of every CT address, random per simulator (several may run).
         self.net = 64 + secrets.randbelow(160)
         self.runs: dict[int, dict[int, _Run]] = {}
+        self.vms: dict[int, _Vm] = {}
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pve-sim-vms")
         cluster.runtime = self
         cluster.start_hooks.append(self.started)
         cluster.stop_hooks.append(self.stopped)
@@ -64,12 +101,18 @@ class GuestRuntime:
 
     def started(self, guest: Guest) -> None:
         if guest.kind != LXC:
+            self._boot_vm(guest)
             return
         guest.ip = f"127.{self.net}.{(guest.vmid >> 8) & 255}.{guest.vmid & 255 or 1}"
         secret = _secret(guest)
         if secret is None:
             return  # like a real template's agent: no secret, no service
-        server = AgentServer(guest.ip, self.agent_port, secret=secret, workdir=guest.disk)
+        # Terminals get a container's environment, not this test process's (whose login
+        # profile, read by a login shell, belongs to the host).
+        environment = {**GUEST_ENV, "HOME": str(guest.disk)}
+        server = AgentServer(
+            guest.ip, self.agent_port, secret=secret, workdir=guest.disk, environment=environment
+        )
         guest.agent = server.start(poll_interval=0.02)
 
     def stopped(self, guest: Guest) -> None:
@@ -78,7 +121,62 @@ class GuestRuntime:
             guest.agent = None
         guest.ip = ""
         for run in self.runs.pop(guest.vmid, {}).values():
-            _kill(run.proc)
+            with contextlib.suppress(OSError):
+                run.conn.close()
+        vm = self.vms.pop(guest.vmid, None)
+        if vm is not None:
+            _kill(vm.proc)
+            vm.proc.wait()
+            shutil.rmtree(vm.folder, ignore_errors=True)
+
+    # --- QEMU: the VM itself -------------------------------------------------------------
+
+    def _boot_vm(self, guest: Guest) -> None:
+        folder = Path(tempfile.mkdtemp(prefix=f"vm-{guest.vmid}-"))
+        argv = [
+            "bwrap",
+            "--ro-bind", "/", "/",
+            "--dev", "/dev",
+            "--proc", "/proc",
+            "--tmpfs", "/tmp",
+            "--tmpfs", "/run",
+            "--bind", str(folder), "/run/qga",
+            "--tmpfs", str(Path(self.guest_workdir).parent),
+            "--bind", str(guest.disk), self.guest_workdir,
+            "--unshare-pid",
+            "--die-with-parent",
+            "--chdir", "/",
+            "--",
+            GUEST_PYTHON, str(VM_GUEST), "/run/qga/qga.sock",
+        ]  # fmt: skip
+        # --die-with-parent follows the *thread* that started bubblewrap: start it from
+        # the runtime's own long-lived thread, not from a request's, which ends.
+        proc = self._spawner.submit(
+            subprocess.Popen,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+            env=GUEST_ENV,  # as systemd starts qemu-guest-agent: nothing of the host's
+        ).result()
+        vm = self.vms[guest.vmid] = _Vm(proc, folder)
+        deadline = time.monotonic() + QGA_BOOT
+        while not vm.socket.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def _qga(self, guest: Guest, request: dict) -> socket.socket:
+        """A connection to the VM's guest agent with ``request`` sent on it."""
+        vm = self.vms.get(guest.vmid)
+        if vm is None or not vm.socket.exists():
+            raise ApiError(500, "QEMU guest agent is not running")
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(str(vm.socket))
+            conn.sendall(json.dumps(request).encode() + b"\n")
+        except OSError:
+            conn.close()
+            raise ApiError(500, "QEMU guest agent is not running") from None
+        return conn
 
     # --- QEMU guest agent ----------------------------------------------------------------
 
@@ -86,34 +184,25 @@ class GuestRuntime:
         _agent_ready(guest, "guest-exec")
         if not argv:
             raise ApiError(500, "No command given")
-        wrapped = [
-            "bwrap",
-            "--ro-bind", "/", "/",
-            "--dev", "/dev",
-            "--proc", "/proc",
-            "--tmpfs", "/tmp",
-            "--tmpfs", str(Path(self.guest_workdir).parent),
-            "--bind", str(guest.disk), self.guest_workdir,
-            "--unshare-pid",
-            "--die-with-parent",
-            "--chdir", "/",
-            "--",
-            *argv,
-        ]  # fmt: skip
-        try:
-            proc = subprocess.Popen(
-                wrapped,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise ApiError(500, f"Agent error: Failed to execute child process: {exc}") from None
-        run = _Run(proc)
-        self.runs.setdefault(guest.vmid, {})[proc.pid] = run
-        threading.Thread(target=_collect, args=(run,), daemon=True).start()
-        return proc.pid
+        conn = self._qga(guest, {"op": "exec", "argv": argv})
+        stream = conn.makefile("rb")
+        answer = json.loads(stream.readline() or b"{}")
+        if "pid" not in answer:
+            conn.close()
+            detail = answer.get("error", "no answer")
+            raise ApiError(500, f"Agent error: Failed to execute child process: {detail}")
+        run = _Run(conn)
+        self.runs.setdefault(guest.vmid, {})[answer["pid"]] = run
+        threading.Thread(target=_collect, args=(run, stream), daemon=True).start()
+        return answer["pid"]
+
+    def file_write(self, guest: Guest, path: str, content: bytes) -> None:
+        _agent_ready(guest, "guest-file-open")
+        conn = self._qga(guest, {"op": "file-write", "file": path, "content": _b64(content)})
+        with conn, conn.makefile("rb") as stream:
+            answer = json.loads(stream.readline() or b"{}")
+        if not answer.get("ok"):
+            raise ApiError(500, f"Agent error: {answer.get('error', 'no answer')}")
 
     def status(self, guest: Guest, pid: int) -> dict:
         _agent_ready(guest, "guest-exec-status")
@@ -126,7 +215,7 @@ class GuestRuntime:
         if not run.done.is_set():
             return {"exited": False}
         self.runs[guest.vmid].pop(pid, None)
-        code = run.proc.returncode
+        code = run.code
         data: dict = {"exited": True}
         if code is not None and code < 0:
             data["signal"] = -code
@@ -142,8 +231,15 @@ class GuestRuntime:
     def close(self) -> None:
         for runs in self.runs.values():
             for run in runs.values():
-                _kill(run.proc)
+                with contextlib.suppress(OSError):
+                    run.conn.close()
         self.runs.clear()
+        for vm in self.vms.values():
+            _kill(vm.proc)
+            vm.proc.wait()
+            shutil.rmtree(vm.folder, ignore_errors=True)
+        self.vms.clear()
+        self._spawner.shutdown(wait=False)
 
 
 def _agent_ready(guest: Guest, command: str) -> None:
@@ -155,9 +251,21 @@ def _agent_ready(guest: Guest, command: str) -> None:
         raise ApiError(500, f"VM {guest.vmid} qmp command '{command}' failed - got timeout")
 
 
-def _collect(run: _Run) -> None:
-    run.out, run.err = run.proc.communicate()
+def _collect(run: _Run, stream) -> None:
+    try:
+        answer = json.loads(stream.readline() or b"{}")
+    except (OSError, ValueError):
+        answer = {}
+    run.code = answer.get("code", -9)  # no answer: it went with its VM
+    run.out = base64.b64decode(answer.get("out", ""))
+    run.err = base64.b64decode(answer.get("err", ""))
+    with contextlib.suppress(OSError):
+        run.conn.close()
     run.done.set()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -213,7 +321,22 @@ def register() -> None:
             ]
         }
 
+    def file_write(req: Request, p: dict) -> None:
+        guest = _guest(req, p, QEMU)
+        content = str(p["content"])
+        # encode=1 (the default): PVE base64-encodes the text for the guest agent;
+        # encode=0: the caller did.
+        if p.get("encode", 1) in (0, False, "0", "false"):
+            try:
+                raw = base64.b64decode(content, validate=True)
+            except ValueError:
+                raise ApiError(500, "Agent error: Invalid base64 data") from None
+        else:
+            raw = content.encode()
+        runtime_of(req.cluster).file_write(guest, str(p["file"]), raw)
+
     base = "/nodes/{node}/qemu/{vmid}/agent"
+    HANDLERS[("POST", f"{base}/file-write")] = file_write
     HANDLERS[("POST", f"{base}/exec")] = agent_exec
     HANDLERS[("GET", f"{base}/exec-status")] = agent_exec_status
     HANDLERS[("GET", f"{base}/network-get-interfaces")] = network

@@ -18,6 +18,7 @@ from sandboxes import db_pool, selectors
 from sandboxes.api import serializers as s
 from sandboxes.api.errors import ApiError
 from sandboxes.api.filtering import FilterBackend
+from sandboxes.api.views import previews as preview_views
 from sandboxes.api.views.base import TeamView
 from sandboxes.filters import EventFilter, SandboxFilter
 from sandboxes.models import Sandbox, SandboxEvent, TtlAction
@@ -158,7 +159,12 @@ class SandboxViewSet(ViewSetMixin, mixins.ListModelMixin, TeamView):
         if existing is not None:
             return accepted(existing, **{"Idempotent-Replayed": "true"})
         sandbox = lifecycle.create_sandbox(
-            team=self.team, actor=self.actor, idempotency_key=key, **asked
+            team=self.team,
+            actor=self.actor,
+            idempotency_key=key,
+            repo=data.get("repo"),
+            setup=data.get("setup", ""),
+            **asked,
         )
         return accepted(sandbox)
 
@@ -305,11 +311,30 @@ class SandboxViewSet(ViewSetMixin, mixins.ListModelMixin, TeamView):
         serializer_class=s.ServiceSerializer,
     )
     def service(self, request: Request, sandbox_id: str, name: str) -> Response:
+        sandbox = self.exposing(name)
+        interactive.hide_service(sandbox=sandbox, actor=self.actor, name=name)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        operation_id="sandboxes_services_share",
+        summary="Set who may open the service's preview URL",
+        request=preview_views.SharingSerializer,
+        responses={200: preview_views.PreviewServiceSerializer, 409: CONFLICT},
+    )
+    @service.mapping.patch
+    def share_service(self, request: Request, sandbox_id: str, name: str) -> Response:
+        sandbox = self.exposing(name)
+        data = self.validated(preview_views.SharingSerializer)
+        return preview_views.share(
+            request, sandbox=sandbox, actor=self.actor, name=name, sharing=data["sharing"]
+        )
+
+    def exposing(self, name: str) -> Sandbox:
+        """The sandbox, which must expose a service called ``name`` (404 otherwise)."""
         sandbox = self.get_sandbox()
         if name not in {service["name"] for service in sandbox.services}:
             raise ApiError(404, "not_found", f"no exposed service called {name[:40]!r}")
-        interactive.hide_service(sandbox=sandbox, actor=self.actor, name=name)
-        return Response(status=status.HTTP_204_NO_CONTENT)
+        return sandbox
 
     @extend_schema(
         operation_id="sandboxes_wake_on",

@@ -10,6 +10,11 @@ without ``SECRET_KEY`` they share one generated into the data dir, and HTTPS-onl
 default off. DEBUG stays off unless set, so the static files are collected here for
 WhiteNoise to serve, as in production.
 
+On the first start with the local provider enabled, it queues a Debian image build for
+it (``SANDBOX_DEFAULT_IMAGE``, when mmdebstrap is installed and Debian's mirror answers):
+the worker builds it and makes it the active version of every local preset, while the
+host-/usr version stays available (docs/images.md).
+
 Ctrl-C (or SIGTERM) stops both; if either exits, the other is stopped too. Each child runs
 in its own process group, and what is left of a group after a 10 s grace is killed:
 the worker's cluster is processes of its own, a long call may keep uvicorn past its
@@ -28,6 +33,9 @@ from django.conf import settings
 from django.core.management import call_command, get_commands
 from django.core.management.base import BaseCommand, CommandError
 
+from sandboxes.services import images
+from sandboxes.services.errors import ServiceError
+
 
 class Command(BaseCommand):
     help = "Run the dashboard (web server) and the background worker together."
@@ -42,6 +50,7 @@ class Command(BaseCommand):
         call_command("ensure_admin")
         if "sync_schedules" in get_commands():
             call_command("sync_schedules")
+        self._first_image()
         host, port = split_address(addr)
         module, _, name = settings.ASGI_APPLICATION.rpartition(".")
         web = [
@@ -80,6 +89,17 @@ class Command(BaseCommand):
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         stop()
+
+    def _first_image(self) -> None:
+        """First start: queue a Debian image for `local` (the worker builds it and makes
+        it active); until it is ready, sandboxes start from the host-/usr version."""
+        try:
+            build, why = images.queue_default_image(provider="local")
+        except (ServiceError, ValueError) as exc:
+            self.stderr.write(f"No default image: {exc}")
+            return
+        if build is not None:
+            self.stdout.write(f"{why}; follow it on /versions/")
 
 
 def split_address(addr: str) -> tuple[str, int]:
