@@ -27,6 +27,7 @@ from django.utils import timezone  # noqa: E402
 
 from bench import timed  # noqa: E402
 from sandboxes.models import Membership, Preset, Sandbox, Snapshot, Team  # noqa: E402
+from sandboxes.services import tokens  # noqa: E402
 from sandboxes.services.actors import Actor  # noqa: E402
 from sandboxes.services.tokens import create_api_token  # noqa: E402
 
@@ -87,6 +88,20 @@ def interleaved(first, second, *, repeat: int) -> tuple[list[float], list[float]
     return a, b
 
 
+def orm_token_lookup(digest: str):
+    """What services.tokens composes as SQL, through the ORM (for comparison)."""
+    from django.db.models import OuterRef, Subquery
+
+    from sandboxes.models import ApiToken
+
+    role = Membership.objects.filter(user=OuterRef("user_id"), team=OuterRef("team_id"))
+    return (
+        ApiToken.objects.select_related("user", "team")
+        .annotate(member_role=Subquery(role.values("role")[:1]))
+        .get(digest=digest)
+    )
+
+
 def queries(client: Client, url: str) -> tuple[int, int]:
     with CaptureQueriesContext(connection) as captured:
         response = client.get(url)
@@ -106,6 +121,11 @@ def main() -> None:
     samples, bare_samples = interleaved(
         lambda: client.get(page), lambda: client.get("/bench/bare"), repeat=300
     )
+    digest = tokens.digest_of(secret)
+    assert tokens._lookup_token(digest).member_role == orm_token_lookup(digest).member_role
+    lookup_samples, orm_lookup_samples = interleaved(
+        lambda: tokens._lookup_token(digest), lambda: orm_token_lookup(digest), repeat=500
+    )
     full, full_rows = queries(client, page)
     last, last_rows = queries(client, f"{page}?page=200")
     few, few_rows = queries(client, f"{page}?status=failed&page_size=5")
@@ -114,6 +134,8 @@ def main() -> None:
             {
                 "samples": samples,
                 "bare_samples": bare_samples,
+                "lookup_samples": lookup_samples,
+                "orm_lookup_samples": orm_lookup_samples,
                 "queries": {
                     "full": [full, full_rows],
                     "last": [last, last_rows],

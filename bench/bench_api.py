@@ -250,6 +250,19 @@ def run() -> list[Result]:
             data["bare_samples"],
             at_most=None,
         ),
+        # Why services/tokens.py composes its own SQL: see _TokenLookup's docstring.
+        median_result(
+            "token lookup (token, user, team, role): the SQL services/tokens.py composes once",
+            data["lookup_samples"],
+            at_most=None,
+            detail=data["vendor"],
+        ),
+        median_result(
+            "the same lookup through the ORM (select_related and a Subquery), for comparison",
+            data["orm_lookup_samples"],
+            at_most=None,
+            detail=data["vendor"],
+        ),
         Result(
             name="SQL queries per list request",
             value=queries["full"][0],

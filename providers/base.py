@@ -48,7 +48,7 @@ from providers.images import ImageSource
 from providers.network import NetworkPolicy
 
 #: Keys of the metadata the control plane stores on every instance it makes. Together
-#: they are enough to rebuild a lost database row (see DESIGN.md, "Data model").
+#: they are enough to rebuild a lost database row (docs/architecture.md, "Data model").
 META_SANDBOX_ID = "sandbox_id"
 META_TEAM = "team"
 META_PRESET = "preset"

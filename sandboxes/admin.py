@@ -28,7 +28,7 @@ from sandboxes.services.errors import ServiceError
 from sandboxes.services.presets import preset_id_for
 from sandboxes.services.snapshots import (
     activate_snapshot,
-    delete_snapshot_version,
+    delete_snapshot,
     import_snapshot,
     update_snapshot_label,
 )
@@ -119,17 +119,7 @@ class MembershipInline(admin.TabularInline):
 class TeamForm(forms.ModelForm):
     class Meta:
         model = Team
-        fields = [
-            "slug",
-            "name",
-            "max_sandboxes",
-            "max_vcpus",
-            "max_memory_mb",
-            "network_policy",
-            "network_allow",
-            "idle_timeout_seconds",
-            "delete_parked_after_seconds",
-        ]
+        fields = ["slug", *teams.TEAM_SETTINGS]  # what the teams service lets an operator set
 
     def clean(self):
         cleaned = super().clean()
@@ -377,7 +367,7 @@ class SnapshotAdmin(ServiceWritesAdmin):
             self,
             request,
             queryset,
-            lambda s, actor: delete_snapshot_version(snapshot=s, actor=actor),
+            lambda s, actor: delete_snapshot(snapshot=s, actor=actor),
             "Deleting",
         )
 

@@ -63,7 +63,7 @@ def team_context(request: HttpRequest) -> TeamContext | None:
     context = None
     user = getattr(request, "user", None)
     if user is not None and user.is_authenticated:
-        memberships = tuple(selectors.memberships_for_user(user))
+        memberships = tuple(selectors.memberships_for_user(user=user))
         if memberships:
             wanted = request.session.get(SESSION_KEY)
             chosen = next((m for m in memberships if m.team.slug == wanted), memberships[0])
@@ -83,7 +83,9 @@ def switch_team(request: HttpRequest, slug: str) -> Team:
     """Make ``slug`` the current team; ``Team.DoesNotExist`` unless the user is a member."""
     membership = None
     if selectors.storable(slug):
-        membership = selectors.memberships_for_user(request.user).filter(team__slug=slug).first()
+        membership = (
+            selectors.memberships_for_user(user=request.user).filter(team__slug=slug).first()
+        )
     if membership is None:
         raise Team.DoesNotExist(slug)
     request.session[SESSION_KEY] = membership.team.slug

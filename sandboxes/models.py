@@ -1,4 +1,4 @@
-"""The domain model (DESIGN.md, "Data model").
+"""The domain model (docs/architecture.md, "Data model" and "Glossary").
 
 Rows change only through ``sandboxes/services``; in particular nothing assigns
 ``Sandbox.status`` directly: transitions are compare-and-set updates.
@@ -138,6 +138,10 @@ class Preset(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+    def size(self) -> dict[str, int]:
+        """What a sandbox of this preset is given: its vCPUs, memory and disk."""
+        return {"vcpus": self.vcpus, "memory_mb": self.memory_mb, "disk_gb": self.disk_gb}
 
 
 class SnapshotStatus(models.TextChoices):

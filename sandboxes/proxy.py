@@ -152,7 +152,7 @@ def service_proxy(
         if with_token:
             return _error(401, "not_authenticated", "the token is unknown, revoked or expired")
         return redirect_to_login(request.get_full_path())
-    sandbox = selectors.proxy_target(team, sandbox_id) if team else None
+    sandbox = selectors.proxy_target(team=team, sandbox_id=sandbox_id) if team else None
     if sandbox is None:
         return _error(404, "not_found", "no such sandbox in your team")
     entry = next((s for s in sandbox.services if s.get("name") == service), None)

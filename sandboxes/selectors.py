@@ -3,6 +3,11 @@
 A sandbox or snapshot of another team is simply not found (``DoesNotExist``), never
 "forbidden": callers cannot learn that it exists.
 
+Every selector is keyword-only, as the services are
+(``get_sandbox(team=..., sandbox_id=...)``); only ``storable`` (a check of text) and
+``sandbox_rows``/``sandbox_row`` (shapes of what they are given) take their one argument
+positionally.
+
 Selectors read the database only. A read that must ask a provider (capabilities, health,
 metrics) or parse what a provider defines (snapshot ids) is a service
 (``services.backends``, ``services.interactive``, ``services.snapshots``); the import
@@ -11,7 +16,15 @@ contracts in pyproject.toml keep services and providers out of here.
 
 from __future__ import annotations
 
-from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models import (
+    BooleanField,
+    Count,
+    ExpressionWrapper,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+)
 
 from sandboxes.models import (
     ActiveSnapshot,
@@ -27,7 +40,7 @@ from sandboxes.models import (
     Team,
     TeamSecret,
 )
-from sandboxes.states import Status
+from sandboxes.states import TRANSITIONAL, Status
 
 
 def storable(text: str) -> bool:
@@ -35,16 +48,16 @@ def storable(text: str) -> bool:
     return "\x00" not in text
 
 
-def membership(user, team: Team) -> Membership | None:
+def membership(*, user, team: Team) -> Membership | None:
     return Membership.objects.filter(user=user, team=team).first()
 
 
-def memberships_for_user(user) -> QuerySet[Membership]:
+def memberships_for_user(*, user) -> QuerySet[Membership]:
     """The user's memberships with their teams, by team slug (one query)."""
     return Membership.objects.filter(user=user).select_related("team").order_by("team__slug")
 
 
-def sandboxes_for_team(team: Team, *, include_deleted: bool = False) -> QuerySet[Sandbox]:
+def sandboxes_for_team(*, team: Team, include_deleted: bool = False) -> QuerySet[Sandbox]:
     queryset = Sandbox.objects.filter(team=team)
     if not include_deleted:
         queryset = queryset.exclude(status=Status.DELETED)
@@ -94,10 +107,13 @@ def sandbox_rows(sandboxes: QuerySet[Sandbox]) -> QuerySet[dict]:
 
     No model objects are built for a page. The version's id is a subquery rather than a
     join, so counting the sandboxes stays a plain (index-only) count of the team's rows.
+    Beside the columns: ``snapshot_version`` (that id) and ``is_transitional``.
     """
     version = Snapshot.objects.filter(pk=OuterRef("snapshot_id")).order_by()
     return sandboxes.values(
-        *SANDBOX_LIST_COLUMNS, snapshot_version=Subquery(version.values("snapshot_id")[:1])
+        *SANDBOX_LIST_COLUMNS,
+        snapshot_version=Subquery(version.values("snapshot_id")[:1]),
+        is_transitional=ExpressionWrapper(Q(status__in=TRANSITIONAL), output_field=BooleanField()),
     )
 
 
@@ -105,10 +121,11 @@ def sandbox_row(sandbox: Sandbox) -> dict:
     """One sandbox as ``sandbox_rows`` gives its rows."""
     row = {name: getattr(sandbox, name) for name in SANDBOX_LIST_COLUMNS}
     row["snapshot_version"] = sandbox.snapshot.snapshot_id if sandbox.snapshot_id else None
+    row["is_transitional"] = sandbox.is_transitional
     return row
 
 
-def get_sandbox(team: Team, sandbox_id: str) -> Sandbox:
+def get_sandbox(*, team: Team, sandbox_id: str) -> Sandbox:
     """The team's sandbox; ``Sandbox.DoesNotExist`` for anything else."""
     if not storable(sandbox_id):
         raise Sandbox.DoesNotExist(sandbox_id)
@@ -131,7 +148,7 @@ PROXY_COLUMNS = (
 )
 
 
-def proxy_target(team: Team, sandbox_id: str) -> Sandbox | None:
+def proxy_target(*, team: Team, sandbox_id: str) -> Sandbox | None:
     """The team's sandbox as the service proxy needs it: one narrow query, no joins (the
     proxy's per-request cost); None for anything else."""
     if not storable(sandbox_id):
@@ -142,7 +159,7 @@ def proxy_target(team: Team, sandbox_id: str) -> Sandbox | None:
     return sandbox
 
 
-def preview_target(sandbox_id: str) -> Sandbox | None:
+def preview_target(*, sandbox_id: str) -> Sandbox | None:
     """A live sandbox by id with its team, whichever team it is, as a preview host needs
     it (``services/previews.authorize`` decides who may see it); None for anything else."""
     if not storable(sandbox_id):
@@ -156,35 +173,25 @@ def preview_target(sandbox_id: str) -> Sandbox | None:
     )
 
 
-def sandbox_status(team: Team, sandbox_id: str) -> str | None:
+def sandbox_status(*, team: Team, sandbox_id: str) -> str | None:
     """Only the status column (cheap enough to poll); None when the team has no such sandbox."""
     if not storable(sandbox_id):
         return None
     return Sandbox.objects.filter(team=team, pk=sandbox_id).values_list("status", flat=True).first()
 
 
-def sandbox_by_idempotency_key(team: Team, key: str) -> Sandbox | None:
-    if not key:
-        return None
-    return (
-        Sandbox.objects.select_related("preset", "snapshot")
-        .filter(team=team, idempotency_key=key)
-        .first()
-    )
-
-
-def sandbox_status_counts(team: Team) -> dict[str, int]:
+def sandbox_status_counts(*, team: Team) -> dict[str, int]:
     """How many of the team's sandboxes are in each status (one grouped query)."""
     rows = Sandbox.objects.filter(team=team).values_list("status").annotate(n=Count("pk"))
     return dict(rows.order_by())
 
 
-def sandboxes_using(team: Team, snapshot: Snapshot) -> QuerySet[Sandbox]:
+def sandboxes_using(*, team: Team, snapshot: Snapshot) -> QuerySet[Sandbox]:
     """The team's sandboxes (not deleted) started from ``snapshot``; never other teams'."""
-    return sandboxes_for_team(team).filter(snapshot=snapshot)
+    return sandboxes_for_team(team=team).filter(snapshot=snapshot)
 
 
-def snapshot_usage(team: Team) -> dict[int, int]:
+def snapshot_usage(*, team: Team) -> dict[int, int]:
     """Snapshot pk -> how many of the team's live (not deleted) sandboxes use it."""
     rows = (
         Sandbox.objects.filter(team=team, snapshot__isnull=False)
@@ -196,7 +203,7 @@ def snapshot_usage(team: Team) -> dict[int, int]:
     return dict(rows)
 
 
-def active_pointers(team: Team) -> list[ActiveSnapshot]:
+def active_pointers(*, team: Team) -> list[ActiveSnapshot]:
     """The team's own active-version pointers and the shared ones."""
     return list(
         ActiveSnapshot.objects.filter(Q(team=team) | Q(team__isnull=True)).select_related(
@@ -205,11 +212,11 @@ def active_pointers(team: Team) -> list[ActiveSnapshot]:
     )
 
 
-def sandbox_events(sandbox: Sandbox) -> QuerySet[SandboxEvent]:
+def sandbox_events(*, sandbox: Sandbox) -> QuerySet[SandboxEvent]:
     return sandbox.events.order_by("created_at", "id")
 
 
-def team_events(team: Team) -> QuerySet[SandboxEvent]:
+def team_events(*, team: Team) -> QuerySet[SandboxEvent]:
     return SandboxEvent.objects.filter(team=team).select_related("sandbox", "snapshot")
 
 
@@ -218,13 +225,13 @@ def presets(*, enabled_only: bool = True) -> QuerySet[Preset]:
     return queryset.filter(enabled=True) if enabled_only else queryset
 
 
-def visible_to(team: Team | None) -> Q:
+def visible_to(*, team: Team | None) -> Q:
     """Versions a team may see and start from: its own and the shared ones."""
     return Q(team__isnull=True) | Q(team=team) if team is not None else Q(team__isnull=True)
 
 
-def active_version(*, team: Team | None, provider: str, preset_id: str) -> Snapshot | None:
-    """The team's own active version of the pair, else the shared one."""
+def active_snapshot(*, team: Team | None, provider: str, preset_id: str) -> Snapshot | None:
+    """The team's own active snapshot of the pair, else the shared one."""
     pointers = ActiveSnapshot.objects.filter(provider=provider, preset_id=preset_id).filter(
         Q(team__isnull=True) | Q(team=team)
     )
@@ -232,8 +239,8 @@ def active_version(*, team: Team | None, provider: str, preset_id: str) -> Snaps
     return chosen[0].snapshot if chosen else None
 
 
-def snapshots_for_team(team: Team, *, include_deleted: bool = False) -> QuerySet[Snapshot]:
-    queryset = Snapshot.objects.filter(visible_to(team)).select_related(
+def snapshots_for_team(*, team: Team, include_deleted: bool = False) -> QuerySet[Snapshot]:
+    queryset = Snapshot.objects.filter(visible_to(team=team)).select_related(
         "preset", "parent", "created_by", "team"
     )
     if not include_deleted:
@@ -241,28 +248,30 @@ def snapshots_for_team(team: Team, *, include_deleted: bool = False) -> QuerySet
     return queryset.order_by("provider", "preset_id", "-version")
 
 
-def image_builds_for_team(team: Team, *, limit: int = 10) -> list[ImageBuild]:
+def image_builds_for_team(*, team: Team, limit: int = 10) -> list[ImageBuild]:
     """The latest image builds the team sees: its own and the shared ones."""
     queryset = ImageBuild.objects.filter(Q(team=team) | Q(team__isnull=True))
     return list(queryset.select_related("created_by").order_by("-created_at")[:limit])
 
 
-def get_snapshot(team: Team, snapshot_id: str) -> Snapshot:
+def get_snapshot(*, team: Team, snapshot_id: str) -> Snapshot:
     if not storable(snapshot_id):
         raise Snapshot.DoesNotExist(snapshot_id)
-    return snapshots_for_team(team, include_deleted=True).get(snapshot_id=snapshot_id)
+    return snapshots_for_team(team=team, include_deleted=True).get(snapshot_id=snapshot_id)
 
 
-def snapshot_by_provider_ref(team: Team, ref: str) -> Snapshot | None:
+def snapshot_by_provider_ref(*, team: Team, ref: str) -> Snapshot | None:
     """The newest ready version visible to ``team`` whose provider image is ``ref``."""
     return (
-        Snapshot.objects.filter(visible_to(team), provider_ref=ref, status=SnapshotStatus.READY)
+        Snapshot.objects.filter(
+            visible_to(team=team), provider_ref=ref, status=SnapshotStatus.READY
+        )
         .order_by("-version")
         .first()
     )
 
 
-def active_snapshot_ids(team: Team) -> set[int]:
+def active_snapshot_ids(*, team: Team) -> set[int]:
     """Primary keys of the versions ``team`` starts from (its own pointer, else the shared)."""
     chosen: dict[tuple[str, str], tuple[bool, int]] = {}
     pointers = ActiveSnapshot.objects.filter(Q(team=team) | Q(team__isnull=True)).values_list(
@@ -276,13 +285,13 @@ def active_snapshot_ids(team: Team) -> set[int]:
     return {pk for _, pk in chosen.values()}
 
 
-def api_tokens(team: Team, *, user=None) -> QuerySet[ApiToken]:
+def api_tokens(*, team: Team, user=None) -> QuerySet[ApiToken]:
     """The team's tokens (only ``user``'s when given), newest first."""
     queryset = ApiToken.objects.filter(team=team).select_related("user")
     return queryset.filter(user=user) if user is not None else queryset
 
 
-def get_api_token(team: Team, token_id: int, *, user=None) -> ApiToken:
+def get_api_token(*, team: Team, token_id: int, user=None) -> ApiToken:
     """The team's token (only ``user``'s when given); ``ApiToken.DoesNotExist`` otherwise."""
     queryset = ApiToken.objects.select_related("user", "team").filter(team=team)
     if user is not None:
@@ -290,19 +299,19 @@ def get_api_token(team: Team, token_id: int, *, user=None) -> ApiToken:
     return queryset.get(pk=token_id)
 
 
-def team_secrets(team: Team) -> QuerySet[TeamSecret]:
+def team_secrets(*, team: Team) -> QuerySet[TeamSecret]:
     """The team's secrets, for listing: names and dates (the value is never read here)."""
     return TeamSecret.objects.filter(team=team).defer("ciphertext").order_by("name")
 
 
-def environments(team: Team) -> QuerySet[Environment]:
+def environments(*, team: Team) -> QuerySet[Environment]:
     """The team's environments, by name."""
     return Environment.objects.filter(team=team).select_related("team").order_by("name")
 
 
-def get_environment(team: Team, ref: str | int) -> Environment:
+def get_environment(*, team: Team, ref: str | int) -> Environment:
     """The team's environment by id or name; ``Environment.DoesNotExist`` otherwise."""
-    queryset = environments(team)
+    queryset = environments(team=team)
     text = str(ref)
     if text.isdigit() and len(text) < 18:
         return queryset.get(pk=int(text))

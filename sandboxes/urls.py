@@ -1,5 +1,5 @@
 """Dashboard URLs. Every object URL is looked up within the current team (404 otherwise);
-tests/test_dashboard_isolation.py walks this list, so a new page is covered automatically."""
+tests/dashboard/test_isolation.py walks this list, so a new page is covered automatically."""
 
 from django.urls import path
 from django.views.generic import RedirectView

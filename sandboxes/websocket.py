@@ -189,7 +189,7 @@ def authenticate(scope: Scope, sandbox_id: str) -> Person | None:
     if context is None:
         return None
     try:
-        sandbox = selectors.get_sandbox(context.team, sandbox_id)
+        sandbox = selectors.get_sandbox(team=context.team, sandbox_id=sandbox_id)
     except Sandbox.DoesNotExist:
         return None
     return Person(Actor.for_user(user), sandbox)

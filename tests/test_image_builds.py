@@ -68,10 +68,10 @@ def test_build_image_registers_one_stored_image_for_several_presets(
 
     # Deleting one preset's version keeps the image the other still names.
     lifecycle.request_operation(sandbox=sandbox, operation="delete", actor=Actor.system())
-    from sandboxes.services.snapshots import activate_snapshot, delete_snapshot_version
+    from sandboxes.services.snapshots import activate_snapshot, delete_snapshot
 
     activate_snapshot(snapshot=host_usr, actor=Actor.system(), team=None)
-    delete_snapshot_version(snapshot=versions[0], actor=Actor.system())
+    delete_snapshot(snapshot=versions[0], actor=Actor.system())
     assert Snapshot.objects.get(pk=versions[0].pk).status == "deleted"
     assert provider.layers.chain(versions[1].provider_ref)  # still there
 

@@ -12,6 +12,7 @@ from sandboxes.services import lifecycle, transitions
 from sandboxes.services.actors import Actor
 from sandboxes.services.errors import (
     CapabilityMissing,
+    IdempotencyKeyReused,
     IllegalTransition,
     InvalidInput,
     NotAllowed,
@@ -411,6 +412,33 @@ def test_idempotency_key_returns_the_first_sandbox(memory_backend, team, actor):
     assert Sandbox.objects.filter(team=team).count() == 1
     other = create(team, actor, idempotency_key="retry-2")
     assert other.pk != first.pk
+
+
+def test_a_key_replayed_with_other_values_is_refused(memory_backend, team, actor):
+    first = create(team, actor, idempotency_key="retry-1", name="web", ttl_seconds=600)
+    with pytest.raises(IdempotencyKeyReused) as refused:
+        create(team, actor, idempotency_key="retry-1", name="api", ttl_seconds=600)
+    assert list(refused.value.fields) == ["name"]
+    assert Sandbox.objects.filter(team=team).count() == 1
+    # The id without _vN names the version the first create resolved it to: the same ask.
+    again = create(
+        team,
+        actor,
+        idempotency_key="retry-1",
+        name="web",
+        ttl_seconds=600,
+        snapshot_id="memory_1vcpu_1gb_8gb",
+    )
+    assert again.pk == first.pk
+
+
+def test_a_replay_leaving_out_lifecycle_fields_ignores_changed_team_defaults(
+    memory_backend, team, actor
+):
+    first = create(team, actor, idempotency_key="retry-1")
+    team.idle_timeout_seconds = (first.idle_timeout_seconds or 0) + 60
+    team.save()
+    assert create(team, actor, idempotency_key="retry-1").pk == first.pk
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,8 @@ from sandboxes.services.actors import Actor
 from sandboxes.services.errors import CapabilityMissing, Conflict, InvalidInput, NotAllowed
 from sandboxes.services.snapshots import (
     activate_snapshot,
-    active_version,
-    delete_snapshot_version,
+    active_snapshot,
+    delete_snapshot,
     import_snapshot,
     take_snapshot,
 )
@@ -63,7 +63,7 @@ def test_the_database_refuses_a_duplicate_version_number(memory_backend):
 def test_versions_count_up_and_are_never_reused(memory_backend, team, team_admin):
     v2 = import_snapshot(provider="memory", preset_id="1vcpu_1gb_8gb", ref="base", actor=SYSTEM)
     assert v2.snapshot_id == "memory_1vcpu_1gb_8gb_v2"
-    delete_snapshot_version(snapshot=v2, actor=SYSTEM)
+    delete_snapshot(snapshot=v2, actor=SYSTEM)
     assert Snapshot.objects.get(pk=v2.pk).status == SnapshotStatus.DELETED
     v3 = import_snapshot(provider="memory", preset_id="1vcpu_1gb_8gb", ref="base", actor=SYSTEM)
     assert v3.version == 3
@@ -132,7 +132,7 @@ def test_activating_a_version_changes_what_new_sandboxes_start_from(
     with pytest.raises(NotAllowed):  # members may snapshot, only admins activate
         activate_snapshot(snapshot=snapshot, actor=actor, team=team)
     activate_snapshot(snapshot=snapshot, actor=Actor.for_user(team_admin), team=team)
-    assert active_version(team=team, provider="memory", preset_id="1vcpu_1gb_8gb") == snapshot
+    assert active_snapshot(team=team, provider="memory", preset_id="1vcpu_1gb_8gb") == snapshot
     assert running(team, actor).snapshot == snapshot
     assert running(team, actor, snapshot_id="memory_1vcpu_1gb_8gb").snapshot == snapshot
     # Roll back to the shared v1 for this team.
@@ -146,14 +146,14 @@ def test_a_version_in_use_or_active_cannot_be_deleted(memory_backend, team, acto
     snapshot = take_snapshot(sandbox=running(team, actor), actor=actor)
     child = running(team, actor, snapshot_id=snapshot.snapshot_id)
     with pytest.raises(Conflict, match=child.pk):
-        delete_snapshot_version(snapshot=snapshot, actor=admin)
+        delete_snapshot(snapshot=snapshot, actor=admin)
     lifecycle.delete_sandbox(sandbox=child, actor=actor)
     activate_snapshot(snapshot=snapshot, actor=admin, team=team)
     with pytest.raises(Conflict, match="active version for alpha"):
-        delete_snapshot_version(snapshot=snapshot, actor=admin)
+        delete_snapshot(snapshot=snapshot, actor=admin)
     v1 = Snapshot.objects.get(snapshot_id="memory_1vcpu_1gb_8gb_v1")
     activate_snapshot(snapshot=v1, actor=admin, team=team)
-    deleted = delete_snapshot_version(snapshot=snapshot, actor=admin)
+    deleted = delete_snapshot(snapshot=snapshot, actor=admin)
     assert deleted.status == SnapshotStatus.DELETED
     assert snapshot.provider_ref not in memory_backend.snapshots
 
@@ -162,7 +162,7 @@ def test_a_provider_refusal_to_delete_keeps_the_version(memory_backend, team, ac
     snapshot = take_snapshot(sandbox=running(team, actor), actor=actor)
     snapshot.refresh_from_db()
     memory_backend.faults["delete_snapshot"] = [ProviderConflict("a linked clone uses it")]
-    result = delete_snapshot_version(snapshot=snapshot, actor=Actor.for_user(team_admin))
+    result = delete_snapshot(snapshot=snapshot, actor=Actor.for_user(team_admin))
     assert result.status == SnapshotStatus.READY
     assert "a linked clone uses it" in result.error
     assert snapshot.provider_ref in memory_backend.snapshots
@@ -171,7 +171,7 @@ def test_a_provider_refusal_to_delete_keeps_the_version(memory_backend, team, ac
 def test_only_operators_manage_shared_versions(memory_backend, team, team_admin):
     v1 = Snapshot.objects.get(snapshot_id="memory_1vcpu_1gb_8gb_v1")
     with pytest.raises(NotAllowed):
-        delete_snapshot_version(snapshot=v1, actor=Actor.for_user(team_admin))
+        delete_snapshot(snapshot=v1, actor=Actor.for_user(team_admin))
     with pytest.raises(NotAllowed):
         activate_snapshot(snapshot=v1, actor=Actor.for_user(team_admin), team=None)
     with pytest.raises(NotAllowed):

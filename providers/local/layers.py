@@ -238,7 +238,7 @@ class Layers:
                 shutil.rmtree(tmp / "layer")
                 os.rename(flat, tmp / "layer")
                 chain = [r for r in chain if not SNAPSHOT_RE.fullmatch(r)]
-            size = _disk_usage(tmp / "layer")
+            size = disk_usage(tmp / "layer")
             manifest = {
                 "ref": ref,
                 "chain": [ref, *chain],
@@ -331,7 +331,7 @@ class Layers:
                 try:
                     unpack.apply_layer(layer.path, tmp / "root", privileged=privileged)
                     os.chmod(tmp / "root", 0o755)  # noqa: S103 (a root directory)
-                    written += _disk_usage(tmp)
+                    written += disk_usage(tmp)
                     syscalls.syncfs(str(tmp))
                     os.rename(tmp, final)
                 except BaseException as exc:
@@ -360,7 +360,7 @@ class Layers:
                     "image": image,
                 }
                 atomic_write(tmp / "manifest.json", json.dumps(manifest, indent=1))
-                written += _disk_usage(tmp)
+                written += disk_usage(tmp)
                 syscalls.syncfs(str(tmp))
                 os.rename(tmp, self.store.snapshots / ref)
                 syscalls.fsync_dir(str(self.store.snapshots))
@@ -613,7 +613,8 @@ def _apply_layer(layer: Path, target: Path) -> None:
         raise OperationFailed(f"flattening layers failed: {message}")
 
 
-def _disk_usage(path: Path) -> int:
+def disk_usage(path: Path) -> int:
+    """Bytes the files under ``path`` take on disk (allocated blocks, not their lengths)."""
     total = 0
     for directory, _dirs, files in os.walk(path):
         for name in files:

@@ -66,7 +66,7 @@ from providers.local import (
 from providers.local.cgroups import Cgroups, Layout, Limits
 from providers.local.config import LocalConfig
 from providers.local.instance import LocalInstance, service_url
-from providers.local.layers import PARTS, Layers, in_use_leftover, parts_for
+from providers.local.layers import PARTS, Layers, disk_usage, in_use_leftover, parts_for
 from providers.local.network import NetworkSetup
 from providers.local.state import (
     SANDBOX_ID_RE,
@@ -812,7 +812,7 @@ class LocalProvider(Provider):
         with self._locked_state(sandbox_id) as state:
             upper = self._layer_dir(sandbox_id) / "upper"
             disk.flush(self.store.sandbox_dir(sandbox_id))
-            self._check_space(_disk_usage(upper))
+            self._check_space(disk_usage(upper))
             froze = False
             if self.status_of(state) == InstanceStatus.RUNNING:
                 if not self.cgroups.can_freeze():
@@ -960,12 +960,3 @@ def _remove(directory: Path) -> None:
     with contextlib.suppress(OSError):
         disk.release(directory)
     shutil.rmtree(directory, ignore_errors=True)
-
-
-def _disk_usage(path: Path) -> int:
-    total = 0
-    for directory, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(directory, name)).st_blocks * 512
-    return total

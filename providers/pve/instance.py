@@ -55,7 +55,7 @@ class PveInstance(Instance):
         meta: GuestMeta,
         current: dict,
     ) -> None:
-        self._p = provider
+        self._provider = provider
         self._kind = provider.kind
         self.vmid = vmid
         self.node = node
@@ -84,20 +84,20 @@ class PveInstance(Instance):
     def _current(self) -> dict:
         """``status/current``, following the guest if it migrated, NotFound if it is gone."""
         try:
-            current = self._p.client.get(self._path("status/current"))
+            current = self._provider.client.get(self._path("status/current"))
         except NotFound:
-            row = self._p.locate(self.vmid)
+            row = self._provider.locate(self.vmid)
             if row is None or row.get("type") != self._kind.name:
                 raise self._gone() from None
             self.node = row["node"]
-            current = self._p.client.get(self._path("status/current"))
+            current = self._provider.client.get(self._path("status/current"))
         if current.get("name") != dns_label(self.sandbox_id, "") and not self._still_ours():
             raise self._gone()  # the VMID was reused for something else
         self.status = self._kind.status(current)
         return current
 
     def _still_ours(self) -> bool:
-        config = self._p.guest_config(self.node, self.vmid)
+        config = self._provider.guest_config(self.node, self.vmid)
         meta = meta_codec.parse(config.get("description"), config.get("tags"))
         if meta is None or meta.sandbox_id != self.sandbox_id:
             return False
@@ -114,8 +114,8 @@ class PveInstance(Instance):
     # --- lifecycle -------------------------------------------------------------------------
 
     def _task(self, action: str, what: str, **params: object) -> None:
-        upid = self._p.client.post(self._path(f"status/{action}"), **params)
-        self._p.wait(upid, f"{what} {self._kind.label} {self.vmid}")
+        upid = self._provider.client.post(self._path(f"status/{action}"), **params)
+        self._provider.wait(upid, f"{what} {self._kind.label} {self.vmid}")
 
     def start(self) -> None:
         state = self._state()
@@ -150,7 +150,7 @@ class PveInstance(Instance):
         self.status = S.STOPPED
 
     def pause(self) -> None:
-        self._p.capabilities.require("supports_pause", provider=self._kind.provider)
+        self._provider.capabilities.require("supports_pause", provider=self._kind.provider)
         state = self._state()
         if state == S.PAUSED:
             return
@@ -172,7 +172,7 @@ class PveInstance(Instance):
         self.status = S.RUNNING
 
     def hibernate(self) -> None:
-        self._p.capabilities.require("supports_hibernate", provider=self._kind.provider)
+        self._provider.capabilities.require("supports_hibernate", provider=self._kind.provider)
         state = self._state()
         if state == S.HIBERNATED:
             return
@@ -185,19 +185,19 @@ class PveInstance(Instance):
 
     def delete(self) -> None:
         try:
-            row = self._p.locate(self.vmid)
+            row = self._provider.locate(self.vmid)
         except ProviderError:
             row = {"node": self.node, "type": self._kind.name}  # go by what the handle knows
         else:
             if row is None or row.get("type") != self._kind.name or row.get("template"):
                 return
             self.node = row["node"]
-        if not self._p.owned_by(
+        if not self._provider.owned_by(
             self.node, self.vmid, self.sandbox_id, row if "vmid" in row else None
         ):
             return  # gone, or the VMID now belongs to something else
-        self._p.destroy(self.node, self.vmid, hint=row if "status" in row else None)
-        self._p.vmids.release(self.vmid)
+        self._provider.destroy(self.node, self.vmid, hint=row if "status" in row else None)
+        self._provider.vmids.release(self.vmid)
 
     # --- exec ------------------------------------------------------------------------------
 
@@ -217,22 +217,22 @@ class PveInstance(Instance):
             raise Conflict(f"sandbox {self.sandbox_id} is {state}, not running", ref=self.id)
         if not self._kind.is_lxc:
             return vm_exec(
-                self._p.client,
+                self._provider.client,
                 self.node,
                 self.vmid,
-                workdir=self._p.settings.guest_workdir,
+                workdir=self._provider.settings.guest_workdir,
                 command=command,
                 timeout=timeout,
             )
         secret = self._secret()
         try:
             return lxc_exec(
-                self._address_of(), self._p.settings.agent_port, secret, command, timeout
+                self._address_of(), self._provider.settings.agent_port, secret, command, timeout
             )
         except Unavailable:
             self._address = None  # the address may have changed (DHCP): look again, once
             return lxc_exec(
-                self._address_of(), self._p.settings.agent_port, secret, command, timeout
+                self._address_of(), self._provider.settings.agent_port, secret, command, timeout
             )
 
     # --- terminals ---------------------------------------------------------------------------
@@ -256,7 +256,7 @@ class PveInstance(Instance):
         if not self._kind.is_lxc:
             return vm_agent.open_terminal(self, argv=argv, cols=cols, rows=rows, env=variables)
         secret = self._secret()
-        port = self._p.settings.agent_port
+        port = self._provider.settings.agent_port
 
         def attempt() -> TerminalSession:
             return open_session(
@@ -272,7 +272,7 @@ class PveInstance(Instance):
     def _secret(self) -> str:
         for config in (self._config, None):
             if config is None:
-                config = self._config = self._p.guest_config(self.node, self.vmid)
+                config = self._config = self._provider.guest_config(self.node, self.vmid)
             for item in str(config.get("env", "")).split("\0"):
                 key, _, value = item.partition("=")
                 if key == SECRET_ENV and value:
@@ -294,14 +294,14 @@ class PveInstance(Instance):
         v4: list[str] = []
         v6: list[str] = []
         if self._kind.is_lxc:
-            for iface in self._p.client.get(self._path("interfaces")):
+            for iface in self._provider.client.get(self._path("interfaces")):
                 if iface.get("name") == "lo":
                     continue
                 for key, found in (("inet", v4), ("inet6", v6)):
                     for item in str(iface.get(key) or "").split():
                         found.append(item.split("/")[0])
         else:
-            answer = self._p.client.get(self._path("agent/network-get-interfaces"))
+            answer = self._provider.client.get(self._path("agent/network-get-interfaces"))
             for iface in answer.get("result", []):
                 if iface.get("name") == "lo":
                     continue
@@ -309,7 +309,7 @@ class PveInstance(Instance):
                     kind = addr.get("ip-address-type")
                     if kind in ("ipv4", "ipv6") and addr.get("ip-address"):
                         (v4 if kind == "ipv4" else v6).append(str(addr["ip-address"]))
-        rule = self._p.settings.guest_addresses
+        rule = self._provider.settings.guest_addresses
         refused = []
         for address in v4 + v6:
             reason = rule.refusal(address)
@@ -336,7 +336,7 @@ class PveInstance(Instance):
     def expose_http_service(self, name: str, port: int) -> str:
         if not 1 <= int(port) <= 65535:
             raise OperationFailed(f"port {port} is not a TCP port")
-        domain = self._p.settings.public_domain
+        domain = self._provider.settings.public_domain
         if domain:
             url = f"https://port-{port}-{dns_label(self.sandbox_id, self.id)}.{domain}"
         else:
@@ -355,18 +355,18 @@ class PveInstance(Instance):
         self._save_services([s for s in self._meta.services if s.name != name])
 
     def _save_services(self, services: list[HttpService]) -> None:
-        config = self._p.guest_config(self.node, self.vmid)
+        config = self._provider.guest_config(self.node, self.vmid)
         meta = meta_codec.parse(config.get("description"), config.get("tags")) or self._meta
         meta.services = services
-        self._p.client.put(self._path("config"), description=meta.description())
+        self._provider.client.put(self._path("config"), description=meta.description())
         self._meta = meta
         self.networking = Networking(tuple(services))
 
     def set_wake_on(self, http: bool, ssh: bool) -> None:
-        self._p.capabilities.require("supports_wake_on", provider=self._kind.provider)
+        self._provider.capabilities.require("supports_wake_on", provider=self._kind.provider)
 
     def metrics(self) -> list[MetricSample]:
-        rows = self._p.client.get(self._path("rrddata"), timeframe="hour", cf="AVERAGE")
+        rows = self._provider.client.get(self._path("rrddata"), timeframe="hour", cf="AVERAGE")
         samples = []
         for row in rows:
             if "time" not in row:
@@ -394,8 +394,8 @@ class TemplateMaker:
     """Makes a template VMID from a sandbox; on failure removes everything it made."""
 
     def __init__(self, instance: PveInstance) -> None:
-        self.i = instance
-        self.p = instance._p
+        self.instance = instance
+        self.provider = instance._provider
         self.kind = instance._kind
         self.snapname = f"sbx{int(time.time() * 1000) % 10**12}"
         self.snapshot_made = False
@@ -404,7 +404,7 @@ class TemplateMaker:
         self.cloned = False
 
     def make(self) -> SnapshotResult:
-        i, p, kind = self.i, self.p, self.kind
+        i, p, kind = self.instance, self.provider, self.kind
         rows = p.client.resources()
         try:
             upid = p.client.post(i._path("snapshot"), snapname=self.snapname)
@@ -445,24 +445,23 @@ class TemplateMaker:
         if not self.snapshot_made:
             return
         try:
-            upid = self.p.client.delete(self.i._path(f"snapshot/{self.snapname}"))
+            upid = self.provider.client.delete(self.instance._path(f"snapshot/{self.snapname}"))
         except NotFound:
             self.snapshot_made = False
             return
-        self.p.wait(upid, f"removing PVE snapshot {self.snapname}")
+        self.provider.wait(upid, f"removing PVE snapshot {self.snapname}")
         self.snapshot_made = False
 
     def _undo(self, error: ProviderError) -> None:
+        i, p = self.instance, self.provider
         problems = []
         if self.vmid is not None:
             try:
                 # An unanswered clone request may or may not have made the template: only
                 # a guest carrying this sandbox's marker is destroyed.
-                if self.cloned or self.p.owned_by(self.i.node, self.vmid, self.i.sandbox_id):
-                    self.p.destroy(
-                        self.i.node, self.vmid, lock_wait=max(self.p.settings.lock_wait, 30.0)
-                    )
-                self.p.vmids.release(self.vmid)
+                if self.cloned or p.owned_by(i.node, self.vmid, i.sandbox_id):
+                    p.destroy(i.node, self.vmid, lock_wait=max(p.settings.lock_wait, 30.0))
+                p.vmids.release(self.vmid)
             except ProviderError as exc:
                 problems.append(f"template {self.vmid}: {exc.message}")
         try:

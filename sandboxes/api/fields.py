@@ -6,7 +6,7 @@ what it does not understand refuses both. Used by ``sandboxes/api/serializers.py
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, tzinfo
 from typing import Any
 
@@ -27,6 +27,62 @@ def iso_datetime(value: datetime | None, tz: tzinfo) -> str | None:
         return None
     text = value.astimezone(tz).isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+#: Fields whose value a row holds as the API writes it (DRF's to_representation would give
+#: the same value back): copied as they are.
+AS_STORED = (
+    serializers.BooleanField,
+    serializers.CharField,
+    serializers.ChoiceField,
+    serializers.DictField,
+    serializers.IntegerField,
+    serializers.ListField,
+)
+
+RowWriter = Callable[[Mapping[str, Any], tzinfo], Any]
+
+
+def row_writer(serializer: serializers.Serializer) -> RowWriter:
+    """Write a row (a mapping of column values) as ``serializer``'s declared fields say,
+    without DRF's field-by-field machinery (a list page writes 50 rows on every call; it
+    cost about 20 times as much). Each field's ``source`` is a key of the row, or ``*``
+    for a nested serializer reading the row itself; nested serializers, lists of them and
+    SerializerMethodFields (given the row) are written the same way. A field type with no
+    rule here is refused when the writer is made, so a new field cannot be skipped."""
+    steps = [
+        (name, _field_writer(field))
+        for name, field in serializer.fields.items()
+        if not field.write_only
+    ]
+
+    def write(row: Mapping[str, Any], tz: tzinfo) -> dict[str, Any]:
+        return {name: step(row, tz) for name, step in steps}
+
+    return write
+
+
+def _field_writer(field: serializers.Field) -> RowWriter:
+    source = field.source
+    if isinstance(field, serializers.SerializerMethodField):
+        method = getattr(field.parent, field.method_name)
+        return lambda row, tz: method(row)
+    if isinstance(field, serializers.ListSerializer):
+        item = row_writer(field.child)
+        return lambda row, tz: [item(value, tz) for value in row[source]]
+    if isinstance(field, serializers.Serializer):
+        inner = row_writer(field)
+        if source == "*":
+            return inner
+        return lambda row, tz: inner(row[source], tz)
+    if isinstance(field, serializers.DateTimeField):
+        return lambda row, tz: iso_datetime(row[source], tz)
+    if isinstance(field, AS_STORED) and "." not in source and source != "*":
+        if field.default is not serializers.empty:  # as DRF: the default when it is missing
+            default = field.default
+            return lambda row, tz: row.get(source, default)
+        return lambda row, tz: row[source]
+    raise TypeError(f"row_writer: no rule for {field.field_name} ({type(field).__name__})")
 
 
 class StrictSerializer(serializers.Serializer):

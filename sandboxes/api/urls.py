@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
 
 from sandboxes.api import schema  # noqa: F401 - registers the OpenAPI extensions
 from sandboxes.api.views import (
     cmux,
     environments,
-    previews,
     sandboxes,
     secrets,
     site,
@@ -17,28 +17,15 @@ from sandboxes.api.views import (
     tokens,
 )
 
-SANDBOX = "sandboxes/<str:sandbox_id>"
+#: /sandboxes, /sandboxes/<sandbox_id> and its actions (named sandbox-list, sandbox-detail,
+#: sandbox-<action>), from the ViewSet's methods and @actions.
+sandbox_routes = SimpleRouter(trailing_slash=False, use_regex_path=False)
+sandbox_routes.register("sandboxes", sandboxes.SandboxViewSet, basename="sandbox")
 
 v1 = [
     path("config", site.ConfigView.as_view(), name="config"),
     path("health", site.HealthView.as_view(), name="health"),
-    path("sandboxes", sandboxes.SandboxListView.as_view(), name="sandbox-list"),
-    path(SANDBOX, sandboxes.SandboxDetailView.as_view(), name="sandbox-detail"),
-    *(
-        path(f"{SANDBOX}/{operation}", view.as_view(), name=f"sandbox-{operation}")
-        for operation, view in sandboxes.ACTION_VIEWS.items()
-    ),
-    path(f"{SANDBOX}/exec", sandboxes.SandboxExecView.as_view(), name="sandbox-exec"),
-    path(f"{SANDBOX}/snapshot", sandboxes.SandboxSnapshotView.as_view(), name="sandbox-snapshot"),
-    path(f"{SANDBOX}/services", sandboxes.SandboxServicesView.as_view(), name="sandbox-services"),
-    path(
-        f"{SANDBOX}/services/<str:name>",
-        previews.SandboxServiceView.as_view(),
-        name="sandbox-service",
-    ),
-    path(f"{SANDBOX}/wake-on", sandboxes.SandboxWakeOnView.as_view(), name="sandbox-wake-on"),
-    path(f"{SANDBOX}/events", sandboxes.SandboxEventsView.as_view(), name="sandbox-events"),
-    path(f"{SANDBOX}/ssh", sandboxes.SandboxSshView.as_view(), name="sandbox-ssh"),
+    *sandbox_routes.urls,
     path("secrets", secrets.SecretListView.as_view(), name="secret-list"),
     path("secrets/<str:name>", secrets.SecretDetailView.as_view(), name="secret-detail"),
     path("environments", environments.EnvironmentListView.as_view(), name="environment-list"),

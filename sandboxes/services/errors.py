@@ -77,6 +77,13 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class IdempotencyKeyReused(Conflict):
+    """A create retried with its ``Idempotency-Key`` asks for something else than the first
+    one did; ``fields`` names what differs. Nothing changed."""
+
+    code = "idempotency_key_reused"
+
+
 class ProviderFailure(ServiceError):
     """The provider failed an operation that the caller waited for (exec, expose)."""
 

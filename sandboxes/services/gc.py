@@ -30,7 +30,7 @@ from sandboxes.services.actors import Actor
 from sandboxes.services.errors import ServiceError
 from sandboxes.services.events import record_event
 from sandboxes.services.idle import Seconds
-from sandboxes.services.snapshots import delete_snapshot_version
+from sandboxes.services.snapshots import delete_snapshot
 from sandboxes.states import SETTLED, Status
 
 logger = logging.getLogger(__name__)
@@ -240,17 +240,17 @@ def retention_candidates(*, keep: int, now: datetime | None = None) -> list[Snap
 def enforce_snapshot_retention(*, limit: int, now: datetime | None = None) -> int:
     """Delete versions beyond ``SNAPSHOT_RETENTION``; never an active one or one in use."""
     candidates = retention_candidates(keep=settings.SNAPSHOT_RETENTION, now=now)
-    return delete_versions(candidates[:limit])
+    return delete_snapshots(candidates[:limit])
 
 
-def delete_versions(candidates: list[Snapshot]) -> int:
-    """Ask for the deletion of each version. ``delete_snapshot_version`` re-checks "active"
+def delete_snapshots(candidates: list[Snapshot]) -> int:
+    """Ask for the deletion of each version. ``delete_snapshot`` re-checks "active"
     and "in use" under a row lock, so a sandbox that started from a candidate since it was
     chosen makes that delete refuse (Conflict) instead of racing it."""
     acted = 0
     for snapshot in candidates:
         try:
-            delete_snapshot_version(
+            delete_snapshot(
                 snapshot=snapshot,
                 actor=Actor.scheduler(),
                 data={"reason": "retention", "keep": settings.SNAPSHOT_RETENTION},

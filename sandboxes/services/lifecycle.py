@@ -20,10 +20,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import transaction
@@ -59,7 +59,13 @@ from sandboxes.services.backends import (
     get_provider,
     provider_capacity,
 )
-from sandboxes.services.errors import CapabilityMissing, InvalidInput, NotAllowed, ServiceError
+from sandboxes.services.errors import (
+    CapabilityMissing,
+    IdempotencyKeyReused,
+    InvalidInput,
+    NotAllowed,
+    ServiceError,
+)
 from sandboxes.services.events import Audit, record_event
 from sandboxes.services.queue import enqueue_on_commit
 from sandboxes.services.quotas import check_provider_capacity, check_quota
@@ -130,6 +136,64 @@ def team_lifecycle_defaults(team: Team) -> tuple[int | None, int | None]:
     )
 
 
+def replayed_create(
+    *, team: Team, idempotency_key: str, asked: Mapping[str, Any]
+) -> Sandbox | None:
+    """The sandbox a create with this ``idempotency_key`` made before, or None (no key, or
+    a key the team has not used).
+
+    The one idempotency rule, for the API, cmux and the dashboard (``create_sandbox``
+    applies it too): a retry asks for what the first create asked for, or it is refused
+    with IdempotencyKeyReused (409) naming the fields that differ. ``asked`` holds
+    ``create_sandbox``'s keyword arguments as given. A field left out took a default the
+    first time, so only a field given can differ (``preset_id`` is ``preset`` and a
+    snapshot id without ``_vN`` matches the version it resolved to).
+    """
+    if not idempotency_key:
+        return None
+    existing = (
+        Sandbox.objects.select_related("preset", "snapshot")
+        .filter(team=team, idempotency_key=idempotency_key)
+        .first()
+    )
+    if existing is None:
+        return None
+    given: dict[str, object] = {
+        "name": validate_name(asked.get("name", "")),
+        "metadata": validate_metadata(asked.get("metadata")),
+        "ttl_seconds": asked.get("ttl_seconds"),
+        "ttl_action": asked.get("ttl_action", TtlAction.STOP),
+    }
+    for field in ("idle_timeout_seconds", "delete_parked_after_seconds"):
+        if asked.get(field, TEAM_DEFAULT) is not TEAM_DEFAULT:
+            given[field] = asked[field]
+    if asked.get("env") is not None:
+        given["env"] = asked["env"]
+    differing = [field for field, value in given.items() if getattr(existing, field) != value]
+    secrets = asked.get("secrets")
+    if secrets is not None and list(dict.fromkeys(secrets)) != existing.secret_names:
+        differing.append("secrets")
+    mode = asked.get("network_policy")
+    policy = network.parse_policy(mode, asked.get("network_allow")) if mode else None
+    if policy != network.stored(existing.network_policy, existing.network_allow):
+        differing.append("network_policy")
+    preset_id, provider = asked.get("preset_id"), asked.get("provider")
+    if preset_id and preset_id != existing.preset_id:
+        differing.append("preset")
+    if provider and provider != existing.provider:
+        differing.append("provider")
+    made = existing.snapshot.snapshot_id if existing.snapshot_id else ""
+    snapshot_id = asked.get("snapshot_id")
+    if snapshot_id and snapshot_id not in (made, made.rsplit("_v", 1)[0]):
+        differing.append("snapshot_id")
+    if differing:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was used for a different request",
+            fields={field: ["differs from the first request"] for field in differing},
+        )
+    return existing
+
+
 def create_sandbox(
     *,
     team: Team,
@@ -170,10 +234,27 @@ def create_sandbox(
     The snapshot may be a version (``local_2vcpu_2gb_8gb_v3``), an id without ``_vN``
     (the active version) or omitted (the active version of ``preset_id`` on ``provider``).
     With an ``idempotency_key`` already used by the team, the first sandbox is returned
-    and nothing new is made.
+    and nothing new is made (``replayed_create``: a retry that asks for something else is
+    refused).
     """
     if not actor.can_write(team):
         raise NotAllowed("your role in this team cannot create sandboxes")
+    # What was asked, before defaults fill it in: a retry is compared on this.
+    asked = {
+        "preset_id": preset_id,
+        "provider": provider,
+        "snapshot_id": snapshot_id,
+        "name": name,
+        "ttl_seconds": ttl_seconds,
+        "ttl_action": ttl_action,
+        "idle_timeout_seconds": idle_timeout_seconds,
+        "delete_parked_after_seconds": delete_parked_after_seconds,
+        "metadata": metadata,
+        "network_policy": network_policy,
+        "network_allow": network_allow,
+        "env": env,
+        "secrets": secrets,
+    }
     name = validate_name(name)
     metadata = validate_metadata(metadata)
     ttl_seconds = validate_seconds("ttl_seconds", ttl_seconds)
@@ -210,10 +291,9 @@ def create_sandbox(
             "Idempotency-Key is longer than 200 characters",
             fields={"idempotency_key": ["200 characters at most"]},
         )
-    if idempotency_key:
-        existing = Sandbox.objects.filter(team=team, idempotency_key=idempotency_key).first()
-        if existing is not None:
-            return existing
+    existing = replayed_create(team=team, idempotency_key=idempotency_key, asked=asked)
+    if existing is not None:
+        return existing
     snapshot = resolve_for_start(
         team=team,
         preset_id=preset_id,
@@ -228,10 +308,10 @@ def create_sandbox(
     )
     with transaction.atomic():
         locked_team = Team.objects.select_for_update().get(pk=team.pk)
-        if idempotency_key:  # re-check under the lock: two retries racing
-            existing = Sandbox.objects.filter(team=team, idempotency_key=idempotency_key).first()
-            if existing is not None:
-                return existing
+        # Again under the lock: two retries racing.
+        existing = replayed_create(team=team, idempotency_key=idempotency_key, asked=asked)
+        if existing is not None:
+            return existing
         check_quota(team=locked_team, vcpus=preset.vcpus, memory_mb=preset.memory_mb)
         check_provider_capacity(
             team=locked_team,
@@ -256,9 +336,7 @@ def create_sandbox(
             provider=snapshot.provider,
             preset=preset,
             snapshot=snapshot,
-            vcpus=preset.vcpus,
-            memory_mb=preset.memory_mb,
-            disk_gb=preset.disk_gb,
+            **preset.size(),
             status=S.STARTING,
             operation="start",
             metadata=metadata,

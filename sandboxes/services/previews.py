@@ -211,7 +211,7 @@ def authorize(
 ) -> Access:
     """Who the request is and whether it may reach the service. Nothing tells a visitor
     without access whether the sandbox or the service exists (``login`` for all)."""
-    sandbox = selectors.preview_target(sandbox_id)
+    sandbox = selectors.preview_target(sandbox_id=sandbox_id)
     service = None
     if sandbox is not None:
         service = next((s for s in sandbox.services if s.get("port") == port), None)

@@ -31,7 +31,7 @@ from sandboxes.models import (
     SnapshotStatus,
     Team,
 )
-from sandboxes.selectors import active_version, visible_to
+from sandboxes.selectors import active_snapshot, visible_to
 from sandboxes.services import leases
 from sandboxes.services.actors import Actor
 from sandboxes.services.backends import capabilities, get_provider
@@ -57,7 +57,7 @@ def resolve_snapshot(*, team: Team, snapshot_id: str) -> Snapshot:
     """
     if not selectors.storable(snapshot_id):
         raise Snapshot.DoesNotExist(snapshot_id)
-    visible = selectors.snapshots_for_team(team, include_deleted=True)
+    visible = selectors.snapshots_for_team(team=team, include_deleted=True)
     exact = visible.filter(snapshot_id=snapshot_id).first()
     if exact is not None:
         return exact
@@ -67,10 +67,10 @@ def resolve_snapshot(*, team: Team, snapshot_id: str) -> Snapshot:
         raise Snapshot.DoesNotExist(snapshot_id) from None
     active = None
     if parsed.version is None:
-        active = active_version(team=team, provider=parsed.provider, preset_id=parsed.preset_id)
+        active = active_snapshot(team=team, provider=parsed.provider, preset_id=parsed.preset_id)
     if active is None:
         raise Snapshot.DoesNotExist(snapshot_id)
-    return selectors.get_snapshot(team, active.snapshot_id)
+    return selectors.get_snapshot(team=team, snapshot_id=active.snapshot_id)
 
 
 def _invalid_snapshot(message: str) -> InvalidInput:
@@ -86,7 +86,7 @@ def resolve_for_start(
             resolved = resolve_snapshot_id(
                 snapshot_id,
                 active_version=lambda p, preset: getattr(
-                    active_version(team=team, provider=p, preset_id=preset), "version", None
+                    active_snapshot(team=team, provider=p, preset_id=preset), "version", None
                 ),
             )
         except InvalidSnapshotId as exc:
@@ -104,7 +104,7 @@ def resolve_for_start(
                 f"{snapshot_id} is of preset {resolved.preset_id}, not {preset_id}"
             )
         snapshot = (
-            Snapshot.objects.filter(visible_to(team), snapshot_id=str(resolved))
+            Snapshot.objects.filter(visible_to(team=team), snapshot_id=str(resolved))
             .select_related("preset")
             .first()
         )
@@ -129,7 +129,7 @@ def resolve_for_start(
                 f"preset {preset_id} is not offered on {provider}",
                 fields={"provider": [f"{preset_id} is offered on: {', '.join(preset.providers)}"]},
             )
-        snapshot = active_version(team=team, provider=provider, preset_id=preset_id)
+        snapshot = active_snapshot(team=team, provider=provider, preset_id=preset_id)
         if snapshot is None:
             raise _invalid_snapshot(
                 f"preset {preset_id} has no active version on {provider}; an operator "
@@ -434,10 +434,8 @@ def activate_snapshot(*, snapshot: Snapshot, actor: Actor, team: Team | None) ->
     return pointer
 
 
-def delete_snapshot_version(
-    *, snapshot: Snapshot, actor: Actor, data: dict | None = None
-) -> Snapshot:
-    """Delete a version nothing depends on; Conflict naming what still uses it otherwise.
+def delete_snapshot(*, snapshot: Snapshot, actor: Actor, data: dict | None = None) -> Snapshot:
+    """Delete a snapshot nothing depends on; Conflict naming what still uses it otherwise.
 
     ``data`` is added to the audit event (the scheduler's reason, e.g. retention).
     """

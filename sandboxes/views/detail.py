@@ -46,7 +46,7 @@ def live_context(request: HttpRequest, sandbox: Sandbox) -> dict[str, Any]:
     caps = capabilities_for(request, sandbox.provider)
     reason = request.team_ctx.read_only_reason
     events = list(
-        selectors.sandbox_events(sandbox).order_by("-created_at", "-id")[:TIMELINE_LENGTH]
+        selectors.sandbox_events(sandbox=sandbox).order_by("-created_at", "-id")[:TIMELINE_LENGTH]
     )
     taken = list(sandbox.snapshots_taken.select_related("created_by").order_by("-version")[:20])
     return {
@@ -142,7 +142,7 @@ def _back(request: HttpRequest, sandbox: Sandbox) -> HttpResponse:
 @require_POST
 @team_view
 def sandbox_settings(request: HttpRequest, sandbox_id: str) -> HttpResponse:
-    sandbox = selectors.get_sandbox(request.team, sandbox_id)
+    sandbox = selectors.get_sandbox(team=request.team, sandbox_id=sandbox_id)
     form = SettingsForm(request.POST)
     if form.is_valid():
         data = form.cleaned_data
@@ -170,7 +170,7 @@ def sandbox_settings(request: HttpRequest, sandbox_id: str) -> HttpResponse:
 @require_POST
 @team_view
 def sandbox_service_add(request: HttpRequest, sandbox_id: str) -> HttpResponse:
-    sandbox = selectors.get_sandbox(request.team, sandbox_id)
+    sandbox = selectors.get_sandbox(team=request.team, sandbox_id=sandbox_id)
     form = ServiceForm(request.POST)
     if form.is_valid():
         try:
@@ -190,7 +190,7 @@ def sandbox_service_add(request: HttpRequest, sandbox_id: str) -> HttpResponse:
 @require_POST
 @team_view
 def sandbox_service_hide(request: HttpRequest, sandbox_id: str, service: str) -> HttpResponse:
-    sandbox = selectors.get_sandbox(request.team, sandbox_id)
+    sandbox = selectors.get_sandbox(team=request.team, sandbox_id=sandbox_id)
     try:
         interactive.hide_service(sandbox=sandbox, actor=actor(request), name=service)
         messages.success(request, f"Removed service {service}.")
@@ -204,7 +204,7 @@ def sandbox_service_hide(request: HttpRequest, sandbox_id: str, service: str) ->
 @require_POST
 @team_view
 def sandbox_wake_on(request: HttpRequest, sandbox_id: str) -> HttpResponse:
-    sandbox = selectors.get_sandbox(request.team, sandbox_id)
+    sandbox = selectors.get_sandbox(team=request.team, sandbox_id=sandbox_id)
     form = WakeOnForm(request.POST)
     form.is_valid()  # two checkboxes: always valid
     try:
@@ -221,7 +221,7 @@ def sandbox_wake_on(request: HttpRequest, sandbox_id: str) -> HttpResponse:
 @team_view
 def sandbox_exec(request: HttpRequest, sandbox_id: str) -> HttpResponse:
     """Run a command and show its exit code, stdout and stderr (escaped by the template)."""
-    sandbox = selectors.get_sandbox(request.team, sandbox_id)
+    sandbox = selectors.get_sandbox(team=request.team, sandbox_id=sandbox_id)
     form = ExecForm(request.POST)
     result, error = None, ""
     if form.is_valid():
@@ -246,7 +246,7 @@ def sandbox_exec(request: HttpRequest, sandbox_id: str) -> HttpResponse:
 @team_view
 def sandbox_snapshot(request: HttpRequest, sandbox_id: str) -> HttpResponse:
     """Take a new snapshot version of the sandbox's preset from it."""
-    sandbox = selectors.get_sandbox(request.team, sandbox_id)
+    sandbox = selectors.get_sandbox(team=request.team, sandbox_id=sandbox_id)
     form = SnapshotForm(request.POST)
     if form.is_valid():
         try:
@@ -267,7 +267,7 @@ def sandbox_snapshot(request: HttpRequest, sandbox_id: str) -> HttpResponse:
 @team_view
 def sandbox_versions_taken(request: HttpRequest, sandbox_id: str) -> HttpResponse:
     """Versions taken from this sandbox; polled while one is being made (286 when done)."""
-    sandbox = selectors.get_sandbox(request.team, sandbox_id)
+    sandbox = selectors.get_sandbox(team=request.team, sandbox_id=sandbox_id)
     context = live_context(request, sandbox)
     if not is_partial(request):
         return render(request, "sandboxes/detail.html", detail_context(request, sandbox))
@@ -279,7 +279,7 @@ def sandbox_versions_taken(request: HttpRequest, sandbox_id: str) -> HttpRespons
 @team_view
 def sandbox_metrics(request: HttpRequest, sandbox_id: str) -> HttpResponse:
     """CPU and memory over time where the provider reports them (a provider call)."""
-    sandbox = selectors.get_sandbox(request.team, sandbox_id)
+    sandbox = selectors.get_sandbox(team=request.team, sandbox_id=sandbox_id)
     metrics = interactive.sandbox_metrics(sandbox=sandbox)
     context = {
         "sandbox": sandbox,

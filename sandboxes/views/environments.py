@@ -22,7 +22,7 @@ def _form(request: HttpRequest, data=None, *, initial=None) -> EnvironmentForm:
         initial=initial,
         presets=list(selectors.presets()),
         providers=backends.enabled_provider_names(),
-        secret_names=list(selectors.team_secrets(request.team).values_list("name", flat=True)),
+        secret_names=list(selectors.team_secrets(team=request.team).values_list("name", flat=True)),
     )
 
 
@@ -31,7 +31,7 @@ def _page(request: HttpRequest, form: EnvironmentForm, environment=None) -> Http
     context = {
         "form": form,
         "environment": environment,
-        "environments": list(selectors.environments(request.team)),
+        "environments": list(selectors.environments(team=request.team)),
         "team_defaults": {"idle": idle, "keep": keep},
     }
     template = "environments/edit.html" if environment else "environments/list.html"
@@ -58,7 +58,7 @@ def environment_list(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @team_view
 def environment_edit(request: HttpRequest, environment_id: int) -> HttpResponse:
-    environment = selectors.environments(request.team).get(pk=environment_id)
+    environment = selectors.environments(team=request.team).get(pk=environment_id)
     if request.method == "POST":
         form = _form(request, request.POST)
         if form.is_valid():
@@ -80,7 +80,7 @@ def environment_edit(request: HttpRequest, environment_id: int) -> HttpResponse:
 @require_POST
 @team_view
 def environment_start(request: HttpRequest, environment_id: int) -> HttpResponse:
-    environment = selectors.environments(request.team).get(pk=environment_id)
+    environment = selectors.environments(team=request.team).get(pk=environment_id)
     try:
         sandbox = environments.start_environment(environment=environment, actor=actor(request))
     except ServiceError as exc:
@@ -93,7 +93,7 @@ def environment_start(request: HttpRequest, environment_id: int) -> HttpResponse
 @require_POST
 @team_view
 def environment_delete(request: HttpRequest, environment_id: int) -> HttpResponse:
-    environment = selectors.environments(request.team).get(pk=environment_id)
+    environment = selectors.environments(team=request.team).get(pk=environment_id)
     if not confirmed(request):
         return confirm_page(
             request,

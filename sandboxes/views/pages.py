@@ -44,10 +44,10 @@ def preset_list(request: HttpRequest) -> HttpResponse:
     """Machine sizes, the providers each is offered on, and the active version there."""
     team = request.team
     enabled = backends.enabled_provider_names()
-    pointers = selectors.active_pointers(team)
+    pointers = selectors.active_pointers(team=team)
     shared = {(p.provider, p.preset_id): p for p in pointers if p.team_id is None}
     own = {(p.provider, p.preset_id): p for p in pointers if p.team_id is not None}
-    snapshots = {s.pk: s for s in selectors.snapshots_for_team(team)}
+    snapshots = {s.pk: s for s in selectors.snapshots_for_team(team=team)}
     rows = []
     for preset in selectors.presets():
         offered = []
@@ -100,7 +100,7 @@ def audit_log(request: HttpRequest) -> HttpResponse:
     """Who did what, when, to which sandbox, filtered and paginated."""
     filterset = EventFilter(
         request.GET or None,
-        queryset=selectors.team_events(request.team).select_related("sandbox", "snapshot"),
+        queryset=selectors.team_events(team=request.team).select_related("sandbox", "snapshot"),
     )
     page = Paginator(filterset.qs, EVENTS_PER_PAGE).get_page(request.GET.get("page"))
     query = request.GET.copy()

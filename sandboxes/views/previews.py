@@ -28,7 +28,7 @@ from sandboxes.views.detail import detail_context
 @team_view
 def open_preview(request: HttpRequest, sandbox_id: str, port: int) -> HttpResponse:
     """Redirect to the preview of ``port`` (``?next=`` the path there), signed in."""
-    sandbox = selectors.get_sandbox(request.team, sandbox_id)
+    sandbox = selectors.get_sandbox(team=request.team, sandbox_id=sandbox_id)
     try:
         token = previews.issue_token(sandbox=sandbox, actor=actor(request), port=port)
     except InvalidInput:
@@ -52,7 +52,7 @@ def open_preview(request: HttpRequest, sandbox_id: str, port: int) -> HttpRespon
 @team_view
 def service_sharing(request: HttpRequest, sandbox_id: str, service: str) -> HttpResponse:
     """The sandbox page's sharing choice for one service (``previews.set_sharing``)."""
-    sandbox = selectors.get_sandbox(request.team, sandbox_id)
+    sandbox = selectors.get_sandbox(team=request.team, sandbox_id=sandbox_id)
     try:
         previews.set_sharing(
             sandbox=sandbox,

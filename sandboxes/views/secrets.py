@@ -35,14 +35,14 @@ def secret_list(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"Secret {name} {'saved' if created else 'replaced'}.")
             return redirect("secret-list")  # a reload does not post the value again
-    context = {"form": form, "secrets": list(selectors.team_secrets(request.team))}
+    context = {"form": form, "secrets": list(selectors.team_secrets(team=request.team))}
     return render(request, "secrets/list.html", context, status=400 if form.errors else 200)
 
 
 @require_POST
 @team_view
 def secret_delete(request: HttpRequest, name: str) -> HttpResponse:
-    if not selectors.team_secrets(request.team).filter(name=name).exists():
+    if not selectors.team_secrets(team=request.team).filter(name=name).exists():
         raise Http404("no such secret in your team")
     if not confirmed(request):
         return confirm_page(

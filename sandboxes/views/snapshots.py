@@ -60,10 +60,10 @@ class Catalogue:
     def __init__(self, context: TeamContext, *, include_deleted: bool = True) -> None:
         team = context.team
         self.context = context
-        self.all = list(selectors.snapshots_for_team(team, include_deleted=True))
+        self.all = list(selectors.snapshots_for_team(team=team, include_deleted=True))
         self.by_pk = {s.pk: s for s in self.all}
-        self.usage = selectors.snapshot_usage(team)
-        pointers = selectors.active_pointers(team)
+        self.usage = selectors.snapshot_usage(team=team)
+        pointers = selectors.active_pointers(team=team)
         self.shared = {
             (p.provider, p.preset_id): p.snapshot_id for p in pointers if p.team_id is None
         }
@@ -123,14 +123,14 @@ class Catalogue:
 @require_GET
 @team_view
 def snapshot_browser(request: HttpRequest) -> HttpResponse:
-    builds = selectors.image_builds_for_team(request.team)
+    builds = selectors.image_builds_for_team(team=request.team)
     active = any(b.status in (ImageBuildStatus.QUEUED, ImageBuildStatus.RUNNING) for b in builds)
     if request.GET.get("builds") == "1" and is_partial(request):  # the builds' polling
         context = {"builds": builds, "builds_active": active}
         return render_fragment(request, "snapshots/_image_builds.html", context)
     show_deleted = request.GET.get("deleted") == "1"
     catalogue = Catalogue(request.team_ctx)
-    queryset = selectors.snapshots_for_team(request.team, include_deleted=show_deleted)
+    queryset = selectors.snapshots_for_team(team=request.team, include_deleted=show_deleted)
     filterset = SnapshotFilter(request.GET or None, queryset=queryset)
     shown = list(filterset.qs)
     groups = []
@@ -153,13 +153,13 @@ def snapshot_browser(request: HttpRequest) -> HttpResponse:
 @require_GET
 @team_view
 def snapshot_detail(request: HttpRequest, snapshot_id: str) -> HttpResponse:
-    snapshot = selectors.get_snapshot(request.team, snapshot_id)
+    snapshot = selectors.get_snapshot(team=request.team, snapshot_id=snapshot_id)
     catalogue = Catalogue(request.team_ctx)
     context = {
         "version": catalogue.view(snapshot),
         "children": catalogue.children(snapshot),
-        "sandboxes": list(selectors.sandboxes_using(request.team, snapshot)[:100]),
-        "events": list(selectors.team_events(request.team).filter(snapshot=snapshot)[:50]),
+        "sandboxes": list(selectors.sandboxes_using(team=request.team, snapshot=snapshot)[:100]),
+        "events": list(selectors.team_events(team=request.team).filter(snapshot=snapshot)[:50]),
         "siblings": [
             s
             for s in catalogue.all
@@ -175,7 +175,7 @@ def snapshot_detail(request: HttpRequest, snapshot_id: str) -> HttpResponse:
 @team_view
 def snapshot_activate(request: HttpRequest, snapshot_id: str) -> HttpResponse:
     """Make this version the one the team starts from (roll forward or back)."""
-    snapshot = selectors.get_snapshot(request.team, snapshot_id)
+    snapshot = selectors.get_snapshot(team=request.team, snapshot_id=snapshot_id)
     try:
         snapshots.activate_snapshot(snapshot=snapshot, actor=actor(request), team=request.team)
         messages.success(
@@ -191,7 +191,7 @@ def snapshot_activate(request: HttpRequest, snapshot_id: str) -> HttpResponse:
 @require_POST
 @team_view
 def snapshot_delete(request: HttpRequest, snapshot_id: str) -> HttpResponse:
-    snapshot = selectors.get_snapshot(request.team, snapshot_id)
+    snapshot = selectors.get_snapshot(team=request.team, snapshot_id=snapshot_id)
     if not confirmed(request):
         return confirm_page(
             request,
@@ -201,7 +201,7 @@ def snapshot_delete(request: HttpRequest, snapshot_id: str) -> HttpResponse:
             button="Delete version",
         )
     try:
-        snapshots.delete_snapshot_version(snapshot=snapshot, actor=actor(request))
+        snapshots.delete_snapshot(snapshot=snapshot, actor=actor(request))
         messages.success(request, f"Deleting {snapshot.snapshot_id}.")
     except ServiceError as exc:
         report(request, exc)
@@ -216,8 +216,8 @@ def snapshot_compare_pick(request: HttpRequest) -> HttpResponse:
     if len(chosen) != 2 or chosen[0] == chosen[1]:
         messages.error(request, "Choose exactly two different versions to compare.")
         return redirect("snapshot-browser")
-    first = selectors.get_snapshot(request.team, chosen[0])
-    second = selectors.get_snapshot(request.team, chosen[1])
+    first = selectors.get_snapshot(team=request.team, snapshot_id=chosen[0])
+    second = selectors.get_snapshot(team=request.team, snapshot_id=chosen[1])
     return redirect("snapshot-compare", snapshot_id=first.snapshot_id, other_id=second.snapshot_id)
 
 
@@ -226,11 +226,13 @@ def snapshot_compare_pick(request: HttpRequest) -> HttpResponse:
 def snapshot_compare(request: HttpRequest, snapshot_id: str, other_id: str) -> HttpResponse:
     """Two versions side by side: size, label, lineage, creator, dates, sandboxes."""
     catalogue = Catalogue(request.team_ctx)
-    pair = [selectors.get_snapshot(request.team, i) for i in (snapshot_id, other_id)]
+    pair = [
+        selectors.get_snapshot(team=request.team, snapshot_id=i) for i in (snapshot_id, other_id)
+    ]
     columns = [
         {
             "version": catalogue.view(s),
-            "sandboxes": list(selectors.sandboxes_using(request.team, s)[:20]),
+            "sandboxes": list(selectors.sandboxes_using(team=request.team, snapshot=s)[:20]),
         }
         for s in pair
     ]

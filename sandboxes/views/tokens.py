@@ -25,9 +25,9 @@ from sandboxes.views.common import (
 
 def _context(request: HttpRequest, **extra) -> dict:
     context = request.team_ctx
-    mine = list(selectors.api_tokens(context.team, user=request.user))
+    mine = list(selectors.api_tokens(team=context.team, user=request.user))
     others = (
-        list(selectors.api_tokens(context.team).exclude(user=request.user))
+        list(selectors.api_tokens(team=context.team).exclude(user=request.user))
         if context.can_manage
         else []
     )
@@ -69,7 +69,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
 def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
     # Other members' tokens only for owners and admins, as on the list.
     owner = None if request.team_ctx.can_manage else request.user
-    token = selectors.get_api_token(request.team, token_id, user=owner)
+    token = selectors.get_api_token(team=request.team, token_id=token_id, user=owner)
     if not confirmed(request):
         return confirm_page(
             request,

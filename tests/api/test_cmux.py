@@ -48,6 +48,17 @@ def test_cmux_start_is_idempotent_with_a_key(memory_backend, api):
     assert Sandbox.objects.count() == 1
 
 
+def test_cmux_start_refuses_a_key_replayed_with_other_values(memory_backend, api):
+    body = {"snapshotId": "memory_1vcpu_1gb_8gb_v1", "ttlSeconds": 900}
+    api.post("/api/sandboxes/start", body, format="json", HTTP_IDEMPOTENCY_KEY="x")
+    body["ttlSeconds"] = 60
+    again = api.post("/api/sandboxes/start", body, format="json", HTTP_IDEMPOTENCY_KEY="x")
+    assert again.status_code == 409
+    assert error_of(again)["code"] == "idempotency_key_reused"
+    assert list(error_of(again)["fields"]) == ["ttl_seconds"]
+    assert Sandbox.objects.get().ttl_seconds == 900
+
+
 @pytest.mark.parametrize(
     ("body", "status", "field"),
     [

@@ -299,7 +299,7 @@ def test_a_version_in_use_is_never_deleted(backend, team, actor, settings, team_
     chosen = gc.retention_candidates(keep=1)
     assert [s.pk for s in chosen] == [v2.pk]
     again = start(backend, team, actor, snapshot_id=v2.snapshot_id)
-    assert gc.delete_versions(chosen) == 0
+    assert gc.delete_snapshots(chosen) == 0
     assert Snapshot.objects.get(pk=v2.pk).status == SnapshotStatus.READY
     assert Sandbox.objects.get(pk=again.pk).status == Status.RUNNING
     lifecycle.delete_sandbox(sandbox=again, actor=actor)

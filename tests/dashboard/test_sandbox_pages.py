@@ -240,6 +240,11 @@ def test_create_lands_on_the_detail_page_once_per_form(alice, htmx, memory_backe
     again = htmx.post(reverse("sandbox-new"), form)
     assert again["HX-Redirect"] == reverse("sandbox-detail", args=[sandbox.pk])
     assert Sandbox.objects.filter(team=team).count() == 1
+    # The same form sent with other values is refused, as an API retry would be.
+    changed = alice.post(reverse("sandbox-new"), {**form, "name": "api", "ttl": "1h"})
+    assert changed.status_code == 400
+    assert b"This form already created a sandbox with other values" in changed.content
+    assert Sandbox.objects.filter(team=team).count() == 1
 
 
 def test_create_shows_errors_next_to_the_fields(alice, htmx, memory_backend, team):

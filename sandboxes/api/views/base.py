@@ -35,7 +35,7 @@ class TeamView(GenericAPIView):
 
     def get_sandbox(self) -> Sandbox:
         try:
-            return selectors.get_sandbox(self.team, self.kwargs["sandbox_id"])
+            return selectors.get_sandbox(team=self.team, sandbox_id=self.kwargs["sandbox_id"])
         except Sandbox.DoesNotExist:
             raise ApiError(404, "not_found", "no such sandbox in your team") from None
 

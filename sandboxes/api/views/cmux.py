@@ -37,12 +37,12 @@ class CmuxStartView(TeamView):
         """Our id as it is, or the version imported from a provider image reference."""
         if snapshots.is_snapshot_id(given):
             return given
-        version = selectors.snapshot_by_provider_ref(self.team, given)
+        version = selectors.snapshot_by_provider_ref(team=self.team, ref=given)
         return version.snapshot_id if version is not None else given
 
     def start_environment(self, data: dict, *, repo: dict | None, key: str) -> Sandbox:
         try:
-            environment = selectors.get_environment(self.team, data["environmentId"])
+            environment = selectors.get_environment(team=self.team, ref=data["environmentId"])
         except Environment.DoesNotExist:
             problem = "no such environment in your team"
             raise ApiError(
@@ -78,15 +78,16 @@ class CmuxStartView(TeamView):
         if team_ref and team_ref not in (self.team.slug, str(self.team.pk)):
             raise ApiError(404, "not_found", "no such team for your credentials")
         key = request.headers.get("Idempotency-Key", "")
-        sandbox = selectors.sandbox_by_idempotency_key(self.team, key)
         repo = None
         if data.get("repoUrl"):
             repo = {"url": data["repoUrl"], "branch": data.get("branch", "")}
         elif data.get("branch") and not data.get("environmentId"):
             raise ApiError(400, "invalid", "branch: give repoUrl", fields={"branch": ["no repo"]})
-        if sandbox is None and data.get("environmentId"):
+        # A retry with the same Idempotency-Key answers the first sandbox (409 if it asks
+        # for something else): lifecycle.replayed_create, as on create.
+        if data.get("environmentId"):
             sandbox = self.start_environment(data, repo=repo, key=key)
-        elif sandbox is None:
+        else:
             if not data.get("snapshotId"):
                 problem = "required (or environmentId)"
                 raise ApiError(

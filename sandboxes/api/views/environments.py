@@ -23,11 +23,11 @@ class EnvironmentView(TeamView):
     def get_queryset(self):
         if self.schema_only:
             return Environment.objects.none()
-        return selectors.environments(self.team)
+        return selectors.environments(team=self.team)
 
     def get_environment(self) -> Environment:
         try:
-            return selectors.get_environment(self.team, self.kwargs["environment_id"])
+            return selectors.get_environment(team=self.team, ref=self.kwargs["environment_id"])
         except Environment.DoesNotExist:
             raise ApiError(404, "not_found", "no such environment in your team") from None
 

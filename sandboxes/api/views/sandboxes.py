@@ -1,4 +1,5 @@
-"""``/api/v1/sandboxes``: list, create, read (``?wait``), change, delete, and the actions."""
+"""``/api/v1/sandboxes``: list, create, read (``?wait``), change, delete, and the actions,
+in one ViewSet (``SandboxViewSet``) that the router in ``sandboxes/api/urls.py`` routes."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ from typing import Any
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status
+from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.viewsets import ViewSetMixin
 
 from sandboxes import db_pool, selectors
 from sandboxes.api import serializers as s
 from sandboxes.api.errors import ApiError
 from sandboxes.api.filtering import FilterBackend
+from sandboxes.api.views import previews as preview_views
 from sandboxes.api.views.base import TeamView
 from sandboxes.filters import EventFilter, SandboxFilter
 from sandboxes.models import Sandbox, SandboxEvent, TtlAction
@@ -67,54 +71,62 @@ def accepted(sandbox: Sandbox, **headers: str) -> Response:
     )
 
 
-def idempotency_mismatch(existing: Sandbox, data: dict[str, Any]) -> list[str]:
-    """The fields of a retried create that differ from the sandbox the key made first."""
-    given = {
-        "name": (data.get("name") or "").strip(),
-        "metadata": data.get("metadata") or {},
-        "ttl_seconds": data.get("ttl_seconds"),
-        "ttl_action": data.get("ttl_action", TtlAction.STOP),
-    }
-    # Left out, these took the team's defaults (or nothing): only a value given can differ.
-    for name in ("idle_timeout_seconds", "delete_parked_after_seconds", "env"):
-        if name in data:
-            given[name] = data[name]
-    differing = [name for name, value in given.items() if getattr(existing, name) != value]
-    if "secrets" in data and list(dict.fromkeys(data["secrets"])) != existing.secret_names:
-        differing.append("secrets")
-    if data.get("network_policy", "") != existing.network_policy:
-        differing.append("network_policy")
-    if data.get("preset") and data["preset"] != existing.preset_id:
-        differing.append("preset")
-    if data.get("provider") and data["provider"] != existing.provider:
-        differing.append("provider")
-    wanted = data.get("snapshot_id")
-    made = existing.snapshot.snapshot_id if existing.snapshot_id else ""
-    if wanted and wanted != made and made.rsplit("_v", 1)[0] != wanted:
-        differing.append("snapshot_id")
-    return differing
+#: The answers a lifecycle action may give besides 202.
+ACTION_CONFLICT = OpenApiResponse(
+    s.ErrorSerializer,
+    description="Not possible in the current status (illegal_transition) or "
+    "not offered by the provider (capability_missing, names the capability).",
+)
 
 
-class SandboxListView(mixins.ListModelMixin, TeamView):
+def lifecycle_action(operation: str, summary: str):
+    """The schema of start, stop, pause, resume and hibernate: no body, 202 with the sandbox."""
+    return extend_schema(
+        operation_id=f"sandboxes_{operation}",
+        summary=summary,
+        request=s.NoBodySerializer,
+        responses={202: s.SandboxSerializer, 409: ACTION_CONFLICT},
+    )
+
+
+# /api/v1/sandboxes: list and create; one sandbox read (?wait), changed and deleted; and its
+# actions (@action), routed by sandboxes/api/urls.py's router.
+class SandboxViewSet(ViewSetMixin, mixins.ListModelMixin, TeamView):
+    """The caller's team's sandboxes. Another team's sandbox is simply not found."""
+
     serializer_class = s.SandboxSerializer
     filter_backends = [FilterBackend]
     filterset_class = SandboxFilter
-    throttle_kind = "create"
-    #: The pagination counts the filtered sandboxes and fetches only the page as rows.
-    page_rows = staticmethod(selectors.sandbox_rows)
+    lookup_field = "sandbox_id"
+    lookup_value_converter = "str"
+
+    @property
+    def throttle_kind(self) -> str:
+        """Creating is throttled on its own (``TeamCreateThrottle``); the rest as the team."""
+        return "create" if self.action == "create" else "team"
+
+    @property
+    def page_rows(self):
+        """The list's pagination counts the filtered sandboxes and fetches only the page
+        as rows (``RowPaginator``); other lists page model objects."""
+        return selectors.sandbox_rows if self.action == "list" else None
 
     def get_queryset(self):
+        if self.action == "events":
+            if self.schema_only:
+                return SandboxEvent.objects.none()
+            return selectors.sandbox_events(sandbox=self.get_sandbox())
         if self.schema_only:
             return Sandbox.objects.none()
         wanted = self.request.query_params.getlist("status")
-        return selectors.sandboxes_for_team(self.team, include_deleted="deleted" in wanted)
+        return selectors.sandboxes_for_team(team=self.team, include_deleted="deleted" in wanted)
 
     @extend_schema(
         operation_id="sandboxes_list",
         summary="List your team's sandboxes (deleted ones only when asked for)",
     )
-    def get(self, request: Request) -> Response:
-        return self.list(request)
+    def list(self, request: Request) -> Response:
+        return super().list(request)
 
     @extend_schema(
         operation_id="sandboxes_create",
@@ -123,53 +135,44 @@ class SandboxListView(mixins.ListModelMixin, TeamView):
         parameters=[IDEMPOTENCY_HEADER, LOCATION, REPLAYED],
         responses={202: s.SandboxSerializer, 409: CONFLICT},
     )
-    def post(self, request: Request) -> Response:
+    def create(self, request: Request) -> Response:
         data = self.validated(s.SandboxCreateSerializer)
         key = request.headers.get("Idempotency-Key", "")
-        existing = selectors.sandbox_by_idempotency_key(self.team, key)
+        asked = {
+            "preset_id": data.get("preset"),
+            "provider": data.get("provider"),
+            "snapshot_id": data.get("snapshot_id"),
+            "name": data.get("name", ""),
+            "ttl_seconds": data.get("ttl_seconds"),
+            "ttl_action": data.get("ttl_action", TtlAction.STOP),
+            "idle_timeout_seconds": data.get("idle_timeout_seconds", lifecycle.TEAM_DEFAULT),
+            "delete_parked_after_seconds": data.get(
+                "delete_parked_after_seconds", lifecycle.TEAM_DEFAULT
+            ),
+            "metadata": data.get("metadata"),
+            "network_policy": data.get("network_policy"),
+            "network_allow": data.get("network_allow"),
+            "env": data.get("env"),
+            "secrets": data.get("secrets"),
+        }
+        existing = lifecycle.replayed_create(team=self.team, idempotency_key=key, asked=asked)
         if existing is not None:
-            differing = idempotency_mismatch(existing, data)
-            if differing:
-                raise ApiError(
-                    409,
-                    "idempotency_key_reused",
-                    "this Idempotency-Key was used for a different request",
-                    fields={field: ["differs from the first request"] for field in differing},
-                )
             return accepted(existing, **{"Idempotent-Replayed": "true"})
         sandbox = lifecycle.create_sandbox(
             team=self.team,
             actor=self.actor,
-            preset_id=data.get("preset"),
-            provider=data.get("provider"),
-            snapshot_id=data.get("snapshot_id"),
-            name=data.get("name", ""),
-            ttl_seconds=data.get("ttl_seconds"),
-            ttl_action=data.get("ttl_action", TtlAction.STOP),
-            idle_timeout_seconds=data.get("idle_timeout_seconds", lifecycle.TEAM_DEFAULT),
-            delete_parked_after_seconds=data.get(
-                "delete_parked_after_seconds", lifecycle.TEAM_DEFAULT
-            ),
-            metadata=data.get("metadata"),
             idempotency_key=key,
-            network_policy=data.get("network_policy"),
-            network_allow=data.get("network_allow"),
-            env=data.get("env"),
-            secrets=data.get("secrets"),
             repo=data.get("repo"),
             setup=data.get("setup", ""),
+            **asked,
         )
         return accepted(sandbox)
-
-
-class SandboxDetailView(TeamView):
-    serializer_class = s.SandboxSerializer
 
     def wait_until_settled(self, seconds: int) -> None:
         """Poll only the status column, outside any transaction, until settled or timed out."""
         deadline = time.monotonic() + seconds
         while True:
-            current = selectors.sandbox_status(self.team, self.kwargs["sandbox_id"])
+            current = selectors.sandbox_status(team=self.team, sandbox_id=self.kwargs["sandbox_id"])
             if current is None or not is_transitional(current):
                 return
             remaining = deadline - time.monotonic()
@@ -183,7 +186,7 @@ class SandboxDetailView(TeamView):
         summary="Read a sandbox; ?wait=N waits up to N s (max 60) for a settled status",
         parameters=[s.WaitQuerySerializer],
     )
-    def get(self, request: Request, sandbox_id: str) -> Response:
+    def retrieve(self, request: Request, sandbox_id: str) -> Response:
         sandbox = self.get_sandbox()  # not found comes first, before any other complaint
         query = s.WaitQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
@@ -201,7 +204,7 @@ class SandboxDetailView(TeamView):
         request=s.SandboxUpdateSerializer,
         responses={200: s.SandboxSerializer, 409: CONFLICT},
     )
-    def patch(self, request: Request, sandbox_id: str) -> Response:
+    def partial_update(self, request: Request, sandbox_id: str) -> Response:
         sandbox = self.get_sandbox()
         data = self.validated(s.SandboxUpdateSerializer)
         sandbox = interactive.update_sandbox_settings(sandbox=sandbox, actor=self.actor, **data)
@@ -213,57 +216,39 @@ class SandboxDetailView(TeamView):
         request=None,
         responses={202: s.SandboxSerializer, 409: CONFLICT},
     )
-    def delete(self, request: Request, sandbox_id: str) -> Response:
+    def destroy(self, request: Request, sandbox_id: str) -> Response:
         return accepted(lifecycle.delete_sandbox(sandbox=self.get_sandbox(), actor=self.actor))
 
-
-class SandboxActionView(TeamView):
-    """start, stop, pause, resume, hibernate: 202 with the sandbox in its new status."""
-
-    serializer_class = s.SandboxSerializer
-    operation = ""
-
-    def post(self, request: Request, sandbox_id: str) -> Response:
+    def _lifecycle(self, operation: str) -> Response:
         sandbox = self.get_sandbox()
         self.validated(s.NoBodySerializer)
-        call = getattr(lifecycle, f"{self.operation}_sandbox")
+        call = getattr(lifecycle, f"{operation}_sandbox")
         return accepted(call(sandbox=sandbox, actor=self.actor))
 
+    @lifecycle_action("start", "Start a stopped or failed sandbox")
+    @action(detail=True, methods=["post"])
+    def start(self, request: Request, sandbox_id: str) -> Response:
+        return self._lifecycle("start")
 
-def action_view(operation: str, summary: str) -> type[SandboxActionView]:
-    """One view class per action, so each has its own entry in the OpenAPI schema."""
+    @lifecycle_action("stop", "Stop a sandbox (its disk is kept)")
+    @action(detail=True, methods=["post"])
+    def stop(self, request: Request, sandbox_id: str) -> Response:
+        return self._lifecycle("stop")
 
-    @extend_schema(
-        operation_id=f"sandboxes_{operation}",
-        summary=summary,
-        request=s.NoBodySerializer,
-        responses={
-            202: s.SandboxSerializer,
-            409: OpenApiResponse(
-                s.ErrorSerializer,
-                description="Not possible in the current status (illegal_transition) or "
-                "not offered by the provider (capability_missing, names the capability).",
-            ),
-        },
-    )
-    def post(self, request: Request, sandbox_id: str) -> Response:
-        return SandboxActionView.post(self, request, sandbox_id)
+    @lifecycle_action("pause", "Pause a running sandbox (RAM kept)")
+    @action(detail=True, methods=["post"])
+    def pause(self, request: Request, sandbox_id: str) -> Response:
+        return self._lifecycle("pause")
 
-    name = f"Sandbox{operation.title()}View"
-    return type(name, (SandboxActionView,), {"operation": operation, "post": post})
+    @lifecycle_action("resume", "Resume a paused or hibernated sandbox")
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, sandbox_id: str) -> Response:
+        return self._lifecycle("resume")
 
-
-ACTION_VIEWS = {
-    "start": action_view("start", "Start a stopped or failed sandbox"),
-    "stop": action_view("stop", "Stop a sandbox (its disk is kept)"),
-    "pause": action_view("pause", "Pause a running sandbox (RAM kept)"),
-    "resume": action_view("resume", "Resume a paused or hibernated sandbox"),
-    "hibernate": action_view("hibernate", "Hibernate a sandbox (RAM to disk)"),
-}
-
-
-class SandboxExecView(TeamView):
-    serializer_class = s.ExecResultSerializer
+    @lifecycle_action("hibernate", "Hibernate a sandbox (RAM to disk)")
+    @action(detail=True, methods=["post"])
+    def hibernate(self, request: Request, sandbox_id: str) -> Response:
+        return self._lifecycle("hibernate")
 
     @extend_schema(
         operation_id="sandboxes_exec",
@@ -271,7 +256,8 @@ class SandboxExecView(TeamView):
         request=s.ExecSerializer,
         responses={200: s.ExecResultSerializer, 409: CONFLICT, 502: PROVIDER_DOWN},
     )
-    def post(self, request: Request, sandbox_id: str) -> Response:
+    @action(detail=True, methods=["post"], serializer_class=s.ExecResultSerializer)
+    def exec(self, request: Request, sandbox_id: str) -> Response:
         sandbox = self.get_sandbox()
         data = self.validated(s.ExecSerializer)
         result = interactive.exec_command(
@@ -282,26 +268,19 @@ class SandboxExecView(TeamView):
         )
         return Response(s.ExecResultSerializer(result).data)
 
-
-class SandboxSnapshotView(TeamView):
-    serializer_class = s.SnapshotSerializer
-
     @extend_schema(
         operation_id="sandboxes_snapshot",
         summary="Take a snapshot: answers 202 with the new version (status creating)",
         request=s.TakeSnapshotSerializer,
         responses={202: s.SnapshotSerializer, 409: CONFLICT},
     )
-    def post(self, request: Request, sandbox_id: str) -> Response:
+    @action(detail=True, methods=["post"], serializer_class=s.SnapshotSerializer)
+    def snapshot(self, request: Request, sandbox_id: str) -> Response:
         sandbox = self.get_sandbox()
         data = self.validated(s.TakeSnapshotSerializer)
         snapshot = take_snapshot(sandbox=sandbox, actor=self.actor, label=data.get("label", ""))
         body = s.SnapshotSerializer(snapshot, context={"active_ids": set()}).data
         return Response(body, status=status.HTTP_202_ACCEPTED)
-
-
-class SandboxServicesView(TeamView):
-    serializer_class = s.ServiceSerializer
 
     @extend_schema(
         operation_id="sandboxes_services_expose",
@@ -309,7 +288,8 @@ class SandboxServicesView(TeamView):
         request=s.ExposeServiceSerializer,
         responses={201: s.ServiceSerializer, 409: CONFLICT, 502: PROVIDER_DOWN},
     )
-    def post(self, request: Request, sandbox_id: str) -> Response:
+    @action(detail=True, methods=["post"], serializer_class=s.ServiceSerializer)
+    def services(self, request: Request, sandbox_id: str) -> Response:
         sandbox = self.get_sandbox()
         data = self.validated(s.ExposeServiceSerializer)
         service = interactive.expose_service(
@@ -317,26 +297,44 @@ class SandboxServicesView(TeamView):
         )
         return Response(s.ServiceSerializer(service).data, status=status.HTTP_201_CREATED)
 
-
-class SandboxServiceDetailView(TeamView):
-    serializer_class = s.ServiceSerializer
-
     @extend_schema(
         operation_id="sandboxes_services_hide",
         summary="Stop exposing an HTTP service",
         request=None,
         responses={204: None, 409: CONFLICT, 502: PROVIDER_DOWN},
     )
-    def delete(self, request: Request, sandbox_id: str, name: str) -> Response:
-        sandbox = self.get_sandbox()
-        if name not in {service["name"] for service in sandbox.services}:
-            raise ApiError(404, "not_found", f"no exposed service called {name[:40]!r}")
+    @action(
+        detail=True,
+        methods=["delete"],
+        url_path="services/<str:name>",
+        url_name="service",
+        serializer_class=s.ServiceSerializer,
+    )
+    def service(self, request: Request, sandbox_id: str, name: str) -> Response:
+        sandbox = self.exposing(name)
         interactive.hide_service(sandbox=sandbox, actor=self.actor, name=name)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
+    @extend_schema(
+        operation_id="sandboxes_services_share",
+        summary="Set who may open the service's preview URL",
+        request=preview_views.SharingSerializer,
+        responses={200: preview_views.PreviewServiceSerializer, 409: CONFLICT},
+    )
+    @service.mapping.patch
+    def share_service(self, request: Request, sandbox_id: str, name: str) -> Response:
+        sandbox = self.exposing(name)
+        data = self.validated(preview_views.SharingSerializer)
+        return preview_views.share(
+            request, sandbox=sandbox, actor=self.actor, name=name, sharing=data["sharing"]
+        )
 
-class SandboxWakeOnView(TeamView):
-    serializer_class = s.SandboxSerializer
+    def exposing(self, name: str) -> Sandbox:
+        """The sandbox, which must expose a service called ``name`` (404 otherwise)."""
+        sandbox = self.get_sandbox()
+        if name not in {service["name"] for service in sandbox.services}:
+            raise ApiError(404, "not_found", f"no exposed service called {name[:40]!r}")
+        return sandbox
 
     @extend_schema(
         operation_id="sandboxes_wake_on",
@@ -344,7 +342,8 @@ class SandboxWakeOnView(TeamView):
         request=s.WakeOnSerializer,
         responses={200: s.SandboxSerializer, 409: CONFLICT, 502: PROVIDER_DOWN},
     )
-    def put(self, request: Request, sandbox_id: str) -> Response:
+    @action(detail=True, methods=["put"], url_path="wake-on", url_name="wake-on")
+    def wake_on(self, request: Request, sandbox_id: str) -> Response:
         sandbox = self.get_sandbox()
         data = self.validated(s.WakeOnSerializer)
         sandbox = interactive.set_wake_on(
@@ -352,32 +351,26 @@ class SandboxWakeOnView(TeamView):
         )
         return Response(sandbox_body(sandbox))
 
-
-class SandboxEventsView(mixins.ListModelMixin, TeamView):
-    serializer_class = s.EventSerializer
-    filter_backends = [FilterBackend]
-    filterset_class = EventFilter
-
-    def get_queryset(self):
-        if self.schema_only:
-            return SandboxEvent.objects.none()
-        return selectors.sandbox_events(self.get_sandbox())
-
     @extend_schema(
-        operation_id="sandboxes_events", summary="The sandbox's audit trail, oldest first"
+        operation_id="sandboxes_events",
+        summary="The sandbox's audit trail, oldest first",
+        responses=s.EventSerializer(many=True),  # a list: paginated and filtered
     )
-    def get(self, request: Request, sandbox_id: str) -> Response:
+    @action(
+        detail=True,
+        methods=["get"],
+        serializer_class=s.EventSerializer,
+        filterset_class=EventFilter,
+    )
+    def events(self, request: Request, sandbox_id: str) -> Response:
         return self.list(request)
-
-
-class SandboxSshView(TeamView):
-    serializer_class = s.SshInfoSerializer
 
     @extend_schema(
         operation_id="sandboxes_ssh",
         summary="How to connect over SSH (409 naming supports_ssh where not offered)",
         responses={200: s.SshInfoSerializer, 409: CONFLICT, 502: PROVIDER_DOWN},
     )
-    def get(self, request: Request, sandbox_id: str) -> Response:
+    @action(detail=True, methods=["get"], serializer_class=s.SshInfoSerializer)
+    def ssh(self, request: Request, sandbox_id: str) -> Response:
         info = interactive.ssh_access(sandbox=self.get_sandbox(), actor=self.actor)
         return Response(s.SshInfoSerializer(info).data)

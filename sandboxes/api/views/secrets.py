@@ -22,7 +22,7 @@ class SecretView(TeamView):
     def get_queryset(self):
         if self.schema_only:
             return TeamSecret.objects.none()
-        return selectors.team_secrets(self.team)
+        return selectors.team_secrets(team=self.team)
 
 
 class SecretListView(mixins.ListModelMixin, SecretView):

@@ -17,7 +17,7 @@ from sandboxes.models import Preset, Snapshot
 from sandboxes.services import backends
 from sandboxes.services.snapshots import (
     activate_snapshot,
-    delete_snapshot_version,
+    delete_snapshot,
     resolve_snapshot,
 )
 
@@ -33,12 +33,12 @@ class SnapshotListView(mixins.ListModelMixin, TeamView):
         if self.schema_only:
             return Snapshot.objects.none()
         wanted = self.request.query_params.getlist("status")
-        return selectors.snapshots_for_team(self.team, include_deleted="deleted" in wanted)
+        return selectors.snapshots_for_team(team=self.team, include_deleted="deleted" in wanted)
 
     def get_serializer_context(self) -> dict:
         context = super().get_serializer_context()
         if not self.schema_only:
-            context["active_ids"] = selectors.active_snapshot_ids(self.team)
+            context["active_ids"] = selectors.active_snapshot_ids(team=self.team)
         return context
 
     @extend_schema(
@@ -57,12 +57,12 @@ class SnapshotView(TeamView):
         try:
             if resolve:
                 return resolve_snapshot(team=self.team, snapshot_id=snapshot_id)
-            return selectors.get_snapshot(self.team, snapshot_id)
+            return selectors.get_snapshot(team=self.team, snapshot_id=snapshot_id)
         except Snapshot.DoesNotExist:
             raise ApiError(404, "not_found", "no such snapshot version for your team") from None
 
     def body(self, snapshot: Snapshot) -> dict:
-        context = {"active_ids": selectors.active_snapshot_ids(self.team)}
+        context = {"active_ids": selectors.active_snapshot_ids(team=self.team)}
         return s.SnapshotSerializer(snapshot, context=context).data
 
 
@@ -81,7 +81,7 @@ class SnapshotDetailView(SnapshotView):
         responses={202: s.SnapshotSerializer, 409: CONFLICT},
     )
     def delete(self, request: Request, snapshot_id: str) -> Response:
-        snapshot = delete_snapshot_version(snapshot=self.get_snapshot(), actor=self.actor)
+        snapshot = delete_snapshot(snapshot=self.get_snapshot(), actor=self.actor)
         return Response(self.body(snapshot), status=status.HTTP_202_ACCEPTED)
 
 

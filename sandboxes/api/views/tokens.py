@@ -29,7 +29,7 @@ class TokenView(TeamView):
         if self.schema_only:
             return ApiToken.objects.none()
         # Ordered to the row, so pages never overlap.
-        return selectors.api_tokens(self.team, user=self.request.user).order_by(
+        return selectors.api_tokens(team=self.team, user=self.request.user).order_by(
             "-created_at", "-pk"
         )
 
