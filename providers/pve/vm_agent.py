@@ -55,7 +55,7 @@ def open_terminal(
     instance: PveInstance, *, argv: list[str], cols: int, rows: int, env: dict[str, str]
 ) -> AgentTerminal:
     """A terminal through the VM's agent, starting the agent first when it is not there."""
-    provider = instance._p
+    provider = instance._provider
     secret = vm_secret(provider.settings.token_secret, instance.vmid, instance.sandbox_id)
     address = instance._address_of()
     port = provider.settings.agent_port
@@ -84,7 +84,7 @@ def open_terminal(
 def install(instance: PveInstance, address: str, port: int, secret: str) -> None:
     """Write the agent and its secret into the VM and start it (a no-op start when one
     already listens: it then reads the new secret from the file)."""
-    provider = instance._p
+    provider = instance._provider
     source = Path(agent_module.__file__).read_bytes()
     base = instance._path("agent")
     for path, content in ((AGENT_PATH, source), (SECRET_PATH, secret.encode())):

@@ -141,13 +141,15 @@ class GuestRuntime:
             "--tmpfs", "/tmp",
             "--tmpfs", "/run",
             "--bind", str(folder), "/run/qga",
+            # The checkout may live under /tmp, which the VM gets empty: bind the script.
+            "--ro-bind", str(VM_GUEST), "/run/vm_guest.py",
             "--tmpfs", str(Path(self.guest_workdir).parent),
             "--bind", str(guest.disk), self.guest_workdir,
             "--unshare-pid",
             "--die-with-parent",
             "--chdir", "/",
             "--",
-            GUEST_PYTHON, str(VM_GUEST), "/run/qga/qga.sock",
+            GUEST_PYTHON, "/run/vm_guest.py", "/run/qga/qga.sock",
         ]  # fmt: skip
         # --die-with-parent follows the *thread* that started bubblewrap: start it from
         # the runtime's own long-lived thread, not from a request's, which ends.
