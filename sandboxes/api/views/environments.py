@@ -90,7 +90,7 @@ class EnvironmentStartView(EnvironmentView):
         summary="Start a sandbox from the environment",
         request=s.EnvironmentStartSerializer,
         parameters=[IDEMPOTENCY_HEADER],
-        responses={202: s.SandboxSerializer},
+        responses={202: s.SandboxSerializer, 409: s.ErrorSerializer},
     )
     def post(self, request: Request, environment_id: str) -> Response:
         environment = self.get_environment()
