@@ -13,6 +13,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from config import localfiles
+from providers.registry import provider_config
 from providers.settings import flag_setting, number_setting
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -250,14 +251,14 @@ if env.get("SECURE_PROXY_SSL_HEADER_NAME"):
     SECURE_PROXY_SSL_HEADER = (env["SECURE_PROXY_SSL_HEADER_NAME"], "https")
 
 # --- Sandboxes
-# Provider settings are read by providers/registry.py from this mapping; only the
-# variables a provider reads are passed, so nothing else of the environment leaks in.
-SANDBOX_PROVIDER_CONFIG = {
-    key: value
-    for key, value in env.items()
-    if key.startswith(("SANDBOX_PROVIDER", "PVE_", "MORPH_", "DOCKER_", "LOCAL_SANDBOX_"))
-}
-SANDBOX_PROVIDER_CONFIG.setdefault("LOCAL_SANDBOX_ROOT", str(DATA_DIR / "local-sandboxes"))
+# Provider settings are read by providers/registry.py from this mapping. It holds only
+# SANDBOX_PROVIDERS, SANDBOX_PROVIDER and the variables the providers declare they read
+# (each Provider class's config_keys), so nothing else of the environment leaks in and a
+# new provider's variables arrive without a change here. Filtered when first read, so a
+# provider registered after this module ran (tests) still gets its keys.
+SANDBOX_PROVIDER_CONFIG = provider_config(
+    env, defaults={"LOCAL_SANDBOX_ROOT": str(DATA_DIR / "local-sandboxes")}
+)
 
 # Quotas for a team that has none of its own (0 = unlimited).
 SANDBOX_TEAM_MAX_SANDBOXES = env_int("SANDBOX_TEAM_MAX_SANDBOXES", 20)

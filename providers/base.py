@@ -220,6 +220,13 @@ class Capabilities:
     supports_terminal: bool = False
     #: capability name -> why it is not available (for people, shown in the UI and API).
     reasons: Mapping[str, str] = field(default_factory=dict)
+    #: The largest sandbox the provider can make (None: it does not say, nothing refused):
+    #: every preset is offered on every provider unless its size is beyond these.
+    max_vcpus: int | None = None
+    max_memory_mb: int | None = None
+    max_disk_gb: int | None = None
+    #: Where the limits come from, for messages ("this host", "PVE_MAX_VCPUS", ...).
+    limits_source: str = ""
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -238,6 +245,27 @@ class Capabilities:
 
     def as_dict(self) -> dict[str, bool]:
         return {name: getattr(self, name) for name in self.names()}
+
+    def size_refusal(self, *, vcpus: int, memory_mb: int, disk_gb: int) -> str:
+        """Why a sandbox of this size cannot be made here; '' when it can."""
+        over = []
+        for what, wanted, limit, unit in (
+            ("vCPUs", vcpus, self.max_vcpus, ""),
+            ("memory", memory_mb, self.max_memory_mb, " MB"),
+            ("disk", disk_gb, self.max_disk_gb, " GB"),
+        ):
+            if limit is not None and wanted > limit:
+                over.append(f"{wanted}{unit} {what} (at most {limit}{unit})")
+        if not over:
+            return ""
+        source = f" ({self.limits_source})" if self.limits_source else ""
+        return f"too large for this provider{source}: {', '.join(over)}"
+
+    def require_size(self, *, vcpus: int, memory_mb: int, disk_gb: int, provider: str) -> None:
+        """Raise Unsupported when a sandbox of this size cannot be made (providers' create)."""
+        refusal = self.size_refusal(vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb)
+        if refusal:
+            raise Unsupported(f"{provider}: {refusal}", capability="size")
 
     def network_refusal(self, policy: NetworkPolicy) -> str:
         """Why ``policy`` cannot be honoured here; '' when it can."""
@@ -516,6 +544,13 @@ class Provider(ABC):
 
     #: The provider's name as users write it (``pve-lxc``); snapshot ids drop the dashes.
     name: ClassVar[str]
+
+    #: Every environment variable ``from_config`` and ``configured`` read, by its exact
+    #: name. The registry passes a provider these and nothing else of the environment
+    #: (``providers.registry.config_keys``), so a key missing here never arrives. Keep the
+    #: module defining the class importable without the provider's SDK (import the SDK
+    #: where it is used): the keys are read for every known provider at start-up.
+    config_keys: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     @abstractmethod

@@ -12,13 +12,17 @@ Settings (a mapping, normally the environment):
   ``morph``, ``DOCKER_HOST`` switches on ``docker``).
 * ``SANDBOX_PROVIDER``: the default for new sandboxes; must be enabled. When unset, the
   first enabled provider.
+* Each provider's own variables: exactly the names its class declares in
+  ``config_keys``. ``provider_config`` keeps those (and the two above) and nothing else of
+  the environment, so a new provider's settings arrive with no change outside its module.
 """
 
 from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -35,6 +39,13 @@ BUILTIN_PROVIDERS: dict[str, str] = {
 #: Providers registered at run time (the test suite's in-memory provider). Never offered
 #: to users unless a setting names them.
 _registered: dict[str, Callable[[], type[Provider]]] = {}
+
+#: Bumped whenever ``_registered`` changes, so a ``ProviderConfig`` made before a
+#: registration filters again and the new provider's keys reach it.
+_generation = 0
+
+#: The settings every configuration carries whatever the providers.
+REGISTRY_KEYS: tuple[str, ...] = ("SANDBOX_PROVIDERS", "SANDBOX_PROVIDER")
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 
@@ -59,11 +70,15 @@ def register_provider(name: str, loader: Callable[[], type[Provider]]) -> None:
     clash = [n for n in known_provider_names() if provider_token(n) == provider_token(name)]
     if clash and clash != [name]:
         raise ProviderConfigError(f"{name!r} would write snapshot ids like {clash[0]!r}")
+    global _generation
     _registered[name] = loader
+    _generation += 1
 
 
 def unregister_provider(name: str) -> None:
+    global _generation
     _registered.pop(name, None)
+    _generation += 1
 
 
 def provider_class(name: str) -> type[Provider]:
@@ -76,6 +91,66 @@ def provider_class(name: str) -> type[Provider]:
         )
     module_name, _, class_name = target.partition(":")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def config_keys() -> tuple[str, ...]:
+    """Every setting a provider may receive: ``SANDBOX_PROVIDERS``, ``SANDBOX_PROVIDER`` and
+    the union of the ``config_keys`` of every known provider (built in or registered).
+
+    A provider whose module cannot be imported (its SDK is not installed) contributes
+    nothing; it could not be built either, and ``build_providers`` says why by name."""
+    keys = list(REGISTRY_KEYS)
+    for name in known_provider_names():
+        try:
+            cls = provider_class(name)
+        except ImportError:
+            continue
+        keys.extend(getattr(cls, "config_keys", ()))
+    return tuple(dict.fromkeys(keys))
+
+
+class ProviderConfig(Mapping[str, str]):
+    """The providers' settings out of ``environ``: only the keys of ``config_keys()``, plus
+    ``defaults`` for those unset.
+
+    Filtered when first read rather than when made: Django's settings make one at import,
+    before anything registers a provider at run time (the test providers in a worker's
+    settings module), and it filters again after any registration so that provider's
+    keys arrive too. Reading it imports the known providers' modules (not their SDKs)."""
+
+    def __init__(self, environ: Mapping[str, str], defaults: Mapping[str, str] | None = None):
+        self._environ = dict(environ)
+        self._defaults = dict(defaults or {})
+        self._lock = threading.Lock()
+        self._filtered: tuple[int, dict[str, str]] | None = None
+
+    def _data(self) -> dict[str, str]:
+        with self._lock:
+            if self._filtered is None or self._filtered[0] != _generation:
+                keys = config_keys()
+                data = {k: v for k, v in self._defaults.items() if k in keys}
+                data.update({k: self._environ[k] for k in keys if k in self._environ})
+                self._filtered = (_generation, data)
+            return self._filtered[1]
+
+    def __getitem__(self, key: str) -> str:
+        return self._data()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data())
+
+    def __len__(self) -> int:
+        return len(self._data())
+
+    def __repr__(self) -> str:
+        return f"ProviderConfig({sorted(self._data())})"  # names only: values hold secrets
+
+
+def provider_config(
+    environ: Mapping[str, str], defaults: Mapping[str, str] | None = None
+) -> ProviderConfig:
+    """What config/settings.py passes providers: see ``ProviderConfig``."""
+    return ProviderConfig(environ, defaults)
 
 
 def _split(value: str) -> list[str]:
@@ -96,7 +171,13 @@ def enabled_provider_names(config: Mapping[str, str]) -> list[str]:
         return names
     names = ["local"] if "local" in BUILTIN_PROVIDERS else []
     for name in BUILTIN_PROVIDERS:
-        if name not in names and provider_class(name).configured(config):
+        if name in names:
+            continue
+        try:
+            cls = provider_class(name)
+        except ImportError:
+            continue  # its SDK is not installed: not switched on unless named explicitly
+        if cls.configured(config):
             names.append(name)
     return names
 

@@ -115,8 +115,15 @@ class Preset(models.Model):
     vcpus = models.PositiveIntegerField()
     memory_mb = models.PositiveIntegerField()
     disk_gb = models.PositiveIntegerField()
-    #: Names of the providers this preset is offered on.
-    providers = models.JSONField(default=list, blank=True)
+    #: Names of the providers this preset is restricted to; empty (the default): every
+    #: provider, so a new provider offers every preset with no migration. A provider
+    #: still refuses a size beyond its capabilities (services.backends.preset_refusal).
+    providers = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Restrict this preset to these providers, e.g. ["pve-vm"]; empty: every '
+        "provider (each still refuses a size beyond what it can make).",
+    )
     #: PVE: clone full copies instead of linked clones for this size.
     full_clone = models.BooleanField(default=False)
     enabled = models.BooleanField(default=True)
@@ -138,6 +145,10 @@ class Preset(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+    def offered_on(self, provider: str) -> bool:
+        """False only when this preset is restricted to other providers."""
+        return not self.providers or provider in self.providers
 
     def size(self) -> dict[str, int]:
         """What a sandbox of this preset is given: its vCPUs, memory and disk."""

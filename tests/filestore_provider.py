@@ -239,6 +239,8 @@ class FileStoreInstance(Instance):
 
 class FileStoreProvider(Provider):
     name = NAME
+    #: Declared so the control plane's settings pass it on (a worker's environment).
+    config_keys = (ROOT_KEY,)
 
     def __init__(self, root: Path) -> None:
         self.store = Store(root)

@@ -59,6 +59,14 @@ IMPORTED_REPOSITORY = "sandboxes-image"
 
 class DockerProvider(Provider):
     name: ClassVar[str] = "docker"
+    config_keys: ClassVar[tuple[str, ...]] = (
+        "DOCKER_HOST",
+        "DOCKER_BASE_IMAGE",
+        "DOCKER_PIDS_LIMIT",
+        "DOCKER_TIMEOUT",
+        "DOCKER_NET_NAMESPACE",
+        "DOCKER_NET_DENY",
+    )
 
     def __init__(
         self,
@@ -82,6 +90,8 @@ class DockerProvider(Provider):
         #: from a sandbox); None: the control plane's own.
         self.net_namespace = net_namespace
         self.net_deny = net_deny
+        #: (when asked, what ``docker info`` said) for ``_host_limits``.
+        self._limits: tuple[float, dict] | None = None
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
         self._base_lock = threading.Lock()
@@ -131,7 +141,30 @@ class DockerProvider(Provider):
             },
             supports_network_internet=not outbound,
             supports_network_allowlist=not outbound,
+            **self._host_limits(),
         )
+
+    def _host_limits(self) -> dict:
+        """The largest container the daemon's host can run: its CPUs and memory (``docker
+        info``; containers get no disk quota here, so disk is not limited). Asked once and
+        kept; while the daemon cannot be reached, nothing is refused on size (a create then
+        fails on the daemon anyway), and it is asked again a minute later."""
+        cached = self._limits
+        now = time.monotonic()
+        if cached is None or (not cached[1] and now - cached[0] > 60):
+            found: dict = {}
+            try:
+                with docker_call("info"):
+                    info = self.client.info()
+                found = {
+                    "max_vcpus": int(info.get("NCPU") or 0) or None,
+                    "max_memory_mb": int(info.get("MemTotal") or 0) // 1024**2 or None,
+                    "limits_source": "the Docker host's CPUs and memory",
+                }
+            except (ProviderError, ValueError, TypeError):
+                found = {}
+            cached = self._limits = (now, found)
+        return cached[1]
 
     def enforce_network(self, container: Container) -> None:
         """Load the container's outbound policy into its network namespace (see

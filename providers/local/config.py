@@ -36,6 +36,25 @@ def default_root() -> Path:
     return Path(base) / "sandboxes" / "local"
 
 
+#: The environment variables ``LocalConfig.from_mapping`` reads (the provider's config_keys).
+CONFIG_KEYS: tuple[str, ...] = (
+    "LOCAL_SANDBOX_ROOT",
+    "LOCAL_SANDBOX_BWRAP",
+    "LOCAL_SANDBOX_CGROUP_PARENT",
+    "LOCAL_SANDBOX_HOST_USR",
+    "LOCAL_SANDBOX_ID_RANGE",
+    "LOCAL_SANDBOX_MAX_LAYERS",
+    "LOCAL_SANDBOX_MIN_FREE_MB",
+    "LOCAL_SANDBOX_PIDS_MAX",
+    "LOCAL_SANDBOX_TOTAL_MEMORY_MB",
+    "LOCAL_SANDBOX_TOTAL_PIDS",
+    "LOCAL_SANDBOX_PASTA",
+    "LOCAL_SANDBOX_DNS",
+    "LOCAL_SANDBOX_NET_NAMESPACE",
+    "LOCAL_SANDBOX_NET_DENY",
+)
+
+
 @dataclass(frozen=True)
 class LocalConfig:
     root: Path

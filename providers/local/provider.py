@@ -63,8 +63,8 @@ from providers.local import (
     seccompbin,
     terminal,
 )
-from providers.local.cgroups import Cgroups, Layout, Limits
-from providers.local.config import LocalConfig
+from providers.local.cgroups import Cgroups, Layout, Limits, host_memory_mb
+from providers.local.config import CONFIG_KEYS, LocalConfig
 from providers.local.instance import LocalInstance, service_url
 from providers.local.layers import PARTS, Layers, disk_usage, in_use_leftover, parts_for
 from providers.local.network import NetworkSetup
@@ -89,6 +89,7 @@ PROBE_SECONDS = 5.0
 
 class LocalProvider(Provider):
     name = "local"
+    config_keys = CONFIG_KEYS
 
     def __init__(self, config: LocalConfig) -> None:
         self.config = config
@@ -208,7 +209,29 @@ class LocalProvider(Provider):
             supports_metrics=metrics,
             supports_terminal=True,
             reasons=reasons,
+            **self._host_limits(),
         )
+
+    def _host_limits(self) -> dict:
+        """The largest sandbox this host can make: its CPUs, its memory (MemTotal) and the
+        size of the file system sandboxes live on. A size beyond these is refused."""
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 0
+        memory_mb = host_memory_mb()
+        disk_gb = 0
+        where = self.config.root
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        with contextlib.suppress(OSError):
+            disk_gb = shutil.disk_usage(where).total // 1024**3
+        return {
+            "max_vcpus": cpus or None,
+            "max_memory_mb": memory_mb or None,
+            "max_disk_gb": disk_gb or None,
+            "limits_source": "this host's CPUs, memory and disk",
+        }
 
     def _network_problem(self) -> str:
         """Why sandboxes cannot have outbound networks here ('' when they can)."""

@@ -102,8 +102,24 @@ def _hostname(value: str) -> str | None:
     return value
 
 
+#: The largest instance this provider boots on Morph Cloud. Fixed here, not read from
+#: Morph (its API publishes no ceiling): generous enough for every default preset, and a
+#: larger preset is refused up front instead of failing at boot (docs/providers/morph.md).
+MORPH_MAX_VCPUS = 16
+MORPH_MAX_MEMORY_MB = 65536
+MORPH_MAX_DISK_GB = 256
+
+
 class MorphProvider(Provider):
     name: ClassVar[str] = "morph"
+    config_keys: ClassVar[tuple[str, ...]] = (
+        "MORPH_API_KEY",
+        "MORPH_BASE_URL",
+        "MORPH_BOOT_TIMEOUT",
+        "MORPH_HTTP_TIMEOUT",
+        "MORPH_SSH_HOSTNAME",
+        "MORPH_SSH_PORT",
+    )
 
     def __init__(
         self,
@@ -196,6 +212,10 @@ class MorphProvider(Provider):
                 "supports_network_internet": MORPH_NETWORK,
                 "supports_network_allowlist": MORPH_NETWORK,
             },
+            max_vcpus=MORPH_MAX_VCPUS,
+            max_memory_mb=MORPH_MAX_MEMORY_MB,
+            max_disk_gb=MORPH_MAX_DISK_GB,
+            limits_source="the sizes this provider offers on Morph Cloud",
         )
 
     # --- plumbing shared with MorphInstance ---------------------------------------------

@@ -57,6 +57,9 @@ class PveClient:
         self._apis: dict[float, ProxmoxAPI] = {}
         self._lock = threading.Lock()
         self._sent = 0
+        #: node name -> (CPUs, memory in MB) of the online nodes the last full listing
+        #: showed; the provider's size limits come from it without a call of their own.
+        self.node_sizes: dict[str, tuple[int, int]] = {}
 
     @property
     def calls(self) -> int:
@@ -179,9 +182,16 @@ class PveClient:
     # --- helpers used everywhere -----------------------------------------------------------
 
     def resources(self, kind: str | None = None) -> list[dict]:
-        if kind:
-            return self.get("cluster/resources", type=kind)
-        return self.get("cluster/resources")
+        rows = self.get("cluster/resources", type=kind) if kind else self.get("cluster/resources")
+        if kind in (None, "node") and isinstance(rows, list):
+            sizes = {
+                str(row["node"]): (int(row.get("maxcpu") or 0), int(row.get("maxmem") or 0) >> 20)
+                for row in rows
+                if row.get("type") == "node" and row.get("status") == "online" and "node" in row
+            }
+            if sizes:
+                self.node_sizes = sizes
+        return rows
 
     @staticmethod
     def task_path(node: str, upid: str) -> str:

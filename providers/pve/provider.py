@@ -30,7 +30,7 @@ from providers.pve.instance import PveInstance
 from providers.pve.kinds import LXC, QEMU, Kind, dns_label
 from providers.pve.metadata import GuestMeta
 from providers.pve.placement import choose_node
-from providers.pve.settings import PveSettings
+from providers.pve.settings import CONFIG_KEYS, PveSettings
 from providers.pve.tasks import TaskWaiter
 from providers.pve.vmids import VmidAllocator
 
@@ -53,6 +53,7 @@ PVE_NETWORK = (
 
 class PveProvider(Provider):
     kind: ClassVar[Kind]
+    config_keys: ClassVar[tuple[str, ...]] = CONFIG_KEYS
 
     def __init__(self, settings: PveSettings) -> None:
         self.settings = settings
@@ -193,7 +194,29 @@ class PveProvider(Provider):
             supports_metrics=True,
             supports_terminal=True,
             reasons=reasons,
+            **self._size_limits(),
         )
+
+    def _size_limits(self) -> dict:
+        """PVE_MAX_* when set, else the largest online node (the pinned one with PVE_NODE)
+        as the last cluster listing showed it: no call of its own, so before the first
+        listing nothing is refused on size (placement still refuses what fits nowhere)."""
+        s = self.settings
+        sizes = self.client.node_sizes
+        if s.node:
+            sizes = {s.node: sizes[s.node]} if s.node in sizes else {}
+        cpus = max((c for c, _ in sizes.values()), default=0)
+        memory = max((m for _, m in sizes.values()), default=0)
+        if s.max_vcpus or s.max_memory_mb or s.max_disk_gb:
+            source = "PVE_MAX_VCPUS, PVE_MAX_MEMORY_MB, PVE_MAX_DISK_GB"
+        else:
+            source = "the largest PVE node" if sizes else ""
+        return {
+            "max_vcpus": s.max_vcpus or cpus or None,
+            "max_memory_mb": s.max_memory_mb or memory or None,
+            "max_disk_gb": s.max_disk_gb or None,
+            "limits_source": source,
+        }
 
     def health(self) -> Health:
         started = time.perf_counter()

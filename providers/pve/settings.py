@@ -11,9 +11,32 @@ from urllib.parse import urlsplit
 from providers.addresses import AddressRule, parse_networks
 from providers.settings import FALSE_WORDS, TRUE_WORDS, flag_setting, int_setting, number_setting
 
+#: The environment variables ``PveSettings.from_config`` reads (the providers' config_keys).
+CONFIG_KEYS: tuple[str, ...] = (
+    "PVE_API_URL",
+    "PVE_API_TOKEN",
+    "PVE_VERIFY_TLS",
+    "PVE_NODE",
+    "PVE_STORAGE",
+    "PVE_BRIDGE",
+    "PVE_VMID_RANGE",
+    "PVE_PUBLIC_DOMAIN",
+    "PVE_LXC_SUSPEND",
+    "PVE_LXC_AGENT_PORT",
+    "PVE_GUEST_WORKDIR",
+    "PVE_HTTP_TIMEOUT",
+    "PVE_TASK_TIMEOUT",
+    "PVE_LOCK_WAIT",
+    "PVE_GUEST_CIDRS",
+    "PVE_MAX_VCPUS",
+    "PVE_MAX_MEMORY_MB",
+    "PVE_MAX_DISK_GB",
+)
+
 #: Accept guest addresses on loopback. Not an environment variable (the control plane's
-#: settings pass on ``PVE_*`` names only, and this is none): only the PVE simulator's
-#: configuration carries it, because its guests live on the test host's loopback.
+#: settings pass on the providers' ``config_keys`` only, and this is none of them): only
+#: the PVE simulator's configuration carries it, because its guests live on the test
+#: host's loopback.
 LOOPBACK_GUESTS_KEY = "pve-simulator:loopback-guests"
 
 DEFAULT_VMID_RANGE = (200000, 299999)
@@ -49,6 +72,11 @@ class PveSettings:
     #: What a guest's reported address must be before the control plane connects to it
     #: (exec agent, service URLs, the service proxy); ``PVE_GUEST_CIDRS`` narrows it.
     guest_addresses: AddressRule = field(default_factory=AddressRule)
+    #: The largest guest to make (0: the largest online node's CPUs and memory, as last
+    #: listed; no disk limit). Presets beyond these are not offered on PVE.
+    max_vcpus: int = 0
+    max_memory_mb: int = 0
+    max_disk_gb: int = 0
 
     def __repr__(self) -> str:  # never the secret
         return f"PveSettings(host={self.host!r}, token={self.user}!{self.token_name}=***)"
@@ -89,6 +117,9 @@ class PveSettings:
             http_timeout=number_setting(config, "PVE_HTTP_TIMEOUT", 30.0, low=0.1, high=3600),
             task_timeout=number_setting(config, "PVE_TASK_TIMEOUT", 1800.0, low=1, high=86400),
             lock_wait=number_setting(config, "PVE_LOCK_WAIT", 60.0, low=0, high=3600),
+            max_vcpus=int_setting(config, "PVE_MAX_VCPUS", 0, low=0, high=4096),
+            max_memory_mb=int_setting(config, "PVE_MAX_MEMORY_MB", 0, low=0, high=1 << 30),
+            max_disk_gb=int_setting(config, "PVE_MAX_DISK_GB", 0, low=0, high=1 << 20),
             guest_addresses=AddressRule(
                 networks=parse_networks(config.get("PVE_GUEST_CIDRS", ""), "PVE_GUEST_CIDRS"),
                 setting="PVE_GUEST_CIDRS",

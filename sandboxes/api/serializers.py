@@ -29,7 +29,7 @@ from sandboxes.api.fields import (
     seconds_field,
 )
 from sandboxes.models import NetworkMode, Sandbox, TtlAction
-from sandboxes.services import previews
+from sandboxes.services import backends, previews
 from sandboxes.services.interactive import MAX_EXEC_TIMEOUT
 from sandboxes.states import Status
 
@@ -369,7 +369,9 @@ class PresetSerializer(serializers.Serializer):
 
     def get_providers(self, preset) -> list[str]:
         enabled = self.context.get("enabled_providers")
-        return [p for p in preset.providers if enabled is None or p in enabled]
+        if enabled is None:
+            return list(preset.providers)
+        return backends.offered_providers(preset, enabled)
 
 
 class SnapshotSerializer(serializers.Serializer):

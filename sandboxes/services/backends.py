@@ -9,6 +9,7 @@ answer with (``Capabilities``, ``Health``, ``Capacity``) are the providers' own,
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from django.dispatch import receiver
 from providers.base import Capabilities, Capacity, Health, Provider
 from providers.errors import ProviderError
 from providers.registry import build_providers, default_provider_name
+from sandboxes.models import Preset
 from sandboxes.services.errors import InvalidInput, ServiceError
 from sandboxes.services.reservations import DbReservationStore
 
@@ -82,6 +84,31 @@ def default_provider() -> str | None:
 
 def capabilities(name: str) -> Capabilities:
     return get_provider(name).capabilities
+
+
+def preset_refusal(preset: Preset, provider: str) -> str:
+    """Why ``preset`` is not offered on ``provider``; '' when it is.
+
+    Every preset is offered on every provider, unless the preset names the providers it
+    is restricted to (``Preset.providers``), or its size is beyond what the provider can
+    make (``Capabilities.max_*``). A provider that is not enabled is not judged on size
+    here: callers that need it enabled say so themselves."""
+    if not preset.offered_on(provider):
+        return f"preset {preset.pk} is offered only on {', '.join(preset.providers)}"
+    try:
+        found = capabilities(provider)
+    except ServiceError:
+        return ""
+    refusal = found.size_refusal(
+        vcpus=preset.vcpus, memory_mb=preset.memory_mb, disk_gb=preset.disk_gb
+    )
+    return f"preset {preset.pk} is not offered on {provider}: {refusal}" if refusal else ""
+
+
+def offered_providers(preset: Preset, among: Iterable[str] | None = None) -> list[str]:
+    """The enabled providers (or those of ``among``) ``preset`` is offered on, in order."""
+    names = enabled_provider_names() if among is None else list(among)
+    return [name for name in names if not preset_refusal(preset, name)]
 
 
 def provider_capabilities(name: str) -> Capabilities:

@@ -35,7 +35,7 @@ from sandboxes.models import (
     Team,
 )
 from sandboxes.services.actors import Actor
-from sandboxes.services.backends import enabled_provider_names, get_provider
+from sandboxes.services.backends import enabled_provider_names, get_provider, preset_refusal
 from sandboxes.services.errors import InvalidInput, NotAllowed
 from sandboxes.services.events import record_event
 from sandboxes.services.queue import enqueue_on_commit
@@ -101,8 +101,8 @@ def _presets(provider: str, preset_ids: list[str]) -> list[str]:
             except ValueError as exc:
                 raise InvalidInput(str(exc), fields={"preset": [str(exc)]}) from None
             raise InvalidInput(f"unknown preset {preset_id}", fields={"preset": ["unknown"]})
-        if provider not in (preset.providers or []):
-            message = f"preset {preset_id} is not offered on {provider}"
+        message = preset_refusal(preset, provider)
+        if message:
             raise InvalidInput(message, fields={"preset": [message]})
         found.append(preset.pk)
     return found
@@ -409,7 +409,7 @@ def queue_default_image(*, provider: str = "local") -> tuple[ImageBuild | None, 
         return None, problem
     if not mirror_reachable(mirror=spec.mirror, suite=spec.suite):
         return None, f"Debian's mirror ({spec.mirror}) cannot be reached from this host"
-    presets = [p.pk for p in Preset.objects.all() if provider in (p.providers or [])]
+    presets = [p.pk for p in Preset.objects.all() if not preset_refusal(p, provider)]
     if not presets:
         return None, f"no preset is offered on {provider}"
     build = request_build(

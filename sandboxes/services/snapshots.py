@@ -34,7 +34,7 @@ from sandboxes.models import (
 from sandboxes.selectors import active_snapshot, visible_to
 from sandboxes.services import leases
 from sandboxes.services.actors import Actor
-from sandboxes.services.backends import capabilities, get_provider
+from sandboxes.services.backends import capabilities, get_provider, preset_refusal
 from sandboxes.services.errors import CapabilityMissing, Conflict, InvalidInput, NotAllowed
 from sandboxes.services.events import record_event
 from sandboxes.services.queue import enqueue_on_commit
@@ -124,11 +124,10 @@ def resolve_for_start(
                 f"unknown preset {preset_id!r}",
                 fields={"preset": [f"unknown preset {preset_id!r}"]},
             )
-        if provider not in preset.providers:
-            raise InvalidInput(
-                f"preset {preset_id} is not offered on {provider}",
-                fields={"provider": [f"{preset_id} is offered on: {', '.join(preset.providers)}"]},
-            )
+        get_provider(provider)  # InvalidInput naming the enabled ones when it is not
+        refusal = preset_refusal(preset, provider)
+        if refusal:
+            raise InvalidInput(refusal, fields={"provider": [refusal]})
         snapshot = active_snapshot(team=team, provider=provider, preset_id=preset_id)
         if snapshot is None:
             raise _invalid_snapshot(
@@ -363,6 +362,9 @@ def import_snapshot(
         except ValueError as exc:
             raise InvalidInput(str(exc), fields={"preset": [str(exc)]}) from None
         raise InvalidInput(f"unknown preset {preset_id}", fields={"preset": ["unknown preset"]})
+    refusal = preset_refusal(preset, provider)
+    if refusal:  # a version no sandbox could be started from
+        raise InvalidInput(refusal, fields={"preset": [refusal]})
     if not isinstance(ref, str) or not ref.strip() or len(ref) > 255:
         raise InvalidInput("ref: the provider's image reference (1-255 characters)")
     label = _validate_label(label)

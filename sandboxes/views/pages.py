@@ -51,7 +51,12 @@ def preset_list(request: HttpRequest) -> HttpResponse:
     rows = []
     for preset in selectors.presets():
         offered = []
-        for provider in preset.providers:
+        # A restricted preset lists its providers (a switched-off one greyed out); any
+        # other preset, every enabled provider that can make its size.
+        names = preset.providers or backends.offered_providers(preset, enabled)
+        for provider in names:
+            if provider in enabled and backends.preset_refusal(preset, provider):
+                continue
             pointer = own.get((provider, preset.pk)) or shared.get((provider, preset.pk))
             offered.append(
                 {

@@ -290,9 +290,11 @@ def _new_form(request: HttpRequest, data=None) -> NewSandboxForm:
     for key in ("preset", "provider", "name", "ttl", "ttl_action", "idle_timeout", "delete_parked"):
         if source.get(key) and selectors.storable(source[key]):
             initial[key] = source[key]
+    # Only the presets the chosen provider offers (a size it cannot make is not shown).
+    offered = [p for p in presets if not backends.preset_refusal(p, initial["provider"] or "")]
+    presets = offered or presets
     if "preset" not in initial and presets:
-        offered = [p for p in presets if initial["provider"] in p.providers]
-        initial["preset"] = (offered or presets)[0].pk
+        initial["preset"] = presets[0].pk
     versions = selectors.snapshots_for_team(team=request.team).filter(
         status=SnapshotStatus.READY, provider=initial["provider"], preset_id=initial.get("preset")
     )

@@ -83,7 +83,7 @@ def activate(name: str, put: ProviderUnderTest) -> Backend:
         id=preset_id,
         defaults={"vcpus": vcpus, "memory_mb": memory_mb, "disk_gb": disk_gb, "providers": []},
     )
-    if name not in preset.providers:
+    if not preset.offered_on(name):
         preset.providers = [*preset.providers, name]
         preset.save(update_fields=["providers"])
     inject(name, put.provider)

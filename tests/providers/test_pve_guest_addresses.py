@@ -13,6 +13,7 @@ from providers.addresses import AddressRule, parse_networks
 from providers.errors import Conflict
 from providers.pve import PveLxcProvider, PveVmProvider
 from providers.pve.settings import LOOPBACK_GUESTS_KEY
+from providers.registry import config_keys, provider_config
 from tests.pve_sim.harness import require_for
 from tests.pve_sim.server import PveSimulator
 
@@ -140,7 +141,9 @@ def test_lxc_exec_does_not_go_to_a_forbidden_address(sim):
 
 
 def test_the_simulator_setting_is_no_environment_variable(sim):
-    """Only PVE_* names reach providers from the environment; the loopback switch is none."""
-    assert not LOOPBACK_GUESTS_KEY.startswith(("PVE_", "SANDBOX_PROVIDER"))
+    """Only declared names reach providers from the environment; the loopback switch is
+    none, even when the environment carries it."""
+    assert LOOPBACK_GUESTS_KEY not in config_keys()
+    assert LOOPBACK_GUESTS_KEY not in provider_config({LOOPBACK_GUESTS_KEY: "1"})
     assert PveVmProvider.from_config(sim.config()).service_address_rule.allow_loopback
     assert strict(sim).service_address_rule == AddressRule(setting="PVE_GUEST_CIDRS")

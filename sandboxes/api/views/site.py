@@ -60,7 +60,7 @@ class ConfigView(TeamView):
     )
     def get(self, request: Request) -> Response:
         rates = api_settings.DEFAULT_THROTTLE_RATES
-        enabled = set(backends.enabled_provider_names())
+        enabled = backends.enabled_provider_names()
         body = {
             "default_provider": backends.default_provider(),
             "providers": self.providers(),

@@ -111,7 +111,7 @@ class PresetListView(mixins.ListModelMixin, TeamView):
     def get_serializer_context(self) -> dict:
         context = super().get_serializer_context()
         if not self.schema_only:
-            context["enabled_providers"] = set(backends.enabled_provider_names())
+            context["enabled_providers"] = backends.enabled_provider_names()
         return context
 
     @extend_schema(
