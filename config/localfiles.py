@@ -73,3 +73,29 @@ def persisted_fernet_key(path: Path) -> str:
     data dir up, or the secrets stored with it cannot be read again."""
     digest = hashlib.sha256(persisted_secret(path).encode()).digest()
     return base64.urlsafe_b64encode(digest).decode()
+
+
+#: Provider settings the control plane keeps in its data dir: ``KEY=value`` lines, written
+#: by migrations that moved a provider option out of the database (0015: a preset's "full
+#: clone" box became ``PVE_FULL_CLONE_PRESETS``). The environment overrides each.
+PROVIDER_SETTINGS_FILE = "provider-settings.env"
+
+
+def provider_settings(path: Path) -> dict[str, str]:
+    """The ``KEY=value`` lines of ``path`` (blank lines and ``#`` comments skipped); {}
+    when there is no such file."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    found = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ImproperlyConfigured(f"{path}, line {number}: expected KEY=value")
+        found[key.strip()] = value.strip()
+    return found
+

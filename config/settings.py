@@ -255,9 +255,15 @@ if env.get("SECURE_PROXY_SSL_HEADER_NAME"):
 # SANDBOX_PROVIDERS, SANDBOX_PROVIDER and the variables the providers declare they read
 # (each Provider class's config_keys), so nothing else of the environment leaks in and a
 # new provider's variables arrive without a change here. Filtered when first read, so a
-# provider registered after this module ran (tests) still gets its keys.
+# provider registered after this module ran (tests) still gets its keys. Below the
+# environment: DATA_DIR/provider-settings.env (what migrations carried over from the
+# database, see docs/configuration.md), then the built-in defaults.
 SANDBOX_PROVIDER_CONFIG = provider_config(
-    env, defaults={"LOCAL_SANDBOX_ROOT": str(DATA_DIR / "local-sandboxes")}
+    env,
+    defaults={
+        "LOCAL_SANDBOX_ROOT": str(DATA_DIR / "local-sandboxes"),
+        **localfiles.provider_settings(DATA_DIR / localfiles.PROVIDER_SETTINGS_FILE),
+    },
 )
 
 # Quotas for a team that has none of its own (0 = unlimited).

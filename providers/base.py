@@ -79,8 +79,6 @@ class InstanceSpec:
     vcpus: int
     memory_mb: int
     disk_gb: int
-    #: PVE: make a full clone instead of a linked one (the preset asks for it).
-    full_clone: bool = False
     #: The effective outbound policy (preset, team, sandbox: sandboxes/services/network.py).
     #: A provider enforces it from the first start on, or refuses a mode it cannot honour
     #: (``Capabilities.supports_network_<mode>`` false): see docs/network.md.

@@ -217,7 +217,6 @@ class PresetForm(forms.ModelForm):
             "label",
             "description",
             "providers",
-            "full_clone",
             "enabled",
             "network_policy",
             "network_allow",
@@ -254,7 +253,8 @@ class PresetForm(forms.ModelForm):
 class PresetAdmin(admin.ModelAdmin):
     form = PresetForm
     list_display = ["id", "label", "vcpus", "memory_mb", "disk_gb", "providers", "enabled"]
-    list_filter = ["enabled", "full_clone"]
+    # Full clones are a PVE option now: PVE_FULL_CLONE_PRESETS (docs/providers/pve.md).
+    list_filter = ["enabled"]
     search_fields = ["id", "label"]
 
     def get_readonly_fields(self, request, obj=None):

@@ -124,8 +124,6 @@ class Preset(models.Model):
         help_text='Restrict this preset to these providers, e.g. ["pve-vm"]; empty: every '
         "provider (each still refuses a size beyond what it can make).",
     )
-    #: PVE: clone full copies instead of linked clones for this size.
-    full_clone = models.BooleanField(default=False)
     enabled = models.BooleanField(default=True)
     #: Outbound network of sandboxes of this preset (teams and sandboxes may override).
     network_policy = models.CharField(

@@ -307,3 +307,64 @@ def test_the_migration_keeps_restrictions_and_lifts_the_full_lists():
         list(migration.BUILTIN),
         ["pve-vm"],
     ]
+
+
+# --- provider options live with the provider: PVE's full clone ------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_full_clone_boxes_become_the_pve_setting_and_come_back(settings, tmp_path):
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    settings.DATA_DIR = tmp_path
+    (tmp_path / "provider-settings.env").write_text(
+        "# kept\nPVE_FULL_CLONE_PRESETS=9vcpu_9gb_9gb\n"
+    )
+    before = [("sandboxes", "0014_presets_every_provider")]
+    after = [("sandboxes", "0015_preset_full_clone_to_pve_setting")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    apps = executor.loader.project_state(before).apps
+    Preset = apps.get_model("sandboxes", "Preset")
+    Preset.objects.filter(pk__in=["2vcpu_4gb_16gb", "8vcpu_32gb_64gb"]).update(full_clone=True)
+    try:
+        executor = MigrationExecutor(connection)
+        executor.migrate(after)
+        from config.localfiles import provider_settings
+
+        carried = provider_settings(tmp_path / "provider-settings.env")
+        assert carried == {"PVE_FULL_CLONE_PRESETS": "2vcpu_4gb_16gb,8vcpu_32gb_64gb,9vcpu_9gb_9gb"}
+        assert "# kept" in (tmp_path / "provider-settings.env").read_text()
+        # Settings read it below the environment, and the PVE provider takes it.
+        from providers.pve.settings import PveSettings
+
+        config = provider_config(
+            {"PVE_API_URL": "https://127.0.0.1:8006", "PVE_API_TOKEN": "u@pam!t=s"}, carried
+        )
+        pve = PveSettings.from_config(config)
+        assert pve.full_clone("2vcpu_4gb_16gb") and not pve.full_clone("1vcpu_1gb_8gb")
+        assert (
+            provider_config({"PVE_FULL_CLONE_PRESETS": ""}, carried)["PVE_FULL_CLONE_PRESETS"] == ""
+        )
+
+        executor = MigrationExecutor(connection)
+        executor.migrate(before)
+        apps = executor.loader.project_state(before).apps
+        ticked = apps.get_model("sandboxes", "Preset").objects.filter(full_clone=True)
+        assert sorted(ticked.values_list("id", flat=True)) == ["2vcpu_4gb_16gb", "8vcpu_32gb_64gb"]
+    finally:
+        MigrationExecutor(connection).migrate(
+            MigrationExecutor(connection).loader.graph.leaf_nodes()
+        )
+
+
+def test_a_bad_provider_settings_file_is_refused(tmp_path):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from config.localfiles import provider_settings
+
+    assert provider_settings(tmp_path / "missing.env") == {}
+    (tmp_path / "bad.env").write_text("PVE_FULL_CLONE_PRESETS\n")
+    with pytest.raises(ImproperlyConfigured, match="line 1: expected KEY=value"):
+        provider_settings(tmp_path / "bad.env")

@@ -285,7 +285,9 @@ class PveProvider(Provider):
         template = self._template(rows, snapshot_ref)
         template_node = template["node"]
         storage = ""
-        if spec.full_clone:
+        # A full clone for the presets PVE_FULL_CLONE_PRESETS names (a PVE option).
+        full = self.settings.full_clone(spec.preset_id)
+        if full:
             template_config = self.guest_config(template_node, int(template["vmid"]))
             storage = self.kind.disk_volume(template_config).split(":")[0]
         node = choose_node(
@@ -293,7 +295,7 @@ class PveProvider(Provider):
             template_node=template_node,
             template_storage=storage,
             memory_mb=spec.memory_mb,
-            full_clone=spec.full_clone,
+            full_clone=full,
             pinned=self.settings.node,
         )
         vmid, upid = self._clone(rows, template, node, spec, meta)
@@ -345,14 +347,15 @@ class PveProvider(Provider):
     ) -> tuple[int, str]:
         """Reserve a VMID and start the clone; a VMID someone else took is skipped."""
         source = self.kind.path(template["node"], int(template["vmid"]), "clone")
+        full = self.settings.full_clone(spec.preset_id)
         params: dict = {
             self.kind.name_key: dns_label(spec.sandbox_id, "sandbox"),
             "description": meta.description(),
-            "full": spec.full_clone,
+            "full": full,
         }
         if node != template["node"]:
             params["target"] = node
-        if spec.full_clone and self.settings.storage:
+        if full and self.settings.storage:
             params["storage"] = self.settings.storage
         taken: list[dict] = []
         for _ in range(VMID_ATTEMPTS):

@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from providers.addresses import AddressRule, parse_networks
+from providers.presets import parse_preset_id
 from providers.settings import FALSE_WORDS, TRUE_WORDS, flag_setting, int_setting, number_setting
 
 #: The environment variables ``PveSettings.from_config`` reads (the providers' config_keys).
@@ -31,6 +32,7 @@ CONFIG_KEYS: tuple[str, ...] = (
     "PVE_MAX_VCPUS",
     "PVE_MAX_MEMORY_MB",
     "PVE_MAX_DISK_GB",
+    "PVE_FULL_CLONE_PRESETS",
 )
 
 #: Accept guest addresses on loopback. Not an environment variable (the control plane's
@@ -77,6 +79,13 @@ class PveSettings:
     max_vcpus: int = 0
     max_memory_mb: int = 0
     max_disk_gb: int = 0
+    #: Presets (ids) whose sandboxes are full clones instead of linked ones
+    #: (``PVE_FULL_CLONE_PRESETS``): a PVE option, so it lives here and not on the preset.
+    full_clone_presets: frozenset[str] = frozenset()
+
+    def full_clone(self, preset_id: str) -> bool:
+        """True when sandboxes of ``preset_id`` are made as full clones."""
+        return preset_id in self.full_clone_presets
 
     def __repr__(self) -> str:  # never the secret
         return f"PveSettings(host={self.host!r}, token={self.user}!{self.token_name}=***)"
@@ -120,6 +129,7 @@ class PveSettings:
             max_vcpus=int_setting(config, "PVE_MAX_VCPUS", 0, low=0, high=4096),
             max_memory_mb=int_setting(config, "PVE_MAX_MEMORY_MB", 0, low=0, high=1 << 30),
             max_disk_gb=int_setting(config, "PVE_MAX_DISK_GB", 0, low=0, high=1 << 20),
+            full_clone_presets=_preset_ids(config.get("PVE_FULL_CLONE_PRESETS", "")),
             guest_addresses=AddressRule(
                 networks=parse_networks(config.get("PVE_GUEST_CIDRS", ""), "PVE_GUEST_CIDRS"),
                 setting="PVE_GUEST_CIDRS",
@@ -178,3 +188,14 @@ def _workdir(value: str) -> str:
             "PVE_GUEST_WORKDIR must be an absolute path two levels deep, e.g. /root/work"
         )
     return value.rstrip("/")
+
+
+def _preset_ids(value: str) -> frozenset[str]:
+    """``PVE_FULL_CLONE_PRESETS``: comma-separated preset ids (``2vcpu_4gb_16gb,...``)."""
+    ids = frozenset(part.strip() for part in value.split(",") if part.strip())
+    for preset_id in ids:
+        try:
+            parse_preset_id(preset_id)
+        except ValueError as exc:
+            raise ValueError(f"PVE_FULL_CLONE_PRESETS: {exc}") from None
+    return ids

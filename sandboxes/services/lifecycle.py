@@ -545,7 +545,6 @@ def _spec(sandbox: Sandbox) -> InstanceSpec:
         vcpus=sandbox.vcpus,
         memory_mb=sandbox.memory_mb,
         disk_gb=sandbox.disk_gb,
-        full_clone=sandbox.preset.full_clone,
         network=network.of_sandbox(sandbox),
     )
 

@@ -178,19 +178,37 @@ def test_create_from_something_that_is_not_a_template(sim, lxc):
 # --- placement --------------------------------------------------------------------------------
 
 
-def test_full_clones_from_shared_storage_go_to_the_node_with_most_free_memory(sim, lxc):
+def test_full_clones_from_shared_storage_go_to_the_node_with_most_free_memory(sim):
+    """PVE_FULL_CLONE_PRESETS names the presets made as full clones (a PVE setting)."""
+    lxc = PveLxcProvider.from_config(
+        sim.config(PVE_LOCK_WAIT="2", PVE_FULL_CLONE_PRESETS="2vcpu_2gb_8gb, 1vcpu_1gb_8gb")
+    )
     sim.cluster.nodes["pve1"].maxmem = 16 * GiB
     try:
-        instance = lxc.create(spec("sbx-full", full_clone=True), "9200", meta("sbx-full"))
+        instance = lxc.create(spec("sbx-full"), "9200", meta("sbx-full"))
         guest = sim.cluster.guests[int(instance.id)]
         assert guest.node == "pve2"  # pve2 has 64 GiB, pve1 16 GiB, pve3 8 GiB
         assert guest.base is None
         assert ":vm-" in guest.config["rootfs"]
         sim.cluster.nodes["pve2"].maxmem = 4 * GiB
-        moved = lxc.create(spec("sbx-full2", full_clone=True), "9200", meta("sbx-full2"))
+        moved = lxc.create(spec("sbx-full2"), "9200", meta("sbx-full2"))
         assert sim.cluster.guests[int(moved.id)].node == "pve1"
+        # Another preset is a linked clone: it stays with its template on pve2 and
+        # shares the template's base volume.
+        linked = lxc.create(
+            spec("sbx-linked", preset_id="2vcpu_4gb_16gb"), "9200", meta("sbx-linked")
+        )
+        assert sim.cluster.guests[int(linked.id)].node == "pve2"
+        assert sim.cluster.guests[int(linked.id)].base is not None
     finally:
         sim.cluster.nodes["pve1"].maxmem = sim.cluster.nodes["pve2"].maxmem = 64 * GiB
+        for made in lxc.list():
+            made.delete()
+
+
+def test_full_clone_presets_must_be_preset_ids(sim):
+    with pytest.raises(ValueError, match="PVE_FULL_CLONE_PRESETS"):
+        PveLxcProvider.from_config(sim.config(PVE_FULL_CLONE_PRESETS="big"))
 
 
 def test_no_node_with_room_is_a_quota_error(sim, lxc):
