@@ -98,4 +98,3 @@ def provider_settings(path: Path) -> dict[str, str]:
             raise ImproperlyConfigured(f"{path}, line {number}: expected KEY=value")
         found[key.strip()] = value.strip()
     return found
-

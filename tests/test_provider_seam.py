@@ -343,7 +343,8 @@ def test_the_full_clone_boxes_become_the_pve_setting_and_come_back(settings, tmp
             {"PVE_API_URL": "https://127.0.0.1:8006", "PVE_API_TOKEN": "u@pam!t=s"}, carried
         )
         pve = PveSettings.from_config(config)
-        assert pve.full_clone("2vcpu_4gb_16gb") and not pve.full_clone("1vcpu_1gb_8gb")
+        assert pve.full_clone("2vcpu_4gb_16gb")
+        assert not pve.full_clone("1vcpu_1gb_8gb")
         assert (
             provider_config({"PVE_FULL_CLONE_PRESETS": ""}, carried)["PVE_FULL_CLONE_PRESETS"] == ""
         )

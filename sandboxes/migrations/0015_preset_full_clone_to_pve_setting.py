@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from django.conf import settings
-from django.db import migrations, models
+from django.db import migrations
 
 KEY = "PVE_FULL_CLONE_PRESETS"
 FILE = "provider-settings.env"  # config.localfiles.PROVIDER_SETTINGS_FILE, frozen here
