@@ -35,7 +35,7 @@ from providers.errors import (
 )
 
 if TYPE_CHECKING:
-    from providers.docker_provider.provider import DockerProvider
+    from providers.docker_provider.engine import DockerEngine
 
 #: PID 1's child (Docker's own init is PID 1): sleeps until the container is stopped.
 KEEPALIVE = ["sleep", "2147483647"]
@@ -58,11 +58,12 @@ def _text(data: bytes | None) -> tuple[str, bool]:
 class DockerInstance(Instance):
     def __init__(
         self,
-        provider: DockerProvider,
+        engine: DockerEngine,
         container: Container,
         http_services: Iterable[HttpService] | None = None,
     ) -> None:
-        self._provider = provider
+        #: The daemon's client and settings: all an instance needs of its provider.
+        self._engine = engine
         self._load(container, http_services)
 
     def __repr__(self) -> str:
@@ -76,11 +77,11 @@ class DockerInstance(Instance):
         self.status = _STATUS.get(container.status, InstanceStatus.ERROR)
         self.metadata = labels.metadata_of(container.labels)
         if http_services is None:
-            http_services = services.services_of(self._provider.client, container.id)
+            http_services = services.services_of(self._engine.client, container.id)
         self.networking = Networking(tuple(http_services))
 
     def _reload(self) -> Container:
-        self._load(self._provider.container(self.id), self.networking.http_services)
+        self._load(self._engine.container(self.id), self.networking.http_services)
         return self._container
 
     def _do(self, what: str, action) -> None:
@@ -104,7 +105,7 @@ class DockerInstance(Instance):
         seconds = max(1, math.ceil(timeout))
         # ``timeout`` inside the container: Docker cannot kill an exec'd process itself.
         wrapped = ["timeout", "-s", "KILL", str(seconds), *argv]
-        api = self._provider.exec_api(seconds + 30)
+        api = self._engine.exec_api(seconds + 30)
         try:
             with docker_call(f"exec in container {self.id[:12]}", ref=self.id):
                 exec_id = api.exec_create(
@@ -142,7 +143,7 @@ class DockerInstance(Instance):
             raise InvalidState(
                 f"container {self.id[:12]} is {self.status}, not running", ref=self.id
             )
-        return terminal.open_session(self._provider, self.id, command, cols, rows, env)
+        return terminal.open_session(self._engine, self.id, command, cols, rows, env)
 
     # --- power ------------------------------------------------------------------------
 
@@ -157,7 +158,7 @@ class DockerInstance(Instance):
             if labels.network_of(container.labels):
                 # A new network namespace: its rules before the start returns, so no
                 # exec ever runs unfiltered.
-                self._provider.enforce_network(self._reload())
+                self._engine.enforce_network(self._reload())
         self._reload()
 
     def stop(self) -> None:
@@ -194,7 +195,7 @@ class DockerInstance(Instance):
         )
 
     def delete(self) -> None:
-        client = self._provider.client
+        client = self._engine.client
         services.remove_all(client, self.id)
         with contextlib.suppress(NotFound):
             self._do("remove", lambda: client.containers.get(self.id).remove(force=True, v=True))
@@ -204,14 +205,14 @@ class DockerInstance(Instance):
 
     def expose_http_service(self, name: str, port: int) -> str:
         container = self._reload()
-        base = self._provider.ensure_base_image()
-        service = services.expose(self._provider.client, container, base, name, int(port))
+        base = self._engine.ensure_base_image()
+        service = services.expose(self._engine.client, container, base, name, int(port))
         self._load(container)
         return service.url
 
     def hide_http_service(self, name: str) -> None:
         container = self._reload()
-        services.hide(self._provider.client, container.id, name)
+        services.hide(self._engine.client, container.id, name)
         self._load(container)
 
     def set_wake_on(self, http: bool, ssh: bool) -> None:

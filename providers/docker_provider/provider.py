@@ -18,11 +18,9 @@ How the contract maps onto Docker:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -30,7 +28,6 @@ from typing import Any, ClassVar
 import docker
 from docker.models.containers import Container
 
-from providers import netfilter
 from providers.addresses import parse_networks
 from providers.base import (
     META_SANDBOX_ID,
@@ -41,11 +38,11 @@ from providers.base import (
     Provider,
 )
 from providers.docker_provider import base_image, labels, services
+from providers.docker_provider.engine import DockerEngine
 from providers.docker_provider.errors import docker_call
 from providers.docker_provider.instance import KEEPALIVE, DockerInstance
-from providers.errors import Conflict, NotFound, OperationFailed, ProviderError, Unsupported
+from providers.errors import Conflict, NotFound, ProviderError, Unsupported
 from providers.images import ImageSource
-from providers.network import NetworkPolicy
 from providers.settings import int_setting
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
@@ -90,11 +87,16 @@ class DockerProvider(Provider):
         #: from a sandbox); None: the control plane's own.
         self.net_namespace = net_namespace
         self.net_deny = net_deny
+        #: What instances and terminals hold: the daemon's client and settings.
+        self.engine = DockerEngine(
+            host,
+            base_image_ref=base_image_ref,
+            timeout=timeout,
+            net_namespace=net_namespace,
+            net_deny=net_deny,
+        )
         #: (when asked, what ``docker info`` said) for ``_host_limits``.
         self._limits: tuple[float, dict] | None = None
-        self._client: docker.DockerClient | None = None
-        self._lock = threading.Lock()
-        self._base_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"DockerProvider(host={self.host!r})"
@@ -166,32 +168,6 @@ class DockerProvider(Provider):
             cached = self._limits = (now, found)
         return cached[1]
 
-    def enforce_network(self, container: Container) -> None:
-        """Load the container's outbound policy into its network namespace (see
-        providers/netfilter.py); stop it and raise OperationFailed when that fails."""
-        policy = NetworkPolicy.from_dict(labels.network_of(container.labels))
-        if not policy.networked:
-            return
-        pid = (container.attrs.get("State") or {}).get("Pid") or 0
-        try:
-            if not pid:
-                raise OSError("the container has no process")
-            netfilter.enforce(
-                f"/proc/{pid}/ns/net",
-                policy,
-                upstream=self.net_namespace,
-                deny=self.net_deny,
-                whole=False,  # Docker's embedded DNS has its rules there
-            )
-        except OSError as exc:
-            with contextlib.suppress(Exception):
-                container.kill()
-            raise OperationFailed(
-                f"could not enforce the {policy.mode} policy of container "
-                f"{container.id[:12]}: {exc}",
-                ref=container.id,
-            ) from exc
-
     def _network_problem(self) -> str:
         """Why this provider cannot enforce outbound policies ('' when it can)."""
         if not self.host.startswith("unix://"):
@@ -208,46 +184,17 @@ class DockerProvider(Provider):
             return f"DOCKER_NET_NAMESPACE {self.net_namespace} does not exist"
         return ""
 
-    # --- plumbing -------------------------------------------------------------------
+    # --- plumbing: the engine's (instances hold the engine, never the provider) ------
 
     @property
     def client(self) -> docker.DockerClient:
-        """Connected on first use: a daemon that is down must not stop the app starting."""
-        with self._lock:
-            if self._client is None:
-                with docker_call("connect"):
-                    self._client = docker.DockerClient(base_url=self.host, timeout=self.timeout)
-            return self._client
-
-    def exec_api(self, timeout: float) -> docker.APIClient:
-        """A low-level client whose reads wait ``timeout`` seconds (exec streams)."""
-        return docker.APIClient(
-            base_url=self.host, version=self.client.api.api_version, timeout=timeout
-        )
+        return self.engine.client
 
     def container(self, ref: str) -> Container:
-        with docker_call(f"get container {ref}", ref=ref):
-            found = self.client.containers.get(ref)
-        if found.labels.get(labels.ROLE) != labels.ROLE_SANDBOX:
-            raise NotFound(f"container {ref} is not a sandbox", ref=ref)
-        return found
+        return self.engine.container(ref)
 
     def ensure_base_image(self) -> str:
-        """Build the built-in base image if it is missing; return its reference."""
-        with self._base_lock:
-            try:
-                with docker_call("inspect the base image"):
-                    self.client.images.get(self.base_image_ref)
-                return self.base_image_ref
-            except NotFound:
-                pass
-            try:
-                busybox = base_image.find_static_busybox()
-            except base_image.BaseImageError as exc:
-                raise OperationFailed(f"cannot build {self.base_image_ref}: {exc}") from None
-            with docker_call("import the base image"):
-                base_image.import_base_image(self.client.api, self.base_image_ref, busybox)
-            return self.base_image_ref
+        return self.engine.ensure_base_image()
 
     def _image_id(self, ref: str) -> str:
         try:
@@ -273,7 +220,7 @@ class DockerProvider(Provider):
         self.capabilities.require_network(spec.network, provider=self.name)
         existing = self._find(spec.sandbox_id)
         if existing:
-            return DockerInstance(self, existing[0])
+            return DockerInstance(self.engine, existing[0])
         image_id = self._image_id(snapshot_ref)
         name = labels.container_name(spec.sandbox_id)
         options: dict[str, Any] = {
@@ -306,7 +253,7 @@ class DockerProvider(Provider):
             self._remove_named(name)  # the answer may have been lost after the create
             raise
         try:
-            return DockerInstance(self, made)
+            return DockerInstance(self.engine, made)
         except ProviderError:
             self._remove_named(name)
             raise
@@ -317,7 +264,7 @@ class DockerProvider(Provider):
             other = self.client.containers.get(name)
         if other.labels.get(labels.SANDBOX_ID) != sandbox_id:
             raise Conflict(f"a container named {name} exists and is not this sandbox's")
-        return DockerInstance(self, other)
+        return DockerInstance(self.engine, other)
 
     def _remove_named(self, name: str) -> None:
         try:
@@ -327,7 +274,7 @@ class DockerProvider(Provider):
             return  # nothing there, or the daemon is down: the orphan collector retries
 
     def get(self, ref: str) -> DockerInstance:
-        return DockerInstance(self, self.container(ref))
+        return DockerInstance(self.engine, self.container(ref))
 
     def list(self) -> list[DockerInstance]:
         wanted = [f"{labels.ROLE}={labels.ROLE_SANDBOX}"]
@@ -335,7 +282,7 @@ class DockerProvider(Provider):
             found = self.client.containers.list(all=True, filters={"label": wanted})
         by_owner = services.services_by_owner(self.client)
         return [
-            DockerInstance(self, c, by_owner.get(c.id, ()))
+            DockerInstance(self.engine, c, by_owner.get(c.id, ()))
             for c in found
             if META_SANDBOX_ID in labels.metadata_of(c.labels)
         ]

@@ -37,14 +37,14 @@ from providers.errors import Conflict, ProviderError, Unavailable
 from providers.terminal_marks import KILL_SCRIPT, MARKER_VARIABLE
 
 if TYPE_CHECKING:
-    from providers.docker_provider.provider import DockerProvider
+    from providers.docker_provider.engine import DockerEngine
 
 _CHUNK = 65536
 _WAIT_POLL = 0.05
 
 
 def open_session(
-    provider: DockerProvider,
+    engine: DockerEngine,
     container_id: str,
     command: str | Sequence[str] | None,
     cols: int,
@@ -55,7 +55,7 @@ def open_session(
     cols, rows = terminal_size(cols, rows)
     token = secrets.token_hex(16)
     environment = {**terminal_env(env), MARKER_VARIABLE: token}
-    api = provider.client.api
+    api = engine.client.api
     short = container_id[:12]
     with docker_call(f"open a terminal in container {short}", ref=container_id):
         exec_id = api.exec_create(
@@ -68,8 +68,8 @@ def open_session(
         )["Id"]
         body = json.dumps({"Detach": False, "Tty": True, "ConsoleSize": [rows, cols]}).encode()
         path = f"/v{api.api_version}/exec/{exec_id}/start"
-        conn, early = _hijack(provider.host, path, body, provider.timeout)
-    session = DockerTerminal(provider, container_id, exec_id, token, conn, early)
+        conn, early = _hijack(engine.host, path, body, engine.timeout)
+    session = DockerTerminal(engine, container_id, exec_id, token, conn, early)
     try:
         # Daemons before API 1.42 ignore ConsoleSize: set the size once the process runs.
         session.resize(cols, rows)
@@ -125,14 +125,14 @@ def _hijack(host: str, path: str, body: bytes, timeout: float) -> tuple[socket.s
 class DockerTerminal(TerminalSession):
     def __init__(
         self,
-        provider: DockerProvider,
+        engine: DockerEngine,
         container_id: str,
         exec_id: str,
         token: str,
         conn: socket.socket,
         early: bytes = b"",
     ) -> None:
-        self._provider = provider
+        self._engine = engine
         self._container_id = container_id
         self._exec_id = exec_id
         self._token = token
@@ -180,7 +180,7 @@ class DockerTerminal(TerminalSession):
             raise Conflict("the terminal session is closed")
         try:
             with docker_call(self._what("resize"), ref=self._container_id):
-                self._provider.client.api.exec_resize(self._exec_id, height=rows, width=cols)
+                self._engine.client.api.exec_resize(self._exec_id, height=rows, width=cols)
         except ProviderError:
             # The daemon refuses to resize a process that already ended; there is nothing
             # left to resize then (local terminals accept it, so neither complains).
@@ -189,7 +189,7 @@ class DockerTerminal(TerminalSession):
 
     def _inspect(self) -> int | None:
         with docker_call(self._what("inspect"), ref=self._container_id):
-            found = self._provider.client.api.exec_inspect(self._exec_id)
+            found = self._engine.client.api.exec_inspect(self._exec_id)
         code = found.get("ExitCode")
         # Not running and no exit code yet: the daemon has not started the process.
         if found.get("Running") or not isinstance(code, int):
@@ -220,7 +220,7 @@ class DockerTerminal(TerminalSession):
             if self._closed:
                 return
             self._closed = True
-        api = self._provider.exec_api(60)
+        api = self._engine.exec_api(60)
         try:
             with contextlib.suppress(Exception):
                 killer = api.exec_create(

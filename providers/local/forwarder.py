@@ -38,6 +38,8 @@ from pathlib import Path
 
 from providers.errors import ProviderError, Unavailable
 from providers.local import sockets, syscalls
+from providers.local.cgroups import Cgroups, Layout
+from providers.local.config import LocalConfig
 from providers.local.state import SANDBOX_ID_RE, Store, process_start_ticks, runtime_alive
 
 log = logging.getLogger("providers.local.forwarder")
@@ -155,10 +157,11 @@ class _Listener:
 
 class Forwarder:
     def __init__(self, config: dict[str, str]) -> None:
-        from providers.local.provider import LocalProvider
-
-        self.provider = LocalProvider.from_config(config)
-        self.store: Store = self.provider.store
+        # Only what it needs, the sandboxes' state and their cgroups (paused or not):
+        # never the provider, which imports this module to start the daemon.
+        settings = LocalConfig.from_mapping(config)
+        self.store = Store(settings.root)
+        self.cgroups = Cgroups(Layout.discover(), settings.cgroup_parent, settings.totals())
         self.root = self.store.root
         self.listeners: dict[tuple[str, str], _Listener] = {}
         self.activity: dict[str, float] = {}
@@ -207,7 +210,7 @@ class Forwarder:
         for sandbox_id in sandbox_ids:
             with (
                 contextlib.suppress(ProviderError, OSError),
-                self.provider._locked_state(sandbox_id) as state,
+                self.store.locked_state(sandbox_id) as state,
             ):
                 self.store.save(state)
 
@@ -322,7 +325,7 @@ class Forwarder:
         # Never woken from here (wake-on-HTTP is the control plane's, see the docstring).
         if not runtime_alive(state.runtime):
             raise _Refused(503, "Service Unavailable", f"sandbox {sandbox_id} is stopped")
-        if self.provider.cgroups.freeze_requested(sandbox_id):
+        if self.cgroups.freeze_requested(sandbox_id):
             raise _Refused(503, "Service Unavailable", f"sandbox {sandbox_id} is paused")
         runtime = state.runtime
         sock = self.socket_in(runtime.pid, runtime.start_ticks)

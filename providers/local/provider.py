@@ -516,16 +516,8 @@ class LocalProvider(Provider):
 
     # --- operations on one sandbox (LocalInstance delegates here)
 
-    @contextlib.contextmanager
     def _locked_state(self, sandbox_id: str, timeout: float = 60.0):
-        try:
-            with locked(self.store.sandbox_dir(sandbox_id) / "lock", timeout=timeout):
-                state = self.store.load(sandbox_id)
-                if state is None:
-                    raise NotFound(f"instance {sandbox_id} does not exist", ref=sandbox_id)
-                yield state
-        except FileNotFoundError:
-            raise NotFound(f"instance {sandbox_id} does not exist", ref=sandbox_id) from None
+        return self.store.locked_state(sandbox_id, timeout)
 
     def status_of(self, state: SandboxState) -> InstanceStatus:
         if not runtime_alive(state.runtime):

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from providers.errors import Conflict, QuotaExceeded
+from providers.errors import Conflict, NotFound, QuotaExceeded
 
 SANDBOX_ID_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 STATE_VERSION = 1
@@ -192,6 +192,19 @@ class Store:
         self.base = root / "base"
         #: Host id ranges held by sandboxes (see idmap.py).
         self.slots = root / "slots"
+
+    @contextlib.contextmanager
+    def locked_state(self, sandbox_id: str, timeout: float = 60.0) -> Iterator[SandboxState]:
+        """A sandbox's state under its lock (every change to a sandbox holds it);
+        NotFound when there is no such sandbox."""
+        try:
+            with locked(self.sandbox_dir(sandbox_id) / "lock", timeout=timeout):
+                state = self.load(sandbox_id)
+                if state is None:
+                    raise NotFound(f"instance {sandbox_id} does not exist", ref=sandbox_id)
+                yield state
+        except FileNotFoundError:
+            raise NotFound(f"instance {sandbox_id} does not exist", ref=sandbox_id) from None
 
     def ensure_dirs(self) -> None:
         for directory in (self.root, self.sandboxes, self.snapshots):

@@ -40,7 +40,7 @@ from providers.errors import (
 from providers.morph.terminal import open_session
 
 if TYPE_CHECKING:
-    from providers.morph.provider import MorphProvider
+    from providers.morph.session import MorphSession
 
 #: Our own bookkeeping in the instance's metadata, hidden from ``Instance.metadata``.
 POWER_KEY = "sbx_power"  # "off" while stopped (paused by ``stop``)
@@ -75,8 +75,9 @@ def _cut(text: str) -> tuple[str, bool]:
 
 
 class MorphInstance(Instance):
-    def __init__(self, provider: MorphProvider, sdk: SdkInstance) -> None:
-        self._provider = provider
+    def __init__(self, session: MorphSession, sdk: SdkInstance) -> None:
+        #: The SDK client, the key to redact and the timings: all it needs of its provider.
+        self._session = session
         self._load(sdk)
 
     def __repr__(self) -> str:
@@ -92,11 +93,11 @@ class MorphInstance(Instance):
         )
 
     def _refresh(self) -> SdkInstance:
-        self._load(self._provider.fetch(self.id))
+        self._load(self._session.fetch(self.id))
         return self._sdk
 
     def _call(self, what: str, fn) -> object:
-        return self._provider.call(f"{what} instance {self.id}", fn, ref=self.id)
+        return self._session.call(f"{what} instance {self.id}", fn, ref=self.id)
 
     def _set_internal(self, **values: str) -> None:
         # The whole dict goes back: correct whether the API merges or replaces metadata.
@@ -105,7 +106,7 @@ class MorphInstance(Instance):
         self._load(self._sdk)
 
     def _wait(self, wanted: set[str], what: str) -> None:
-        self._load(self._provider.wait_for(self.id, wanted, what=what))
+        self._load(self._session.wait_for(self.id, wanted, what=what))
 
     # --- exec ---------------------------------------------------------------------------
 
@@ -218,7 +219,7 @@ class MorphInstance(Instance):
         )
 
     def delete(self) -> None:
-        self._provider.destroy(self.id)
+        self._session.destroy(self.id)
 
     # --- services, wake-on, TTL -----------------------------------------------------------
 
@@ -290,32 +291,32 @@ class MorphInstance(Instance):
             self._wait_snapshot(made.id)
         except ProviderError:
             with contextlib.suppress(ProviderError):
-                self._provider.call("delete snapshot", made.delete, ref=made.id)
+                self._session.call("delete snapshot", made.delete, ref=made.id)
             raise
         self._wait({SdkStatus.READY}, "snapshotting")
         return SnapshotResult(ref=made.id)
 
     def _remove_snapshots(self, marker: dict[str, str]) -> None:
         """Best effort: delete the snapshots carrying ``marker`` (a failed request's)."""
-        provider = self._provider
+        session = self._session
         try:
-            listed = provider.call(
-                "list snapshots", lambda: provider.client.snapshots.list(metadata=marker)
+            listed = session.call(
+                "list snapshots", lambda: session.client.snapshots.list(metadata=marker)
             )
         except ProviderError:
             return
         for snap in listed:
             if all(snap.metadata.get(k) == v for k, v in marker.items()):
                 with contextlib.suppress(ProviderError):
-                    provider.call("delete snapshot", snap.delete, ref=snap.id)
+                    session.call("delete snapshot", snap.delete, ref=snap.id)
 
     def _wait_snapshot(self, ref: str) -> None:
-        provider = self._provider
-        deadline = time.monotonic() + provider.boot_timeout
-        delay = provider.poll_interval
+        session = self._session
+        deadline = time.monotonic() + session.boot_timeout
+        delay = session.poll_interval
         while True:
-            snap = provider.call(
-                f"get snapshot {ref}", lambda: provider.client.snapshots.get(ref), ref=ref
+            snap = session.call(
+                f"get snapshot {ref}", lambda: session.client.snapshots.get(ref), ref=ref
             )
             if snap.status == SdkSnapshotStatus.READY:
                 return
@@ -343,7 +344,7 @@ class MorphInstance(Instance):
                 f"Morph instance {self.id} is {self.status}; a terminal needs it running",
                 ref=self.id,
             )
-        client = self._provider.client
+        client = self._session.client
         return open_session(
             self,
             hostname=client.ssh_hostname,
@@ -353,11 +354,11 @@ class MorphInstance(Instance):
             cols=cols,
             rows=rows,
             variables=variables,
-            redact=self._provider.redact,
+            redact=self._session.redact,
         )
 
     def ssh_info(self) -> SshInfo:
-        client = self._provider.client
+        client = self._session.client
         host, port = client.ssh_hostname, int(client.ssh_port)
         port_part = f" -p {port}" if port != 22 else ""
         return SshInfo(

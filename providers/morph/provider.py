@@ -17,16 +17,12 @@ How the contract maps onto Morph:
 
 from __future__ import annotations
 
-import contextlib
 import re
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
-import httpx
-from morphcloud import api as morph_api
 from morphcloud.api import Instance as SdkInstance
 from morphcloud.api import InstanceStatus as SdkStatus
 from morphcloud.api import MorphCloudClient
@@ -40,49 +36,12 @@ from providers.base import (
     InstanceSpec,
     Provider,
 )
-from providers.errors import Conflict, NotFound, OperationFailed, ProviderError, Timeout
-from providers.morph.errors import morph_call, redact
+from providers.errors import Conflict, NotFound, ProviderError
 from providers.morph.instance import MorphInstance
+from providers.morph.session import MorphSession
 from providers.settings import int_setting, number_setting
 
 DEFAULT_BASE_URL = "https://cloud.morph.so/api"
-
-
-@contextlib.contextmanager
-def _one_transport() -> Iterator[None]:
-    """Make the SDK build one HTTP transport instead of 32 sync + 32 async shards.
-
-    Each shard builds its own TLS context (seconds on a busy machine); a control plane
-    making a few calls at a time needs one connection pool. The SDK only offers an
-    environment variable for this, read at construction, so the builders are swapped for
-    the duration of the construction instead.
-    """
-    saved = morph_api.build_http_transport, morph_api.build_async_http_transport
-    morph_api.build_http_transport = httpx.HTTPTransport
-    morph_api.build_async_http_transport = httpx.AsyncHTTPTransport
-    try:
-        yield
-    finally:
-        morph_api.build_http_transport, morph_api.build_async_http_transport = saved
-
-
-_construct_lock = threading.Lock()
-
-
-def _make_client(
-    api_key: str,
-    base_url: str,
-    http_timeout: float,
-    ssh_hostname: str | None = None,
-    ssh_port: int | None = None,
-) -> MorphCloudClient:
-    with _construct_lock, _one_transport():
-        client = MorphCloudClient(
-            api_key=api_key, base_url=base_url, ssh_hostname=ssh_hostname, ssh_port=ssh_port
-        )
-    # The SDK's HTTP client waits forever by default; a hung API must not hang a worker.
-    client._http_client.timeout = httpx.Timeout(http_timeout, connect=10.0)
-    return client
 
 
 #: Why outbound policies are refused (docs/network.md, "morph").
@@ -145,22 +104,20 @@ class MorphProvider(Provider):
         #: Morph's SSH gateway (terminals, ``ssh_info``); None: the SDK's default.
         self.ssh_hostname = ssh_hostname or None
         self.ssh_port = ssh_port
-        self._client: MorphCloudClient | None = None
-        self._lock = threading.Lock()
+        #: What instances hold: the SDK client, the key (to redact it) and the timings.
+        self.session = MorphSession(
+            api_key,
+            self.base_url,
+            boot_timeout=boot_timeout,
+            http_timeout=http_timeout,
+            poll_interval=poll_interval,
+            ssh_hostname=self.ssh_hostname,
+            ssh_port=ssh_port,
+        )
 
     @property
     def client(self) -> MorphCloudClient:
-        """The SDK client, made on first use (making one is not free: see below)."""
-        with self._lock:
-            if self._client is None:
-                self._client = _make_client(
-                    self._secret,
-                    self.base_url,
-                    self.http_timeout,
-                    self.ssh_hostname,
-                    self.ssh_port,
-                )
-            return self._client
+        return self.session.client
 
     def __repr__(self) -> str:
         return f"MorphProvider(base_url={self.base_url!r})"
@@ -218,40 +175,22 @@ class MorphProvider(Provider):
             limits_source="the sizes this provider offers on Morph Cloud",
         )
 
-    # --- plumbing shared with MorphInstance ---------------------------------------------
+    # --- plumbing: the session's (instances hold the session, never the provider) --------
 
     def call(self, what: str, fn: Callable[[], Any], *, ref: str | None = None) -> Any:
-        """Call the SDK; anything it raises comes out as a typed error without the key."""
-        with morph_call(what, secret=self._secret, ref=ref):
-            return fn()
+        return self.session.call(what, fn, ref=ref)
 
     def redact(self, text: str) -> str:
-        return redact(text, self._secret)
+        return self.session.redact(text)
 
     def fetch(self, ref: str) -> SdkInstance:
-        return self.call(f"get instance {ref}", lambda: self.client.instances.get(ref), ref=ref)
+        return self.session.fetch(ref)
 
     def wait_for(self, ref: str, wanted: set[str], *, what: str) -> SdkInstance:
-        """Poll until the instance's Morph status is one of ``wanted``."""
-        deadline = time.monotonic() + self.boot_timeout
-        delay = self.poll_interval
-        while True:
-            current = self.fetch(ref)
-            if current.status in wanted:
-                return current
-            if current.status == SdkStatus.ERROR:
-                raise OperationFailed(f"Morph instance {ref} went into error while {what}")
-            if time.monotonic() > deadline:
-                raise Timeout(f"Morph instance {ref} still {current.status} after {what}", ref=ref)
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+        return self.session.wait_for(ref, wanted, what=what)
 
     def destroy(self, ref: str) -> None:
-        """Delete an instance; an instance that is already gone is fine."""
-        try:
-            self.call(f"delete instance {ref}", lambda: self.client.instances.stop(ref), ref=ref)
-        except NotFound:
-            return
+        self.session.destroy(ref)
 
     # --- the contract -------------------------------------------------------------------
 
@@ -267,7 +206,7 @@ class MorphProvider(Provider):
         self.capabilities.require_network(spec.network, provider=self.name)
         existing = self._find(spec.sandbox_id)
         if existing:
-            return MorphInstance(self, existing[0])
+            return MorphInstance(self.session, existing[0])
         marker = {**dict(metadata), META_SANDBOX_ID: spec.sandbox_id}
         try:
             booted = self.call(
@@ -294,7 +233,7 @@ class MorphProvider(Provider):
         except ProviderError:
             self._remove_sandbox(spec.sandbox_id, booted.id)
             raise
-        return MorphInstance(self, ready)
+        return MorphInstance(self.session, ready)
 
     def _remove_sandbox(self, sandbox_id: str, *refs: str) -> None:
         """Best-effort roll-back of a failed create (the garbage collector retries)."""
@@ -309,11 +248,11 @@ class MorphProvider(Provider):
                 continue
 
     def get(self, ref: str) -> MorphInstance:
-        return MorphInstance(self, self.fetch(ref))
+        return MorphInstance(self.session, self.fetch(ref))
 
     def list(self) -> list[MorphInstance]:
         listed = self.call("list instances", lambda: self.client.instances.list())
-        return [MorphInstance(self, i) for i in listed if META_SANDBOX_ID in i.metadata]
+        return [MorphInstance(self.session, i) for i in listed if META_SANDBOX_ID in i.metadata]
 
     def delete_snapshot(self, ref: str) -> None:
         listed = self.call("list instances", lambda: self.client.instances.list())

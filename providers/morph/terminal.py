@@ -33,7 +33,7 @@ from providers.errors import Conflict, Unavailable
 from providers.terminal_marks import KILL_SCRIPT, MARKER_VARIABLE
 
 if TYPE_CHECKING:
-    from providers.morph.instance import MorphInstance
+    from providers.base import Instance
 
 CONNECT_TIMEOUT = 10.0
 _CHUNK = 65536
@@ -48,7 +48,7 @@ def _throwaway_key() -> paramiko.PKey:
 
 
 def open_session(
-    instance: MorphInstance,
+    instance: Instance,
     *,
     hostname: str,
     port: int,
@@ -103,7 +103,7 @@ def open_session(
 class MorphTerminal(TerminalSession):
     def __init__(
         self,
-        instance: MorphInstance,
+        instance: Instance,
         client: paramiko.SSHClient,
         channel: paramiko.Channel,
         token: str,
