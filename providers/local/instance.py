@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import quote
 
 from providers.base import (
+    Capabilities,
     ExecResult,
     HttpService,
     Instance,
+    InstanceStatus,
     MetricSample,
     Networking,
     SnapshotResult,
@@ -18,8 +20,46 @@ from providers.base import (
 )
 from providers.local.state import SandboxState, Store
 
-if TYPE_CHECKING:
-    from providers.local.provider import LocalProvider
+
+class SandboxOps(Protocol):
+    """What a local instance needs: the store and the operations on one sandbox by id.
+
+    The local provider implements them (they share its cgroups, layers and locks), but an
+    instance is typed to this and nothing else of the provider, and this module imports
+    no provider: ``provider -> instance``, never back."""
+
+    store: Store
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    def status_of(self, state: SandboxState) -> InstanceStatus: ...
+    def get(self, ref: str) -> Instance: ...
+    def exec(
+        self,
+        sandbox_id: str,
+        command: str | Sequence[str],
+        timeout: float,
+        env: Mapping[str, str] | None,
+    ) -> ExecResult: ...
+    def open_terminal(
+        self,
+        sandbox_id: str,
+        command: str | Sequence[str] | None,
+        cols: int,
+        rows: int,
+        env: Mapping[str, str] | None,
+    ) -> TerminalSession: ...
+    def start(self, sandbox_id: str) -> None: ...
+    def stop(self, sandbox_id: str) -> None: ...
+    def pause(self, sandbox_id: str) -> None: ...
+    def resume(self, sandbox_id: str) -> None: ...
+    def delete(self, sandbox_id: str) -> None: ...
+    def expose(self, sandbox_id: str, name: str, port: int) -> str: ...
+    def hide(self, sandbox_id: str, name: str) -> None: ...
+    def set_wake_on(self, sandbox_id: str, http: bool, ssh: bool) -> None: ...
+    def snapshot(self, sandbox_id: str) -> SnapshotResult: ...
+    def metrics(self, sandbox_id: str) -> list[MetricSample]: ...
 
 
 def service_url(store: Store, sandbox_id: str, name: str) -> str:
@@ -31,7 +71,7 @@ def service_url(store: Store, sandbox_id: str, name: str) -> str:
 class LocalInstance(Instance):
     """A handle on one sandbox, read from its state file when it was made."""
 
-    def __init__(self, provider: LocalProvider, state: SandboxState) -> None:
+    def __init__(self, provider: SandboxOps, state: SandboxState) -> None:
         self._provider = provider
         self.id = state.id
         self.status = provider.status_of(state)

@@ -40,7 +40,7 @@ from providers.pve.metadata import GuestMeta
 from providers.pve.terminal import open_session
 
 if TYPE_CHECKING:
-    from providers.pve.provider import PveProvider
+    from providers.pve.guests import PveGuests
 
 S = InstanceStatus
 
@@ -48,15 +48,16 @@ S = InstanceStatus
 class PveInstance(Instance):
     def __init__(
         self,
-        provider: PveProvider,
+        guests: PveGuests,
         vmid: int,
         node: str,
         config: dict,
         meta: GuestMeta,
         current: dict,
     ) -> None:
-        self._provider = provider
-        self._kind = provider.kind
+        #: The cluster's client, tasks, VMIDs and settings: all it needs of its provider.
+        self._guests = guests
+        self._kind = guests.kind
         self.vmid = vmid
         self.node = node
         self._config = config
@@ -84,20 +85,20 @@ class PveInstance(Instance):
     def _current(self) -> dict:
         """``status/current``, following the guest if it migrated, NotFound if it is gone."""
         try:
-            current = self._provider.client.get(self._path("status/current"))
+            current = self._guests.client.get(self._path("status/current"))
         except NotFound:
-            row = self._provider.locate(self.vmid)
+            row = self._guests.locate(self.vmid)
             if row is None or row.get("type") != self._kind.name:
                 raise self._gone() from None
             self.node = row["node"]
-            current = self._provider.client.get(self._path("status/current"))
+            current = self._guests.client.get(self._path("status/current"))
         if current.get("name") != dns_label(self.sandbox_id, "") and not self._still_ours():
             raise self._gone()  # the VMID was reused for something else
         self.status = self._kind.status(current)
         return current
 
     def _still_ours(self) -> bool:
-        config = self._provider.guest_config(self.node, self.vmid)
+        config = self._guests.guest_config(self.node, self.vmid)
         meta = meta_codec.parse(config.get("description"), config.get("tags"))
         if meta is None or meta.sandbox_id != self.sandbox_id:
             return False
@@ -114,8 +115,8 @@ class PveInstance(Instance):
     # --- lifecycle -------------------------------------------------------------------------
 
     def _task(self, action: str, what: str, **params: object) -> None:
-        upid = self._provider.client.post(self._path(f"status/{action}"), **params)
-        self._provider.wait(upid, f"{what} {self._kind.label} {self.vmid}")
+        upid = self._guests.client.post(self._path(f"status/{action}"), **params)
+        self._guests.wait(upid, f"{what} {self._kind.label} {self.vmid}")
 
     def start(self) -> None:
         state = self._state()
@@ -150,7 +151,7 @@ class PveInstance(Instance):
         self.status = S.STOPPED
 
     def pause(self) -> None:
-        self._provider.capabilities.require("supports_pause", provider=self._kind.provider)
+        self._guests.capabilities().require("supports_pause", provider=self._kind.provider)
         state = self._state()
         if state == S.PAUSED:
             return
@@ -172,7 +173,7 @@ class PveInstance(Instance):
         self.status = S.RUNNING
 
     def hibernate(self) -> None:
-        self._provider.capabilities.require("supports_hibernate", provider=self._kind.provider)
+        self._guests.capabilities().require("supports_hibernate", provider=self._kind.provider)
         state = self._state()
         if state == S.HIBERNATED:
             return
@@ -185,19 +186,19 @@ class PveInstance(Instance):
 
     def delete(self) -> None:
         try:
-            row = self._provider.locate(self.vmid)
+            row = self._guests.locate(self.vmid)
         except ProviderError:
             row = {"node": self.node, "type": self._kind.name}  # go by what the handle knows
         else:
             if row is None or row.get("type") != self._kind.name or row.get("template"):
                 return
             self.node = row["node"]
-        if not self._provider.owned_by(
+        if not self._guests.owned_by(
             self.node, self.vmid, self.sandbox_id, row if "vmid" in row else None
         ):
             return  # gone, or the VMID now belongs to something else
-        self._provider.destroy(self.node, self.vmid, hint=row if "status" in row else None)
-        self._provider.vmids.release(self.vmid)
+        self._guests.destroy(self.node, self.vmid, hint=row if "status" in row else None)
+        self._guests.vmids.release(self.vmid)
 
     # --- exec ------------------------------------------------------------------------------
 
@@ -217,22 +218,22 @@ class PveInstance(Instance):
             raise Conflict(f"sandbox {self.sandbox_id} is {state}, not running", ref=self.id)
         if not self._kind.is_lxc:
             return vm_exec(
-                self._provider.client,
+                self._guests.client,
                 self.node,
                 self.vmid,
-                workdir=self._provider.settings.guest_workdir,
+                workdir=self._guests.settings.guest_workdir,
                 command=command,
                 timeout=timeout,
             )
         secret = self._secret()
         try:
             return lxc_exec(
-                self._address_of(), self._provider.settings.agent_port, secret, command, timeout
+                self._address_of(), self._guests.settings.agent_port, secret, command, timeout
             )
         except Unavailable:
             self._address = None  # the address may have changed (DHCP): look again, once
             return lxc_exec(
-                self._address_of(), self._provider.settings.agent_port, secret, command, timeout
+                self._address_of(), self._guests.settings.agent_port, secret, command, timeout
             )
 
     # --- terminals ---------------------------------------------------------------------------
@@ -254,9 +255,19 @@ class PveInstance(Instance):
                 f"sandbox {self.sandbox_id} is {state}; a terminal needs it running", ref=self.id
             )
         if not self._kind.is_lxc:
-            return vm_agent.open_terminal(self, argv=argv, cols=cols, rows=rows, env=variables)
+            return vm_agent.open_terminal(
+                self._guests,
+                node=self.node,
+                vmid=self.vmid,
+                sandbox_id=self.sandbox_id,
+                address=self._address_of(),
+                argv=argv,
+                cols=cols,
+                rows=rows,
+                env=variables,
+            )
         secret = self._secret()
-        port = self._provider.settings.agent_port
+        port = self._guests.settings.agent_port
 
         def attempt() -> TerminalSession:
             return open_session(
@@ -272,7 +283,7 @@ class PveInstance(Instance):
     def _secret(self) -> str:
         for config in (self._config, None):
             if config is None:
-                config = self._config = self._provider.guest_config(self.node, self.vmid)
+                config = self._config = self._guests.guest_config(self.node, self.vmid)
             for item in str(config.get("env", "")).split("\0"):
                 key, _, value = item.partition("=")
                 if key == SECRET_ENV and value:
@@ -294,14 +305,14 @@ class PveInstance(Instance):
         v4: list[str] = []
         v6: list[str] = []
         if self._kind.is_lxc:
-            for iface in self._provider.client.get(self._path("interfaces")):
+            for iface in self._guests.client.get(self._path("interfaces")):
                 if iface.get("name") == "lo":
                     continue
                 for key, found in (("inet", v4), ("inet6", v6)):
                     for item in str(iface.get(key) or "").split():
                         found.append(item.split("/")[0])
         else:
-            answer = self._provider.client.get(self._path("agent/network-get-interfaces"))
+            answer = self._guests.client.get(self._path("agent/network-get-interfaces"))
             for iface in answer.get("result", []):
                 if iface.get("name") == "lo":
                     continue
@@ -309,7 +320,7 @@ class PveInstance(Instance):
                     kind = addr.get("ip-address-type")
                     if kind in ("ipv4", "ipv6") and addr.get("ip-address"):
                         (v4 if kind == "ipv4" else v6).append(str(addr["ip-address"]))
-        rule = self._provider.settings.guest_addresses
+        rule = self._guests.settings.guest_addresses
         refused = []
         for address in v4 + v6:
             reason = rule.refusal(address)
@@ -336,7 +347,7 @@ class PveInstance(Instance):
     def expose_http_service(self, name: str, port: int) -> str:
         if not 1 <= int(port) <= 65535:
             raise OperationFailed(f"port {port} is not a TCP port")
-        domain = self._provider.settings.public_domain
+        domain = self._guests.settings.public_domain
         if domain:
             url = f"https://port-{port}-{dns_label(self.sandbox_id, self.id)}.{domain}"
         else:
@@ -355,18 +366,18 @@ class PveInstance(Instance):
         self._save_services([s for s in self._meta.services if s.name != name])
 
     def _save_services(self, services: list[HttpService]) -> None:
-        config = self._provider.guest_config(self.node, self.vmid)
+        config = self._guests.guest_config(self.node, self.vmid)
         meta = meta_codec.parse(config.get("description"), config.get("tags")) or self._meta
         meta.services = services
-        self._provider.client.put(self._path("config"), description=meta.description())
+        self._guests.client.put(self._path("config"), description=meta.description())
         self._meta = meta
         self.networking = Networking(tuple(services))
 
     def set_wake_on(self, http: bool, ssh: bool) -> None:
-        self._provider.capabilities.require("supports_wake_on", provider=self._kind.provider)
+        self._guests.capabilities().require("supports_wake_on", provider=self._kind.provider)
 
     def metrics(self) -> list[MetricSample]:
-        rows = self._provider.client.get(self._path("rrddata"), timeframe="hour", cf="AVERAGE")
+        rows = self._guests.client.get(self._path("rrddata"), timeframe="hour", cf="AVERAGE")
         samples = []
         for row in rows:
             if "time" not in row:
@@ -395,7 +406,7 @@ class TemplateMaker:
 
     def __init__(self, instance: PveInstance) -> None:
         self.instance = instance
-        self.provider = instance._provider
+        self.provider = instance._guests
         self.kind = instance._kind
         self.snapname = f"sbx{int(time.time() * 1000) % 10**12}"
         self.snapshot_made = False

@@ -7,6 +7,7 @@ after the clone destroy what was made. See docs/providers/pve.md for the whole p
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections.abc import Mapping
@@ -25,30 +26,21 @@ from providers.base import (
 from providers.errors import Conflict, NotFound, OperationFailed, ProviderError
 from providers.pve import metadata as meta_codec
 from providers.pve.agent import SECRET_ENV
-from providers.pve.client import PveClient, is_exists_error
+from providers.pve.client import is_exists_error
+from providers.pve.guests import PveGuests
 from providers.pve.instance import PveInstance
 from providers.pve.kinds import LXC, QEMU, Kind, dns_label
 from providers.pve.metadata import GuestMeta
 from providers.pve.placement import choose_node
 from providers.pve.settings import CONFIG_KEYS, PveSettings
-from providers.pve.tasks import TaskWaiter
 from providers.pve.vmids import VmidAllocator
 
 #: How many VMIDs to try when PVE says the one we reserved "already exists".
 VMID_ATTEMPTS = 5
-#: Ordinary tasks (start, stop, resize, suspend) get at most this long.
-SHORT_TASK = 600.0
 
 #: Containers and VMs share one VMID space per cluster; without a database store, every
 #: PVE provider of this process shares this one.
 _PROCESS_RESERVATIONS = MemoryReservationStore()
-
-
-#: Why outbound policies are refused (docs/network.md, "pve-lxc and pve-vm").
-PVE_NETWORK = (
-    "guests join PVE_BRIDGE, whose reach is the operator's network design (VLANs, the PVE "
-    "firewall, the router); the provider writes no firewall rules yet"
-)
 
 
 class PveProvider(Provider):
@@ -57,11 +49,15 @@ class PveProvider(Provider):
 
     def __init__(self, settings: PveSettings) -> None:
         self.settings = settings
-        self.client = PveClient(settings)
-        self.tasks = TaskWaiter(self.client)
-        self.vmids = VmidAllocator(
-            _PROCESS_RESERVATIONS, f"pve:{settings.host}", settings.vmid_range
+        #: What instances hold: the cluster's client, tasks, VMIDs and settings.
+        self.guests = PveGuests(
+            settings,
+            self.kind,
+            VmidAllocator(_PROCESS_RESERVATIONS, f"pve:{settings.host}", settings.vmid_range),
         )
+        self.client = self.guests.client
+        self.tasks = self.guests.tasks
+        self.vmids = self.guests.vmids
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.settings!r})"
@@ -79,82 +75,24 @@ class PveProvider(Provider):
     def use_reservations(self, store: ReservationStore) -> None:
         self.vmids.store = store
 
-    # --- shared operations (the instances use them too) -------------------------------------
+    # --- shared operations: the guests' (instances hold those, never the provider) --------
 
     def wait(self, upid: str, what: str, *, long: bool = False) -> None:
-        timeout = (
-            self.settings.task_timeout if long else min(self.settings.task_timeout, SHORT_TASK)
-        )
-        self.tasks.wait(upid, what=what, timeout=timeout)
+        self.guests.wait(upid, what, long=long)
 
     def locate(self, vmid: int) -> dict | None:
-        for row in self.client.resources("vm"):
-            if int(row.get("vmid", -1)) == vmid:
-                return row
-        return None
+        return self.guests.locate(vmid)
 
     def guest_config(self, node: str, vmid: int) -> dict:
-        return self.client.get(self.kind.path(node, vmid, "config"))
+        return self.guests.guest_config(node, vmid)
 
     def destroy(
-        self,
-        node: str,
-        vmid: int,
-        *,
-        lock_wait: float | None = None,
-        hint: dict | None = None,
+        self, node: str, vmid: int, *, lock_wait: float | None = None, hint: dict | None = None
     ) -> None:
-        """Stop (if needed) and destroy a guest with its disks; no error if it is gone.
-
-        ``hint`` is what ``/cluster/resources`` said about the guest; it stands in for
-        ``status/current`` when that cannot be read, so one broken call does not leave a
-        guest behind.
-        """
-        kind, c = self.kind, self.client
-        wait = self.settings.lock_wait if lock_wait is None else lock_wait
-        try:
-            current = c.call("GET", kind.path(node, vmid, "status/current"), {}, lock_wait=wait)
-        except NotFound:
-            return
-        except ProviderError:
-            current = hint if hint is not None else self.locate(vmid)
-            if current is None:
-                return
-        if current.get("lock") == "suspended":  # wake it first so that it can be stopped
-            paused = current.get("status") == "running"  # a suspended CT; else a hibernated VM
-            action = "status/resume" if paused else "status/start"
-            upid = c.call("POST", kind.path(node, vmid, action), {}, lock_wait=wait)
-            self.wait(upid, f"waking {kind.label} {vmid} to delete it")
-            current = {**current, "status": "running"}
-        if current.get("status") == "running":
-            try:
-                upid = c.call("POST", kind.path(node, vmid, "status/stop"), {}, lock_wait=wait)
-                self.wait(upid, f"stopping {kind.label} {vmid}")
-            except Conflict as exc:
-                if "not running" not in exc.message:
-                    raise
-        params = {"purge": 1, "destroy-unreferenced-disks": 1}
-        try:
-            upid = c.call("DELETE", kind.path(node, vmid), params, slow=True, lock_wait=wait)
-        except NotFound:
-            return
-        self.wait(upid, f"destroying {kind.label} {vmid}", long=True)
+        self.guests.destroy(node, vmid, lock_wait=lock_wait, hint=hint)
 
     def owned_by(self, node: str, vmid: int, sandbox_id: str, row: dict | None = None) -> bool:
-        """Whether guest ``vmid`` carries ``sandbox_id``'s marker (False when it is gone).
-
-        The description is the authority; when it cannot be read, the guest's name (set to
-        the sandbox id at clone time) from ``row`` or ``/cluster/resources`` decides.
-        """
-        try:
-            config = self.guest_config(node, vmid)
-        except NotFound:
-            return False
-        except ProviderError:
-            row = row if row is not None else self.locate(vmid)
-            return row is not None and row.get("name") == dns_label(sandbox_id, "")
-        meta = meta_codec.parse(config.get("description"), config.get("tags"))
-        return meta is not None and meta.sandbox_id == sandbox_id
+        return self.guests.owned_by(node, vmid, sandbox_id, row)
 
     # --- the contract ----------------------------------------------------------------------
 
@@ -165,37 +103,7 @@ class PveProvider(Provider):
 
     @property
     def capabilities(self) -> Capabilities:
-        lxc = self.kind.is_lxc
-        pause = not lxc or self.settings.lxc_suspend
-        reasons = {
-            "supports_wake_on": "PVE does not see a guest's traffic, so nothing can wake a "
-            "paused guest on a request; resume it instead",
-            "supports_ssh": "SSH access to PVE guests is not brokered by the control plane yet",
-            "supports_resize": "the root disk is sized from the preset when the sandbox is "
-            "made; resizing a live sandbox is not offered yet",
-            "supports_network_internet": PVE_NETWORK,
-            "supports_network_allowlist": PVE_NETWORK,
-        }
-        if not pause:
-            reasons["supports_pause"] = (
-                "LXC suspend (CRIU) is experimental in PVE and off here (the operator can "
-                "set PVE_LXC_SUSPEND=1); stop the sandbox instead, its files are kept"
-            )
-        if lxc:
-            reasons["supports_hibernate"] = (
-                "PVE cannot save a container's memory to disk; stop the sandbox instead"
-            )
-        return Capabilities(
-            supports_pause=pause,
-            supports_hibernate=not lxc,
-            supports_snapshots=True,
-            supports_exec=True,
-            supports_expose_http=True,
-            supports_metrics=True,
-            supports_terminal=True,
-            reasons=reasons,
-            **self._size_limits(),
-        )
+        return dataclasses.replace(self.guests.capabilities(), **self._size_limits())
 
     def _size_limits(self) -> dict:
         """PVE_MAX_* when set, else the largest online node (the pinned one with PVE_NODE)
@@ -262,7 +170,7 @@ class PveProvider(Provider):
         current = row
         if not self.kind.is_lxc and row.get("status") == "running":
             current = self.client.get(self.kind.path(node, vmid, "status/current"))
-        return PveInstance(self, vmid, node, config, meta, current)
+        return PveInstance(self.guests, vmid, node, config, meta, current)
 
     @staticmethod
     def _vmid(ref: str) -> int:
@@ -308,7 +216,7 @@ class PveProvider(Provider):
         except ProviderError as exc:
             self._roll_back(node, vmid, sandbox_id, exc)
         row = {"node": node, "vmid": vmid, "status": "stopped", "type": self.kind.name}
-        return PveInstance(self, vmid, node, config, meta, row)
+        return PveInstance(self.guests, vmid, node, config, meta, row)
 
     def _find(self, rows: list[dict], sandbox_id: str) -> PveInstance | None:
         """A guest already made for this sandbox (a retried or duplicated create)."""

@@ -35,7 +35,7 @@ from providers.pve.guest_exec import vm_exec
 from providers.pve.terminal import AgentRefused, AgentTerminal, open_session
 
 if TYPE_CHECKING:
-    from providers.pve.instance import PveInstance
+    from providers.pve.guests import PveGuests
 
 AGENT_PATH = "/run/sandbox-agent.py"
 SECRET_PATH = "/run/sandbox-agent.secret"  # noqa: S105 - a path, not a secret
@@ -52,13 +52,21 @@ def vm_secret(token_secret: str, vmid: int, sandbox_id: str) -> str:
 
 
 def open_terminal(
-    instance: PveInstance, *, argv: list[str], cols: int, rows: int, env: dict[str, str]
+    guests: PveGuests,
+    *,
+    node: str,
+    vmid: int,
+    sandbox_id: str,
+    address: str,
+    argv: list[str],
+    cols: int,
+    rows: int,
+    env: dict[str, str],
 ) -> AgentTerminal:
-    """A terminal through the VM's agent, starting the agent first when it is not there."""
-    provider = instance._provider
-    secret = vm_secret(provider.settings.token_secret, instance.vmid, instance.sandbox_id)
-    address = instance._address_of()
-    port = provider.settings.agent_port
+    """A terminal through the agent of VM ``vmid`` (at ``address``), starting the agent
+    first when it is not there."""
+    secret = vm_secret(guests.settings.token_secret, vmid, sandbox_id)
+    port = guests.settings.agent_port
 
     def attempt() -> AgentTerminal:
         return open_session(address, port, secret, argv=argv, cols=cols, rows=rows, env=env)
@@ -70,7 +78,7 @@ def open_terminal(
             raise
     except Unavailable:
         pass
-    install(instance, address, port, secret)
+    install(guests, node, vmid, address, port, secret)
     deadline = time.monotonic() + STARTUP
     while True:
         try:
@@ -81,12 +89,12 @@ def open_terminal(
             time.sleep(0.02)
 
 
-def install(instance: PveInstance, address: str, port: int, secret: str) -> None:
+def install(guests: PveGuests, node: str, vmid: int, address: str, port: int, secret: str) -> None:
     """Write the agent and its secret into the VM and start it (a no-op start when one
     already listens: it then reads the new secret from the file)."""
-    provider = instance._provider
+    provider = guests
     source = Path(agent_module.__file__).read_bytes()
-    base = instance._path("agent")
+    base = guests.kind.path(node, vmid, "agent")
     for path, content in ((AGENT_PATH, source), (SECRET_PATH, secret.encode())):
         encoded = base64.b64encode(content).decode()
         if len(encoded) > FILE_WRITE_LIMIT:
@@ -95,8 +103,8 @@ def install(instance: PveInstance, address: str, port: int, secret: str) -> None
     host = f"[{address}]" if ":" in address else address
     started = vm_exec(
         provider.client,
-        instance.node,
-        instance.vmid,
+        node,
+        vmid,
         workdir=provider.settings.guest_workdir,
         command=[
             "python3",
@@ -114,6 +122,6 @@ def install(instance: PveInstance, address: str, port: int, secret: str) -> None
     if started.exit_code != 0:
         detail = (started.stderr or started.stdout).strip().splitlines()[-1:] or ["no output"]
         raise OperationFailed(
-            f"could not start the sandbox agent in VM {instance.vmid} (exit "
+            f"could not start the sandbox agent in VM {vmid} (exit "
             f"{started.exit_code}: {detail[0][:300]}); the image needs python3"
         )
