@@ -127,10 +127,15 @@ MINIMAL = {
 def test_every_environment_variable_a_provider_reads_is_declared(name, tmp_path):
     """A key read but not declared would never arrive from the environment."""
     cls = provider_class(name)
-    assert name in MINIMAL, f"give {name} a minimal configuration here"
-    config = Recording(MINIMAL[name](tmp_path))
+    # Without a minimal configuration here, the keys read up to the first one missing are
+    # checked (from_config then refuses the empty configuration).
+    config = Recording(MINIMAL[name](tmp_path) if name in MINIMAL else {})
     cls.configured(config)
-    cls.from_config(config)
+    try:
+        cls.from_config(config)
+    except ValueError:
+        assert name not in MINIMAL, f"{name}'s minimal configuration is refused"
+    assert config.read, f"{name} read no setting at all"
     environment_like = {k for k in config.read if k.isupper() and k.isidentifier()}
     assert environment_like <= set(cls.config_keys), sorted(environment_like - set(cls.config_keys))
     assert set(cls.config_keys) <= set(config_keys())
@@ -369,3 +374,38 @@ def test_a_bad_provider_settings_file_is_refused(tmp_path):
     (tmp_path / "bad.env").write_text("PVE_FULL_CLONE_PRESETS\n")
     with pytest.raises(ImproperlyConfigured, match="line 1: expected KEY=value"):
         provider_settings(tmp_path / "bad.env")
+
+
+# --- every provider has its conformance harness and its docs page ---------------------------
+
+#: Providers documented together on one page (docs/providers/<page>.md).
+FAMILY_PAGES = {"pve-lxc": "pve", "pve-vm": "pve"}
+
+
+def missing_pieces(name: str) -> list[str]:
+    """What a provider lacks of what every provider has: '' when complete."""
+    from tests.conformance.harnesses import HARNESSES
+
+    missing = []
+    if name not in HARNESSES:
+        missing.append(
+            f"a conformance harness in tests/conformance/harnesses.py HARNESSES[{name!r}]"
+        )
+    page = f"docs/providers/{FAMILY_PAGES.get(name, name)}.md"
+    if not (ROOT / page).is_file():
+        missing.append(f"a docs page {page}")
+    elif page not in (ROOT / "README.md").read_text():
+        missing.append(f"a link to {page} in README.md")
+    return missing
+
+
+@pytest.mark.parametrize("name", list(BUILTIN_PROVIDERS))
+def test_every_registered_provider_has_a_conformance_harness_and_a_docs_page(name):
+    assert missing_pieces(name) == [], f"provider {name} needs: {missing_pieces(name)}"
+
+
+def test_a_provider_without_them_is_caught():
+    assert missing_pieces("nosuch-cloud") == [
+        "a conformance harness in tests/conformance/harnesses.py HARNESSES['nosuch-cloud']",
+        "a docs page docs/providers/nosuch-cloud.md",
+    ]
