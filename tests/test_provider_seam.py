@@ -332,7 +332,16 @@ def test_the_full_clone_boxes_become_the_pve_setting_and_come_back(settings, tmp
     executor.migrate(before)
     apps = executor.loader.project_state(before).apps
     Preset = apps.get_model("sandboxes", "Preset")
-    Preset.objects.filter(pk__in=["2vcpu_4gb_16gb", "8vcpu_32gb_64gb"]).update(full_clone=True)
+    # (A transactional test before this one may have emptied the seeded table.)
+    for preset_id, size in (("2vcpu_4gb_16gb", (2, 4096, 16)), ("8vcpu_32gb_64gb", (8, 32768, 64))):
+        Preset.objects.update_or_create(
+            id=preset_id,
+            defaults=dict(zip(("vcpus", "memory_mb", "disk_gb"), size, strict=True))
+            | {"full_clone": True},
+        )
+    Preset.objects.get_or_create(
+        id="1vcpu_1gb_8gb", defaults={"vcpus": 1, "memory_mb": 1024, "disk_gb": 8}
+    )
     try:
         executor = MigrationExecutor(connection)
         executor.migrate(after)
