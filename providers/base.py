@@ -245,7 +245,9 @@ class Capabilities:
         return {name: getattr(self, name) for name in self.names()}
 
     def size_refusal(self, *, vcpus: int, memory_mb: int, disk_gb: int) -> str:
-        """Why a sandbox of this size cannot be made here; '' when it can."""
+        """Why a sandbox of this size cannot be made here; '' when it can. The service
+        layer asks before it imports a version or creates a sandbox, and leaves the size
+        out of what it offers (sandboxes.services.backends.preset_refusal)."""
         over = []
         for what, wanted, limit, unit in (
             ("vCPUs", vcpus, self.max_vcpus, ""),
@@ -258,12 +260,6 @@ class Capabilities:
             return ""
         source = f" ({self.limits_source})" if self.limits_source else ""
         return f"too large for this provider{source}: {', '.join(over)}"
-
-    def require_size(self, *, vcpus: int, memory_mb: int, disk_gb: int, provider: str) -> None:
-        """Raise Unsupported when a sandbox of this size cannot be made (providers' create)."""
-        refusal = self.size_refusal(vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb)
-        if refusal:
-            raise Unsupported(f"{provider}: {refusal}", capability="size")
 
     def network_refusal(self, policy: NetworkPolicy) -> str:
         """Why ``policy`` cannot be honoured here; '' when it can."""

@@ -41,6 +41,21 @@ def test_capabilities_are_data_with_reasons(pt):
     assert capabilities.supports_exec, "every provider must offer exec"
 
 
+def test_size_limits_are_data_and_offer_the_suites_size(pt):
+    """Declared limits (None: none) are whole numbers the conformance size fits in: the
+    service layer offers every preset within them (services.backends.preset_refusal)."""
+    capabilities = caps(pt)
+    for limit in (capabilities.max_vcpus, capabilities.max_memory_mb, capabilities.max_disk_gb):
+        assert limit is None or (isinstance(limit, int) and limit > 0)
+    vcpus, memory_mb, disk_gb = pt.size
+    assert capabilities.size_refusal(vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb) == ""
+    if capabilities.max_vcpus is not None:
+        too_many = capabilities.size_refusal(
+            vcpus=capabilities.max_vcpus + 1, memory_mb=memory_mb, disk_gb=disk_gb
+        )
+        assert f"(at most {capabilities.max_vcpus})" in too_many
+
+
 def test_create_start_get_and_list(pt):
     spec = pt.spec()
     instance = pt.create(spec)
