@@ -418,3 +418,53 @@ def test_a_provider_without_them_is_caught():
         "a conformance harness in tests/conformance/harnesses.py HARNESSES['nosuch-cloud']",
         "a docs page docs/providers/nosuch-cloud.md",
     ]
+
+
+def test_a_provider_whose_sdk_is_missing_is_named_and_costs_nothing_else(monkeypatch):
+    """Reading the keys imports every known provider's module; one whose SDK is not
+    installed contributes no keys and is not switched on by itself, and naming it says
+    why, while every other provider works as before."""
+    from providers import registry
+
+    def missing_sdk():
+        raise ModuleNotFoundError("No module named 'nosuchsdk'")
+
+    monkeypatch.setitem(registry.BUILTIN_PROVIDERS, "nosdk", "tests.nosuchmodule:Nope")
+    register_provider("seamtest", lambda: SeamProvider)
+    try:
+        keys = config_keys()
+        assert "SEAMTEST_TOKEN" in keys
+        assert "LOCAL_SANDBOX_ROOT" in keys
+        assert "nosdk" not in registry.enabled_provider_names({})
+        with pytest.raises(registry.ProviderConfigError, match="provider nosdk: No module"):
+            build_providers({"SANDBOX_PROVIDERS": "nosdk"})
+        register_provider("brokensdk", missing_sdk)
+        assert "SEAMTEST_TOKEN" in config_keys()
+    finally:
+        unregister_provider("seamtest")
+        unregister_provider("brokensdk")
+
+
+def test_every_builtin_providers_keys_are_read_without_its_sdk():
+    """The registry imports every provider's module at start to read its config_keys:
+    with the SDKs not installed (blocked here, in a fresh process), every one still says
+    them (SDKs are imported where they are used)."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'morphcloud', 'docker', 'proxmoxer', 'boto3',"
+        " 'botocore', 'paramiko'}:\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from providers.registry import BUILTIN_PROVIDERS, config_keys, provider_class\n"
+        "keys = set(config_keys())\n"
+        "for name in BUILTIN_PROVIDERS:\n"
+        "    assert set(provider_class(name).config_keys) <= keys, name\n"
+        "    print(name)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == list(BUILTIN_PROVIDERS)

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
-
-import docker
-from docker.models.containers import Container
+from typing import TYPE_CHECKING
 
 from providers import netfilter
 from providers.docker_provider import base_image, labels
 from providers.docker_provider.errors import docker_call
 from providers.errors import NotFound, OperationFailed
 from providers.network import NetworkPolicy
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
 
 
 class DockerEngine:
@@ -47,12 +49,16 @@ class DockerEngine:
         """Connected on first use: a daemon that is down must not stop the app starting."""
         with self._lock:
             if self._client is None:
+                import docker  # where it is used: reading config_keys needs no SDK
+
                 with docker_call("connect"):
                     self._client = docker.DockerClient(base_url=self.host, timeout=self.timeout)
             return self._client
 
     def exec_api(self, timeout: float) -> docker.APIClient:
         """A low-level client whose reads wait ``timeout`` seconds (exec streams)."""
+        import docker
+
         return docker.APIClient(
             base_url=self.host, version=self.client.api.api_version, timeout=timeout
         )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import requests
-from docker import errors as docker_errors
 
 from providers.errors import (
     Conflict,
@@ -17,6 +17,9 @@ from providers.errors import (
     Timeout,
     Unavailable,
 )
+
+if TYPE_CHECKING:
+    from docker import errors as docker_errors
 
 
 def _explanation(exc: docker_errors.APIError) -> str:
@@ -29,6 +32,8 @@ def _explanation(exc: docker_errors.APIError) -> str:
 def translate(exc: BaseException, *, what: str, ref: str | None = None) -> ProviderError:
     if isinstance(exc, ProviderError):
         return exc
+    from docker import errors as docker_errors  # where it is used (see engine.py)
+
     if isinstance(exc, docker_errors.NotFound):
         return NotFound(f"Docker {what}: {_explanation(exc)}", ref=ref)
     if isinstance(exc, docker_errors.APIError):

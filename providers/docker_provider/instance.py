@@ -8,8 +8,6 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from docker.models.containers import Container
-
 from providers.base import (
     EXEC_OUTPUT_LIMIT,
     ExecResult,
@@ -35,6 +33,8 @@ from providers.errors import (
 )
 
 if TYPE_CHECKING:
+    from docker.models.containers import Container
+
     from providers.docker_provider.engine import DockerEngine
 
 #: PID 1's child (Docker's own init is PID 1): sleeps until the container is stopped.

@@ -23,10 +23,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
-from typing import Any, ClassVar
-
-import docker
-from docker.models.containers import Container
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from providers.addresses import parse_networks
 from providers.base import (
@@ -44,6 +41,10 @@ from providers.docker_provider.instance import KEEPALIVE, DockerInstance
 from providers.errors import Conflict, NotFound, ProviderError, Unsupported
 from providers.images import ImageSource
 from providers.settings import int_setting
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-
-import docker
-from docker.models.containers import Container
+from typing import TYPE_CHECKING
 
 from providers.base import HttpService
 from providers.docker_provider import labels
 from providers.docker_provider.errors import docker_call
 from providers.errors import NotFound, ProviderError
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
 
 EDGE_NETWORK = "sandboxes-edge"
 SANDBOX_ALIAS = "sandbox"
@@ -103,7 +105,7 @@ def ensure_policy_network(client: docker.DockerClient, name: str):
                 options={"com.docker.network.bridge.enable_icc": "false"},
                 labels={labels.ROLE: labels.ROLE_NETWORK},
             )
-        except docker.errors.APIError:
+        except docker_errors().APIError:
             found = client.networks.list(names=[name])  # another create won the race
             if not found:
                 raise
@@ -197,3 +199,10 @@ def remove_network(client: docker.DockerClient, owner: str) -> None:
                 network.remove()
         except NotFound:
             continue
+
+
+def docker_errors():
+    """The SDK's errors module, imported where it is used (see engine.py)."""
+    from docker import errors
+
+    return errors

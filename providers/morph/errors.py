@@ -10,10 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-
-import httpx
-import pydantic
-from morphcloud.api import ApiError
+from typing import TYPE_CHECKING
 
 from providers.errors import (
     Conflict,
@@ -24,6 +21,9 @@ from providers.errors import (
     Timeout,
     Unavailable,
 )
+
+if TYPE_CHECKING:
+    from morphcloud.api import ApiError
 
 _DETAIL_LIMIT = 300
 
@@ -51,6 +51,12 @@ def translate(
     """The typed error for ``exc`` raised while doing ``what`` (a short phrase)."""
     if isinstance(exc, ProviderError):
         return exc
+    # The SDK and its libraries are imported where they are used: reading the provider's
+    # config_keys (the registry does at start) must not need them.
+    import httpx
+    import pydantic
+    from morphcloud.api import ApiError
+
     if isinstance(exc, ApiError):
         status = exc.status_code
         message = redact(f"Morph {what}: HTTP {status}: {_detail(exc)}", secret)

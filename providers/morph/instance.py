@@ -8,10 +8,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
-from morphcloud.api import Instance as SdkInstance
-from morphcloud.api import InstanceStatus as SdkStatus
-from morphcloud.api import SnapshotStatus as SdkSnapshotStatus
-
 from providers.base import (
     EXEC_OUTPUT_LIMIT,
     META_SANDBOX_ID,
@@ -37,9 +33,11 @@ from providers.errors import (
     Timeout,
     Unsupported,
 )
-from providers.morph.terminal import open_session
+from providers.morph.session import SdkSnapshotStatus, SdkStatus
 
 if TYPE_CHECKING:
+    from morphcloud.api import Instance as SdkInstance
+
     from providers.morph.session import MorphSession
 
 #: Our own bookkeeping in the instance's metadata, hidden from ``Instance.metadata``.
@@ -344,6 +342,10 @@ class MorphInstance(Instance):
                 f"Morph instance {self.id} is {self.status}; a terminal needs it running",
                 ref=self.id,
             )
+        # paramiko (the SSH client) is imported with the terminal module, only when a
+        # terminal is opened: reading the provider's config_keys needs no SDK.
+        from providers.morph.terminal import open_session
+
         client = self._session.client
         return open_session(
             self,

@@ -20,13 +20,8 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlparse
-
-from morphcloud.api import Instance as SdkInstance
-from morphcloud.api import InstanceStatus as SdkStatus
-from morphcloud.api import MorphCloudClient
-from morphcloud.api import SnapshotStatus as SdkSnapshotStatus
 
 from providers.addresses import AddressRule
 from providers.base import (
@@ -38,8 +33,12 @@ from providers.base import (
 )
 from providers.errors import Conflict, NotFound, ProviderError
 from providers.morph.instance import MorphInstance
-from providers.morph.session import MorphSession
+from providers.morph.session import MorphSession, SdkSnapshotStatus, SdkStatus
 from providers.settings import int_setting, number_setting
+
+if TYPE_CHECKING:
+    from morphcloud.api import Instance as SdkInstance
+    from morphcloud.api import MorphCloudClient
 
 DEFAULT_BASE_URL = "https://cloud.morph.so/api"
 

@@ -10,16 +10,36 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
-
-import httpx
-from morphcloud import api as morph_api
-from morphcloud.api import Instance as SdkInstance
-from morphcloud.api import InstanceStatus as SdkStatus
-from morphcloud.api import MorphCloudClient
+from typing import TYPE_CHECKING, Any
 
 from providers.errors import NotFound, OperationFailed, Timeout
 from providers.morph.errors import morph_call, redact
+
+if TYPE_CHECKING:
+    from morphcloud.api import Instance as SdkInstance
+    from morphcloud.api import MorphCloudClient
+
+
+class SdkStatus:
+    """Morph's instance statuses (the values of ``morphcloud.api.InstanceStatus``, a
+    StrEnum, so they compare equal): here, so that reading the provider's config_keys
+    needs no SDK. tests/providers/test_morph.py checks they match the SDK's."""
+
+    PENDING = "pending"
+    READY = "ready"
+    PAUSED = "paused"
+    SAVING = "saving"
+    ERROR = "error"
+
+
+class SdkSnapshotStatus:
+    """Morph's snapshot statuses (``morphcloud.api.SnapshotStatus``), likewise."""
+
+    PENDING = "pending"
+    READY = "ready"
+    FAILED = "failed"
+    DELETING = "deleting"
+    DELETED = "deleted"
 
 
 @contextlib.contextmanager
@@ -31,6 +51,9 @@ def _one_transport() -> Iterator[None]:
     environment variable for this, read at construction, so the builders are swapped for
     the duration of the construction instead.
     """
+    import httpx
+    from morphcloud import api as morph_api
+
     saved = morph_api.build_http_transport, morph_api.build_async_http_transport
     morph_api.build_http_transport = httpx.HTTPTransport
     morph_api.build_async_http_transport = httpx.AsyncHTTPTransport
@@ -50,6 +73,9 @@ def _make_client(
     ssh_hostname: str | None = None,
     ssh_port: int | None = None,
 ) -> MorphCloudClient:
+    import httpx
+    from morphcloud.api import MorphCloudClient
+
     with _construct_lock, _one_transport():
         client = MorphCloudClient(
             api_key=api_key, base_url=base_url, ssh_hostname=ssh_hostname, ssh_port=ssh_port

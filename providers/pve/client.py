@@ -17,12 +17,10 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import requests
-from proxmoxer import ProxmoxAPI
-from proxmoxer.core import ResourceException
 from requests.adapters import HTTPAdapter
 
 from providers.errors import (
@@ -34,6 +32,10 @@ from providers.errors import (
     Unavailable,
 )
 from providers.pve.settings import PveSettings
+
+if TYPE_CHECKING:
+    from proxmoxer import ProxmoxAPI
+    from proxmoxer.core import ResourceException
 
 SLOW_CALL_TIMEOUT = 120.0
 READ_ATTEMPTS = 3
@@ -119,6 +121,10 @@ class PveClient:
         with self._lock:
             self._sent += 1
         what = f"{method} {path}"
+        # The SDK is imported where it is used: reading the provider's config_keys (the
+        # registry does at start) must not need it (docs/providers/adding-a-provider.md).
+        from proxmoxer.core import ResourceException
+
         try:
             verb: Callable[..., Any] = getattr(resource, method.lower())
             return verb(**params)
@@ -134,6 +140,8 @@ class PveClient:
             raise Unavailable(f"PVE connection failed during {what} ({_short(exc)})") from None
 
     def _api(self, timeout: float) -> ProxmoxAPI:
+        from proxmoxer import ProxmoxAPI
+
         with self._lock:
             api = self._apis.get(timeout)
             if api is None:

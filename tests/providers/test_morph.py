@@ -222,3 +222,16 @@ def test_health_says_unreachable_when_the_api_is_down(fake):
 def test_a_missing_instance_is_not_found(provider):
     with pytest.raises(NotFound):
         provider.get("morphvm_missing")
+
+
+def test_the_status_names_the_provider_compares_with_are_the_sdks():
+    """The provider keeps Morph's status values itself (reading its config_keys must not
+    need the SDK); they must stay the SDK's."""
+    from morphcloud.api import InstanceStatus, SnapshotStatus
+
+    from providers.morph.session import SdkSnapshotStatus, SdkStatus
+
+    for ours, theirs in ((SdkStatus, InstanceStatus), (SdkSnapshotStatus, SnapshotStatus)):
+        assert {m.name: m.value for m in theirs} == {
+            k: v for k, v in vars(ours).items() if k.isupper()
+        }
