@@ -283,6 +283,11 @@ def test_the_api_and_the_dashboard_do_not_offer_a_size_a_provider_refuses(
     assert 'value="4vcpu_16gb_48gb"' not in form
     form = client.get(reverse("sandbox-new"), {"provider": memory_provider.NAME}).content.decode()
     assert 'value="4vcpu_16gb_48gb"' in form
+    page = client.get(reverse("preset-list")).content.decode()
+    assert page.count("smallmem") == 3  # the three presets it can make
+    health = client.get(reverse("provider-health")).content.decode()
+    assert "Largest sandbox: 2 vCPUs, 4096 MB memory, 16 GB disk" in health
+    assert "a test&#x27;s limits" in health
 
 
 def test_the_migration_keeps_restrictions_and_lifts_the_full_lists():

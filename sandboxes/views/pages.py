@@ -83,6 +83,8 @@ def provider_health(request: HttpRequest) -> HttpResponse:
                 "health": state.health,
                 "capacity": state.capacity,
                 "default": state.name == default,
+                "sizes": _sizes(caps),
+                "sizes_source": caps.limits_source,
                 "capabilities": [
                     (
                         cap.removeprefix("supports_").replace("_", " "),
@@ -97,6 +99,18 @@ def provider_health(request: HttpRequest) -> HttpResponse:
     if is_partial(request):
         return render_fragment(request, "pages/_health.html", context)
     return render(request, "pages/health.html", context)
+
+
+def _sizes(caps) -> str:
+    """The largest sandbox a provider makes, as people read it ('' when it says none)."""
+    parts = []
+    if caps.max_vcpus is not None:
+        parts.append(f"{caps.max_vcpus} vCPU{'s' if caps.max_vcpus != 1 else ''}")
+    if caps.max_memory_mb is not None:
+        parts.append(f"{caps.max_memory_mb} MB memory")
+    if caps.max_disk_gb is not None:
+        parts.append(f"{caps.max_disk_gb} GB disk")
+    return ", ".join(parts)
 
 
 @require_GET
