@@ -345,7 +345,7 @@ class SnapshotAdmin(ServiceWritesAdmin):
                 return HttpResponseRedirect(reverse("admin:sandboxes_snapshot_changelist"))
         context = {
             **self.admin_site.each_context(request),
-            "title": "Import a snapshot version",
+            "title": "Import a snapshot",
             "form": form,
             "opts": self.model._meta,
         }

@@ -16,7 +16,7 @@ from sandboxes.views import (
 )
 
 SANDBOX = "sandboxes/<str:sandbox_id>/"
-SNAPSHOT = "versions/<str:snapshot_id>/"
+SNAPSHOT = "snapshots/<str:snapshot_id>/"
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="sandbox-list"), name="home"),
@@ -42,10 +42,16 @@ urlpatterns = [
     path(SANDBOX + "wake-on/", detail.sandbox_wake_on, name="sandbox-wake-on"),
     path(SANDBOX + "exec/", detail.sandbox_exec, name="sandbox-exec"),
     path(SANDBOX + "snapshot/", detail.sandbox_snapshot, name="sandbox-snapshot"),
-    path(SANDBOX + "versions/", detail.sandbox_versions_taken, name="sandbox-versions"),
+    path(SANDBOX + "snapshots/", detail.sandbox_snapshots_taken, name="sandbox-snapshots"),
     path(SANDBOX + "metrics/", detail.sandbox_metrics, name="sandbox-metrics"),
-    path("versions/", snapshots.snapshot_browser, name="snapshot-browser"),
-    path("versions/compare/", snapshots.snapshot_compare_pick, name="snapshot-compare-pick"),
+    path("snapshots/", snapshots.snapshot_browser, name="snapshot-browser"),
+    # The pages were first published under /versions/: old links and bookmarks still work.
+    path(
+        "versions/<path:rest>",
+        RedirectView.as_view(url="/snapshots/%(rest)s", query_string=True),
+    ),
+    path("versions/", RedirectView.as_view(pattern_name="snapshot-browser", query_string=True)),
+    path("snapshots/compare/", snapshots.snapshot_compare_pick, name="snapshot-compare-pick"),
     path(SNAPSHOT, snapshots.snapshot_detail, name="snapshot-detail"),
     path(SNAPSHOT + "activate/", snapshots.snapshot_activate, name="snapshot-activate"),
     path(SNAPSHOT + "delete/", snapshots.snapshot_delete, name="snapshot-delete"),

@@ -174,7 +174,7 @@ def test_the_versions_page_shows_builds_with_progress_and_log(team, other_team, 
     )  # fmt: skip
     client = Client()
     client.force_login(member)
-    page = client.get("/versions/").content.decode()
+    page = client.get("/snapshots/").content.decode()
     assert "installing remaining packages inside the chroot" in page
     assert "I: extracting archives..." in page
     assert "every 2s" in page  # polled while it runs
@@ -183,7 +183,7 @@ def test_the_versions_page_shows_builds_with_progress_and_log(team, other_team, 
 
     ImageBuild.objects.filter(pk=shared.pk).update(status="succeeded", progress="done",
                                                    snapshot_ids=[f"local_{SMALL}_v1"])  # fmt: skip
-    part = client.get("/versions/?builds=1", headers={"HX-Request": "true"}).content.decode()
+    part = client.get("/snapshots/?builds=1", headers={"HX-Request": "true"}).content.decode()
     assert f"local_{SMALL}_v1" in part
     assert "every 2s" not in part  # nothing left to follow
 

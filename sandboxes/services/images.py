@@ -24,14 +24,11 @@ from django.utils import timezone
 from providers.errors import ProviderError, Unsupported
 from providers.images import ImageError, debian, oci
 from providers.presets import parse_preset_id
-from providers.snapshot_ids import format_snapshot_id
 from sandboxes.models import (
     ImageBuild,
     ImageBuildStatus,
     Outcome,
     Preset,
-    Snapshot,
-    SnapshotStatus,
     Team,
 )
 from sandboxes.services.actors import Actor
@@ -39,7 +36,7 @@ from sandboxes.services.backends import enabled_provider_names, get_provider
 from sandboxes.services.errors import InvalidInput, NotAllowed
 from sandboxes.services.events import record_event
 from sandboxes.services.queue import enqueue_on_commit
-from sandboxes.services.snapshots import activate_snapshot, next_version
+from sandboxes.services.snapshots import register_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -293,29 +290,18 @@ def _register(build: ImageBuild, log: _Log, ref: str, written: int | None) -> No
     with transaction.atomic():
         for preset_id in build.presets:
             preset = Preset.objects.get(pk=preset_id)
-            version = next_version(build.provider, preset)
-            snapshot = Snapshot.objects.create(
-                snapshot_id=format_snapshot_id(build.provider, preset.pk, version),
+            snapshot = register_snapshot(
                 provider=build.provider,
                 preset=preset,
-                version=version,
+                ref=ref,
                 team=build.team,
-                provider_ref=ref,
-                status=SnapshotStatus.READY,
+                actor=actor,
                 created_by=build.created_by,
                 label=build.label,
+                activate=build.activate,
                 size_bytes=written,
+                data={"build": build.pk},
             )
-            record_event(
-                actor=actor,
-                action="import_version",
-                outcome=Outcome.SUCCEEDED,
-                snapshot=snapshot,
-                team=build.team,
-                data={"snapshot_id": snapshot.snapshot_id, "ref": ref, "build": build.pk},
-            )
-            if build.activate:
-                activate_snapshot(snapshot=snapshot, actor=actor, team=build.team)
             ids.append(snapshot.snapshot_id)
         log.line("registered " + ", ".join(ids) + (" (active)" if build.activate else ""))
         _finish(

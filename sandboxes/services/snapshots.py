@@ -7,6 +7,8 @@ preset row. A version belongs to a team, or to nobody (shared: every team may us
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
@@ -39,6 +41,9 @@ from sandboxes.services.errors import CapabilityMissing, Conflict, InvalidInput,
 from sandboxes.services.events import record_event
 from sandboxes.services.queue import enqueue_on_commit
 from sandboxes.states import ACTION_STATUSES, Status, in_words
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
 
 
 def is_snapshot_id(text: str) -> bool:
@@ -367,28 +372,59 @@ def import_snapshot(
         raise InvalidInput("ref: the provider's image reference (1-255 characters)")
     label = _validate_label(label)
     with transaction.atomic():
-        version = next_version(provider, preset)
-        snapshot = Snapshot.objects.create(
-            snapshot_id=format_snapshot_id(provider, preset.pk, version),
+        return register_snapshot(
             provider=provider,
             preset=preset,
-            version=version,
+            ref=ref.strip(),
             team=team,
-            provider_ref=ref.strip(),
-            status=SnapshotStatus.READY,
+            actor=actor,
             created_by=actor.user,
             label=label,
+            activate=activate,
         )
-        record_event(
-            actor=actor,
-            action="import_version",
-            outcome=Outcome.SUCCEEDED,
-            snapshot=snapshot,
-            team=team,
-            data={"snapshot_id": snapshot.snapshot_id, "ref": snapshot.provider_ref},
-        )
-        if activate:
-            activate_snapshot(snapshot=snapshot, actor=actor, team=team)
+
+
+def register_snapshot(
+    *,
+    provider: str,
+    preset: Preset,
+    ref: str,
+    team: Team | None,
+    actor: Actor,
+    created_by: AbstractBaseUser | None,
+    label: str,
+    activate: bool,
+    size_bytes: int | None = None,
+    data: dict | None = None,
+) -> Snapshot:
+    """Record an image that is ready on ``provider`` as the next version of ``preset``.
+
+    The one way a finished image becomes a version: an import and an image build both end
+    here, so both number, audit and activate alike. Call it inside a transaction.
+    """
+    version = next_version(provider, preset)
+    snapshot = Snapshot.objects.create(
+        snapshot_id=format_snapshot_id(provider, preset.pk, version),
+        provider=provider,
+        preset=preset,
+        version=version,
+        team=team,
+        provider_ref=ref,
+        status=SnapshotStatus.READY,
+        created_by=created_by,
+        label=label,
+        size_bytes=size_bytes,
+    )
+    record_event(
+        actor=actor,
+        action="import_version",
+        outcome=Outcome.SUCCEEDED,
+        snapshot=snapshot,
+        team=team,
+        data={"snapshot_id": snapshot.snapshot_id, "ref": ref, **(data or {})},
+    )
+    if activate:
+        activate_snapshot(snapshot=snapshot, actor=actor, team=team)
     return snapshot
 
 

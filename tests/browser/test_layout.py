@@ -166,7 +166,7 @@ def test_reads_and_actions_work_without_javascript(
     drain()
     page.reload()
     expect(page.locator("#sandbox-status [data-status=deleted]")).to_be_visible()
-    page.get_by_role("link", name="Versions").click()
+    page.get_by_role("link", name="Snapshots").click()
     expect(page.locator(f'[id="version-{content["snapshot_id"]}"]')).to_contain_text("a long label")
     shots(page, "versions without js")
     context.close()

@@ -99,7 +99,7 @@ class Command(BaseCommand):
             self.stderr.write(f"No default image: {exc}")
             return
         if build is not None:
-            self.stdout.write(f"{why}; follow it on /versions/")
+            self.stdout.write(f"{why}; follow it on /snapshots/")
 
 
 def split_address(addr: str) -> tuple[str, int]:
