@@ -46,8 +46,7 @@ ACTIVITY_GRANULARITY = timedelta(seconds=30)
 
 
 def _require(sandbox: Sandbox, actor: Actor, capability: str | None, *, statuses, action: str):
-    if not actor.can_write(sandbox.team):
-        raise NotAllowed(f"your role in this team cannot {action}")
+    actor.require_write(sandbox.team, f"{action}")
     if capability:
         caps = capabilities(sandbox.provider)
         if not caps.supports(capability):
@@ -273,8 +272,7 @@ def update_sandbox_settings(
     metadata: dict[str, str] = _UNSET,
 ) -> Sandbox:
     """Change a sandbox's name, TTL, idle timeout or metadata (only what is passed)."""
-    if not actor.can_write(sandbox.team):
-        raise NotAllowed("your role in this team cannot change sandboxes")
+    actor.require_write(sandbox.team, "change sandboxes")
     if sandbox.status == Status.DELETED:
         raise IllegalTransition("change", sandbox.status)
     changes: dict[str, Any] = {}

@@ -63,7 +63,6 @@ from sandboxes.services.errors import (
     CapabilityMissing,
     IdempotencyKeyReused,
     InvalidInput,
-    NotAllowed,
     ServiceError,
 )
 from sandboxes.services.events import Audit, record_event
@@ -237,8 +236,7 @@ def create_sandbox(
     and nothing new is made (``replayed_create``: a retry that asks for something else is
     refused).
     """
-    if not actor.can_write(team):
-        raise NotAllowed("your role in this team cannot create sandboxes")
+    actor.require_write(team, "create sandboxes")
     # What was asked, before defaults fill it in: a retry is compared on this.
     asked = {
         "preset_id": preset_id,
@@ -392,8 +390,7 @@ def request_operation(
     ``only_if`` condition the row must still meet (see ``transitions.request``).
     """
     op = OPERATIONS[operation]
-    if not actor.can_write(sandbox.team):
-        raise NotAllowed(f"your role in this team cannot {operation} sandboxes")
+    actor.require_write(sandbox.team, f"{operation} sandboxes")
     if op.capability:
         caps = capabilities(sandbox.provider)
         if not caps.supports(op.capability):

@@ -104,8 +104,7 @@ def parse_host(host: str) -> tuple[int, str] | None:
 
 def set_sharing(*, sandbox: Sandbox, actor: Actor, name: str, sharing: str) -> dict[str, Any]:
     """Set who may reach the exposed service ``name`` (see the module); return it."""
-    if not actor.can_write(sandbox.team):
-        raise NotAllowed("your role in this team cannot change services")
+    actor.require_write(sandbox.team, "change services")
     if sharing not in SHARING_LEVELS:
         raise InvalidInput(
             f"sharing: one of {', '.join(SHARING_LEVELS)}",

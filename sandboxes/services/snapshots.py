@@ -154,8 +154,7 @@ def next_version(provider: str, preset: Preset) -> int:
 
 def take_snapshot(*, sandbox: Sandbox, actor: Actor, label: str = "") -> Snapshot:
     """Record the next version of the sandbox's preset and enqueue capturing it."""
-    if not actor.can_write(sandbox.team):
-        raise NotAllowed("your role in this team cannot take snapshots")
+    actor.require_write(sandbox.team, "take snapshots")
     caps = capabilities(sandbox.provider)
     if not caps.supports_snapshots:
         raise CapabilityMissing(
