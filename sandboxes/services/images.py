@@ -23,7 +23,6 @@ from django.utils import timezone
 
 from providers.errors import ProviderError, Unsupported
 from providers.images import ImageError, debian, oci
-from providers.presets import parse_preset_id
 from sandboxes.models import (
     ImageBuild,
     ImageBuildStatus,
@@ -36,7 +35,7 @@ from sandboxes.services.backends import enabled_provider_names, get_provider
 from sandboxes.services.errors import InvalidInput, NotAllowed
 from sandboxes.services.events import record_event
 from sandboxes.services.queue import enqueue_on_commit
-from sandboxes.services.snapshots import register_snapshot
+from sandboxes.services.snapshots import known_preset, register_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -91,13 +90,7 @@ def _presets(provider: str, preset_ids: list[str]) -> list[str]:
         raise InvalidInput("give at least one preset", fields={"preset": ["required"]})
     found = []
     for preset_id in dict.fromkeys(preset_ids):
-        preset = Preset.objects.filter(pk=preset_id).first()
-        if preset is None:
-            try:
-                parse_preset_id(preset_id)
-            except ValueError as exc:
-                raise InvalidInput(str(exc), fields={"preset": [str(exc)]}) from None
-            raise InvalidInput(f"unknown preset {preset_id}", fields={"preset": ["unknown"]})
+        preset = known_preset(preset_id)
         if provider not in (preset.providers or []):
             message = f"preset {preset_id} is not offered on {provider}"
             raise InvalidInput(message, fields={"preset": [message]})

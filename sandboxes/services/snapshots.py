@@ -360,13 +360,7 @@ def import_snapshot(
     """Register an image that already exists on a provider as the next version of a preset."""
     _require_scope_manager(actor, team, "import")
     get_provider(provider)
-    preset = Preset.objects.filter(pk=preset_id).first()
-    if preset is None:
-        try:
-            parse_preset_id(preset_id)
-        except ValueError as exc:
-            raise InvalidInput(str(exc), fields={"preset": [str(exc)]}) from None
-        raise InvalidInput(f"unknown preset {preset_id}", fields={"preset": ["unknown preset"]})
+    preset = known_preset(preset_id)
     if not isinstance(ref, str) or not ref.strip() or len(ref) > 255:
         raise InvalidInput("ref: the provider's image reference (1-255 characters)")
     label = _validate_label(label)
@@ -425,6 +419,18 @@ def register_snapshot(
     if activate:
         activate_snapshot(snapshot=snapshot, actor=actor, team=team)
     return snapshot
+
+
+def known_preset(preset_id: str) -> Preset:
+    """The preset ``preset_id``; InvalidInput saying whether the id is malformed or unknown."""
+    preset = Preset.objects.filter(pk=preset_id).first()
+    if preset is None:
+        try:
+            parse_preset_id(preset_id)
+        except ValueError as exc:
+            raise InvalidInput(str(exc), fields={"preset": [str(exc)]}) from None
+        raise InvalidInput(f"unknown preset {preset_id}", fields={"preset": ["unknown preset"]})
+    return preset
 
 
 def activate_snapshot(*, snapshot: Snapshot, actor: Actor, team: Team | None) -> ActiveSnapshot:
