@@ -15,12 +15,15 @@ from django.urls import path, reverse
 from sandboxes.models import (
     ActiveSnapshot,
     ApiToken,
+    Environment,
+    ImageBuild,
     Membership,
     Preset,
     Sandbox,
     SandboxEvent,
     Snapshot,
     Team,
+    TeamSecret,
 )
 from sandboxes.services import backends, lifecycle, network, teams
 from sandboxes.services.actors import Actor
@@ -449,8 +452,22 @@ class SandboxAdmin(admin.ModelAdmin):
         self._lifecycle(request, queryset, "delete")
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows an operator inspects here but changes only where their service is (the audit log,
+    or a team's own pages and API, which check the team and write the audit event)."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(SandboxEvent)
-class SandboxEventAdmin(admin.ModelAdmin):
+class SandboxEventAdmin(ReadOnlyAdmin):
     list_display = [
         "created_at",
         "team",
@@ -466,14 +483,31 @@ class SandboxEventAdmin(admin.ModelAdmin):
     list_select_related = ["team", "sandbox"]
     date_hierarchy = "created_at"
 
-    def has_add_permission(self, request) -> bool:
-        return False
 
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
+@admin.register(Environment)
+class EnvironmentAdmin(ReadOnlyAdmin):
+    list_display = ["name", "team", "snapshot_id", "preset", "provider", "repo", "updated_at"]
+    list_filter = ["team", "provider"]
+    search_fields = ["name", "repo"]
+    list_select_related = ["team", "preset"]
 
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
+
+@admin.register(TeamSecret)
+class TeamSecretAdmin(ReadOnlyAdmin):
+    """Names only: a secret's value is never read back, not even by an operator."""
+
+    list_display = ["name", "team", "updated_at", "updated_by"]
+    list_filter = ["team"]
+    search_fields = ["name"]
+    exclude = ["ciphertext"]
+    list_select_related = ["team"]
+
+
+@admin.register(ImageBuild)
+class ImageBuildAdmin(ReadOnlyAdmin):
+    list_display = ["pk", "kind", "provider", "status", "progress", "team", "created_at"]
+    list_filter = ["status", "kind", "provider"]
+    list_select_related = ["team"]
 
 
 @admin.register(ApiToken)
