@@ -183,6 +183,9 @@ class Snapshot(models.Model):
     )
     label = models.CharField(max_length=200, blank=True)
     size_bytes = models.BigIntegerField(null=True, blank=True)
+    #: Ports the image declares (an OCI image's ExposedPorts): every sandbox started from
+    #: this snapshot gets them as services (``port-<n>``, private) at its first start.
+    exposed_ports = models.JSONField(default=list, blank=True)
     error = models.TextField(blank=True)
     # As on Sandbox: the worker making or deleting the image holds the lease.
     lease_token = models.CharField(max_length=64, blank=True)

@@ -387,6 +387,11 @@ class SnapshotSerializer(serializers.Serializer):
     created_by = serializers.SerializerMethodField()
     label = serializers.CharField()
     size_bytes = serializers.IntegerField(allow_null=True)
+    exposed_ports = serializers.ListField(
+        child=serializers.IntegerField(),
+        help_text="Ports the image declares: each sandbox started from it exposes them as "
+        "services named port-<n> (private) at its first start.",
+    )
     error = serializers.CharField()
     created_at = serializers.DateTimeField()
 

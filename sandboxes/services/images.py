@@ -239,7 +239,7 @@ def perform_build(*, build_pk: int) -> ImageBuild | None:
     return ImageBuild.objects.get(pk=build_pk)
 
 
-def _run(build: ImageBuild, log: _Log) -> tuple[str, int | None]:
+def _run(build: ImageBuild, log: _Log) -> tuple[str, int | None, list[int]]:
     provider = get_provider(build.provider)
     cache = Path(settings.SANDBOX_IMAGE_CACHE_DIR)
     with tempfile.TemporaryDirectory(prefix="image-", dir=_tmp_dir(cache)) as work:
@@ -269,7 +269,7 @@ def _run(build: ImageBuild, log: _Log) -> tuple[str, int | None]:
         f"stored as {result.ref}: {(result.bytes_written or 0) // 1024} KiB written, "
         f"{result.layers_reused} layer(s) already held"
     )
-    return result.ref, result.bytes_written
+    return result.ref, result.bytes_written, list(source.config.exposed_ports)
 
 
 def _tmp_dir(cache: Path) -> Path:
@@ -277,7 +277,9 @@ def _tmp_dir(cache: Path) -> Path:
     return cache
 
 
-def _register(build: ImageBuild, log: _Log, ref: str, written: int | None) -> None:
+def _register(
+    build: ImageBuild, log: _Log, ref: str, written: int | None, exposed_ports: list[int]
+) -> None:
     actor = Actor.system()
     ids = []
     with transaction.atomic():
@@ -293,6 +295,7 @@ def _register(build: ImageBuild, log: _Log, ref: str, written: int | None) -> No
                 label=build.label,
                 activate=build.activate,
                 size_bytes=written,
+                exposed_ports=exposed_ports,
                 data={"build": build.pk},
             )
             ids.append(snapshot.snapshot_id)

@@ -278,7 +278,6 @@ def create_sandbox(
     setup = workspaces.check_setup(setup)
     if environment is not None and environment.team_id != team.pk:
         raise InvalidInput("no such environment", fields={"environment": ["not found"]})
-    has_setup = bool(repo or setup or (environment is not None and environment.services))
     if ttl_action not in TtlAction.values:
         raise InvalidInput(
             f"ttl_action must be one of {', '.join(TtlAction.values)}",
@@ -299,6 +298,9 @@ def create_sandbox(
         snapshot_id=snapshot_id,
     )
     preset: Preset = snapshot.preset
+    # Services to expose at the first start: the environment's, the image's declared ports.
+    exposes = bool(snapshot.exposed_ports or (environment is not None and environment.services))
+    has_setup = bool(repo or setup or exposes)
     capacity = provider_capacity(snapshot.provider)  # also: is it enabled?
     policy, policy_source = network.effective_policy(preset=preset, team=team, override=override)
     network.check_supported(

@@ -178,6 +178,8 @@ def take_snapshot(*, sandbox: Sandbox, actor: Actor, label: str = "") -> Snapsho
             team=sandbox.team,
             parent_id=sandbox.snapshot_id,
             source_sandbox=sandbox,
+            # The image's declared ports stay declared in what is made from it.
+            exposed_ports=sandbox.snapshot.exposed_ports if sandbox.snapshot_id else [],
             created_by=actor.user,
             label=label,
         )
@@ -388,6 +390,7 @@ def register_snapshot(
     label: str,
     activate: bool,
     size_bytes: int | None = None,
+    exposed_ports: list[int] | None = None,
     data: dict | None = None,
 ) -> Snapshot:
     """Record an image that is ready on ``provider`` as the next version of ``preset``.
@@ -407,6 +410,7 @@ def register_snapshot(
         created_by=created_by,
         label=label,
         size_bytes=size_bytes,
+        exposed_ports=sorted(exposed_ports or []),
     )
     record_event(
         actor=actor,
