@@ -34,7 +34,7 @@ from sandboxes.models import (
     Team,
 )
 from sandboxes.selectors import active_snapshot, visible_to
-from sandboxes.services import leases
+from sandboxes.services import leases, pools
 from sandboxes.services.actors import Actor
 from sandboxes.services.backends import capabilities, get_provider
 from sandboxes.services.errors import CapabilityMissing, Conflict, InvalidInput, NotAllowed
@@ -446,6 +446,7 @@ def activate_snapshot(*, snapshot: Snapshot, actor: Actor, team: Team | None) ->
         )
         pointer = scope.first()
         previous = pointer.snapshot.snapshot_id if pointer else ""
+        previous_snapshot = pointer.snapshot if pointer else None
         if pointer is None:
             pointer = ActiveSnapshot.objects.create(
                 team=team,
@@ -467,6 +468,8 @@ def activate_snapshot(*, snapshot: Snapshot, actor: Actor, team: Team | None) ->
             team=team,
             data={"snapshot_id": snapshot.snapshot_id, "previous": previous},
         )
+        # The scope's warm pools follow: old members drain, new ones are made.
+        pools.follow_activation(previous=previous_snapshot, snapshot=snapshot, team=team)
     return pointer
 
 
