@@ -17,8 +17,8 @@ from providers.errors import OperationFailed
 from sandboxes import selectors
 from sandboxes.models import (
     ActorKind,
-    MemberState,
     Membership,
+    MemberState,
     PoolMember,
     Sandbox,
     SandboxEvent,
@@ -317,7 +317,7 @@ def test_fifty_concurrent_creates_against_a_pool_of_twenty(
         try:
             gate.wait()
             made.append(create(team, user))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
         finally:
             close_old_connections()

@@ -42,7 +42,8 @@ def test_an_owner_creates_a_pool_and_a_create_through_the_api_hits_it(memory_bac
     (row,) = listed["results"] if isinstance(listed, dict) else listed
     assert (row["hits"], row["misses"], row["hit_rate"], row["ready"]) == (1, 0, 1.0, 2)
     changed = api.patch(f"/api/v1/pools/{row['id']}", {"enabled": False}, format="json")
-    assert changed.status_code == 200 and changed.json()["enabled"] is False
+    assert changed.status_code == 200
+    assert changed.json()["enabled"] is False
     assert api.delete(f"/api/v1/pools/{row['id']}").status_code == 204
     assert not WarmPool.objects.exists()
 
