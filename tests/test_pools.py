@@ -343,3 +343,28 @@ def test_fifty_concurrent_creates_against_a_pool_of_twenty(
     # Nothing orphaned: every instance belongs to exactly one sandbox.
     assert set(memory_backend.instances) == set(refs)
     assert orphans.find_orphans(rows=[], inventory=sweep.take_inventory()) == []
+
+
+def test_an_operator_manages_shared_pools_in_the_admin(memory_backend, snapshot, admin_client):
+    answer = admin_client.post(
+        "/admin/sandboxes/warmpool/add/",
+        {
+            "snapshot": snapshot.pk,
+            "team": "",
+            "target_size": 2,
+            "maximum": 2,
+            "max_age_seconds": 3600,
+            "enabled": "on",
+            "members-TOTAL_FORMS": 0,
+            "members-INITIAL_FORMS": 0,
+        },
+    )
+    assert answer.status_code == 302, answer.content.decode()[-1500:]
+    pool = WarmPool.objects.get()
+    assert pool.team is None
+    assert len(ready(pool)) == 2
+    event = SandboxEvent.objects.get(action="pool_create")
+    assert event.actor_user.username == "admin"
+    page = admin_client.get("/admin/sandboxes/warmpool/")
+    assert page.status_code == 200
+    assert snapshot.snapshot_id in page.content.decode()
