@@ -49,7 +49,7 @@ def _world():
     team = Team.objects.create(slug="bench", name="Bench", max_sandboxes=0)
     Team.objects.filter(pk=team.pk).update(max_sandboxes=0, max_vcpus=0, max_memory_mb=0)
     team.refresh_from_db()
-    user = get_user_model().objects.create_user(username="bench", password="x")
+    user = get_user_model().objects.create_user(username="bench")
     Membership.objects.create(user=user, team=team, role="owner")
     _, secret = create_api_token(user=user, team=team, actor=Actor.system())
     client = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
@@ -160,7 +160,6 @@ def docker(out: dict, team, client) -> None:
 def local(out: dict, team, user, tmp: Path) -> None:
     import secrets as random
 
-    from sandboxes.models import Sandbox
     from sandboxes.services import interactive, lifecycle
     from sandboxes.services.actors import Actor
 
@@ -207,11 +206,12 @@ def local(out: dict, team, user, tmp: Path) -> None:
     from sandboxes.services.backends import get_provider
     from tests.local_support import teardown
 
-    WarmPool_delete(pool)
+    _drop_pool(pool)
     teardown(get_provider("local"))
 
 
-def WarmPool_delete(pool) -> None:  # noqa: N802 - the local provider's teardown removes the rest
+def _drop_pool(pool) -> None:
+    """The rows only: the local provider's teardown removes the instances."""
     from sandboxes.models import PoolMember
 
     PoolMember.objects.filter(pool=pool).delete()
