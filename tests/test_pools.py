@@ -368,3 +368,19 @@ def test_an_operator_manages_shared_pools_in_the_admin(memory_backend, snapshot,
     page = admin_client.get("/admin/sandboxes/warmpool/")
     assert page.status_code == 200
     assert snapshot.snapshot_id in page.content.decode()
+
+
+def test_a_pooled_snapshot_cannot_be_deleted_under_its_members(
+    memory_backend, team, owner, snapshot
+):
+    from sandboxes.services.errors import Conflict
+    from sandboxes.services.snapshots import delete_snapshot
+
+    v2 = import_snapshot(
+        provider="memory", preset_id=PRESET, ref="base", actor=Actor.system(), team=team
+    )
+    pool = make_pool(team, owner, v2, target_size=1)
+    with pytest.raises(Conflict, match="warm pool"):
+        delete_snapshot(snapshot=v2, actor=Actor.for_user(owner))
+    pools.delete_pool(actor=Actor.for_user(owner), pool=pool)
+    assert delete_snapshot(snapshot=v2, actor=Actor.for_user(owner)).status == "deleted"

@@ -27,11 +27,13 @@ from sandboxes import selectors
 from sandboxes.models import (
     ActiveSnapshot,
     Outcome,
+    PoolMember,
     Preset,
     Sandbox,
     Snapshot,
     SnapshotStatus,
     Team,
+    WarmPool,
 )
 from sandboxes.selectors import active_snapshot, visible_to
 from sandboxes.services import leases, pools
@@ -501,6 +503,15 @@ def delete_snapshot(*, snapshot: Snapshot, actor: Actor, data: dict | None = Non
             raise Conflict(
                 f"{locked.snapshot_id} is used by sandbox(es) {', '.join(users[:5])}{more}; "
                 "delete them first"
+            )
+        # A warm pool keeps instances made from it (PVE's linked clones need the
+        # template): delete the pool, or activate another version, first.
+        if WarmPool.objects.filter(snapshot=locked).exists() or (
+            PoolMember.objects.filter(snapshot=locked).exists()
+        ):
+            raise Conflict(
+                f"{locked.snapshot_id} has a warm pool or pool members; delete the pool "
+                "(or activate another version and let the pool drain) first"
             )
         updated = Snapshot.objects.filter(pk=locked.pk, status=locked.status).update(
             status=SnapshotStatus.DELETING, updated_at=timezone.now()
