@@ -384,3 +384,20 @@ def test_a_pooled_snapshot_cannot_be_deleted_under_its_members(
         delete_snapshot(snapshot=v2, actor=Actor.for_user(owner))
     pools.delete_pool(actor=Actor.for_user(owner), pool=pool)
     assert delete_snapshot(snapshot=v2, actor=Actor.for_user(owner)).status == "deleted"
+
+
+def test_a_failed_relabel_leaves_the_sandbox_running_and_the_sweep_finishes_it(
+    memory_backend, team, owner, snapshot
+):
+    make_pool(team, owner, snapshot, target_size=1)
+    memory_provider.MemoryProvider.fail("relabel", OperationFailed("metadata store down"))
+    sandbox = create(team, owner)
+    assert sandbox.status == Status.RUNNING
+    assert "metadata store down" in sandbox.last_error
+    record = memory_backend.instances[sandbox.provider_ref]
+    assert record.metadata.get(META_POOL)  # still the member's
+    report = sweep.run_sweep()
+    assert report.actions["orphans"] == 0  # the sandbox owns it: not an orphan
+    assert record.metadata == lifecycle.provider_metadata(sandbox)
+    assert SandboxEvent.objects.filter(action="pool_relabel", sandbox=sandbox).exists()
+    assert sandbox.provider_ref in memory_backend.instances

@@ -64,6 +64,7 @@ from sandboxes.services.errors import InvalidInput, NotAllowed
 from sandboxes.services.events import record_event
 from sandboxes.services.inventory import Inventory
 from sandboxes.services.queue import enqueue_on_commit
+from sandboxes.states import SETTLED_LIVE, Status
 
 logger = logging.getLogger(__name__)
 M = MemberState
@@ -609,19 +610,45 @@ def reconcile_members(*, inventory: Inventory, now: datetime, limit: int) -> int
                     member.provider_ref = found.id
                 PoolMember.objects.filter(pk=member.pk).update(state=M.DELETING)
                 acted += _delete_member(member, reason="stuck")
-        owned = set(
-            Sandbox.objects.filter(
+        owned = {
+            sandbox.provider_ref: sandbox
+            for sandbox in Sandbox.objects.filter(
                 provider=name, provider_ref__in=[i.id for i in pooled]
-            ).values_list("provider_ref", flat=True)
-        )
+            ).select_related("team", "snapshot")
+        }
         for instance in pooled:
             if acted >= limit:
                 return acted
             member_id = instance.metadata.get(META_SANDBOX_ID, "")
-            if member_id in rows or instance.id in owned:
-                continue  # a member, or claimed by a sandbox whose start relabels it
+            if member_id in rows:
+                continue
+            if instance.id in owned:
+                acted += _finish_relabel(owned[instance.id])
+                continue
             acted += _recover(name, instance.id, instance.metadata)
     return acted
+
+
+def _finish_relabel(sandbox: Sandbox) -> int:
+    """A claimed member whose relabel failed (or whose start died before it): the sandbox
+    owns it; once its status is settled, write the sandbox's metadata on it."""
+    from sandboxes.services.lifecycle import provider_metadata  # lifecycle imports pools
+
+    if sandbox.status not in SETTLED_LIVE and sandbox.status != Status.FAILED:
+        return 0  # its worker may be relabelling it right now
+    try:
+        get_provider(sandbox.provider).get(sandbox.provider_ref).relabel(provider_metadata(sandbox))
+    except (ProviderError, InvalidInput) as exc:
+        logger.warning("relabelling %s failed: %s", sandbox.pk, exc)
+        return 0
+    record_event(
+        actor=Actor.scheduler(),
+        action="pool_relabel",
+        outcome=Outcome.SUCCEEDED,
+        sandbox=sandbox,
+        message=f"{sandbox.provider_ref} now carries the sandbox's metadata",
+    )
+    return 1
 
 
 def _recover(provider: str, ref: str, metadata: dict[str, str]) -> int:
