@@ -28,19 +28,21 @@ from bench import Result, median_result
 ROOT = Path(__file__).resolve().parent.parent
 
 NOTES = """
-Where a `local` hit's time goes (cProfile of one create and its first exec, 33 ms under
-the profiler, 18 ms without): the request is database work on SQLite: the create's
+Where a `local` hit's time goes (cProfile of one create and its first exec): it is
+database work on SQLite, four commits and about thirty statements: the create's
 transaction (team row lock, quota count, the member row's claim and delete, the sandbox
-row, two audit events: 4 ms), the start that relabels and settles it (lease, state file
-rewrite under its lock, `running` with its audit event: 8 ms under the profiler), and
-the refill task enqueued through django-q2's database broker, which closes and reopens
-the connection for a task enqueued outside a transaction (5 ms). The exec itself is
-3.5 ms. The 3 ms target is not met: a hit saves the provider's work (the overlay, the
-cgroup, the init), which for `local` is small; what is left is the bookkeeping every
-create writes. PVE and Docker hits are dominated by the same bookkeeping plus a few
-provider calls (PVE: 7 API calls, no task; Docker: a container inspect and the relabel
-volume). The first hit of each provider pays for connection setup (TLS to the simulator,
-the Docker client) and is included in the medians' n.
+row, two audit events), the start that relabels and settles it (lease, state file rewrite
+under its lock, `running` with its audit event), and the refill task enqueued after
+commit; then the exec (through the sandbox's init, about 4 ms, with its audit event).
+Enqueueing that task used to cost 4-5 ms more: django-q2's database broker closed the
+connection before a task enqueued outside a transaction, and the next query reconnected;
+`services/queue.py` now enqueues in a transaction of its own. The 3 ms target is not met:
+a hit saves the provider's work (the overlay, the cgroup, the init), which for `local` is
+small; what is left is the bookkeeping every create writes. PVE and Docker hits are the
+same bookkeeping plus a few provider calls (PVE: 7 API calls, no task; Docker: inspects
+and the relabel volume). The first hit of each provider pays for connection setup (TLS to
+the simulator, the Docker client) and is included in the medians' n. The machine is shared
+(two cores, other jobs): single runs vary by tens of percent.
 
 Members of every provider are kept *started*: a started member answers a claim with a
 metadata write, while a paused or stopped one would add a resume (PVE: a start task, 2 s
