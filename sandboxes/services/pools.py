@@ -382,6 +382,10 @@ def refill(*, pool_id: int, now: datetime | None = None) -> int:
         query = WarmPool.objects.filter(pk=pool_id).select_related("snapshot__preset", "team")
         if connection.features.has_select_for_update_skip_locked:
             query = query.select_for_update(skip_locked=True, of=("self",))
+        else:
+            # SQLite: a write first takes the database's write lock, so a second refill
+            # waits here and then counts the members the first one made.
+            WarmPool.objects.filter(pk=pool_id).update(updated_at=timezone.now())
         pool = query.first()
         if pool is None:
             return 0  # gone, or another refill has it
