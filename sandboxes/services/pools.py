@@ -52,6 +52,7 @@ from sandboxes.models import (
     Outcome,
     PoolMember,
     Sandbox,
+    SandboxEvent,
     Snapshot,
     SnapshotStatus,
     Team,
@@ -413,7 +414,7 @@ def refill(*, pool_id: int, now: datetime | None = None) -> int:
         elif not short and pool.short_since is not None:
             WarmPool.objects.filter(pk=pool.pk).update(short_since=None)
         if want <= 0:
-            if limit == "capacity":
+            if limit == "capacity" and not _refused_already(pool):
                 _audit(
                     Actor.scheduler(),
                     "pool_fill",
@@ -449,6 +450,17 @@ def refill(*, pool_id: int, now: datetime | None = None) -> int:
     if ready_now >= pool.target_size:
         WarmPool.objects.filter(pk=pool_id).update(short_since=None)
     return removed + len(members)
+
+
+def _refused_already(pool: WarmPool) -> bool:
+    """The pool's last fill event was a refusal: do not write one a minute while full."""
+    last = (
+        SandboxEvent.objects.filter(action="pool_fill", data__pool=pool.pk)
+        .order_by("-created_at", "-id")
+        .values_list("outcome", flat=True)
+        .first()
+    )
+    return last == Outcome.REFUSED
 
 
 def _room(pool: WarmPool) -> int | None:
