@@ -190,6 +190,19 @@ def local(out: dict, team, user, tmp: Path) -> None:
         totals.append((done - began) * 1000)
         creates.append((made - began) * 1000)
         execs.append((done - made) * 1000)
+    # The provider's share of a hit: get, relabel, first exec on a member (no database).
+    from sandboxes.models import PoolMember
+    from sandboxes.services.backends import get_provider
+
+    provider = get_provider("local")
+    shares = []
+    for index, member in enumerate(PoolMember.objects.filter(pool=pool, state="ready")[:5]):
+        began = time.perf_counter()
+        instance = provider.get(member.provider_ref)
+        instance.relabel({**instance.metadata, "sandbox_id": f"sbx-share{index}"})
+        instance.exec(["true"])
+        shares.append((time.perf_counter() - began) * 1000)
+    out["local_provider_share_ms"] = shares
     out["local_hit_to_exec_ms"] = totals
     out["local_hit_create_ms"] = creates
     out["local_first_exec_ms"] = execs
