@@ -210,7 +210,15 @@ class DockerInstance(Instance):
         self._provider.drop_relabel_record(self.id)
 
     def relabel(self, metadata: Mapping[str, str]) -> None:
-        self._provider.write_relabel_record(self._reload(), metadata)
+        container = self._reload()
+        if META_POOL not in labels.metadata_of(container.labels):
+            # Only containers made for a warm pool look for a relabel record (one volume
+            # lookup per ``get``); no other container is ever relabelled.
+            raise Unsupported(
+                "the docker provider relabels only containers made for a warm pool",
+                capability="relabel",
+            )
+        self._provider.write_relabel_record(container, metadata)
         self._relabelled = {str(k): str(v) for k, v in metadata.items()}
         self.metadata = dict(self._relabelled)
 
