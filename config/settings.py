@@ -274,6 +274,12 @@ SANDBOX_RETENTION_MINUTES = max(1, env_int("SANDBOX_RETENTION_MINUTES", 60))
 # At most this many actions per kind (TTL, idle, stuck, drift, failed, orphans) per sweep.
 SANDBOX_SWEEP_BATCH = max(1, env_int("SANDBOX_SWEEP_BATCH", 50))
 SANDBOX_STUCK_SECONDS = env_seconds("SANDBOX_STUCK_SECONDS", 300)
+# Warm pools (docs/pools.md): how often every pool is topped up, drained and recycled
+# (a claim also refills its own pool at once), and how many members one refill makes at once.
+SANDBOX_POOL_MINUTES = max(1, env_int("SANDBOX_POOL_MINUTES", 1))
+SANDBOX_POOL_FILL_PARALLEL = max(1, env_int("SANDBOX_POOL_FILL_PARALLEL", 4))
+# The largest maximum a pool may be given (its budget of members).
+SANDBOX_POOL_MAX_MEMBERS = max(1, env_int("SANDBOX_POOL_MAX_MEMBERS", 50))
 # Lifecycle defaults for teams without their own (cmux's: park after 20 h idle, delete
 # after 14 days stopped or paused); 0 = never. Fixed on each sandbox at create.
 SANDBOX_DEFAULT_IDLE_TIMEOUT_SECONDS = env_seconds("SANDBOX_DEFAULT_IDLE_TIMEOUT_SECONDS", 72000)

@@ -54,6 +54,9 @@ META_TEAM = "team"
 META_PRESET = "preset"
 META_SNAPSHOT_ID = "snapshot_id"
 MARKER_KEYS = (META_SANDBOX_ID, META_TEAM, META_PRESET, META_SNAPSHOT_ID)
+#: On a warm pool's member only (docs/pools.md): the pool it belongs to. Its sandbox id is
+#: then the member's id; a claim relabels the instance with the sandbox's own metadata.
+META_POOL = "pool"
 
 #: Output beyond this many bytes per stream is cut off and flagged as truncated.
 EXEC_OUTPUT_LIMIT = 1024 * 1024
@@ -488,6 +491,13 @@ class Instance(ABC):
 
     @abstractmethod
     def snapshot(self) -> SnapshotResult: ...
+
+    def relabel(self, metadata: Mapping[str, str]) -> None:
+        """Replace the instance's metadata with ``metadata`` (a warm pool's member handed
+        to a sandbox: docs/pools.md), where ``list`` and ``get`` read it, so orphan
+        detection and rebuilding a lost row see the sandbox, not the pool. The instance's
+        reference does not change."""
+        raise Unsupported("this provider cannot relabel an instance", capability="relabel")
 
     def metrics(self) -> list[MetricSample]:
         """Recent CPU and memory samples, oldest first (empty when not reported)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import path, reverse
@@ -18,14 +18,17 @@ from sandboxes.models import (
     Environment,
     ImageBuild,
     Membership,
+    MemberState,
+    PoolMember,
     Preset,
     Sandbox,
     SandboxEvent,
     Snapshot,
     Team,
     TeamSecret,
+    WarmPool,
 )
-from sandboxes.services import backends, lifecycle, network, teams
+from sandboxes.services import backends, lifecycle, network, pools, teams
 from sandboxes.services.actors import Actor
 from sandboxes.services.errors import ServiceError
 from sandboxes.services.presets import preset_id_for
@@ -557,3 +560,69 @@ class ApiTokenAdmin(admin.ModelAdmin):
             lambda t, actor: revoke_api_token(token=t, actor=actor),
             "Revoked",
         )
+
+
+class PoolMemberInline(admin.TabularInline):
+    """A pool's members, read-only: the worker makes and removes them."""
+
+    model = PoolMember
+    fields = ["id", "state", "provider_ref", "snapshot", "created_at", "ready_at", "last_error"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(WarmPool)
+class WarmPoolAdmin(ServiceWritesAdmin):
+    """Warm pools (docs/pools.md), shared ones included: writes go through services/pools."""
+
+    list_display = [
+        "snapshot",
+        "team",
+        "target_size",
+        "maximum",
+        "enabled",
+        "ready_members",
+        "hits",
+        "misses",
+        "short_since",
+    ]
+    list_filter = ["provider", "enabled", "team"]
+    inlines = [PoolMemberInline]
+    fields = ["snapshot", "team", "target_size", "maximum", "max_age_seconds", "enabled"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # A pool follows activations; another snapshot or team is another pool.
+        return ["snapshot", "team"] if obj is not None else []
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("snapshot", "team")
+            .annotate(ready=Count("members", filter=Q(members__state=MemberState.READY)))
+        )
+
+    @admin.display(description="ready", ordering="ready")
+    def ready_members(self, obj) -> int:
+        return obj.ready
+
+    def save_model(self, request, obj, form, change) -> None:
+        actor = Actor.for_user(request.user)
+        values = {
+            "target_size": obj.target_size,
+            "maximum": obj.maximum,
+            "max_age_seconds": obj.max_age_seconds,
+            "enabled": obj.enabled,
+        }
+        if change:
+            pools.update_pool(actor=actor, pool=WarmPool.objects.get(pk=obj.pk), **values)
+        else:
+            made = pools.create_pool(actor=actor, team=obj.team, snapshot=obj.snapshot, **values)
+            obj.pk = made.pk
+
+    def delete_model(self, request, obj) -> None:
+        pools.delete_pool(actor=Actor.for_user(request.user), pool=obj)

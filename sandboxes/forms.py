@@ -340,3 +340,18 @@ class EnvironmentForm(forms.Form):
             "delete_parked": environment.delete_parked_after_seconds,
             "ttl": environment.ttl_seconds,
         }
+
+
+class PoolForm(forms.Form):
+    """A warm pool for the team (docs/pools.md): which snapshot, how many kept ready."""
+
+    snapshot = forms.ChoiceField(label="Snapshot", choices=())
+    target_size = forms.IntegerField(label="Target size", min_value=0, initial=2)
+    maximum = forms.IntegerField(label="Maximum", min_value=0, initial=4)
+    max_age_seconds = forms.IntegerField(
+        label="Max member age (s)", min_value=60, initial=24 * 3600
+    )
+
+    def __init__(self, *args, snapshot_ids: list[str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["snapshot"].choices = [(s, s) for s in snapshot_ids]

@@ -671,3 +671,83 @@ class ImageBuild(models.Model):
         if self.kind == self.KIND_OCI:
             return self.ref
         return f"debian {self.suite}: {', '.join(self.packages)}"
+
+
+class WarmPool(models.Model):
+    """Started instances of one snapshot kept ready for creates (docs/pools.md).
+
+    A create that matches (same provider and snapshot, the pool's team or a shared pool)
+    takes a ready member instead of cloning. Members are ``PoolMember`` rows, not
+    sandboxes: nothing that lists, counts or bills a team's sandboxes ever sees them.
+    """
+
+    provider = models.CharField(max_length=32)
+    snapshot = models.ForeignKey(Snapshot, on_delete=models.PROTECT, related_name="pools")
+    #: Blank: a shared pool, claimed by any team's create after the team's own pool.
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.CASCADE, related_name="pools"
+    )
+    #: Members kept (ready or being made) when nothing else limits it.
+    target_size = models.PositiveIntegerField(default=2)
+    #: Members there may ever be at once (the pool's budget), whatever the demand.
+    maximum = models.PositiveIntegerField(default=4)
+    #: Ready members older than this are replaced (fresh packages, no stale caches).
+    max_age_seconds = models.PositiveIntegerField(default=24 * 3600)
+    enabled = models.BooleanField(default=True)
+    hits = models.PositiveBigIntegerField(default=0)
+    misses = models.PositiveBigIntegerField(default=0)
+    #: Since when fewer members than ``target_size`` were ready (None: full): the refill lag.
+    short_since = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["provider", "snapshot_id", "team_id"]
+        constraints = [
+            models.UniqueConstraint(
+                Coalesce(F("team"), Value(0)), F("snapshot"), name="one_pool_per_snapshot_scope"
+            ),
+            models.CheckConstraint(
+                condition=Q(maximum__gte=F("target_size")), name="pool_maximum_at_least_target"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"pool of {self.snapshot_id} for {self.team or 'every team'}"
+
+
+class MemberState(models.TextChoices):
+    CREATING = "creating"
+    READY = "ready"
+    DELETING = "deleting"
+
+
+class PoolMember(models.Model):
+    """One instance of a pool. Its id is the sandbox id in the instance's metadata (with
+    ``pool``) until a claim hands the instance to a sandbox and the row is deleted."""
+
+    id = models.CharField(primary_key=True, max_length=32, default=new_sandbox_id, editable=False)
+    #: Null once its pool was deleted: then it is only waiting to be removed.
+    pool = models.ForeignKey(
+        WarmPool, null=True, blank=True, on_delete=models.SET_NULL, related_name="members"
+    )
+    provider = models.CharField(max_length=32)
+    snapshot = models.ForeignKey(Snapshot, on_delete=models.PROTECT, related_name="+")
+    preset = models.ForeignKey(Preset, on_delete=models.PROTECT, related_name="+")
+    #: The outbound policy it was made with (``services/network.as_record``): a create
+    #: whose effective policy differs does not take it.
+    network = models.JSONField(default=dict, blank=True)
+    provider_ref = models.CharField(max_length=255, blank=True)
+    state = models.CharField(
+        max_length=10, choices=MemberState.choices, default=MemberState.CREATING
+    )
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    ready_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [models.Index(fields=["pool", "state", "ready_at"], name="pool_member_claim_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.state})"

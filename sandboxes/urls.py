@@ -8,6 +8,7 @@ from sandboxes.views import (
     detail,
     environments,
     pages,
+    pools,
     previews,
     sandboxes,
     secrets,
@@ -65,6 +66,9 @@ urlpatterns = [
     path("audit/", pages.audit_log, name="audit-log"),
     path("tokens/", tokens.token_list, name="token-list"),
     path("secrets/", secrets.secret_list, name="secret-list"),
+    path("pools/", pools.pool_list, name="pool-list"),
+    path("pools/<int:pool_id>/toggle/", pools.pool_toggle, name="pool-toggle"),
+    path("pools/<int:pool_id>/delete/", pools.pool_delete, name="pool-delete"),
     path("environments/", environments.environment_list, name="environment-list"),
     path(
         "environments/<int:environment_id>/", environments.environment_edit, name="environment-edit"

@@ -12,6 +12,7 @@ from docker.models.containers import Container
 
 from providers.base import (
     EXEC_OUTPUT_LIMIT,
+    META_POOL,
     ExecResult,
     HttpService,
     Instance,
@@ -61,8 +62,10 @@ class DockerInstance(Instance):
         provider: DockerProvider,
         container: Container,
         http_services: Iterable[HttpService] | None = None,
+        relabelled: Mapping[str, str] | None = None,
     ) -> None:
         self._provider = provider
+        self._relabelled = relabelled
         self._load(container, http_services)
 
     def __repr__(self) -> str:
@@ -75,6 +78,11 @@ class DockerInstance(Instance):
         self.id = container.id
         self.status = _STATUS.get(container.status, InstanceStatus.ERROR)
         self.metadata = labels.metadata_of(container.labels)
+        if META_POOL in self.metadata:
+            # Made for a warm pool: a relabel record, when there is one, says who owns it.
+            if self._relabelled is None:
+                self._relabelled = self._provider.relabel_record(container.id) or {}
+            self.metadata = dict(self._relabelled) or self.metadata
         if http_services is None:
             http_services = services.services_of(self._provider.client, container.id)
         self.networking = Networking(tuple(http_services))
@@ -199,6 +207,20 @@ class DockerInstance(Instance):
         with contextlib.suppress(NotFound):
             self._do("remove", lambda: client.containers.get(self.id).remove(force=True, v=True))
         services.remove_network(client, self.id)
+        self._provider.drop_relabel_record(self.id)
+
+    def relabel(self, metadata: Mapping[str, str]) -> None:
+        container = self._reload()
+        if META_POOL not in labels.metadata_of(container.labels):
+            # Only containers made for a warm pool look for a relabel record (one volume
+            # lookup per ``get``); no other container is ever relabelled.
+            raise Unsupported(
+                "the docker provider relabels only containers made for a warm pool",
+                capability="relabel",
+            )
+        self._provider.write_relabel_record(container, metadata)
+        self._relabelled = {str(k): str(v) for k, v in metadata.items()}
+        self.metadata = dict(self._relabelled)
 
     # --- services -----------------------------------------------------------------------
 

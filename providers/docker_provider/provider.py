@@ -301,11 +301,51 @@ class DockerProvider(Provider):
         with docker_call("list containers"):
             found = self.client.containers.list(all=True, filters={"label": wanted})
         by_owner = services.services_by_owner(self.client)
+        records = self._relabel_records()
         return [
-            DockerInstance(self, c, by_owner.get(c.id, ()))
+            DockerInstance(self, c, by_owner.get(c.id, ()), records.get(c.id, {}))
             for c in found
             if META_SANDBOX_ID in labels.metadata_of(c.labels)
         ]
+
+    # --- relabel records (labels.ROLE_RELABEL) ----------------------------------------
+
+    def _relabel_records(self) -> dict[str, dict[str, str]]:
+        wanted = [f"{labels.ROLE}={labels.ROLE_RELABEL}"]
+        with docker_call("list relabel records"):
+            found = self.client.volumes.list(filters={"label": wanted})
+        return {
+            (v.attrs.get("Labels") or {}).get(labels.OWNER, ""): labels.metadata_of(
+                v.attrs.get("Labels") or {}
+            )
+            for v in found
+        }
+
+    def relabel_record(self, container_id: str) -> dict[str, str] | None:
+        try:
+            with docker_call("read relabel record"):
+                volume = self.client.volumes.get(labels.relabel_name(container_id))
+        except NotFound:
+            return None
+        found = volume.attrs.get("Labels") or {}
+        if found.get(labels.OWNER) != container_id:
+            return None
+        return labels.metadata_of(found)
+
+    def write_relabel_record(self, container: Container, metadata: Mapping[str, str]) -> None:
+        """Replace the record (volumes cannot be relabelled either): remove, then make."""
+        self.drop_relabel_record(container.id)
+        record = {
+            labels.ROLE: labels.ROLE_RELABEL,
+            labels.OWNER: container.id,
+            labels.METADATA: json.dumps(dict(metadata), sort_keys=True),
+        }
+        with docker_call("write relabel record"):
+            self.client.volumes.create(name=labels.relabel_name(container.id), labels=record)
+
+    def drop_relabel_record(self, container_id: str) -> None:
+        with contextlib.suppress(NotFound), docker_call("remove relabel record"):
+            self.client.volumes.get(labels.relabel_name(container_id)).remove(force=True)
 
     def import_image(self, source: ImageSource) -> ImportResult:
         """``docker import`` of a one-layer image (a built root filesystem) with its

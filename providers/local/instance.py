@@ -112,5 +112,9 @@ class LocalInstance(Instance):
     def snapshot(self) -> SnapshotResult:
         return self._provider.snapshot(self.id)
 
+    def relabel(self, metadata: Mapping[str, str]) -> None:
+        self._provider.relabel(self.id, metadata)
+        self.metadata = {str(k): str(v) for k, v in metadata.items()}
+
     def metrics(self) -> list[MetricSample]:
         return self._provider.metrics(self.id)

@@ -844,6 +844,13 @@ class LocalProvider(Provider):
             self.store.save(state)
             return service_url(self.store, sandbox_id, name)
 
+    def relabel(self, sandbox_id: str, metadata: Mapping[str, str]) -> None:
+        """The state file's metadata is what ``list`` reports (the directory keeps its
+        name: the reference does not change)."""
+        with self._locked_state(sandbox_id) as state:
+            state.metadata = {str(k): str(v) for k, v in metadata.items()}
+            self.store.save(state)
+
     def hide(self, sandbox_id: str, name: str) -> None:
         with self._locked_state(sandbox_id) as state:
             if state.services.pop(name, None) is None:

@@ -720,3 +720,51 @@ class ErrorDetailSerializer(serializers.Serializer):
 
 class ErrorSerializer(serializers.Serializer):
     error = ErrorDetailSerializer()
+
+
+class PoolSerializer(serializers.Serializer):
+    """A warm pool: started instances of one snapshot kept for creates (docs/pools.md)."""
+
+    id = serializers.IntegerField()
+    provider = serializers.CharField()
+    snapshot_id = serializers.CharField(source="snapshot.snapshot_id")
+    shared = serializers.SerializerMethodField(
+        help_text="True: every team's creates may take from it (operators manage it)."
+    )
+    target_size = serializers.IntegerField()
+    maximum = serializers.IntegerField(help_text="Members there may ever be at once.")
+    max_age_seconds = serializers.IntegerField(help_text="Older ready members are replaced.")
+    enabled = serializers.BooleanField()
+    ready = serializers.IntegerField(help_text="Members ready to be claimed now.")
+    creating = serializers.IntegerField(help_text="Members being made.")
+    hits = serializers.IntegerField()
+    misses = serializers.IntegerField()
+    hit_rate = serializers.SerializerMethodField(help_text="hits / (hits + misses); null: none.")
+    refill_lag_seconds = serializers.SerializerMethodField(
+        help_text="How long fewer than target_size members have been ready (0: full)."
+    )
+    created_at = serializers.DateTimeField()
+
+    def get_shared(self, pool) -> bool:
+        return pool.team_id is None
+
+    def get_hit_rate(self, pool) -> float | None:
+        total = pool.hits + pool.misses
+        return round(pool.hits / total, 4) if total else None
+
+    def get_refill_lag_seconds(self, pool) -> float:
+        if pool.short_since is None:
+            return 0.0
+        return round((timezone.now() - pool.short_since).total_seconds(), 1)
+
+
+class PoolWriteSerializer(StrictSerializer):
+    """Create (snapshot_id required) or change (the fields given) a team's pool."""
+
+    snapshot_id = StrictCharField(
+        required=False, max_length=120, help_text="A version, e.g. local_2vcpu_2gb_8gb_v3."
+    )
+    target_size = StrictIntegerField(required=False, min_value=0)
+    maximum = StrictIntegerField(required=False, min_value=0)
+    max_age_seconds = StrictIntegerField(required=False, min_value=60)
+    enabled = StrictBooleanField(required=False)

@@ -10,6 +10,7 @@ from sandboxes.api import schema  # noqa: F401 - registers the OpenAPI extension
 from sandboxes.api.views import (
     cmux,
     environments,
+    pools,
     sandboxes,
     secrets,
     site,
@@ -51,6 +52,8 @@ v1 = [
         snapshots.SnapshotActivateView.as_view(),
         name="snapshot-activate",
     ),
+    path("pools", pools.PoolListView.as_view(), name="pool-list"),
+    path("pools/<int:pool_id>", pools.PoolDetailView.as_view(), name="pool-detail"),
     path("tokens", tokens.TokenListView.as_view(), name="token-list"),
     path("tokens/<int:token_id>", tokens.TokenDetailView.as_view(), name="token-detail"),
 ]

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('sandboxes', '0013_image_builds'),
+        ("sandboxes", "0013_image_builds"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='snapshot',
-            name='exposed_ports',
+            model_name="snapshot",
+            name="exposed_ports",
             field=models.JSONField(blank=True, default=list),
         ),
     ]

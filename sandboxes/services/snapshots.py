@@ -27,14 +27,16 @@ from sandboxes import selectors
 from sandboxes.models import (
     ActiveSnapshot,
     Outcome,
+    PoolMember,
     Preset,
     Sandbox,
     Snapshot,
     SnapshotStatus,
     Team,
+    WarmPool,
 )
 from sandboxes.selectors import active_snapshot, visible_to
-from sandboxes.services import leases
+from sandboxes.services import leases, pools
 from sandboxes.services.actors import Actor
 from sandboxes.services.backends import capabilities, get_provider
 from sandboxes.services.errors import CapabilityMissing, Conflict, InvalidInput, NotAllowed
@@ -455,6 +457,7 @@ def activate_snapshot(*, snapshot: Snapshot, actor: Actor, team: Team | None) ->
         )
         pointer = scope.first()
         previous = pointer.snapshot.snapshot_id if pointer else ""
+        previous_snapshot = pointer.snapshot if pointer else None
         if pointer is None:
             pointer = ActiveSnapshot.objects.create(
                 team=team,
@@ -476,6 +479,8 @@ def activate_snapshot(*, snapshot: Snapshot, actor: Actor, team: Team | None) ->
             team=team,
             data={"snapshot_id": snapshot.snapshot_id, "previous": previous},
         )
+        # The scope's warm pools follow: old members drain, new ones are made.
+        pools.follow_activation(previous=previous_snapshot, snapshot=snapshot, team=team)
     return pointer
 
 
@@ -507,6 +512,15 @@ def delete_snapshot(*, snapshot: Snapshot, actor: Actor, data: dict | None = Non
             raise Conflict(
                 f"{locked.snapshot_id} is used by sandbox(es) {', '.join(users[:5])}{more}; "
                 "delete them first"
+            )
+        # A warm pool keeps instances made from it (PVE's linked clones need the
+        # template): delete the pool, or activate another version, first.
+        if WarmPool.objects.filter(snapshot=locked).exists() or (
+            PoolMember.objects.filter(snapshot=locked).exists()
+        ):
+            raise Conflict(
+                f"{locked.snapshot_id} has a warm pool or pool members; delete the pool "
+                "(or activate another version and let the pool drain) first"
             )
         updated = Snapshot.objects.filter(pk=locked.pk, status=locked.status).update(
             status=SnapshotStatus.DELETING, updated_at=timezone.now()

@@ -35,6 +35,7 @@ from sandboxes.models import SandboxEvent
 from sandboxes.services import interactive, lifecycle
 from sandboxes.services.actors import Actor
 from sandboxes.services.environments import create_environment
+from sandboxes.services.pools import create_pool
 from sandboxes.services.snapshots import import_snapshot
 from tests.api.conftest import bearer_client
 
@@ -72,6 +73,7 @@ def world(db, memory_backend, team, team_admin, django_capture_on_commit_callbac
     environment = create_environment(
         team=team, actor=actor, data={"name": "web", "preset": "1vcpu_1gb_8gb"}
     )
+    pool = create_pool(actor=actor, team=team, snapshot=version, target_size=0)
     client = bearer_client(team_admin, team)
     yield {
         "headers": {"Authorization": f"Bearer {client.secret}"},
@@ -81,6 +83,7 @@ def world(db, memory_backend, team, team_admin, django_capture_on_commit_callbac
             "name": "web",
             "token_id": client.token.pk,
             "environment_id": str(environment.pk),
+            "pool_id": pool.pk,
         },
     }
     # Generated creates carry generated repositories: none may be cloned. (Their

@@ -18,8 +18,9 @@ from sandboxes.models import (
     SandboxEvent,
     Snapshot,
     TeamSecret,
+    WarmPool,
 )
-from sandboxes.services import environments, interactive, snapshots, team_secrets, tokens
+from sandboxes.services import environments, interactive, pools, snapshots, team_secrets, tokens
 from sandboxes.services.actors import Actor
 from tests.dashboard.conftest import signed_in
 
@@ -41,7 +42,11 @@ def team_a(running, member, team):
         actor=actor,
         data={"name": "private-environment", "preset": "1vcpu_1gb_8gb", "provider": "memory"},
     )
+    pool = pools.create_pool(
+        actor=Actor.system(), team=team, snapshot=running.snapshot, target_size=1
+    )
     return {
+        "pool_id": str(pool.pk),
         "environment_id": str(environment.pk),
         "sandbox_id": running.pk,
         "snapshot_id": v2.snapshot_id,
@@ -89,6 +94,7 @@ def state(objects: dict[str, str]) -> tuple:
         SandboxEvent.objects.filter(team=sandbox.team).count(),
         sorted(TeamSecret.objects.filter(team=sandbox.team).values_list("name", "ciphertext")),
         sorted(Environment.objects.filter(team=sandbox.team).values_list("name", "updated_at")),
+        sorted(WarmPool.objects.values_list("pk", "enabled", "target_size")),
         Sandbox.objects.count(),
     )
 
