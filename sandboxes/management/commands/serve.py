@@ -1,4 +1,5 @@
-"""`make run`: migrate, first-run set-up, then the web server and the django-q2 worker.
+"""`make run`: migrate, first-run set-up, then the web server, the django-q2 worker and the
+SSH gateway (``manage.py ssh_gateway``, unless ``SANDBOX_SSH_GATEWAY`` is off).
 
 The web server is uvicorn serving ``config.asgi`` (the production set-up, on one
 process): under ASGI each request runs in a thread of its own, so a long exec or a
@@ -67,14 +68,20 @@ class Command(BaseCommand):
             subprocess.Popen(web, process_group=0),
             subprocess.Popen([sys.executable, "manage.py", "worker"], process_group=0),
         ]
+        if settings.SANDBOX_SSH_GATEWAY:
+            # The SSH gateway (docs/ssh.md): a process of its own, as in production.
+            children.append(
+                subprocess.Popen([sys.executable, "manage.py", "ssh_gateway"], process_group=0)
+            )
         self.stdout.write(f"Dashboard on http://{addr}/  (admin: http://{addr}/admin/)")
 
         def stop(*_):
             # SIGTERM, not SIGINT: a process started in the background by a shell ignores
             # SIGINT, and a child would then outlive this command. The web server's group
             # stops at once; the worker stops its own cluster.
-            web, worker = children
-            _signal_group(web, signal.SIGTERM)
+            web, worker, *others = children
+            for child in (web, *others):
+                _signal_group(child, signal.SIGTERM)
             if worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + 10
