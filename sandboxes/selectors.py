@@ -37,6 +37,7 @@ from sandboxes.models import (
     SandboxEvent,
     Snapshot,
     SnapshotStatus,
+    SshKey,
     Team,
     TeamSecret,
 )
@@ -318,3 +319,8 @@ def get_environment(*, team: Team, ref: str | int) -> Environment:
     if not storable(text) or len(text) > 64:
         raise Environment.DoesNotExist(text)
     return queryset.get(name=text)
+
+
+def ssh_keys(*, user) -> QuerySet[SshKey]:
+    """The user's registered SSH public keys (keys are the user's, not a team's)."""
+    return SshKey.objects.filter(user=user).order_by("name", "pk")

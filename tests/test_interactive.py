@@ -9,7 +9,6 @@ from sandboxes.models import Outcome, Sandbox, SandboxEvent
 from sandboxes.services import lifecycle
 from sandboxes.services.actors import Actor
 from sandboxes.services.errors import (
-    CapabilityMissing,
     IllegalTransition,
     InvalidInput,
     NotAllowed,

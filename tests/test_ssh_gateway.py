@@ -158,6 +158,9 @@ def test_another_teams_sandbox_and_a_viewer_are_refused(
     assert {e.actor_user.username for e in refusals} == {"victor"}
 
 
+_CONNECT = "import socket; socket.create_connection(('127.0.0.1', %d))"
+
+
 def _serve_in(box, actor, port: int) -> None:
     interactive.exec_command(
         sandbox=box,
@@ -172,7 +175,11 @@ def _serve_in(box, actor, port: int) -> None:
         probe = interactive.exec_command(
             sandbox=box,
             actor=actor,
-            command=f"python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}))\"",
+            command=[
+                "python3",
+                "-c",
+                f"import socket; socket.create_connection(('127.0.0.1', {port}))",
+            ],
         )
         if probe.exit_code == 0:
             return
@@ -227,7 +234,9 @@ def test_ssh_L_reaches_an_exposed_service_of_the_sandbox(gw, box, key, actor):
     _serve_in(box, actor, 8123)
     interactive.expose_service(sandbox=box, actor=actor, name="web", port=8123)
     with Forward(gw, box, key, "localhost", 8123) as forward:
-        with urllib.request.urlopen(f"http://127.0.0.1:{forward.local}/", timeout=20) as answer:
+        url = f"http://127.0.0.1:{forward.local}/"
+        answer = urllib.request.urlopen(url, timeout=20)
+        with answer:
             assert answer.read().decode().strip() == f"hello-from-{box.provider_ref}"
     kinds = [e.data.get("kind") for e in sessions(box) if e.data.get("phase") == "open"]
     assert "forward" in kinds

@@ -14,6 +14,7 @@ from sandboxes.api.views import (
     secrets,
     site,
     snapshots,
+    ssh_keys,
     tokens,
 )
 
@@ -51,6 +52,8 @@ v1 = [
         snapshots.SnapshotActivateView.as_view(),
         name="snapshot-activate",
     ),
+    path("ssh-keys", ssh_keys.SshKeyListView.as_view(), name="ssh-key-list"),
+    path("ssh-keys/<int:key_id>", ssh_keys.SshKeyDetailView.as_view(), name="ssh-key-detail"),
     path("tokens", tokens.TokenListView.as_view(), name="token-list"),
     path("tokens/<int:token_id>", tokens.TokenDetailView.as_view(), name="token-detail"),
 ]
