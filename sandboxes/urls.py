@@ -12,6 +12,7 @@ from sandboxes.views import (
     sandboxes,
     secrets,
     snapshots,
+    ssh_keys,
     tokens,
 )
 
@@ -58,6 +59,8 @@ urlpatterns = [
     path("providers/", pages.provider_health, name="provider-health"),
     path("audit/", pages.audit_log, name="audit-log"),
     path("tokens/", tokens.token_list, name="token-list"),
+    path("ssh-keys/", ssh_keys.ssh_key_list, name="ssh-key-list"),
+    path("ssh-keys/<int:key_id>/delete/", ssh_keys.ssh_key_delete, name="ssh-key-delete"),
     path("secrets/", secrets.secret_list, name="secret-list"),
     path("environments/", environments.environment_list, name="environment-list"),
     path(
