@@ -44,7 +44,8 @@ def test_a_token_is_shown_once_with_the_command_to_run(api, sandbox, settings):
     assert row.sandbox_id == sandbox.pk
     assert 110 <= (row.expires_at - row.created_at).total_seconds() <= 120
     login = ssh_service.login_with_token(login=token, client="test")
-    assert login is not None and login.sandbox.pk == sandbox.pk
+    assert login is not None
+    assert login.sandbox.pk == sandbox.pk
 
 
 def test_viewers_read_only_tokens_and_other_teams_get_none(
