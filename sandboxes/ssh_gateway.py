@@ -331,7 +331,6 @@ class GatewaySession(asyncssh.SSHServerSession):
     async def _buffered(self, session: ssh_service.Session) -> None:
         """A command where the provider has no streamed processes: run to its end, then
         its output (stdout and stderr apart) and exit status."""
-        code = None
         try:
             result = await _run(
                 interactive.exec_command,
@@ -340,15 +339,18 @@ class GatewaySession(asyncssh.SSHServerSession):
                 command=self.command,
                 timeout_seconds=interactive.MAX_EXEC_TIMEOUT,
             )
-            code = result.exit_code
-            with contextlib.suppress(Exception):
-                self.chan.write(result.stdout.encode())
-                self.chan.write_stderr(result.stderr.encode())
-                self.chan.exit(_exit_status(code))
         except ServiceError as exc:
+            await _run(
+                ssh_service.close_session, session=session, exit_code=None, reason=exc.message
+            )
             self._fail(exc.message)
-        finally:
-            await _run(ssh_service.close_session, session=session, exit_code=code)
+            return
+        # The session's end is on the record before the client learns it ended.
+        await _run(ssh_service.close_session, session=session, exit_code=result.exit_code)
+        with contextlib.suppress(Exception):
+            self.chan.write(result.stdout.encode())
+            self.chan.write_stderr(result.stderr.encode())
+            self.chan.exit(_exit_status(result.exit_code))
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn`` on the event loop from a pump thread."""
