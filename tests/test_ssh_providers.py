@@ -59,9 +59,8 @@ def test_a_command_with_a_key(gw, box, key):
     assert done.returncode == 3, done.stderr
     assert done.stdout == b"out-42\n"
     assert done.stderr == b"err-49\n"
-    phases = [
-        e.data["phase"] for e in SandboxEvent.objects.filter(sandbox=box, action="ssh_session").order_by("id")
-    ]
+    events = SandboxEvent.objects.filter(sandbox=box, action="ssh_session").order_by("id")
+    phases = [e.data["phase"] for e in events]
     assert phases == ["open", "close"]
 
 

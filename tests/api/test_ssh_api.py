@@ -14,8 +14,7 @@ from tests.api.conftest import bearer_client, error_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
 KEY = (
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKfbCVBdc8ceDgiJdxE6mWZxJ3Eyy0GUnbhTIQ6xM8Fk "
-    "alice@laptop"
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKfbCVBdc8ceDgiJdxE6mWZxJ3Eyy0GUnbhTIQ6xM8Fk alice@laptop"
 )
 
 
