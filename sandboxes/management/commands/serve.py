@@ -16,7 +16,8 @@ it (``SANDBOX_DEFAULT_IMAGE``, when mmdebstrap is installed and Debian's mirror 
 the worker builds it and makes it the active version of every local preset, while the
 host-/usr version stays available (docs/images.md).
 
-Ctrl-C (or SIGTERM) stops both; if either exits, the other is stopped too. Each child runs
+Ctrl-C (or SIGTERM) stops them all; if the web server or the worker exits, the others are
+stopped too (the SSH gateway exiting, its port taken say, leaves the dashboard up). Each child runs
 in its own process group, and what is left of a group after a 10 s grace is killed:
 the worker's cluster is processes of its own, a long call may keep uvicorn past its
 graceful shutdown, and a SIGTERM sent to this command alone (``kill``, a service manager)
@@ -93,7 +94,16 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
-        while all(child.poll() is None for child in children):
+        essential = children[:2]  # web and worker; the SSH gateway is not
+        warned = False
+        while all(child.poll() is None for child in essential):
+            if not warned and any(child.poll() is not None for child in children[2:]):
+                # Its port taken, say: the dashboard stays up, without SSH.
+                self.stderr.write(
+                    "The SSH gateway exited (see its message above); the dashboard runs on "
+                    "without it (SANDBOX_SSH_PORT, or SANDBOX_SSH_GATEWAY=0)."
+                )
+                warned = True
             time.sleep(0.5)
         stop()
 
