@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import pty
 import select
 import shutil
+import struct
 import subprocess
+import termios
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -148,9 +151,14 @@ class Interactive:
         argv = ["ssh", *ssh_options(port, identity), "-tt", "-p", str(port), f"{login}@127.0.0.1"]
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: become ssh on the new terminal
+            _set_size(0, 100, 30)
             os.environ["SSH_AUTH_SOCK"] = ""
             os.execvp(argv[0], argv)  # noqa: S606 - the client itself, as a person runs it
         self.output = bytearray()
+
+    def resize(self, cols: int, rows: int) -> None:
+        """As a person resizing the window: ssh gets SIGWINCH and tells the server."""
+        _set_size(self.fd, cols, rows)
 
     def send(self, data: bytes) -> None:
         os.write(self.fd, data)
@@ -192,3 +200,7 @@ class Interactive:
             os.waitpid(self.pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
+
+
+def _set_size(fd: int, cols: int, rows: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))

@@ -93,6 +93,19 @@ def test_an_interactive_shell_on_a_terminal(gw, box, key):
         session.expect(box.provider_ref.encode(), timeout=30)  # the prompt
         session.send(b"echo sum-$((6*7))\r")
         session.expect(b"sum-42")
+        session.send(b"echo size-$(stty size | tr ' ' x)\r")  # the client's window
+        session.expect(b"size-30x100")
+        session.resize(120, 40)
+        time.sleep(0.5)  # the window-change message is asynchronous; retried below
+        for _ in range(20):
+            session.send(b"echo size-$(stty size | tr ' ' x)\r")
+            try:
+                session.expect(b"size-40x120", timeout=1)
+                break
+            except AssertionError:
+                continue
+        else:
+            raise AssertionError("the resize never reached the sandbox's terminal")
         session.send(b"tty\r")
         session.expect(b"/dev/pts/")
         session.send(b"exit 7\r")
