@@ -132,3 +132,14 @@ def test_the_host_key_is_made_once_and_private(tmp_path):
     path.chmod(0o644)
     with pytest.raises(PermissionError):
         ssh_gateway.host_key(path)
+
+
+def test_guessing_tokens_is_throttled_per_address(sandbox, actor, settings):
+    settings.SANDBOX_API_AUTH_FAILURE_RATE = "3/min"
+    issued = ssh_service.issue_token(sandbox=sandbox, actor=actor)
+    forged = ssh_service.TOKEN_PREFIX + "z" * 40
+    for _ in range(3):
+        assert ssh_service.login_with_token(login=forged, client="192.0.2.7") is None
+    # Blocked: even the real token is refused from there, not from elsewhere.
+    assert ssh_service.login_with_token(login=issued.token, client="192.0.2.7") is None
+    assert ssh_service.login_with_token(login=issued.token, client="192.0.2.8") is not None

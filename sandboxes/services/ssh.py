@@ -38,7 +38,7 @@ from django.utils import timezone
 from providers.base import ProcessSession
 from providers.errors import ProviderError
 from sandboxes.models import Outcome, Sandbox, SandboxEvent, SshKey, SshToken
-from sandboxes.services import previews, team_secrets, transport
+from sandboxes.services import auth_failures, previews, team_secrets, transport
 from sandboxes.services.actors import Actor
 from sandboxes.services.backends import capabilities
 from sandboxes.services.errors import InvalidInput, NotAllowed, ServiceError
@@ -252,12 +252,17 @@ def login_with_token(*, login: str, client: str) -> Login | None:
     longer write in the sandbox's team)."""
     if not is_token(login):
         return None
+    # Guessing tokens is throttled per address as guessing API tokens is
+    # (SANDBOX_API_AUTH_FAILURE_RATE): a blocked address gets no token accepted.
+    if auth_failures.blocked_for(client) is not None:
+        return None
     row = (
         SshToken.objects.select_related("sandbox__team", "user")
         .filter(digest=_digest(login))
         .first()
     )
     if row is None:
+        auth_failures.record_failure(client)
         return None
     data = {"method": "token", "credential": row.prefix, "client": client}
     if row.expires_at <= timezone.now():
