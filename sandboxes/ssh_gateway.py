@@ -324,7 +324,7 @@ class GatewaySession(asyncssh.SSHServerSession):
         if self.gone.is_set():  # the client left while it was being opened
             await _run(self.target.close)
         reader = threading.Thread(target=self._finish_after, args=(pumps[0], session), daemon=True)
-        writer = threading.Thread(target=pumps[1], daemon=True)
+        writer = threading.Thread(target=_closing_db, args=(pumps[1],), daemon=True)
         reader.start()
         writer.start()
 
@@ -434,6 +434,15 @@ _LOGIN_SHELL = (
     "-c",
     "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi",
 )
+
+
+def _closing_db(fn: Callable[[], Any]) -> None:
+    """Run a thread's work, then close the database connection it may have opened (typing
+    notes the sandbox's activity now and then)."""
+    try:
+        fn()
+    finally:
+        connection.close()
 
 
 def _quietly(fn: Callable[..., Any], *args: Any) -> None:
