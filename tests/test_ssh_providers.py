@@ -1,7 +1,7 @@
 """The SSH gateway's core on the other providers, with the real OpenSSH client: a key and
-a token login, ``ssh host cmd`` with its exit status and its two streams, and a shell on
-a pseudo-terminal: ``docker`` (a real daemon), ``pve-lxc`` and ``pve-vm`` (the PVE
-simulator). Each provider is set up once for the module, as in the background tests
+a token login, ``ssh host cmd`` with its exit status and its two streams, a shell on a
+pseudo-terminal, ``ssh -L`` to an exposed service and a paused sandbox woken by the
+connection: ``docker`` (a real daemon), ``pve-lxc`` and ``pve-vm`` (the PVE simulator). Each provider is set up once for the module, as in the background tests
 (``tests/background/harness.py``). ``local`` has the whole set in test_ssh_gateway.py.
 """
 
@@ -89,3 +89,69 @@ def test_input_streams_where_the_provider_can(gw, box, key):
     done = ssh(gw.port, box.pk, "wc -c", identity=key, input=data)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[0] == str(len(data)).encode()
+
+
+def test_ssh_L_reaches_an_exposed_service(gw, box, key, put, member):
+    """Through the provider's service path (its guest address for PVE, the published port
+    for Docker), as the preview URLs reach it."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from sandboxes.services import interactive
+    from tests.ssh_support import ssh_options
+
+    name, under_test = put
+    backend = harness.activate(name, under_test)
+    port, stop = harness.HTTP_SERVICES[name](backend, box, b"hello-through-ssh")
+    try:
+        interactive.expose_service(sandbox=box, actor=Actor.for_user(member), name="web", port=port)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            local = probe.getsockname()[1]
+        forward = subprocess.Popen(
+            [
+                "ssh",
+                *ssh_options(gw.port, key),
+                "-N",
+                *("-L", f"127.0.0.1:{local}:localhost:{port}"),
+                *("-p", str(gw.port)),
+                f"{box.pk}@127.0.0.1",
+            ],
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    answer = urllib.request.urlopen(f"http://127.0.0.1:{local}/hello", timeout=10)
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "the forward never answered"
+                    time.sleep(0.1)
+            with answer:
+                assert answer.read() == b"hello-through-ssh"
+        finally:
+            forward.kill()
+            forward.wait(10)
+    finally:
+        stop()
+
+
+def test_a_paused_sandbox_is_woken_by_the_connection(gw, box, key, member):
+    from sandboxes.services import interactive
+    from sandboxes.services.backends import capabilities
+
+    if not capabilities(box.provider).supports_pause:
+        pytest.skip(f"{box.provider}: {capabilities(box.provider).reason('supports_pause')}")
+    actor = Actor.for_user(member)
+    lifecycle.pause_sandbox(sandbox=box, actor=actor)
+    box.refresh_from_db()
+    assert box.status == "paused", box.last_error
+    interactive.set_wake_on(sandbox=box, actor=actor, http=False, ssh=True)
+    done = ssh(gw.port, box.pk, "echo awake", identity=key)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"awake\n"
+    box.refresh_from_db()
+    assert box.status == "running"
