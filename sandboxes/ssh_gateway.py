@@ -257,7 +257,10 @@ class GatewaySession(asyncssh.SSHServerSession):
         self.input.put(_EOF)
         target = self.target
         if target is not None:
-            threading.Thread(target=_quietly, args=(target.close,), daemon=True).start()
+            # End what runs in the sandbox; the reader thread then writes the audit trail
+            # (the terminal's close with its reason, the session's end).
+            raw = target.session if isinstance(target, terminals.AuditedTerminal) else target
+            threading.Thread(target=_quietly, args=(raw.close,), daemon=True).start()
 
     # --- running it
 
@@ -267,6 +270,13 @@ class GatewaySession(asyncssh.SSHServerSession):
             self.chan.exit(status)
 
     async def _serve(self) -> None:
+        try:
+            await self._open_and_pump()
+        except Exception:  # a bug or the database gone: the client is told, not left hanging
+            log.exception("ssh session failed")
+            self._fail("the gateway failed to run this session; see its log")
+
+    async def _open_and_pump(self) -> None:
         server = self.server
         login = server.login
         assert login is not None

@@ -328,3 +328,23 @@ def test_a_paused_sandbox_is_woken_by_the_connection(gw, box, key, actor):
     assert done.stdout == b"awake\n"
     box.refresh_from_db()
     assert box.status == "running"
+
+
+def test_a_client_that_goes_away_ends_its_session(gw, box, key, actor):
+    session = Interactive(gw.port, box.pk, key)
+    session.expect(box.provider_ref.encode(), timeout=30)
+    session.send(b"sleep 4242\r")
+    time.sleep(0.5)
+    session.kill()  # the client dies: no exit, no EOF, the connection just drops
+    deadline = time.monotonic() + 30
+    while not SandboxEvent.objects.filter(sandbox=box, action="terminal_close").exists():
+        assert time.monotonic() < deadline, "the session was never closed"
+        time.sleep(0.1)
+    closed = SandboxEvent.objects.get(sandbox=box, action="terminal_close")
+    assert closed.data["reason"] == "the client disconnected"
+    # Its processes went with it.
+    left = interactive.exec_command(sandbox=box, actor=actor, command="ps -eo args")
+    assert "sleep 4242" not in left.stdout
+    while sessions(box)[-1].data.get("phase") != "close":
+        assert time.monotonic() < deadline, "the ssh session's end was never recorded"
+        time.sleep(0.1)
