@@ -1,7 +1,8 @@
 """The SSH gateway's core on the other providers, with the real OpenSSH client: a key and
 a token login, ``ssh host cmd`` with its exit status and its two streams, a shell on a
 pseudo-terminal, ``ssh -L`` to an exposed service and a paused sandbox woken by the
-connection: ``docker`` (a real daemon), ``pve-lxc`` and ``pve-vm`` (the PVE simulator). Each provider is set up once for the module, as in the background tests
+connection: ``docker`` (a real daemon), ``pve-lxc`` and ``pve-vm`` (the PVE simulator).
+Each provider is set up once for the module, as in the background tests
 (``tests/background/harness.py``). ``local`` has the whole set in test_ssh_gateway.py.
 """
 
