@@ -22,6 +22,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -439,6 +440,8 @@ class GatewaySession(asyncssh.SSHServerSession):
             connection.close()
 
 
+#: A shell without a terminal (``ssh -T host``): the login shell terminals run
+#: (``providers.base.DEFAULT_TERMINAL_COMMAND``; this layer does not import providers).
 _LOGIN_SHELL = (
     "/bin/sh",
     "-c",
@@ -502,8 +505,6 @@ def serve_forever(*, host: str, port: int, key_path: Path, ready: Callable[[], N
     async def main() -> None:
         loop = asyncio.get_running_loop()
         # Sessions hold threads for blocking calls; a few dozen at once is ordinary.
-        from concurrent.futures import ThreadPoolExecutor
-
         loop.set_default_executor(ThreadPoolExecutor(max_workers=64))
         await start(host=host, port=port, key_path=key_path)
         ready()
