@@ -348,3 +348,9 @@ def test_a_client_that_goes_away_ends_its_session(gw, box, key, actor):
     while sessions(box)[-1].data.get("phase") != "close":
         assert time.monotonic() < deadline, "the ssh session's end was never recorded"
         time.sleep(0.1)
+
+
+def test_a_shell_without_a_terminal_reads_its_commands_from_stdin(gw, box, key):
+    done = ssh(gw.port, box.pk, identity=key, extra=["-T"], input=b"echo piped-$((2*21))\nexit 5\n")
+    assert done.returncode == 5, done.stderr
+    assert b"piped-42" in done.stdout
