@@ -308,12 +308,6 @@ def login_with_key(*, login: str, fingerprint: str, client: str) -> Login | None
     return Login(actor=actor, sandbox=sandbox, method="key", credential=fingerprint)
 
 
-def key_matches(*, fingerprint: str) -> bool:
-    """Whether a key with this fingerprint is registered (asked before the client proves
-    it holds the private key, so nothing else is said)."""
-    return SshKey.objects.filter(fingerprint=fingerprint, user__is_active=True).exists()
-
-
 # --- sessions
 
 
