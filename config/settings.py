@@ -336,6 +336,18 @@ SANDBOX_TERMINAL_SCROLLBACK_BYTES = max(
     4096, env_int("SANDBOX_TERMINAL_SCROLLBACK_BYTES", 256 * 1024)
 )
 SANDBOX_TERMINAL_MAX_SESSIONS = max(1, env_int("SANDBOX_TERMINAL_MAX_SESSIONS", 20))
+# The SSH gateway (sandboxes/ssh_gateway.py, `manage.py ssh_gateway`, docs/ssh.md): where it
+# listens, the host and port people are told to connect to ("" and 0: where it listens),
+# how long a token from POST /api/v1/sandboxes/{id}/ssh lasts, and its host key (made
+# once, 0600, when the file does not exist). `make run` starts it unless
+# SANDBOX_SSH_GATEWAY is off.
+SANDBOX_SSH_GATEWAY = env_bool("SANDBOX_SSH_GATEWAY", True)
+SANDBOX_SSH_HOST = env.get("SANDBOX_SSH_HOST", "127.0.0.1").strip() or "127.0.0.1"
+SANDBOX_SSH_PORT = max(1, min(65535, env_int("SANDBOX_SSH_PORT", 2222)))
+SANDBOX_SSH_PUBLIC_HOST = env.get("SANDBOX_SSH_PUBLIC_HOST", "").strip()
+SANDBOX_SSH_PUBLIC_PORT = max(0, min(65535, env_int("SANDBOX_SSH_PUBLIC_PORT", 0)))
+SANDBOX_SSH_TOKEN_SECONDS = max(10, env_int("SANDBOX_SSH_TOKEN_SECONDS", 300))
+SANDBOX_SSH_HOST_KEY = Path(env.get("SANDBOX_SSH_HOST_KEY") or DATA_DIR / "ssh_host_ed25519_key")
 # Images (sandboxes/services/images.py, docs/images.md): the Debian mirror builds use, where
 # downloaded packages and built root filesystems are cached, what `make run` builds for
 # the local provider on first start ("debian", "debian:SUITE", or "off"), and how much

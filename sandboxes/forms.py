@@ -189,6 +189,17 @@ class TokenForm(forms.Form):
         return timezone.now() + timedelta(days=int(days)) if days else None
 
 
+class SshKeyForm(forms.Form):
+    name = forms.CharField(label="Name", required=False, max_length=100)
+    public_key = forms.CharField(
+        label="Public key",
+        max_length=16384,
+        widget=forms.Textarea(
+            attrs={"rows": 3, "placeholder": "ssh-ed25519 AAAA... you@laptop", "class": "mono"}
+        ),
+    )
+
+
 class SecretForm(forms.Form):
     """Set or replace a team secret. The value field is never filled back in."""
 

@@ -751,3 +751,48 @@ class PoolMember(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} ({self.state})"
+
+
+class SshKey(models.Model):
+    """A public key a user registered for the SSH gateway (``services/ssh.py``): it lets
+    them in to the sandboxes of the teams where they may write. Keys belong to the user,
+    not to a team (as on GitHub); who may reach which sandbox is the membership's."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="ssh_keys"
+    )
+    name = models.CharField(max_length=100)
+    #: The key in OpenSSH's one-line form, without its comment ("ssh-ed25519 AAAA...").
+    public_key = models.TextField()
+    #: ``SHA256:...`` as ``ssh-keygen -l`` shows it; unique: one key, one owner.
+    fingerprint = models.CharField(max_length=100, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["user", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.fingerprint})"
+
+
+class SshToken(models.Model):
+    """A short-lived SSH login for one sandbox (``POST /api/v1/sandboxes/{id}/ssh``): the
+    user name of ``ssh <token>@host``. Only its SHA-256 digest is stored; it acts as the
+    user who asked for it (their role is checked again at each login)."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="ssh_tokens"
+    )
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="ssh_tokens")
+    sandbox = models.ForeignKey(Sandbox, on_delete=models.CASCADE, related_name="ssh_tokens")
+    digest = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=16)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… for {self.sandbox_id}"

@@ -38,6 +38,7 @@ from sandboxes.models import (
     SandboxEvent,
     Snapshot,
     SnapshotStatus,
+    SshKey,
     Team,
     TeamSecret,
     WarmPool,
@@ -339,3 +340,8 @@ def pools_for_team(*, team: Team) -> QuerySet[WarmPool]:
 def get_pool(*, team: Team, pool_id: int) -> WarmPool:
     """One of the team's pools (or a shared one); DoesNotExist otherwise."""
     return pools_for_team(team=team).get(pk=pool_id)
+
+
+def ssh_keys(*, user) -> QuerySet[SshKey]:
+    """The user's registered SSH public keys (keys are the user's, not a team's)."""
+    return SshKey.objects.filter(user=user).order_by("name", "pk")

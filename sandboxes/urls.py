@@ -13,6 +13,7 @@ from sandboxes.views import (
     sandboxes,
     secrets,
     snapshots,
+    ssh_keys,
     tokens,
 )
 
@@ -65,6 +66,8 @@ urlpatterns = [
     path("providers/", pages.provider_health, name="provider-health"),
     path("audit/", pages.audit_log, name="audit-log"),
     path("tokens/", tokens.token_list, name="token-list"),
+    path("ssh-keys/", ssh_keys.ssh_key_list, name="ssh-key-list"),
+    path("ssh-keys/<int:key_id>/delete/", ssh_keys.ssh_key_delete, name="ssh-key-delete"),
     path("secrets/", secrets.secret_list, name="secret-list"),
     path("pools/", pools.pool_list, name="pool-list"),
     path("pools/<int:pool_id>/toggle/", pools.pool_toggle, name="pool-toggle"),

@@ -18,12 +18,13 @@ from providers.base import (
     Instance,
     InstanceStatus,
     Networking,
+    ProcessSession,
     SnapshotResult,
     TerminalSession,
     as_argv,
     checked_env,
 )
-from providers.docker_provider import labels, services, terminal
+from providers.docker_provider import labels, process, services, terminal
 from providers.docker_provider.base_image import WORKDIR
 from providers.docker_provider.errors import docker_call
 from providers.errors import (
@@ -151,6 +152,16 @@ class DockerInstance(Instance):
                 f"container {self.id[:12]} is {self.status}, not running", ref=self.id
             )
         return terminal.open_session(self._provider, self.id, command, cols, rows, env)
+
+    def open_process(
+        self, command: str | Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> ProcessSession:
+        self._reload()
+        if self.status != InstanceStatus.RUNNING:
+            raise InvalidState(
+                f"container {self.id[:12]} is {self.status}, not running", ref=self.id
+            )
+        return process.open_process(self._provider, self.id, command, env)
 
     # --- power ------------------------------------------------------------------------
 

@@ -118,6 +118,7 @@ class DockerProvider(Provider):
             supports_exec=True,
             supports_expose_http=True,
             supports_terminal=True,
+            supports_process=True,
             reasons={
                 "supports_hibernate": "Docker's checkpoints (CRIU) are experimental; use "
                 "pause (memory kept) or stop",

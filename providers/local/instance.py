@@ -13,6 +13,7 @@ from providers.base import (
     Instance,
     MetricSample,
     Networking,
+    ProcessSession,
     SnapshotResult,
     TerminalSession,
 )
@@ -73,6 +74,11 @@ class LocalInstance(Instance):
         env: Mapping[str, str] | None = None,
     ) -> TerminalSession:
         return self._provider.open_terminal(self.id, command, cols, rows, env)
+
+    def open_process(
+        self, command: str | Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> ProcessSession:
+        return self._provider.open_process(self.id, command, env)
 
     def start(self) -> None:
         self._provider.start(self.id)

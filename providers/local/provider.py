@@ -60,6 +60,7 @@ from providers.local import (
     idmap,
     initbin,
     launch,
+    process,
     seccompbin,
     terminal,
 )
@@ -207,6 +208,7 @@ class LocalProvider(Provider):
             supports_resize=False,
             supports_metrics=metrics,
             supports_terminal=True,
+            supports_process=True,
             reasons=reasons,
         )
 
@@ -792,6 +794,21 @@ class LocalProvider(Provider):
             raise Conflict(f"sandbox {sandbox_id} stopped: {gone}", ref=sandbox_id) from None
         except Conflict as old:
             raise Conflict(f"sandbox {sandbox_id}: {old.message}", ref=sandbox_id) from None
+
+    def open_process(
+        self, sandbox_id: str, command: str | Sequence[str], env: Mapping[str, str] | None
+    ) -> process.LocalProcess:
+        """A command with its streams as pipes, started by the sandbox's init."""
+        argv = as_argv(command)
+        extra = checked_env(env)
+        target = self._exec_target(sandbox_id)
+        if extra:
+            target = dataclasses.replace(target, env={**target.env, **extra})
+        self.store.touch_activity(sandbox_id)
+        try:
+            return process.open_process(target, argv)
+        except execute.SandboxGone as gone:
+            raise Conflict(f"sandbox {sandbox_id} stopped: {gone}", ref=sandbox_id) from None
 
     # --- images
 

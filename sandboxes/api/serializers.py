@@ -353,6 +353,27 @@ class SshInfoSerializer(serializers.Serializer):
     command = serializers.CharField(help_text="A command line that connects.")
 
 
+class SshTokenSerializer(serializers.Serializer):
+    token = serializers.CharField(
+        help_text="The user name to log in with (shown once; only its digest is kept)."
+    )
+    expires_at = serializers.DateTimeField()
+    host = serializers.CharField(help_text="The SSH gateway's public host.")
+    port = serializers.IntegerField()
+    command = serializers.CharField(help_text="The ssh command line that logs in with it.")
+
+
+class SshKeySerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    name = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    public_key = serializers.CharField(
+        max_length=16384, help_text="One line, as in ~/.ssh/id_ed25519.pub."
+    )
+    fingerprint = serializers.CharField(read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
+    last_used_at = serializers.DateTimeField(read_only=True, allow_null=True)
+
+
 # --- presets and snapshot versions -----------------------------------------------------
 
 

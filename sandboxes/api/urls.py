@@ -15,6 +15,7 @@ from sandboxes.api.views import (
     secrets,
     site,
     snapshots,
+    ssh_keys,
     tokens,
 )
 
@@ -54,6 +55,8 @@ v1 = [
     ),
     path("pools", pools.PoolListView.as_view(), name="pool-list"),
     path("pools/<int:pool_id>", pools.PoolDetailView.as_view(), name="pool-detail"),
+    path("ssh-keys", ssh_keys.SshKeyListView.as_view(), name="ssh-key-list"),
+    path("ssh-keys/<int:key_id>", ssh_keys.SshKeyDetailView.as_view(), name="ssh-key-detail"),
     path("tokens", tokens.TokenListView.as_view(), name="token-list"),
     path("tokens/<int:token_id>", tokens.TokenDetailView.as_view(), name="token-detail"),
 ]

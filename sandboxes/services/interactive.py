@@ -227,19 +227,15 @@ def hide_service(*, sandbox: Sandbox, actor: Actor, name: str) -> None:
 def set_wake_on(*, sandbox: Sandbox, actor: Actor, http: bool, ssh: bool) -> Sandbox:
     """Choose whether traffic (HTTP to an exposed service, SSH) wakes a paused sandbox.
 
-    HTTP wake-on works on every provider: requests through the control plane's service
-    proxy (``/s/<sandbox>/<service>/``) resume the sandbox first. A provider that can wake
-    on traffic by itself (``supports_wake_on``) is told too, so its own URLs wake it; SSH
-    wake-on needs that.
+    Both work on every provider: requests through the control plane's service proxy and
+    preview hosts, and connections to its SSH gateway (docs/ssh.md), resume the sandbox
+    first. A provider that can wake on traffic by itself (``supports_wake_on``) is told
+    too, so its own URLs (Morph's SSH) wake it.
     """
     if not isinstance(http, bool) or not isinstance(ssh, bool):
         raise InvalidInput("http and ssh are true or false")
     _require(sandbox, actor, None, statuses=ACTION_STATUSES["wake_on"], action="set wake-on for")
     caps = capabilities(sandbox.provider)
-    if ssh and not caps.supports_wake_on:
-        raise CapabilityMissing(
-            sandbox.provider, "supports_wake_on", caps.reason("supports_wake_on")
-        )
     if caps.supports_wake_on:
         try:
             _instance(sandbox).set_wake_on(http, ssh)

@@ -248,12 +248,13 @@ class NotReady(Exception):
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
 
 
-def ready_for_traffic(*, sandbox: Sandbox, actor: Actor | None) -> Sandbox:
+def ready_for_traffic(*, sandbox: Sandbox, actor: Actor | None, via: str = "http") -> Sandbox:
     """The sandbox, running, for a request about to reach it: a parked one with
-    wake-on-HTTP on is resumed first (holding one of its team's long-call slots while the
-    request waits); its activity is touched. NotReady otherwise."""
+    wake-on-HTTP on (``via="ssh"``: wake-on-SSH, for the SSH gateway) is resumed first
+    (holding one of its team's long-call slots while the request waits); its activity is
+    touched. NotReady otherwise."""
     if sandbox.status in PARKED | WAKING:
-        if not sandbox.wake_on_http:
+        if not (sandbox.wake_on_ssh if via == "ssh" else sandbox.wake_on_http):
             raise NotReady(
                 409, "sandbox_not_running", f"the sandbox is {sandbox.status}; resume it first"
             )
