@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -52,6 +52,8 @@ def ssh_key_list(request: HttpRequest) -> HttpResponse:
 @require_POST
 @team_view
 def ssh_key_delete(request: HttpRequest, key_id: int) -> HttpResponse:
+    # Someone else's key is a 404, like every object of another team on these pages.
+    get_object_or_404(selectors.ssh_keys(user=request.user), pk=key_id)
     try:
         ssh_service.delete_key(actor=actor(request), key_id=key_id)
         messages.success(request, "Removed the SSH key.")

@@ -17,14 +17,26 @@ from sandboxes.models import (
     Sandbox,
     SandboxEvent,
     Snapshot,
+    SshKey,
     TeamSecret,
     WarmPool,
 )
-from sandboxes.services import environments, interactive, pools, snapshots, team_secrets, tokens
+from sandboxes.services import (
+    environments,
+    interactive,
+    pools,
+    snapshots,
+    ssh,
+    team_secrets,
+    tokens,
+)
 from sandboxes.services.actors import Actor
 from tests.dashboard.conftest import signed_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKfbCVBdc8ceDgiJdxE6mWZxJ3Eyy0GUnbhTIQ6xM8Fk"
 
 
 @pytest.fixture
@@ -45,7 +57,9 @@ def team_a(running, member, team):
     pool = pools.create_pool(
         actor=Actor.system(), team=team, snapshot=running.snapshot, target_size=1
     )
+    key = ssh.add_key(actor=actor, name="private-key", public_key=PUBLIC_KEY)
     return {
+        "key_id": str(key.pk),
         "pool_id": str(pool.pk),
         "environment_id": str(environment.pk),
         "sandbox_id": running.pk,
@@ -96,6 +110,7 @@ def state(objects: dict[str, str]) -> tuple:
         sorted(Environment.objects.filter(team=sandbox.team).values_list("name", "updated_at")),
         sorted(WarmPool.objects.values_list("pk", "enabled", "target_size")),
         Sandbox.objects.count(),
+        sorted(SshKey.objects.values_list("pk", "name")),
     )
 
 
