@@ -23,8 +23,9 @@ from sandboxes.models import (
     SshKey,
     SshToken,
     TeamSecret,
+    WarmPool,
 )
-from sandboxes.services import environments, interactive, lifecycle, ssh, team_secrets
+from sandboxes.services import environments, interactive, lifecycle, pools, ssh, team_secrets
 from sandboxes.services.actors import Actor
 from sandboxes.services.snapshots import activate_snapshot, import_snapshot
 from tests.api.conftest import bearer_client, error_of
@@ -85,6 +86,7 @@ def team_a_world(memory_backend, team, member, team_admin):
         public_key="ssh-ed25519 "
         "AAAAC3NzaC1lZDI1NTE5AAAAIKfbCVBdc8ceDgiJdxE6mWZxJ3Eyy0GUnbhTIQ6xM8Fk",
     )
+    pool = pools.create_pool(actor=Actor.system(), team=team, snapshot=version, target_size=0)
     return {
         "sandbox": sandbox,
         "version": version,
@@ -92,6 +94,7 @@ def team_a_world(memory_backend, team, member, team_admin):
         "team": team,
         "environment": environment,
         "ssh_key": key,
+        "pool": pool,
     }
 
 
@@ -103,6 +106,7 @@ def path_values(world) -> dict[str, str]:
         "token_id": str(world["token"].pk),
         "environment_id": str(world["environment"].pk),
         "key_id": str(world["ssh_key"].pk),
+        "pool_id": str(world["pool"].pk),
     }
 
 
@@ -130,6 +134,7 @@ def state_of_team_a(world, store) -> dict:
         "environments": list(Environment.objects.filter(team=team).order_by("pk").values()),
         "ssh_keys": list(SshKey.objects.filter(user__memberships__team=team).values()),
         "ssh_tokens": list(SshToken.objects.filter(team=team).values()),
+        "pools": list(WarmPool.objects.filter(team=team).values()),
         "events": SandboxEvent.objects.filter(team=team).count(),
         "instance": (record.status, dict(record.services), record.wake_on),
     }
