@@ -36,6 +36,7 @@ test: install
 # wrk is the API benchmark's load generator (without it, a slower Python client is used).
 bench: install system-packages
 	@scripts/ensure-system-packages wrk || echo "no wrk: bench_api uses its Python load generator"
+	@scripts/ensure-system-packages openssh-client openssh-server || echo "no OpenSSH: bench_ssh cannot run"
 	$(BIN)/python -m bench
 
 # Rebuilds static/vendor/ (xterm.js) from the npm registry, as package-lock.json pins it.

@@ -76,7 +76,7 @@ def persisted_fernet_key(path: Path) -> str:
 
 
 #: Provider settings the control plane keeps in its data dir: ``KEY=value`` lines, written
-#: by migrations that moved a provider option out of the database (0015: a preset's "full
+#: by migrations that moved a provider option out of the database (0018: a preset's "full
 #: clone" box became ``PVE_FULL_CLONE_PRESETS``). The environment overrides each.
 PROVIDER_SETTINGS_FILE = "provider-settings.env"
 

@@ -281,6 +281,12 @@ SANDBOX_RETENTION_MINUTES = max(1, env_int("SANDBOX_RETENTION_MINUTES", 60))
 # At most this many actions per kind (TTL, idle, stuck, drift, failed, orphans) per sweep.
 SANDBOX_SWEEP_BATCH = max(1, env_int("SANDBOX_SWEEP_BATCH", 50))
 SANDBOX_STUCK_SECONDS = env_seconds("SANDBOX_STUCK_SECONDS", 300)
+# Warm pools (docs/pools.md): how often every pool is topped up, drained and recycled
+# (a claim also refills its own pool at once), and how many members one refill makes at once.
+SANDBOX_POOL_MINUTES = max(1, env_int("SANDBOX_POOL_MINUTES", 1))
+SANDBOX_POOL_FILL_PARALLEL = max(1, env_int("SANDBOX_POOL_FILL_PARALLEL", 4))
+# The largest maximum a pool may be given (its budget of members).
+SANDBOX_POOL_MAX_MEMBERS = max(1, env_int("SANDBOX_POOL_MAX_MEMBERS", 50))
 # Lifecycle defaults for teams without their own (cmux's: park after 20 h idle, delete
 # after 14 days stopped or paused); 0 = never. Fixed on each sandbox at create.
 SANDBOX_DEFAULT_IDLE_TIMEOUT_SECONDS = env_seconds("SANDBOX_DEFAULT_IDLE_TIMEOUT_SECONDS", 72000)
@@ -337,6 +343,18 @@ SANDBOX_TERMINAL_SCROLLBACK_BYTES = max(
     4096, env_int("SANDBOX_TERMINAL_SCROLLBACK_BYTES", 256 * 1024)
 )
 SANDBOX_TERMINAL_MAX_SESSIONS = max(1, env_int("SANDBOX_TERMINAL_MAX_SESSIONS", 20))
+# The SSH gateway (sandboxes/ssh_gateway.py, `manage.py ssh_gateway`, docs/ssh.md): where it
+# listens, the host and port people are told to connect to ("" and 0: where it listens),
+# how long a token from POST /api/v1/sandboxes/{id}/ssh lasts, and its host key (made
+# once, 0600, when the file does not exist). `make run` starts it unless
+# SANDBOX_SSH_GATEWAY is off.
+SANDBOX_SSH_GATEWAY = env_bool("SANDBOX_SSH_GATEWAY", True)
+SANDBOX_SSH_HOST = env.get("SANDBOX_SSH_HOST", "127.0.0.1").strip() or "127.0.0.1"
+SANDBOX_SSH_PORT = max(1, min(65535, env_int("SANDBOX_SSH_PORT", 2222)))
+SANDBOX_SSH_PUBLIC_HOST = env.get("SANDBOX_SSH_PUBLIC_HOST", "").strip()
+SANDBOX_SSH_PUBLIC_PORT = max(0, min(65535, env_int("SANDBOX_SSH_PUBLIC_PORT", 0)))
+SANDBOX_SSH_TOKEN_SECONDS = max(10, env_int("SANDBOX_SSH_TOKEN_SECONDS", 300))
+SANDBOX_SSH_HOST_KEY = Path(env.get("SANDBOX_SSH_HOST_KEY") or DATA_DIR / "ssh_host_ed25519_key")
 # Images (sandboxes/services/images.py, docs/images.md): the Debian mirror builds use, where
 # downloaded packages and built root filesystems are cached, what `make run` builds for
 # the local provider on first start ("debian", "debian:SUITE", or "off"), and how much

@@ -29,6 +29,9 @@ checks them):
   to the instance (a sandbox can never reach a terminal of the host or of another
   instance through it), and ``close`` ends the process and everything in its terminal
   session. See ``TerminalSession``.
+* ``open_process`` runs a command inside a running instance with the same boundary as
+  ``exec``, its stdin, stdout and stderr streamed as pipes (no terminal, no translation):
+  see ``ProcessSession``.
 * Errors are typed (``providers.errors``) and never contain a secret.
 """
 
@@ -54,6 +57,9 @@ META_TEAM = "team"
 META_PRESET = "preset"
 META_SNAPSHOT_ID = "snapshot_id"
 MARKER_KEYS = (META_SANDBOX_ID, META_TEAM, META_PRESET, META_SNAPSHOT_ID)
+#: On a warm pool's member only (docs/pools.md): the pool it belongs to. Its sandbox id is
+#: then the member's id; a claim relabels the instance with the sandbox's own metadata.
+META_POOL = "pool"
 
 #: Output beyond this many bytes per stream is cut off and flagged as truncated.
 EXEC_OUTPUT_LIMIT = 1024 * 1024
@@ -216,6 +222,9 @@ class Capabilities:
     supports_network_allowlist: bool = False
     #: ``Instance.open_terminal``: an interactive process on a pseudo-terminal.
     supports_terminal: bool = False
+    #: ``Instance.open_process``: a command with its standard streams as pipes, streamed
+    #: both ways (binary-safe: the SSH gateway's ``ssh host cmd``, scp and sftp).
+    supports_process: bool = False
     #: capability name -> why it is not available (for people, shown in the UI and API).
     reasons: Mapping[str, str] = field(default_factory=dict)
     #: The largest sandbox the provider can make (None: it does not say, nothing refused):
@@ -414,6 +423,55 @@ class TerminalSession(ABC):
         self.close()
 
 
+class ProcessSession(ABC):
+    """A command running inside an instance with its standard streams as pipes.
+
+    Made by ``Instance.open_process``. Bytes go both ways untouched (no terminal: binary
+    data such as an sftp-server's protocol passes as it is), stdout and stderr apart, and
+    the end of the input is delivered (``close_stdin``). One reader and one writer may use
+    a session from two threads at once; ``close`` may be called from any thread.
+    """
+
+    STDOUT: ClassVar[int] = 1
+    STDERR: ClassVar[int] = 2
+
+    @abstractmethod
+    def write(self, data: bytes) -> None:
+        """Send ``data`` to the command's stdin (all of it; blocks while the pipe is full).
+        Raises ``Conflict`` once stdin is closed or the command is gone."""
+
+    @abstractmethod
+    def close_stdin(self) -> None:
+        """End the command's input (it reads end-of-file). Idempotent."""
+
+    @abstractmethod
+    def read(self, timeout: float | None = None) -> tuple[int, bytes]:
+        """The next output: ``(STDOUT or STDERR, non-empty bytes)``, at most 64 KiB at a
+        time, as soon as any arrived; ``(0, b"")`` once both streams ended. Raises
+        ``TimeoutError`` when nothing came within ``timeout`` seconds."""
+
+    @abstractmethod
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit code once the command ended (negative: killed by that signal).
+        ``TimeoutError`` when it still runs after ``timeout`` seconds."""
+
+    @property
+    @abstractmethod
+    def exit_code(self) -> int | None:
+        """The exit code if the command ended, else None (never blocks)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """End the session: kill the command's process group if it still runs and release
+        the pipes. Idempotent."""
+
+    def __enter__(self) -> ProcessSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 @runtime_checkable
 class ReservationStore(Protocol):
     """Keys (e.g. PVE VMIDs) claimed atomically across every worker of the control plane.
@@ -511,6 +569,13 @@ class Instance(ABC):
     @abstractmethod
     def snapshot(self) -> SnapshotResult: ...
 
+    def relabel(self, metadata: Mapping[str, str]) -> None:
+        """Replace the instance's metadata with ``metadata`` (a warm pool's member handed
+        to a sandbox: docs/pools.md), where ``list`` and ``get`` read it, so orphan
+        detection and rebuilding a lost row see the sandbox, not the pool. The instance's
+        reference does not change."""
+        raise Unsupported("this provider cannot relabel an instance", capability="relabel")
+
     def metrics(self) -> list[MetricSample]:
         """Recent CPU and memory samples, oldest first (empty when not reported)."""
         return []
@@ -531,6 +596,16 @@ class Instance(ABC):
         the instance's environment plus ``TERM`` and ``env``. ``InvalidState`` when the
         instance is not running; ``ValueError`` for a bad size, command or variable."""
         raise Unsupported("this provider offers no terminal", capability="supports_terminal")
+
+    def open_process(
+        self, command: str | Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> ProcessSession:
+        """Run ``command`` (``as_argv``) in the instance's working directory with the
+        instance's environment plus ``env``, its standard streams as pipes (see
+        ``ProcessSession``). ``InvalidState`` when the instance is not running."""
+        raise Unsupported(
+            "this provider offers no streamed processes", capability="supports_process"
+        )
 
 
 class Provider(ABC):

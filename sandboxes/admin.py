@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import path, reverse
@@ -15,14 +15,20 @@ from django.urls import path, reverse
 from sandboxes.models import (
     ActiveSnapshot,
     ApiToken,
+    Environment,
+    ImageBuild,
     Membership,
+    MemberState,
+    PoolMember,
     Preset,
     Sandbox,
     SandboxEvent,
     Snapshot,
     Team,
+    TeamSecret,
+    WarmPool,
 )
-from sandboxes.services import backends, lifecycle, network, teams
+from sandboxes.services import backends, lifecycle, network, pools, teams
 from sandboxes.services.actors import Actor
 from sandboxes.services.errors import ServiceError
 from sandboxes.services.presets import preset_id_for
@@ -345,7 +351,7 @@ class SnapshotAdmin(ServiceWritesAdmin):
                 return HttpResponseRedirect(reverse("admin:sandboxes_snapshot_changelist"))
         context = {
             **self.admin_site.each_context(request),
-            "title": "Import a snapshot version",
+            "title": "Import a snapshot",
             "form": form,
             "opts": self.model._meta,
         }
@@ -449,8 +455,22 @@ class SandboxAdmin(admin.ModelAdmin):
         self._lifecycle(request, queryset, "delete")
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows an operator inspects here but changes only where their service is (the audit log,
+    or a team's own pages and API, which check the team and write the audit event)."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(SandboxEvent)
-class SandboxEventAdmin(admin.ModelAdmin):
+class SandboxEventAdmin(ReadOnlyAdmin):
     list_display = [
         "created_at",
         "team",
@@ -466,14 +486,31 @@ class SandboxEventAdmin(admin.ModelAdmin):
     list_select_related = ["team", "sandbox"]
     date_hierarchy = "created_at"
 
-    def has_add_permission(self, request) -> bool:
-        return False
 
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
+@admin.register(Environment)
+class EnvironmentAdmin(ReadOnlyAdmin):
+    list_display = ["name", "team", "snapshot_id", "preset", "provider", "repo", "updated_at"]
+    list_filter = ["team", "provider"]
+    search_fields = ["name", "repo"]
+    list_select_related = ["team", "preset"]
 
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
+
+@admin.register(TeamSecret)
+class TeamSecretAdmin(ReadOnlyAdmin):
+    """Names only: a secret's value is never read back, not even by an operator."""
+
+    list_display = ["name", "team", "updated_at", "updated_by"]
+    list_filter = ["team"]
+    search_fields = ["name"]
+    exclude = ["ciphertext"]
+    list_select_related = ["team"]
+
+
+@admin.register(ImageBuild)
+class ImageBuildAdmin(ReadOnlyAdmin):
+    list_display = ["pk", "kind", "provider", "status", "progress", "team", "created_at"]
+    list_filter = ["status", "kind", "provider"]
+    list_select_related = ["team"]
 
 
 @admin.register(ApiToken)
@@ -523,3 +560,69 @@ class ApiTokenAdmin(admin.ModelAdmin):
             lambda t, actor: revoke_api_token(token=t, actor=actor),
             "Revoked",
         )
+
+
+class PoolMemberInline(admin.TabularInline):
+    """A pool's members, read-only: the worker makes and removes them."""
+
+    model = PoolMember
+    fields = ["id", "state", "provider_ref", "snapshot", "created_at", "ready_at", "last_error"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(WarmPool)
+class WarmPoolAdmin(ServiceWritesAdmin):
+    """Warm pools (docs/pools.md), shared ones included: writes go through services/pools."""
+
+    list_display = [
+        "snapshot",
+        "team",
+        "target_size",
+        "maximum",
+        "enabled",
+        "ready_members",
+        "hits",
+        "misses",
+        "short_since",
+    ]
+    list_filter = ["provider", "enabled", "team"]
+    inlines = [PoolMemberInline]
+    fields = ["snapshot", "team", "target_size", "maximum", "max_age_seconds", "enabled"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # A pool follows activations; another snapshot or team is another pool.
+        return ["snapshot", "team"] if obj is not None else []
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("snapshot", "team")
+            .annotate(ready=Count("members", filter=Q(members__state=MemberState.READY)))
+        )
+
+    @admin.display(description="ready", ordering="ready")
+    def ready_members(self, obj) -> int:
+        return obj.ready
+
+    def save_model(self, request, obj, form, change) -> None:
+        actor = Actor.for_user(request.user)
+        values = {
+            "target_size": obj.target_size,
+            "maximum": obj.maximum,
+            "max_age_seconds": obj.max_age_seconds,
+            "enabled": obj.enabled,
+        }
+        if change:
+            pools.update_pool(actor=actor, pool=WarmPool.objects.get(pk=obj.pk), **values)
+        else:
+            made = pools.create_pool(actor=actor, team=obj.team, snapshot=obj.snapshot, **values)
+            obj.pk = made.pk
+
+    def delete_model(self, request, obj) -> None:
+        pools.delete_pool(actor=Actor.for_user(request.user), pool=obj)

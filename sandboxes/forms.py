@@ -189,6 +189,17 @@ class TokenForm(forms.Form):
         return timezone.now() + timedelta(days=int(days)) if days else None
 
 
+class SshKeyForm(forms.Form):
+    name = forms.CharField(label="Name", required=False, max_length=100)
+    public_key = forms.CharField(
+        label="Public key",
+        max_length=16384,
+        widget=forms.Textarea(
+            attrs={"rows": 3, "placeholder": "ssh-ed25519 AAAA... you@laptop", "class": "mono"}
+        ),
+    )
+
+
 class SecretForm(forms.Form):
     """Set or replace a team secret. The value field is never filled back in."""
 
@@ -340,3 +351,18 @@ class EnvironmentForm(forms.Form):
             "delete_parked": environment.delete_parked_after_seconds,
             "ttl": environment.ttl_seconds,
         }
+
+
+class PoolForm(forms.Form):
+    """A warm pool for the team (docs/pools.md): which snapshot, how many kept ready."""
+
+    snapshot = forms.ChoiceField(label="Snapshot", choices=())
+    target_size = forms.IntegerField(label="Target size", min_value=0, initial=2)
+    maximum = forms.IntegerField(label="Maximum", min_value=0, initial=4)
+    max_age_seconds = forms.IntegerField(
+        label="Max member age (s)", min_value=60, initial=24 * 3600
+    )
+
+    def __init__(self, *args, snapshot_ids: list[str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["snapshot"].choices = [(s, s) for s in snapshot_ids]

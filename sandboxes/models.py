@@ -192,6 +192,9 @@ class Snapshot(models.Model):
     )
     label = models.CharField(max_length=200, blank=True)
     size_bytes = models.BigIntegerField(null=True, blank=True)
+    #: Ports the image declares (an OCI image's ExposedPorts): every sandbox started from
+    #: this snapshot gets them as services (``port-<n>``, private) at its first start.
+    exposed_ports = models.JSONField(default=list, blank=True)
     error = models.TextField(blank=True)
     # As on Sandbox: the worker making or deleting the image holds the lease.
     lease_token = models.CharField(max_length=64, blank=True)
@@ -677,3 +680,128 @@ class ImageBuild(models.Model):
         if self.kind == self.KIND_OCI:
             return self.ref
         return f"debian {self.suite}: {', '.join(self.packages)}"
+
+
+class WarmPool(models.Model):
+    """Started instances of one snapshot kept ready for creates (docs/pools.md).
+
+    A create that matches (same provider and snapshot, the pool's team or a shared pool)
+    takes a ready member instead of cloning. Members are ``PoolMember`` rows, not
+    sandboxes: nothing that lists, counts or bills a team's sandboxes ever sees them.
+    """
+
+    provider = models.CharField(max_length=32)
+    snapshot = models.ForeignKey(Snapshot, on_delete=models.PROTECT, related_name="pools")
+    #: Blank: a shared pool, claimed by any team's create after the team's own pool.
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.CASCADE, related_name="pools"
+    )
+    #: Members kept (ready or being made) when nothing else limits it.
+    target_size = models.PositiveIntegerField(default=2)
+    #: Members there may ever be at once (the pool's budget), whatever the demand.
+    maximum = models.PositiveIntegerField(default=4)
+    #: Ready members older than this are replaced (fresh packages, no stale caches).
+    max_age_seconds = models.PositiveIntegerField(default=24 * 3600)
+    enabled = models.BooleanField(default=True)
+    hits = models.PositiveBigIntegerField(default=0)
+    misses = models.PositiveBigIntegerField(default=0)
+    #: Since when fewer members than ``target_size`` were ready (None: full): the refill lag.
+    short_since = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["provider", "snapshot_id", "team_id"]
+        constraints = [
+            models.UniqueConstraint(
+                Coalesce(F("team"), Value(0)), F("snapshot"), name="one_pool_per_snapshot_scope"
+            ),
+            models.CheckConstraint(
+                condition=Q(maximum__gte=F("target_size")), name="pool_maximum_at_least_target"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"pool of {self.snapshot_id} for {self.team or 'every team'}"
+
+
+class MemberState(models.TextChoices):
+    CREATING = "creating"
+    READY = "ready"
+    DELETING = "deleting"
+
+
+class PoolMember(models.Model):
+    """One instance of a pool. Its id is the sandbox id in the instance's metadata (with
+    ``pool``) until a claim hands the instance to a sandbox and the row is deleted."""
+
+    id = models.CharField(primary_key=True, max_length=32, default=new_sandbox_id, editable=False)
+    #: Null once its pool was deleted: then it is only waiting to be removed.
+    pool = models.ForeignKey(
+        WarmPool, null=True, blank=True, on_delete=models.SET_NULL, related_name="members"
+    )
+    provider = models.CharField(max_length=32)
+    snapshot = models.ForeignKey(Snapshot, on_delete=models.PROTECT, related_name="+")
+    preset = models.ForeignKey(Preset, on_delete=models.PROTECT, related_name="+")
+    #: The outbound policy it was made with (``services/network.as_record``): a create
+    #: whose effective policy differs does not take it.
+    network = models.JSONField(default=dict, blank=True)
+    provider_ref = models.CharField(max_length=255, blank=True)
+    state = models.CharField(
+        max_length=10, choices=MemberState.choices, default=MemberState.CREATING
+    )
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    ready_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [models.Index(fields=["pool", "state", "ready_at"], name="pool_member_claim_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.state})"
+
+
+class SshKey(models.Model):
+    """A public key a user registered for the SSH gateway (``services/ssh.py``): it lets
+    them in to the sandboxes of the teams where they may write. Keys belong to the user,
+    not to a team (as on GitHub); who may reach which sandbox is the membership's."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="ssh_keys"
+    )
+    name = models.CharField(max_length=100)
+    #: The key in OpenSSH's one-line form, without its comment ("ssh-ed25519 AAAA...").
+    public_key = models.TextField()
+    #: ``SHA256:...`` as ``ssh-keygen -l`` shows it; unique: one key, one owner.
+    fingerprint = models.CharField(max_length=100, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["user", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.fingerprint})"
+
+
+class SshToken(models.Model):
+    """A short-lived SSH login for one sandbox (``POST /api/v1/sandboxes/{id}/ssh``): the
+    user name of ``ssh <token>@host``. Only its SHA-256 digest is stored; it acts as the
+    user who asked for it (their role is checked again at each login)."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="ssh_tokens"
+    )
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="ssh_tokens")
+    sandbox = models.ForeignKey(Sandbox, on_delete=models.CASCADE, related_name="ssh_tokens")
+    digest = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=16)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… for {self.sandbox_id}"

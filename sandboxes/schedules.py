@@ -38,6 +38,11 @@ SCHEDULES: tuple[Declared, ...] = (
         func="sandboxes.tasks.run_snapshot_retention",
         minutes=lambda: settings.SANDBOX_RETENTION_MINUTES,
     ),
+    Declared(
+        name=PREFIX + "pools",
+        func="sandboxes.tasks.maintain_pools",
+        minutes=lambda: settings.SANDBOX_POOL_MINUTES,
+    ),
 )
 
 

@@ -32,13 +32,16 @@ from sandboxes.models import (
     Environment,
     ImageBuild,
     Membership,
+    MemberState,
     Preset,
     Sandbox,
     SandboxEvent,
     Snapshot,
     SnapshotStatus,
+    SshKey,
     Team,
     TeamSecret,
+    WarmPool,
 )
 from sandboxes.states import TRANSITIONAL, Status
 
@@ -318,3 +321,27 @@ def get_environment(*, team: Team, ref: str | int) -> Environment:
     if not storable(text) or len(text) > 64:
         raise Environment.DoesNotExist(text)
     return queryset.get(name=text)
+
+
+def pools_for_team(*, team: Team) -> QuerySet[WarmPool]:
+    """The team's own warm pools and the shared ones its creates may take from, with
+    their members counted by state (``ready``, ``creating``)."""
+    return (
+        WarmPool.objects.filter(Q(team=team) | Q(team__isnull=True))
+        .select_related("snapshot", "team")
+        .annotate(
+            ready=Count("members", filter=Q(members__state=MemberState.READY)),
+            creating=Count("members", filter=Q(members__state=MemberState.CREATING)),
+        )
+        .order_by("team_id", "provider", "snapshot__snapshot_id")
+    )
+
+
+def get_pool(*, team: Team, pool_id: int) -> WarmPool:
+    """One of the team's pools (or a shared one); DoesNotExist otherwise."""
+    return pools_for_team(team=team).get(pk=pool_id)
+
+
+def ssh_keys(*, user) -> QuerySet[SshKey]:
+    """The user's registered SSH public keys (keys are the user's, not a team's)."""
+    return SshKey.objects.filter(user=user).order_by("name", "pk")

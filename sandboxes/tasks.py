@@ -3,7 +3,16 @@ row, take a lease and do nothing when there is nothing (left) to do."""
 
 from __future__ import annotations
 
-from sandboxes.services import images, lifecycle, orphans, snapshots, sweep, workers, workspaces
+from sandboxes.services import (
+    images,
+    lifecycle,
+    orphans,
+    pools,
+    snapshots,
+    sweep,
+    workers,
+    workspaces,
+)
 
 
 def run_sandbox_operation(sandbox_id: str) -> None:
@@ -40,3 +49,13 @@ def remove_orphan(provider: str, ref: str, sandbox_id: str) -> None:
 
 def run_image_build(build_pk: int) -> None:
     images.perform_build(build_pk=build_pk)
+
+
+def refill_pool(pool_id: int) -> int:
+    """Top one warm pool up (asked for by a claim, a miss or a change of the pool)."""
+    return pools.refill(pool_id=pool_id)
+
+
+def maintain_pools() -> int:
+    """The pools schedule: drain, recycle, refill every pool."""
+    return pools.maintain()

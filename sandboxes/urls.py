@@ -8,15 +8,17 @@ from sandboxes.views import (
     detail,
     environments,
     pages,
+    pools,
     previews,
     sandboxes,
     secrets,
     snapshots,
+    ssh_keys,
     tokens,
 )
 
 SANDBOX = "sandboxes/<str:sandbox_id>/"
-SNAPSHOT = "versions/<str:snapshot_id>/"
+SNAPSHOT = "snapshots/<str:snapshot_id>/"
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="sandbox-list"), name="home"),
@@ -42,10 +44,16 @@ urlpatterns = [
     path(SANDBOX + "wake-on/", detail.sandbox_wake_on, name="sandbox-wake-on"),
     path(SANDBOX + "exec/", detail.sandbox_exec, name="sandbox-exec"),
     path(SANDBOX + "snapshot/", detail.sandbox_snapshot, name="sandbox-snapshot"),
-    path(SANDBOX + "versions/", detail.sandbox_versions_taken, name="sandbox-versions"),
+    path(SANDBOX + "snapshots/", detail.sandbox_snapshots_taken, name="sandbox-snapshots"),
     path(SANDBOX + "metrics/", detail.sandbox_metrics, name="sandbox-metrics"),
-    path("versions/", snapshots.snapshot_browser, name="snapshot-browser"),
-    path("versions/compare/", snapshots.snapshot_compare_pick, name="snapshot-compare-pick"),
+    path("snapshots/", snapshots.snapshot_browser, name="snapshot-browser"),
+    # The pages were first published under /versions/: old links and bookmarks still work.
+    path(
+        "versions/<path:rest>",
+        RedirectView.as_view(url="/snapshots/%(rest)s", query_string=True),
+    ),
+    path("versions/", RedirectView.as_view(pattern_name="snapshot-browser", query_string=True)),
+    path("snapshots/compare/", snapshots.snapshot_compare_pick, name="snapshot-compare-pick"),
     path(SNAPSHOT, snapshots.snapshot_detail, name="snapshot-detail"),
     path(SNAPSHOT + "activate/", snapshots.snapshot_activate, name="snapshot-activate"),
     path(SNAPSHOT + "delete/", snapshots.snapshot_delete, name="snapshot-delete"),
@@ -58,7 +66,12 @@ urlpatterns = [
     path("providers/", pages.provider_health, name="provider-health"),
     path("audit/", pages.audit_log, name="audit-log"),
     path("tokens/", tokens.token_list, name="token-list"),
+    path("ssh-keys/", ssh_keys.ssh_key_list, name="ssh-key-list"),
+    path("ssh-keys/<int:key_id>/delete/", ssh_keys.ssh_key_delete, name="ssh-key-delete"),
     path("secrets/", secrets.secret_list, name="secret-list"),
+    path("pools/", pools.pool_list, name="pool-list"),
+    path("pools/<int:pool_id>/toggle/", pools.pool_toggle, name="pool-toggle"),
+    path("pools/<int:pool_id>/delete/", pools.pool_delete, name="pool-delete"),
     path("environments/", environments.environment_list, name="environment-list"),
     path(
         "environments/<int:environment_id>/", environments.environment_edit, name="environment-edit"

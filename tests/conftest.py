@@ -25,8 +25,8 @@ def presets(db):
     from sandboxes.models import Preset
 
     importlib.import_module("sandboxes.migrations.0002_default_presets").seed(apps, None)
-    # As the migrations leave them: offered on every provider (0014).
-    importlib.import_module("sandboxes.migrations.0014_presets_every_provider").unrestrict(
+    # As the migrations leave them: offered on every provider (0017).
+    importlib.import_module("sandboxes.migrations.0017_presets_every_provider").unrestrict(
         apps, None
     )
     return Preset.objects.all()

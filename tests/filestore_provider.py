@@ -214,6 +214,13 @@ class FileStoreInstance(Instance):
             self._store.write(self.id, state)
         self.networking = Networking(tuple(HttpService(**s) for s in state["services"]))
 
+    def relabel(self, metadata: Mapping[str, str]) -> None:
+        with self._store.locked():
+            state = self._state()
+            state["metadata"] = {str(k): str(v) for k, v in metadata.items()}
+            self._store.write(self.id, state)
+        self.metadata = dict(state["metadata"])
+
     def set_wake_on(self, http: bool, ssh: bool) -> None:
         with self._store.locked():
             state = self._state()

@@ -208,6 +208,12 @@ class MemoryInstance(Instance):
             record.services.pop(name, None)
             self.networking = Networking(tuple(record.services.values()))
 
+    def relabel(self, metadata: Mapping[str, str]) -> None:
+        with STORE.lock:
+            STORE.step("relabel")
+            self._live().metadata = {str(k): str(v) for k, v in metadata.items()}
+            self.metadata = dict(self._live().metadata)
+
     def set_wake_on(self, http: bool, ssh: bool) -> None:
         with STORE.lock:
             STORE.step("wake_on")

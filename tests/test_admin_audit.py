@@ -5,7 +5,18 @@ from __future__ import annotations
 
 import pytest
 
-from sandboxes.models import ActorKind, ApiToken, Membership, Role, SandboxEvent, Snapshot, Team
+from sandboxes.models import (
+    ActorKind,
+    ApiToken,
+    Environment,
+    Membership,
+    Role,
+    SandboxEvent,
+    Snapshot,
+    Team,
+    TeamSecret,
+)
+from sandboxes.services import environments, team_secrets
 from sandboxes.services.actors import Actor
 from sandboxes.services.tokens import create_api_token
 
@@ -175,3 +186,38 @@ def test_a_version_label_edited_in_the_admin_is_audited(memory_backend, admin_cl
     assert_by_operator(event, admin_user)
     assert event.snapshot == version
     assert event.data == {"snapshot_id": version.snapshot_id, "label": ["base", "golden"]}
+
+
+def test_environments_secrets_and_builds_are_shown_read_only_and_no_secret_value(
+    memory_backend, admin_client, team, owner
+):
+    """The admin lists what teams keep, but changes go through the team's own services (which
+    audit them), and a secret's value never reaches a page, not even an operator's."""
+    actor = Actor.for_user(owner)
+    team_secrets.set_secret(team=team, actor=actor, name="DEPLOY_KEY", value="s3cr3t-value-x")
+    environment = environments.create_environment(
+        team=team,
+        actor=actor,
+        data={"name": "web", "preset": "1vcpu_1gb_8gb", "provider": "memory"},
+    )
+    secret = TeamSecret.objects.get(name="DEPLOY_KEY")
+    pages = {
+        "/admin/sandboxes/environment/": "web",
+        f"/admin/sandboxes/environment/{environment.pk}/change/": "web",
+        "/admin/sandboxes/teamsecret/": "DEPLOY_KEY",
+        f"/admin/sandboxes/teamsecret/{secret.pk}/change/": "DEPLOY_KEY",
+        "/admin/sandboxes/imagebuild/": "image build",
+    }
+    for url, shown in pages.items():
+        page = admin_client.get(url).content.decode()
+        assert shown in page, url
+        assert "s3cr3t-value-x" not in page, url
+        assert secret.ciphertext not in page, url
+    before = Environment.objects.get(pk=environment.pk).name
+    response = admin_client.post(
+        f"/admin/sandboxes/environment/{environment.pk}/change/", {"name": "renamed"}
+    )
+    assert response.status_code == 403
+    assert Environment.objects.get(pk=environment.pk).name == before
+    assert admin_client.post(f"/admin/sandboxes/teamsecret/{secret.pk}/delete/").status_code == 403
+    assert TeamSecret.objects.filter(pk=secret.pk).exists()

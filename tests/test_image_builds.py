@@ -84,12 +84,18 @@ def test_import_snapshot_copies_an_oci_archive_into_the_local_provider(
     archive = oci_archive(
         tmp_path / "app.tar",
         [busybox_base_layer()],
-        {"Env": ["APP_MODE=test"], "WorkingDir": "/srv", "User": "app"},
+        {
+            "Env": ["APP_MODE=test"],
+            "WorkingDir": "/srv",
+            "User": "app",
+            "ExposedPorts": {"8080/tcp": {}},
+        },
     )
     out = run("import_snapshot", "--provider", "local", "--preset", SMALL,
               "--ref", f"oci-archive:{archive}", "--label", "app image")  # fmt: skip
     snapshot = Snapshot.objects.get(snapshot_id=out.strip())
     assert snapshot.label == "app image"
+    assert snapshot.exposed_ports == [8080]
     sandbox = lifecycle.create_sandbox(
         team=team, actor=Actor.for_user(member), snapshot_id=snapshot.snapshot_id
     )
@@ -97,6 +103,8 @@ def test_import_snapshot_copies_an_oci_archive_into_the_local_provider(
     assert sandbox.status == Status.RUNNING, sandbox.last_error
     result = local_backend.get(sandbox.provider_ref).exec("echo $APP_MODE; pwd; id -u", timeout=30)
     assert result.stdout == "test\n/srv\n1000\n"
+    sandbox.refresh_from_db()
+    assert [(s["name"], s["port"]) for s in sandbox.services] == [("port-8080", 8080)]
     lifecycle.request_operation(sandbox=sandbox, operation="delete", actor=Actor.system())
 
 
@@ -174,7 +182,7 @@ def test_the_versions_page_shows_builds_with_progress_and_log(team, other_team, 
     )  # fmt: skip
     client = Client()
     client.force_login(member)
-    page = client.get("/versions/").content.decode()
+    page = client.get("/snapshots/").content.decode()
     assert "installing remaining packages inside the chroot" in page
     assert "I: extracting archives..." in page
     assert "every 2s" in page  # polled while it runs
@@ -183,7 +191,7 @@ def test_the_versions_page_shows_builds_with_progress_and_log(team, other_team, 
 
     ImageBuild.objects.filter(pk=shared.pk).update(status="succeeded", progress="done",
                                                    snapshot_ids=[f"local_{SMALL}_v1"])  # fmt: skip
-    part = client.get("/versions/?builds=1", headers={"HX-Request": "true"}).content.decode()
+    part = client.get("/snapshots/?builds=1", headers={"HX-Request": "true"}).content.decode()
     assert f"local_{SMALL}_v1" in part
     assert "every 2s" not in part  # nothing left to follow
 

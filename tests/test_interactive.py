@@ -9,7 +9,6 @@ from sandboxes.models import Outcome, Sandbox, SandboxEvent
 from sandboxes.services import lifecycle
 from sandboxes.services.actors import Actor
 from sandboxes.services.errors import (
-    CapabilityMissing,
     IllegalTransition,
     InvalidInput,
     NotAllowed,
@@ -131,15 +130,12 @@ def test_wake_on_is_stored_and_passed_to_the_provider(sandbox, actor, memory_bac
     assert last_event(sandbox).data == {"http": True, "ssh": False}
 
 
-def test_wake_on_http_needs_no_provider_support_but_ssh_does(sandbox, actor, memory_backend):
+def test_wake_on_needs_no_provider_support(sandbox, actor, memory_backend):
+    # The proxy (HTTP) and the SSH gateway wake the sandbox themselves.
     memory_backend.disabled.add("supports_wake_on")
-    with pytest.raises(CapabilityMissing):
-        set_wake_on(sandbox=sandbox, actor=actor, http=True, ssh=True)
+    set_wake_on(sandbox=sandbox, actor=actor, http=True, ssh=True)
     sandbox.refresh_from_db()
-    assert (sandbox.wake_on_http, sandbox.wake_on_ssh) == (False, False)
-    set_wake_on(sandbox=sandbox, actor=actor, http=True, ssh=False)  # the proxy wakes it
-    sandbox.refresh_from_db()
-    assert sandbox.wake_on_http
+    assert (sandbox.wake_on_http, sandbox.wake_on_ssh) == (True, True)
     assert memory_backend.instances[sandbox.provider_ref].wake_on == (False, False)
 
 

@@ -293,7 +293,7 @@ def test_the_api_and_the_dashboard_do_not_offer_a_size_a_provider_refuses(
 def test_the_migration_keeps_restrictions_and_lifts_the_full_lists():
     import importlib
 
-    migration = importlib.import_module("sandboxes.migrations.0014_presets_every_provider")
+    migration = importlib.import_module("sandboxes.migrations.0017_presets_every_provider")
 
     class Row:
         def __init__(self, providers):
@@ -331,8 +331,8 @@ def test_the_full_clone_boxes_become_the_pve_setting_and_come_back(settings, tmp
     (tmp_path / "provider-settings.env").write_text(
         "# kept\nPVE_FULL_CLONE_PRESETS=9vcpu_9gb_9gb\n"
     )
-    before = [("sandboxes", "0014_presets_every_provider")]
-    after = [("sandboxes", "0015_preset_full_clone_to_pve_setting")]
+    before = [("sandboxes", "0017_presets_every_provider")]
+    after = [("sandboxes", "0018_preset_full_clone_to_pve_setting")]
     executor = MigrationExecutor(connection)
     executor.migrate(before)
     apps = executor.loader.project_state(before).apps

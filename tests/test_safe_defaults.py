@@ -224,6 +224,10 @@ def test_serve_without_debug_or_a_key_works_on_plain_http_and_keeps_secrets(tmp_
         ADMIN_PASSWORD="correct horse battery staple",
         SOME_SERVICE_URL=f"postgres://user:{CANARY}@db.internal/x",
     )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        ssh_port = probe.getsockname()[1]
+    env["SANDBOX_SSH_PORT"] = str(ssh_port)
     jar = http.cookiejar.CookieJar()
     browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
     server = Serve(env)
@@ -248,6 +252,19 @@ def test_serve_without_debug_or_a_key_works_on_plain_http_and_keeps_secrets(tmp_
         ]
         (web,) = [c for c in commands if b"uvicorn" in c]
         assert b"config.asgi:application" in web
+        # The SSH gateway is a child too, answering on SANDBOX_SSH_PORT (docs/ssh.md).
+        assert any(b"ssh_gateway" in c for c in commands)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", ssh_port), timeout=5) as ssh:
+                    assert ssh.recv(100).startswith(b"SSH-2.0-")
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "the SSH gateway did not listen"
+                time.sleep(0.2)
+        key = data / "ssh_host_ed25519_key"  # made once, for the owner only
+        assert key.stat().st_mode & 0o777 == 0o600
 
         # Signing in works over plain HTTP (cookies are not HTTPS-only here).
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)

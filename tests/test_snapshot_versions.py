@@ -95,6 +95,28 @@ def test_taking_a_snapshot_makes_the_next_version_with_the_sandboxs_files(
     ]
 
 
+def test_the_ports_an_image_declares_are_services_of_its_sandboxes_and_of_its_children(
+    memory_backend, team, actor
+):
+    """An OCI image's ExposedPorts: each sandbox from it gets port-<n> at its first start
+    (beside an environment's own services, never twice for one port), and a snapshot
+    taken from such a sandbox still declares them."""
+    image = import_snapshot(provider="memory", preset_id="1vcpu_1gb_8gb", ref="base", actor=SYSTEM)
+    Snapshot.objects.filter(pk=image.pk).update(exposed_ports=[3000, 8080])
+    sandbox = running(team, actor, snapshot_id=image.snapshot_id)
+    sandbox.refresh_from_db()
+    assert sandbox.setup_status == "succeeded", sandbox.setup_error
+    assert sorted((s["name"], s["port"]) for s in sandbox.services) == [
+        ("port-3000", 3000),
+        ("port-8080", 8080),
+    ]
+    child = take_snapshot(sandbox=sandbox, actor=actor)
+    child.refresh_from_db()
+    assert child.exposed_ports == [3000, 8080]
+    plain = running(team, actor)  # a snapshot that declares nothing: no setup, no services
+    assert (plain.setup_status, plain.services) == ("", [])
+
+
 def test_a_failed_snapshot_is_marked_failed_with_the_reason(memory_backend, team, actor):
     sandbox = running(team, actor)
     memory_backend.faults["snapshot"] = [OperationFailed("disk full")]

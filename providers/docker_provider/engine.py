@@ -8,7 +8,9 @@ policy). Instances hold this, never the provider, so the modules form a tree:
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from providers import netfilter
@@ -112,3 +114,42 @@ class DockerEngine:
                 f"{container.id[:12]}: {exc}",
                 ref=container.id,
             ) from exc
+
+    # --- relabel records (labels.ROLE_RELABEL): who owns a container made for a pool ---
+
+    def relabel_records(self) -> dict[str, dict[str, str]]:
+        wanted = [f"{labels.ROLE}={labels.ROLE_RELABEL}"]
+        with docker_call("list relabel records"):
+            found = self.client.volumes.list(filters={"label": wanted})
+        return {
+            (v.attrs.get("Labels") or {}).get(labels.OWNER, ""): labels.metadata_of(
+                v.attrs.get("Labels") or {}
+            )
+            for v in found
+        }
+
+    def relabel_record(self, container_id: str) -> dict[str, str] | None:
+        try:
+            with docker_call("read relabel record"):
+                volume = self.client.volumes.get(labels.relabel_name(container_id))
+        except NotFound:
+            return None
+        found = volume.attrs.get("Labels") or {}
+        if found.get(labels.OWNER) != container_id:
+            return None
+        return labels.metadata_of(found)
+
+    def write_relabel_record(self, container: Container, metadata: Mapping[str, str]) -> None:
+        """Replace the record (volumes cannot be relabelled either): remove, then make."""
+        self.drop_relabel_record(container.id)
+        record = {
+            labels.ROLE: labels.ROLE_RELABEL,
+            labels.OWNER: container.id,
+            labels.METADATA: json.dumps(dict(metadata), sort_keys=True),
+        }
+        with docker_call("write relabel record"):
+            self.client.volumes.create(name=labels.relabel_name(container.id), labels=record)
+
+    def drop_relabel_record(self, container_id: str) -> None:
+        with contextlib.suppress(NotFound), docker_call("remove relabel record"):
+            self.client.volumes.get(labels.relabel_name(container_id)).remove(force=True)

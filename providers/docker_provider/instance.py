@@ -10,17 +10,19 @@ from typing import TYPE_CHECKING
 
 from providers.base import (
     EXEC_OUTPUT_LIMIT,
+    META_POOL,
     ExecResult,
     HttpService,
     Instance,
     InstanceStatus,
     Networking,
+    ProcessSession,
     SnapshotResult,
     TerminalSession,
     as_argv,
     checked_env,
 )
-from providers.docker_provider import labels, services, terminal
+from providers.docker_provider import labels, process, services, terminal
 from providers.docker_provider.base_image import WORKDIR
 from providers.docker_provider.errors import docker_call
 from providers.errors import (
@@ -61,9 +63,11 @@ class DockerInstance(Instance):
         engine: DockerEngine,
         container: Container,
         http_services: Iterable[HttpService] | None = None,
+        relabelled: Mapping[str, str] | None = None,
     ) -> None:
         #: The daemon's client and settings: all an instance needs of its provider.
         self._engine = engine
+        self._relabelled = relabelled
         self._load(container, http_services)
 
     def __repr__(self) -> str:
@@ -76,6 +80,11 @@ class DockerInstance(Instance):
         self.id = container.id
         self.status = _STATUS.get(container.status, InstanceStatus.ERROR)
         self.metadata = labels.metadata_of(container.labels)
+        if META_POOL in self.metadata:
+            # Made for a warm pool: a relabel record, when there is one, says who owns it.
+            if self._relabelled is None:
+                self._relabelled = self._engine.relabel_record(container.id) or {}
+            self.metadata = dict(self._relabelled) or self.metadata
         if http_services is None:
             http_services = services.services_of(self._engine.client, container.id)
         self.networking = Networking(tuple(http_services))
@@ -145,6 +154,16 @@ class DockerInstance(Instance):
             )
         return terminal.open_session(self._engine, self.id, command, cols, rows, env)
 
+    def open_process(
+        self, command: str | Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> ProcessSession:
+        self._reload()
+        if self.status != InstanceStatus.RUNNING:
+            raise InvalidState(
+                f"container {self.id[:12]} is {self.status}, not running", ref=self.id
+            )
+        return process.open_process(self._engine, self.id, command, env)
+
     # --- power ------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -200,6 +219,20 @@ class DockerInstance(Instance):
         with contextlib.suppress(NotFound):
             self._do("remove", lambda: client.containers.get(self.id).remove(force=True, v=True))
         services.remove_network(client, self.id)
+        self._engine.drop_relabel_record(self.id)
+
+    def relabel(self, metadata: Mapping[str, str]) -> None:
+        container = self._reload()
+        if META_POOL not in labels.metadata_of(container.labels):
+            # Only containers made for a warm pool look for a relabel record (one volume
+            # lookup per ``get``); no other container is ever relabelled.
+            raise Unsupported(
+                "the docker provider relabels only containers made for a warm pool",
+                capability="relabel",
+            )
+        self._engine.write_relabel_record(container, metadata)
+        self._relabelled = {str(k): str(v) for k, v in metadata.items()}
+        self.metadata = dict(self._relabelled)
 
     # --- services -----------------------------------------------------------------------
 

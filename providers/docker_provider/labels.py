@@ -25,6 +25,12 @@ ROLE_SANDBOX = "sandbox"
 ROLE_FORWARDER = "forwarder"
 ROLE_NETWORK = "network"
 ROLE_SNAPSHOT = "snapshot"
+#: A relabel record: a container's labels cannot change after it was made, so the
+#: metadata given to it later (a warm pool's member claimed by a sandbox) lives in the
+#: labels of an empty volume named after it (``relabel_name``), made anew at each
+#: relabel. It sits in the daemon beside the container (no state of our own on the
+#: control plane's host) and the sandbox cannot reach it.
+ROLE_RELABEL = "relabel"
 
 #: Committed images get these so a container someone runs from a snapshot image by hand
 #: is not mistaken for a sandbox.
@@ -60,3 +66,7 @@ def metadata_of(labels: Mapping[str, str]) -> dict[str, str]:
 def container_name(sandbox_id: str) -> str:
     """Docker enforces unique names: a second create for one sandbox id cannot slip by."""
     return "sbx-" + _NAME_UNSAFE.sub("-", sandbox_id)[:100]
+
+
+def relabel_name(container_id: str) -> str:
+    return "sbx-labels-" + container_id[:24]

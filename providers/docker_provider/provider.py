@@ -131,6 +131,7 @@ class DockerProvider(Provider):
             supports_exec=True,
             supports_expose_http=True,
             supports_terminal=True,
+            supports_process=True,
             reasons={
                 "supports_hibernate": "Docker's checkpoints (CRIU) are experimental; use "
                 "pause (memory kept) or stop",
@@ -282,11 +283,26 @@ class DockerProvider(Provider):
         with docker_call("list containers"):
             found = self.client.containers.list(all=True, filters={"label": wanted})
         by_owner = services.services_by_owner(self.client)
+        records = self._relabel_records()
         return [
-            DockerInstance(self.engine, c, by_owner.get(c.id, ()))
+            DockerInstance(self.engine, c, by_owner.get(c.id, ()), records.get(c.id, {}))
             for c in found
             if META_SANDBOX_ID in labels.metadata_of(c.labels)
         ]
+
+    # --- relabel records (labels.ROLE_RELABEL): the engine's, instances use them too ----
+
+    def _relabel_records(self) -> dict[str, dict[str, str]]:
+        return self.engine.relabel_records()
+
+    def relabel_record(self, container_id: str) -> dict[str, str] | None:
+        return self.engine.relabel_record(container_id)
+
+    def write_relabel_record(self, container: Container, metadata: Mapping[str, str]) -> None:
+        self.engine.write_relabel_record(container, metadata)
+
+    def drop_relabel_record(self, container_id: str) -> None:
+        self.engine.drop_relabel_record(container_id)
 
     def import_image(self, source: ImageSource) -> ImportResult:
         """``docker import`` of a one-layer image (a built root filesystem) with its

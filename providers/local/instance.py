@@ -15,6 +15,7 @@ from providers.base import (
     InstanceStatus,
     MetricSample,
     Networking,
+    ProcessSession,
     SnapshotResult,
     TerminalSession,
 )
@@ -50,6 +51,10 @@ class SandboxOps(Protocol):
         rows: int,
         env: Mapping[str, str] | None,
     ) -> TerminalSession: ...
+    def open_process(
+        self, sandbox_id: str, command: str | Sequence[str], env: Mapping[str, str] | None
+    ) -> ProcessSession: ...
+    def relabel(self, sandbox_id: str, metadata: Mapping[str, str]) -> None: ...
     def start(self, sandbox_id: str) -> None: ...
     def stop(self, sandbox_id: str) -> None: ...
     def pause(self, sandbox_id: str) -> None: ...
@@ -114,6 +119,11 @@ class LocalInstance(Instance):
     ) -> TerminalSession:
         return self._provider.open_terminal(self.id, command, cols, rows, env)
 
+    def open_process(
+        self, command: str | Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> ProcessSession:
+        return self._provider.open_process(self.id, command, env)
+
     def start(self) -> None:
         self._provider.start(self.id)
         self._refresh()
@@ -151,6 +161,10 @@ class LocalInstance(Instance):
 
     def snapshot(self) -> SnapshotResult:
         return self._provider.snapshot(self.id)
+
+    def relabel(self, metadata: Mapping[str, str]) -> None:
+        self._provider.relabel(self.id, metadata)
+        self.metadata = {str(k): str(v) for k, v in metadata.items()}
 
     def metrics(self) -> list[MetricSample]:
         return self._provider.metrics(self.id)

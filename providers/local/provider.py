@@ -60,6 +60,7 @@ from providers.local import (
     idmap,
     initbin,
     launch,
+    process,
     seccompbin,
     terminal,
 )
@@ -208,6 +209,7 @@ class LocalProvider(Provider):
             supports_resize=False,
             supports_metrics=metrics,
             supports_terminal=True,
+            supports_process=True,
             reasons=reasons,
             **self._host_limits(),
         )
@@ -808,6 +810,21 @@ class LocalProvider(Provider):
         except Conflict as old:
             raise Conflict(f"sandbox {sandbox_id}: {old.message}", ref=sandbox_id) from None
 
+    def open_process(
+        self, sandbox_id: str, command: str | Sequence[str], env: Mapping[str, str] | None
+    ) -> process.LocalProcess:
+        """A command with its streams as pipes, started by the sandbox's init."""
+        argv = as_argv(command)
+        extra = checked_env(env)
+        target = self._exec_target(sandbox_id)
+        if extra:
+            target = dataclasses.replace(target, env={**target.env, **extra})
+        self.store.touch_activity(sandbox_id)
+        try:
+            return process.open_process(target, argv)
+        except execute.SandboxGone as gone:
+            raise Conflict(f"sandbox {sandbox_id} stopped: {gone}", ref=sandbox_id) from None
+
     # --- images
 
     def import_image(self, source: ImageSource) -> ImportResult:
@@ -858,6 +875,13 @@ class LocalProvider(Provider):
             state.services[name] = ServiceEntry(port=port)
             self.store.save(state)
             return service_url(self.store, sandbox_id, name)
+
+    def relabel(self, sandbox_id: str, metadata: Mapping[str, str]) -> None:
+        """The state file's metadata is what ``list`` reports (the directory keeps its
+        name: the reference does not change)."""
+        with self._locked_state(sandbox_id) as state:
+            state.metadata = {str(k): str(v) for k, v in metadata.items()}
+            self.store.save(state)
 
     def hide(self, sandbox_id: str, name: str) -> None:
         with self._locked_state(sandbox_id) as state:

@@ -14,7 +14,7 @@
  * - Accepts connections on LISTEN_FD, a unix socket the host bound in a directory only the
  *   host can reach. Each connection asks for one command: the host sends a header
  *   "SBX1" + u32 payload length (little endian) with two file descriptors attached
- *   (the command's stdout and stderr), then the payload: NUL-separated fields
+ *   (the command's stdout and stderr; a third, when sent, is its stdin), then the payload: NUL-separated fields
  *   cwd, argc, argv..., env... . A cwd written "@UID:GID@PATH" runs the command as that user
  *   and group (an image's User; no supplementary groups, no capabilities left), in PATH.
  *   A forked helper runs the command in a new session and
@@ -88,11 +88,11 @@ static void close_from(int low) {
 }
 
 /* Receive the header, and for exec the two descriptors (a terminal request has none). */
-static int receive_header(int conn, uint32_t *len, int fds[2], enum request *kind) {
+static int receive_header(int conn, uint32_t *len, int fds[3], enum request *kind) {
     char header[8];
     union {
         struct cmsghdr align;
-        char buf[CMSG_SPACE(sizeof(int) * 2)];
+        char buf[CMSG_SPACE(sizeof(int) * 3)];
     } control;
     struct iovec iov = {header, sizeof header};
     struct msghdr msg = {0};
@@ -106,9 +106,17 @@ static int receive_header(int conn, uint32_t *len, int fds[2], enum request *kin
     } while (n < 0 && errno == EINTR);
     if (n <= 0) return -1;
     struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-    int have_fds = cmsg && cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS &&
-                   cmsg->cmsg_len == CMSG_LEN(sizeof(int) * 2);
-    if (have_fds) memcpy(fds, CMSG_DATA(cmsg), sizeof(int) * 2);
+    int is_rights = cmsg && cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS;
+    /* Two descriptors (stdout, stderr; stdin is /dev/null) or three (and stdin: a
+     * streamed process, the SSH gateway's commands). */
+    int have_fds = 0;
+    if (is_rights && cmsg->cmsg_len == CMSG_LEN(sizeof(int) * 2)) {
+        memcpy(fds, CMSG_DATA(cmsg), sizeof(int) * 2);
+        have_fds = 2;
+    } else if (is_rights && cmsg->cmsg_len == CMSG_LEN(sizeof(int) * 3)) {
+        memcpy(fds, CMSG_DATA(cmsg), sizeof(int) * 3);
+        have_fds = 3;
+    }
     if (n < (ssize_t)sizeof header && read_full(conn, header + n, sizeof header - n) < 0)
         return -1;
     if (memcmp(header, "SBX1", 4) == 0 && have_fds)
@@ -172,15 +180,19 @@ static void reset_signals(void) {
     sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-static void run_command(char *payload, uint32_t len, int out, int err) {
+static void run_command(char *payload, uint32_t len, int in, int out, int err) {
     /* Fields: cwd, argc, argv..., env... (each NUL-terminated). */
     size_t n = 0;
     char **fields = split_fields(payload, len, &n);
     if (!fields) _exit(126);
     reset_signals();
     setsid();
-    int null = open("/dev/null", O_RDONLY);
-    if (null >= 0) dup2(null, 0);
+    if (in >= 0) {
+        dup2(in, 0);
+    } else {
+        int null = open("/dev/null", O_RDONLY);
+        if (null >= 0) dup2(null, 0);
+    }
     dup2(out, 1);
     dup2(err, 2);
     exec_fields(fields, n, 1);
@@ -281,7 +293,7 @@ static int send_master(int conn, int master) {
 /* One connection: read the request, run the command, report its end. */
 static void serve(int conn) {
     uint32_t len = 0;
-    int fds[2] = {-1, -1};
+    int fds[3] = {-1, -1, -1};
     enum request kind;
     if (receive_header(conn, &len, fds, &kind) < 0) {
         dprintf(conn, "Xbad request\n");
@@ -323,7 +335,7 @@ static void serve(int conn) {
     }
     if (pid == 0) {
         if (kind == TERMINAL_REQUEST) run_on_terminal(fields, count, slave);
-        run_command(payload, len, fds[0], fds[1]);
+        run_command(payload, len, fds[2], fds[0], fds[1]);
     }
     if (kind == TERMINAL_REQUEST) {
         /* Only the host keeps the master: when it lets go, the terminal hangs up. */
@@ -333,6 +345,7 @@ static void serve(int conn) {
     } else {
         close(fds[0]);
         close(fds[1]);
+        if (fds[2] >= 0) close(fds[2]);
     }
     free(payload);
 

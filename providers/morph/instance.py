@@ -85,7 +85,9 @@ class MorphInstance(Instance):
         self._sdk = sdk
         self.id = sdk.id
         self.status = _status(sdk)
-        self.metadata = {k: v for k, v in sdk.metadata.items() if k not in INTERNAL_KEYS}
+        self.metadata = {
+            k: v for k, v in sdk.metadata.items() if k not in INTERNAL_KEYS and v != ""
+        }
         self.networking = Networking(
             tuple(HttpService(s.name, s.port, s.url) for s in sdk.networking.http_services)
         )
@@ -102,6 +104,15 @@ class MorphInstance(Instance):
         merged = {**self._sdk.metadata, **values}
         self._call("set metadata on", lambda: self._sdk.set_metadata(merged))
         self._load(self._sdk)
+
+    def relabel(self, metadata: Mapping[str, str]) -> None:
+        # Our bookkeeping keys stay; everything else is the new owner's metadata. A key
+        # the new metadata drops is sent empty, in case the API merges (as _set_internal).
+        kept = {k: v for k, v in self._sdk.metadata.items() if k in INTERNAL_KEYS}
+        dropped = {k: "" for k in self._sdk.metadata if k not in INTERNAL_KEYS}
+        merged = {**dropped, **{str(k): str(v) for k, v in metadata.items()}, **kept}
+        self._call("relabel", lambda: self._sdk.set_metadata(merged))
+        self._refresh()
 
     def _wait(self, wanted: set[str], what: str) -> None:
         self._load(self._session.wait_for(self.id, wanted, what=what))

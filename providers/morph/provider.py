@@ -165,6 +165,8 @@ class MorphProvider(Provider):
                 "separate hibernate (use pause)",
                 "supports_resize": "resizing a Morph instance needs a reboot; not offered yet",
                 "supports_metrics": "Morph reports no per-instance CPU or memory samples",
+                "supports_process": "not wired to Morph's SSH yet: use Morph's own SSH "
+                "(GET /api/v1/sandboxes/{id}/ssh) for scp and sftp",
                 "supports_network_internet": MORPH_NETWORK,
                 "supports_network_allowlist": MORPH_NETWORK,
             },

@@ -365,6 +365,22 @@ class PveInstance(Instance):
     def hide_http_service(self, name: str) -> None:
         self._save_services([s for s in self._meta.services if s.name != name])
 
+    def relabel(self, metadata: Mapping[str, str]) -> None:
+        # One config write: the description (the metadata a lost row is rebuilt from),
+        # the tags (what survives an edited description) and the guest's name, which
+        # create's idempotency and ``_current`` match against the sandbox id.
+        config = self._guests.guest_config(self.node, self.vmid)
+        meta = meta_codec.parse(config.get("description"), config.get("tags")) or self._meta
+        meta = GuestMeta({str(k): str(v) for k, v in metadata.items()}, meta.services, meta.kind)
+        self._guests.client.put(
+            self._path("config"),
+            description=meta.description(),
+            tags=meta.tags(),
+            **{self._kind.name_key: dns_label(meta.sandbox_id, "sandbox")},
+        )
+        self._meta = meta
+        self.metadata = dict(meta.metadata)
+
     def _save_services(self, services: list[HttpService]) -> None:
         config = self._guests.guest_config(self.node, self.vmid)
         meta = meta_codec.parse(config.get("description"), config.get("tags")) or self._meta

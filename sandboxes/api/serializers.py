@@ -353,6 +353,27 @@ class SshInfoSerializer(serializers.Serializer):
     command = serializers.CharField(help_text="A command line that connects.")
 
 
+class SshTokenSerializer(serializers.Serializer):
+    token = serializers.CharField(
+        help_text="The user name to log in with (shown once; only its digest is kept)."
+    )
+    expires_at = serializers.DateTimeField()
+    host = serializers.CharField(help_text="The SSH gateway's public host.")
+    port = serializers.IntegerField()
+    command = serializers.CharField(help_text="The ssh command line that logs in with it.")
+
+
+class SshKeySerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    name = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    public_key = serializers.CharField(
+        max_length=16384, help_text="One line, as in ~/.ssh/id_ed25519.pub."
+    )
+    fingerprint = serializers.CharField(read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
+    last_used_at = serializers.DateTimeField(read_only=True, allow_null=True)
+
+
 # --- presets and snapshot versions -----------------------------------------------------
 
 
@@ -389,6 +410,11 @@ class SnapshotSerializer(serializers.Serializer):
     created_by = serializers.SerializerMethodField()
     label = serializers.CharField()
     size_bytes = serializers.IntegerField(allow_null=True)
+    exposed_ports = serializers.ListField(
+        child=serializers.IntegerField(),
+        help_text="Ports the image declares: each sandbox started from it exposes them as "
+        "services named port-<n> (private) at its first start.",
+    )
     error = serializers.CharField()
     created_at = serializers.DateTimeField()
 
@@ -717,3 +743,51 @@ class ErrorDetailSerializer(serializers.Serializer):
 
 class ErrorSerializer(serializers.Serializer):
     error = ErrorDetailSerializer()
+
+
+class PoolSerializer(serializers.Serializer):
+    """A warm pool: started instances of one snapshot kept for creates (docs/pools.md)."""
+
+    id = serializers.IntegerField()
+    provider = serializers.CharField()
+    snapshot_id = serializers.CharField(source="snapshot.snapshot_id")
+    shared = serializers.SerializerMethodField(
+        help_text="True: every team's creates may take from it (operators manage it)."
+    )
+    target_size = serializers.IntegerField()
+    maximum = serializers.IntegerField(help_text="Members there may ever be at once.")
+    max_age_seconds = serializers.IntegerField(help_text="Older ready members are replaced.")
+    enabled = serializers.BooleanField()
+    ready = serializers.IntegerField(help_text="Members ready to be claimed now.")
+    creating = serializers.IntegerField(help_text="Members being made.")
+    hits = serializers.IntegerField()
+    misses = serializers.IntegerField()
+    hit_rate = serializers.SerializerMethodField(help_text="hits / (hits + misses); null: none.")
+    refill_lag_seconds = serializers.SerializerMethodField(
+        help_text="How long fewer than target_size members have been ready (0: full)."
+    )
+    created_at = serializers.DateTimeField()
+
+    def get_shared(self, pool) -> bool:
+        return pool.team_id is None
+
+    def get_hit_rate(self, pool) -> float | None:
+        total = pool.hits + pool.misses
+        return round(pool.hits / total, 4) if total else None
+
+    def get_refill_lag_seconds(self, pool) -> float:
+        if pool.short_since is None:
+            return 0.0
+        return round((timezone.now() - pool.short_since).total_seconds(), 1)
+
+
+class PoolWriteSerializer(StrictSerializer):
+    """Create (snapshot_id required) or change (the fields given) a team's pool."""
+
+    snapshot_id = StrictCharField(
+        required=False, max_length=120, help_text="A version, e.g. local_2vcpu_2gb_8gb_v3."
+    )
+    target_size = StrictIntegerField(required=False, min_value=0)
+    maximum = StrictIntegerField(required=False, min_value=0)
+    max_age_seconds = StrictIntegerField(required=False, min_value=60)
+    enabled = StrictBooleanField(required=False)

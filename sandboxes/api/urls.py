@@ -10,10 +10,12 @@ from sandboxes.api import schema  # noqa: F401 - registers the OpenAPI extension
 from sandboxes.api.views import (
     cmux,
     environments,
+    pools,
     sandboxes,
     secrets,
     site,
     snapshots,
+    ssh_keys,
     tokens,
 )
 
@@ -51,6 +53,10 @@ v1 = [
         snapshots.SnapshotActivateView.as_view(),
         name="snapshot-activate",
     ),
+    path("pools", pools.PoolListView.as_view(), name="pool-list"),
+    path("pools/<int:pool_id>", pools.PoolDetailView.as_view(), name="pool-detail"),
+    path("ssh-keys", ssh_keys.SshKeyListView.as_view(), name="ssh-key-list"),
+    path("ssh-keys/<int:key_id>", ssh_keys.SshKeyDetailView.as_view(), name="ssh-key-detail"),
     path("tokens", tokens.TokenListView.as_view(), name="token-list"),
     path("tokens/<int:token_id>", tokens.TokenDetailView.as_view(), name="token-detail"),
 ]

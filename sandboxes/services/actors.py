@@ -7,6 +7,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from sandboxes.models import ActorKind, Membership, Role, Team, role_can_manage, role_can_write
+from sandboxes.services.errors import NotAllowed
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -78,6 +79,11 @@ class Actor:
 
     def can_write(self, team: Team) -> bool:
         return role_can_write(self.role_in(team), token=self.token)
+
+    def require_write(self, team: Team, what: str) -> None:
+        """Raise NotAllowed ("your role in this team cannot <what>") unless this actor may write."""
+        if not self.can_write(team):
+            raise NotAllowed(f"your role in this team cannot {what}")
 
     def can_manage(self, team: Team) -> bool:
         return role_can_manage(self.role_in(team), token=self.token)

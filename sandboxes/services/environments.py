@@ -22,7 +22,7 @@ from sandboxes.models import Environment, Outcome, Sandbox, Team
 from sandboxes.services import lifecycle, network, team_secrets, workspaces
 from sandboxes.services.actors import Actor
 from sandboxes.services.backends import default_provider
-from sandboxes.services.errors import InvalidInput, NotAllowed
+from sandboxes.services.errors import InvalidInput
 from sandboxes.services.events import record_event
 from sandboxes.services.snapshots import resolve_for_start
 from sandboxes.services.validation import MAX_SECONDS, validate_service
@@ -175,8 +175,7 @@ def _saved(environment: Environment) -> None:
 
 
 def create_environment(*, team: Team, actor: Actor, data: dict[str, Any]) -> Environment:
-    if not actor.can_write(team):
-        raise NotAllowed("your role in this team cannot change its environments")
+    actor.require_write(team, "change its environments")
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise _bad(unknown[0], "unknown field")
@@ -203,8 +202,7 @@ def update_environment(
 ) -> Environment:
     """Change some fields of the recipe (``changes``: a subset of ``FIELDS``)."""
     team = environment.team
-    if not actor.can_write(team):
-        raise NotAllowed("your role in this team cannot change its environments")
+    actor.require_write(team, "change its environments")
     unknown = sorted(set(changes) - set(FIELDS))
     if unknown:
         raise _bad(unknown[0], "unknown field")
@@ -229,8 +227,7 @@ def update_environment(
 def delete_environment(*, environment: Environment, actor: Actor) -> None:
     """Delete the recipe; sandboxes started from it keep what they copied."""
     team = environment.team
-    if not actor.can_write(team):
-        raise NotAllowed("your role in this team cannot change its environments")
+    actor.require_write(team, "change its environments")
     with transaction.atomic():
         name = environment.name
         environment.delete()

@@ -23,15 +23,11 @@ from django.utils import timezone
 
 from providers.errors import ProviderError, Unsupported
 from providers.images import ImageError, debian, oci
-from providers.presets import parse_preset_id
-from providers.snapshot_ids import format_snapshot_id
 from sandboxes.models import (
     ImageBuild,
     ImageBuildStatus,
     Outcome,
     Preset,
-    Snapshot,
-    SnapshotStatus,
     Team,
 )
 from sandboxes.services.actors import Actor
@@ -39,7 +35,7 @@ from sandboxes.services.backends import enabled_provider_names, get_provider, pr
 from sandboxes.services.errors import InvalidInput, NotAllowed
 from sandboxes.services.events import record_event
 from sandboxes.services.queue import enqueue_on_commit
-from sandboxes.services.snapshots import activate_snapshot, next_version
+from sandboxes.services.snapshots import known_preset, register_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -94,13 +90,7 @@ def _presets(provider: str, preset_ids: list[str]) -> list[str]:
         raise InvalidInput("give at least one preset", fields={"preset": ["required"]})
     found = []
     for preset_id in dict.fromkeys(preset_ids):
-        preset = Preset.objects.filter(pk=preset_id).first()
-        if preset is None:
-            try:
-                parse_preset_id(preset_id)
-            except ValueError as exc:
-                raise InvalidInput(str(exc), fields={"preset": [str(exc)]}) from None
-            raise InvalidInput(f"unknown preset {preset_id}", fields={"preset": ["unknown"]})
+        preset = known_preset(preset_id)
         message = preset_refusal(preset, provider)
         if message:
             raise InvalidInput(message, fields={"preset": [message]})
@@ -249,7 +239,7 @@ def perform_build(*, build_pk: int) -> ImageBuild | None:
     return ImageBuild.objects.get(pk=build_pk)
 
 
-def _run(build: ImageBuild, log: _Log) -> tuple[str, int | None]:
+def _run(build: ImageBuild, log: _Log) -> tuple[str, int | None, list[int]]:
     provider = get_provider(build.provider)
     cache = Path(settings.SANDBOX_IMAGE_CACHE_DIR)
     with tempfile.TemporaryDirectory(prefix="image-", dir=_tmp_dir(cache)) as work:
@@ -279,7 +269,7 @@ def _run(build: ImageBuild, log: _Log) -> tuple[str, int | None]:
         f"stored as {result.ref}: {(result.bytes_written or 0) // 1024} KiB written, "
         f"{result.layers_reused} layer(s) already held"
     )
-    return result.ref, result.bytes_written
+    return result.ref, result.bytes_written, list(source.config.exposed_ports)
 
 
 def _tmp_dir(cache: Path) -> Path:
@@ -287,35 +277,27 @@ def _tmp_dir(cache: Path) -> Path:
     return cache
 
 
-def _register(build: ImageBuild, log: _Log, ref: str, written: int | None) -> None:
+def _register(
+    build: ImageBuild, log: _Log, ref: str, written: int | None, exposed_ports: list[int]
+) -> None:
     actor = Actor.system()
     ids = []
     with transaction.atomic():
         for preset_id in build.presets:
             preset = Preset.objects.get(pk=preset_id)
-            version = next_version(build.provider, preset)
-            snapshot = Snapshot.objects.create(
-                snapshot_id=format_snapshot_id(build.provider, preset.pk, version),
+            snapshot = register_snapshot(
                 provider=build.provider,
                 preset=preset,
-                version=version,
+                ref=ref,
                 team=build.team,
-                provider_ref=ref,
-                status=SnapshotStatus.READY,
+                actor=actor,
                 created_by=build.created_by,
                 label=build.label,
+                activate=build.activate,
                 size_bytes=written,
+                exposed_ports=exposed_ports,
+                data={"build": build.pk},
             )
-            record_event(
-                actor=actor,
-                action="import_version",
-                outcome=Outcome.SUCCEEDED,
-                snapshot=snapshot,
-                team=build.team,
-                data={"snapshot_id": snapshot.snapshot_id, "ref": ref, "build": build.pk},
-            )
-            if build.activate:
-                activate_snapshot(snapshot=snapshot, actor=actor, team=build.team)
             ids.append(snapshot.snapshot_id)
         log.line("registered " + ", ".join(ids) + (" (active)" if build.activate else ""))
         _finish(

@@ -46,8 +46,7 @@ ACTIVITY_GRANULARITY = timedelta(seconds=30)
 
 
 def _require(sandbox: Sandbox, actor: Actor, capability: str | None, *, statuses, action: str):
-    if not actor.can_write(sandbox.team):
-        raise NotAllowed(f"your role in this team cannot {action}")
+    actor.require_write(sandbox.team, f"{action}")
     if capability:
         caps = capabilities(sandbox.provider)
         if not caps.supports(capability):
@@ -228,19 +227,15 @@ def hide_service(*, sandbox: Sandbox, actor: Actor, name: str) -> None:
 def set_wake_on(*, sandbox: Sandbox, actor: Actor, http: bool, ssh: bool) -> Sandbox:
     """Choose whether traffic (HTTP to an exposed service, SSH) wakes a paused sandbox.
 
-    HTTP wake-on works on every provider: requests through the control plane's service
-    proxy (``/s/<sandbox>/<service>/``) resume the sandbox first. A provider that can wake
-    on traffic by itself (``supports_wake_on``) is told too, so its own URLs wake it; SSH
-    wake-on needs that.
+    Both work on every provider: requests through the control plane's service proxy and
+    preview hosts, and connections to its SSH gateway (docs/ssh.md), resume the sandbox
+    first. A provider that can wake on traffic by itself (``supports_wake_on``) is told
+    too, so its own URLs (Morph's SSH) wake it.
     """
     if not isinstance(http, bool) or not isinstance(ssh, bool):
         raise InvalidInput("http and ssh are true or false")
     _require(sandbox, actor, None, statuses=ACTION_STATUSES["wake_on"], action="set wake-on for")
     caps = capabilities(sandbox.provider)
-    if ssh and not caps.supports_wake_on:
-        raise CapabilityMissing(
-            sandbox.provider, "supports_wake_on", caps.reason("supports_wake_on")
-        )
     if caps.supports_wake_on:
         try:
             _instance(sandbox).set_wake_on(http, ssh)
@@ -273,8 +268,7 @@ def update_sandbox_settings(
     metadata: dict[str, str] = _UNSET,
 ) -> Sandbox:
     """Change a sandbox's name, TTL, idle timeout or metadata (only what is passed)."""
-    if not actor.can_write(sandbox.team):
-        raise NotAllowed("your role in this team cannot change sandboxes")
+    actor.require_write(sandbox.team, "change sandboxes")
     if sandbox.status == Status.DELETED:
         raise IllegalTransition("change", sandbox.status)
     changes: dict[str, Any] = {}

@@ -31,6 +31,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from providers.base import (
+    META_POOL,
     META_PRESET,
     META_SANDBOX_ID,
     META_SNAPSHOT_ID,
@@ -51,7 +52,7 @@ from sandboxes.models import (
     Team,
     TtlAction,
 )
-from sandboxes.services import network, team_secrets, transitions, workspaces
+from sandboxes.services import network, pools, team_secrets, transitions, workspaces
 from sandboxes.services.actors import Actor
 from sandboxes.services.backends import (
     capabilities,
@@ -63,7 +64,6 @@ from sandboxes.services.errors import (
     CapabilityMissing,
     IdempotencyKeyReused,
     InvalidInput,
-    NotAllowed,
     ServiceError,
 )
 from sandboxes.services.events import Audit, record_event
@@ -237,8 +237,7 @@ def create_sandbox(
     and nothing new is made (``replayed_create``: a retry that asks for something else is
     refused).
     """
-    if not actor.can_write(team):
-        raise NotAllowed("your role in this team cannot create sandboxes")
+    actor.require_write(team, "create sandboxes")
     # What was asked, before defaults fill it in: a retry is compared on this.
     asked = {
         "preset_id": preset_id,
@@ -280,7 +279,6 @@ def create_sandbox(
     setup = workspaces.check_setup(setup)
     if environment is not None and environment.team_id != team.pk:
         raise InvalidInput("no such environment", fields={"environment": ["not found"]})
-    has_setup = bool(repo or setup or (environment is not None and environment.services))
     if ttl_action not in TtlAction.values:
         raise InvalidInput(
             f"ttl_action must be one of {', '.join(TtlAction.values)}",
@@ -301,6 +299,9 @@ def create_sandbox(
         snapshot_id=snapshot_id,
     )
     preset: Preset = snapshot.preset
+    # Services to expose at the first start: the environment's, the image's declared ports.
+    exposes = bool(snapshot.exposed_ports or (environment is not None and environment.services))
+    has_setup = bool(repo or setup or exposes)
     capacity = provider_capacity(snapshot.provider)  # also: is it enabled?
     policy, policy_source = network.effective_policy(preset=preset, team=team, override=override)
     network.check_supported(
@@ -313,12 +314,20 @@ def create_sandbox(
         if existing is not None:
             return existing
         check_quota(team=locked_team, vcpus=preset.vcpus, memory_mb=preset.memory_mb)
-        check_provider_capacity(
-            team=locked_team,
-            provider=snapshot.provider,
-            capacity=capacity,
-            memory_mb=preset.memory_mb,
+        # A warm member (services/pools.py) is already running on the host: taking it
+        # needs no room there, only the team's quota above.
+        member = pools.claim(
+            team=team,
+            snapshot=snapshot,
+            network_record=network.as_record(policy, policy_source),
         )
+        if member is None:
+            check_provider_capacity(
+                team=locked_team,
+                provider=snapshot.provider,
+                capacity=capacity,
+                memory_mb=preset.memory_mb,
+            )
         # Lock the version: its deletion (retention, a person) checks "in use" under the
         # same lock, so a version is never deleted under a sandbox that starts from it.
         if not Snapshot.objects.select_for_update().filter(
@@ -339,6 +348,7 @@ def create_sandbox(
             **preset.size(),
             status=S.STARTING,
             operation="start",
+            provider_ref=member.provider_ref if member is not None else "",
             metadata=metadata,
             ttl_seconds=ttl_seconds,
             ttl_action=ttl_action,
@@ -369,9 +379,23 @@ def create_sandbox(
                 "network": sandbox.network,
                 **({"repo": repo} if repo else {}),
                 **({"environment": environment.name} if environment is not None else {}),
+                **({"pool": member.pool_id} if member is not None else {}),
             },
         )
-        _enqueue(sandbox)
+        if member is None:
+            _enqueue(sandbox)
+        else:
+            pools.record_claim(member=member, sandbox=sandbox, actor=actor)
+    if member is not None:
+        # A hit is a relabel and a status check: done here, the caller sees it running
+        # (no queue round trip). Anything unexpected leaves it to a worker.
+        try:
+            perform_operation(sandbox_id=sandbox.pk)
+        except Exception:
+            logger.exception("starting %s from a warm member failed", sandbox.pk)
+            with transaction.atomic():
+                _enqueue(sandbox)
+        sandbox.refresh_from_db()
     return sandbox
 
 
@@ -392,8 +416,7 @@ def request_operation(
     ``only_if`` condition the row must still meet (see ``transitions.request``).
     """
     op = OPERATIONS[operation]
-    if not actor.can_write(sandbox.team):
-        raise NotAllowed(f"your role in this team cannot {operation} sandboxes")
+    actor.require_write(sandbox.team, f"{operation} sandboxes")
     if op.capability:
         caps = capabilities(sandbox.provider)
         if not caps.supports(op.capability):
@@ -584,6 +607,11 @@ def _perform_start(sandbox: Sandbox, token: str) -> None:
                 instance = provider.get(sandbox.provider_ref)
             except NotFound:
                 instance = None
+            if instance is not None and instance.metadata.get(META_POOL):
+                # A warm pool's member this sandbox claimed: from now on the instance
+                # says it is this sandbox's (orphan detection, rebuilding a lost row).
+                meta = provider_metadata(sandbox)
+                retrying(lambda: instance.relabel(meta))
         if instance is None:
             if sandbox.snapshot is None:
                 raise NotFound("the sandbox has no snapshot version to start from")

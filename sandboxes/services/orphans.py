@@ -30,6 +30,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from providers.base import (
+    META_POOL,
     META_PRESET,
     META_SANDBOX_ID,
     META_SNAPSHOT_ID,
@@ -108,6 +109,8 @@ def find_orphans(*, rows: list[LiveRow], inventory: Inventory) -> list[Orphan]:
         for sandbox_id, instances in listed.by_sandbox_id.items():
             row = live.get(sandbox_id)
             for instance in instances:
+                if instance.metadata.get(META_POOL):
+                    continue  # a warm pool's member: services/pools.reconcile_members
                 if row is None:
                     unknown.append((name, instance, sandbox_id))
                     continue

@@ -104,8 +104,7 @@ def parse_host(host: str) -> tuple[int, str] | None:
 
 def set_sharing(*, sandbox: Sandbox, actor: Actor, name: str, sharing: str) -> dict[str, Any]:
     """Set who may reach the exposed service ``name`` (see the module); return it."""
-    if not actor.can_write(sandbox.team):
-        raise NotAllowed("your role in this team cannot change services")
+    actor.require_write(sandbox.team, "change services")
     if sharing not in SHARING_LEVELS:
         raise InvalidInput(
             f"sharing: one of {', '.join(SHARING_LEVELS)}",
@@ -249,12 +248,13 @@ class NotReady(Exception):
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
 
 
-def ready_for_traffic(*, sandbox: Sandbox, actor: Actor | None) -> Sandbox:
+def ready_for_traffic(*, sandbox: Sandbox, actor: Actor | None, via: str = "http") -> Sandbox:
     """The sandbox, running, for a request about to reach it: a parked one with
-    wake-on-HTTP on is resumed first (holding one of its team's long-call slots while the
-    request waits); its activity is touched. NotReady otherwise."""
+    wake-on-HTTP on (``via="ssh"``: wake-on-SSH, for the SSH gateway) is resumed first
+    (holding one of its team's long-call slots while the request waits); its activity is
+    touched. NotReady otherwise."""
     if sandbox.status in PARKED | WAKING:
-        if not sandbox.wake_on_http:
+        if not (sandbox.wake_on_ssh if via == "ssh" else sandbox.wake_on_http):
             raise NotReady(
                 409, "sandbox_not_running", f"the sandbox is {sandbox.status}; resume it first"
             )

@@ -28,8 +28,15 @@ def _send(func: str, args: tuple[object, ...], name: str) -> None:
     batch = _batch.get()
     if batch is not None:
         batch.append((func, args, name))
-    else:
+    elif Conf.SYNC:
         async_task(func, *args, task_name=name)
+    else:
+        # In a transaction of its own: django-q2's database broker closes the connection
+        # before a task enqueued outside one (with DB_CONN_MAX_AGE=0), so the caller's
+        # next query would reconnect (5 ms of a warm pool's hit on SQLite, see
+        # docs/benchmarks.md).
+        with transaction.atomic():
+            async_task(func, *args, task_name=name)
 
 
 @contextlib.contextmanager

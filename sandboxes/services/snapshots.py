@@ -7,6 +7,8 @@ preset row. A version belongs to a team, or to nobody (shared: every team may us
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
@@ -25,20 +27,25 @@ from sandboxes import selectors
 from sandboxes.models import (
     ActiveSnapshot,
     Outcome,
+    PoolMember,
     Preset,
     Sandbox,
     Snapshot,
     SnapshotStatus,
     Team,
+    WarmPool,
 )
 from sandboxes.selectors import active_snapshot, visible_to
-from sandboxes.services import leases
+from sandboxes.services import leases, pools
 from sandboxes.services.actors import Actor
 from sandboxes.services.backends import capabilities, get_provider, preset_refusal
 from sandboxes.services.errors import CapabilityMissing, Conflict, InvalidInput, NotAllowed
 from sandboxes.services.events import record_event
 from sandboxes.services.queue import enqueue_on_commit
 from sandboxes.states import ACTION_STATUSES, Status, in_words
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
 
 
 def is_snapshot_id(text: str) -> bool:
@@ -148,8 +155,7 @@ def next_version(provider: str, preset: Preset) -> int:
 
 def take_snapshot(*, sandbox: Sandbox, actor: Actor, label: str = "") -> Snapshot:
     """Record the next version of the sandbox's preset and enqueue capturing it."""
-    if not actor.can_write(sandbox.team):
-        raise NotAllowed("your role in this team cannot take snapshots")
+    actor.require_write(sandbox.team, "take snapshots")
     caps = capabilities(sandbox.provider)
     if not caps.supports_snapshots:
         raise CapabilityMissing(
@@ -173,6 +179,8 @@ def take_snapshot(*, sandbox: Sandbox, actor: Actor, label: str = "") -> Snapsho
             team=sandbox.team,
             parent_id=sandbox.snapshot_id,
             source_sandbox=sandbox,
+            # The image's declared ports stay declared in what is made from it.
+            exposed_ports=sandbox.snapshot.exposed_ports if sandbox.snapshot_id else [],
             created_by=actor.user,
             label=label,
         )
@@ -355,13 +363,7 @@ def import_snapshot(
     """Register an image that already exists on a provider as the next version of a preset."""
     _require_scope_manager(actor, team, "import")
     get_provider(provider)
-    preset = Preset.objects.filter(pk=preset_id).first()
-    if preset is None:
-        try:
-            parse_preset_id(preset_id)
-        except ValueError as exc:
-            raise InvalidInput(str(exc), fields={"preset": [str(exc)]}) from None
-        raise InvalidInput(f"unknown preset {preset_id}", fields={"preset": ["unknown preset"]})
+    preset = known_preset(preset_id)
     refusal = preset_refusal(preset, provider)
     if refusal:  # a version no sandbox could be started from
         raise InvalidInput(refusal, fields={"preset": [refusal]})
@@ -369,29 +371,74 @@ def import_snapshot(
         raise InvalidInput("ref: the provider's image reference (1-255 characters)")
     label = _validate_label(label)
     with transaction.atomic():
-        version = next_version(provider, preset)
-        snapshot = Snapshot.objects.create(
-            snapshot_id=format_snapshot_id(provider, preset.pk, version),
+        return register_snapshot(
             provider=provider,
             preset=preset,
-            version=version,
+            ref=ref.strip(),
             team=team,
-            provider_ref=ref.strip(),
-            status=SnapshotStatus.READY,
+            actor=actor,
             created_by=actor.user,
             label=label,
+            activate=activate,
         )
-        record_event(
-            actor=actor,
-            action="import_version",
-            outcome=Outcome.SUCCEEDED,
-            snapshot=snapshot,
-            team=team,
-            data={"snapshot_id": snapshot.snapshot_id, "ref": snapshot.provider_ref},
-        )
-        if activate:
-            activate_snapshot(snapshot=snapshot, actor=actor, team=team)
+
+
+def register_snapshot(
+    *,
+    provider: str,
+    preset: Preset,
+    ref: str,
+    team: Team | None,
+    actor: Actor,
+    created_by: AbstractBaseUser | None,
+    label: str,
+    activate: bool,
+    size_bytes: int | None = None,
+    exposed_ports: list[int] | None = None,
+    data: dict | None = None,
+) -> Snapshot:
+    """Record an image that is ready on ``provider`` as the next version of ``preset``.
+
+    The one way a finished image becomes a version: an import and an image build both end
+    here, so both number, audit and activate alike. Call it inside a transaction.
+    """
+    version = next_version(provider, preset)
+    snapshot = Snapshot.objects.create(
+        snapshot_id=format_snapshot_id(provider, preset.pk, version),
+        provider=provider,
+        preset=preset,
+        version=version,
+        team=team,
+        provider_ref=ref,
+        status=SnapshotStatus.READY,
+        created_by=created_by,
+        label=label,
+        size_bytes=size_bytes,
+        exposed_ports=sorted(exposed_ports or []),
+    )
+    record_event(
+        actor=actor,
+        action="import_version",
+        outcome=Outcome.SUCCEEDED,
+        snapshot=snapshot,
+        team=team,
+        data={"snapshot_id": snapshot.snapshot_id, "ref": ref, **(data or {})},
+    )
+    if activate:
+        activate_snapshot(snapshot=snapshot, actor=actor, team=team)
     return snapshot
+
+
+def known_preset(preset_id: str) -> Preset:
+    """The preset ``preset_id``; InvalidInput saying whether the id is malformed or unknown."""
+    preset = Preset.objects.filter(pk=preset_id).first()
+    if preset is None:
+        try:
+            parse_preset_id(preset_id)
+        except ValueError as exc:
+            raise InvalidInput(str(exc), fields={"preset": [str(exc)]}) from None
+        raise InvalidInput(f"unknown preset {preset_id}", fields={"preset": ["unknown preset"]})
+    return preset
 
 
 def activate_snapshot(*, snapshot: Snapshot, actor: Actor, team: Team | None) -> ActiveSnapshot:
@@ -412,6 +459,7 @@ def activate_snapshot(*, snapshot: Snapshot, actor: Actor, team: Team | None) ->
         )
         pointer = scope.first()
         previous = pointer.snapshot.snapshot_id if pointer else ""
+        previous_snapshot = pointer.snapshot if pointer else None
         if pointer is None:
             pointer = ActiveSnapshot.objects.create(
                 team=team,
@@ -433,6 +481,8 @@ def activate_snapshot(*, snapshot: Snapshot, actor: Actor, team: Team | None) ->
             team=team,
             data={"snapshot_id": snapshot.snapshot_id, "previous": previous},
         )
+        # The scope's warm pools follow: old members drain, new ones are made.
+        pools.follow_activation(previous=previous_snapshot, snapshot=snapshot, team=team)
     return pointer
 
 
@@ -464,6 +514,15 @@ def delete_snapshot(*, snapshot: Snapshot, actor: Actor, data: dict | None = Non
             raise Conflict(
                 f"{locked.snapshot_id} is used by sandbox(es) {', '.join(users[:5])}{more}; "
                 "delete them first"
+            )
+        # A warm pool keeps instances made from it (PVE's linked clones need the
+        # template): delete the pool, or activate another version, first.
+        if WarmPool.objects.filter(snapshot=locked).exists() or (
+            PoolMember.objects.filter(snapshot=locked).exists()
+        ):
+            raise Conflict(
+                f"{locked.snapshot_id} has a warm pool or pool members; delete the pool "
+                "(or activate another version and let the pool drain) first"
             )
         updated = Snapshot.objects.filter(pk=locked.pk, status=locked.status).update(
             status=SnapshotStatus.DELETING, updated_at=timezone.now()

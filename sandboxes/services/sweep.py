@@ -21,7 +21,7 @@ from datetime import datetime
 from django.conf import settings
 from django.utils import timezone
 
-from sandboxes.services import gc, idle, images, orphans, queue, reconcile, workspaces
+from sandboxes.services import gc, idle, images, orphans, pools, queue, reconcile, workspaces
 from sandboxes.services.inventory import take_inventory
 
 logger = logging.getLogger(__name__)
@@ -77,9 +77,10 @@ def run_sweep(
         ("parked", lambda: gc.delete_long_parked(now=now, limit=limit)),
         ("orphans", lambda: orphans.collect(rows=rows, inventory=inventory, now=now, limit=limit)),
         ("images", lambda: images.fail_abandoned(now=now, limit=limit)),
+        ("pools", lambda: pools.reconcile_members(inventory=inventory, now=now, limit=limit)),
     ]
     #: Phases that judge the providers against the rows: never on a failed read of them.
-    needs_rows = {"drift", "orphans"}
+    needs_rows = {"drift", "orphans", "pools"}
     with queue.batched():
         for name, phase in phases:
             if name in needs_rows and "rows" in report.errors:

@@ -18,7 +18,7 @@ from django.utils import timezone
 from providers.base import checked_env
 from sandboxes.models import Outcome, Sandbox, Team, TeamSecret
 from sandboxes.services.actors import Actor
-from sandboxes.services.errors import Conflict, InvalidInput, NotAllowed
+from sandboxes.services.errors import Conflict, InvalidInput
 from sandboxes.services.events import record_event
 
 MAX_VALUE_BYTES = 64 * 1024
@@ -61,8 +61,7 @@ def check_name(name: object, *, field: str = "name") -> str:
 
 def set_secret(*, team: Team, actor: Actor, name: str, value: str) -> tuple[TeamSecret, bool]:
     """Store ``value`` under ``name`` (replacing it); returns (secret, created)."""
-    if not actor.can_write(team):
-        raise NotAllowed("your role in this team cannot change its secrets")
+    actor.require_write(team, "change its secrets")
     check_name(name)
     if not isinstance(value, str) or "\0" in value:
         raise InvalidInput("a secret is text without NUL bytes", fields={"value": ["bad value"]})
@@ -95,8 +94,7 @@ def set_secret(*, team: Team, actor: Actor, name: str, value: str) -> tuple[Team
 
 
 def delete_secret(*, team: Team, actor: Actor, name: str) -> None:
-    if not actor.can_write(team):
-        raise NotAllowed("your role in this team cannot change its secrets")
+    actor.require_write(team, "change its secrets")
     with transaction.atomic():
         deleted, _ = TeamSecret.objects.filter(team=team, name=name).delete()
         if not deleted:

@@ -346,14 +346,15 @@ def _finish(sandbox: Sandbox, status: str, error: str = "") -> None:
 
 
 def run_setup(*, sandbox_id: str) -> None:
-    """Expose the environment's services, clone the repository and run the setup script
-    of a sandbox that runs and has them pending. Does nothing otherwise (safe to repeat)."""
+    """Expose the environment's services and the image's declared ports, clone the
+    repository and run the setup script of a sandbox that runs and has them pending. Does
+    nothing otherwise (safe to repeat)."""
     claimed = Sandbox.objects.filter(
         pk=sandbox_id, setup_status=PENDING, status=Status.RUNNING
     ).update(setup_status=RUNNING, setup_error="", setup_started_at=timezone.now())
     if not claimed:
         return
-    sandbox = Sandbox.objects.select_related("team", "environment").get(pk=sandbox_id)
+    sandbox = Sandbox.objects.select_related("team", "environment", "snapshot").get(pk=sandbox_id)
     record_event(
         actor=Actor.system(),
         action="setup",
@@ -410,8 +411,13 @@ def enqueue_setup(sandbox_id: str) -> None:
 
 
 def _expose_services(sandbox: Sandbox) -> None:
-    wanted = sandbox.environment.services if sandbox.environment_id else []
-    for service in wanted or []:
+    """The environment's services, then each port the image declares that none of them
+    already serves (as ``port-<n>``, private like every new service)."""
+    wanted = list(sandbox.environment.services if sandbox.environment_id else [])
+    taken = {service["port"] for service in wanted}
+    declared = sandbox.snapshot.exposed_ports if sandbox.snapshot_id else []
+    wanted += [{"name": f"port-{port}", "port": port} for port in declared if port not in taken]
+    for service in wanted:
         interactive.expose_service(
             sandbox=sandbox, actor=Actor.system(), name=service["name"], port=service["port"]
         )

@@ -25,3 +25,11 @@ def nav_current(context, *prefixes: str) -> str:
     match = getattr(context.get("request"), "resolver_match", None)
     name = getattr(match, "url_name", "") or ""
     return 'aria-current="page"' if any(name.startswith(p) for p in prefixes) else ""
+
+
+@register.simple_tag
+def ssh_command(sandbox_id: str) -> str:
+    """The command that logs in to ``sandbox_id`` through the SSH gateway with a key."""
+    from sandboxes.services import ssh
+
+    return ssh.command_for(sandbox_id)

@@ -4,6 +4,7 @@ CPU/memory charts."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import messages
@@ -139,6 +140,25 @@ def _back(request: HttpRequest, sandbox: Sandbox) -> HttpResponse:
     return redirect_back(request, reverse("sandbox-detail", args=[sandbox.pk]))
 
 
+def _apply(
+    request: HttpRequest,
+    sandbox: Sandbox,
+    change: Callable[[], object],
+    *,
+    success: str,
+    section: str,
+) -> HttpResponse:
+    """A form-less change from the page: run it, say how it went, show the fresh section."""
+    try:
+        change()
+        messages.success(request, success)
+    except ServiceError as exc:
+        report(request, exc)
+    if not is_partial(request):
+        return _back(request, sandbox)
+    return _section(request, sandbox, section)
+
+
 @require_POST
 @team_view
 def sandbox_settings(request: HttpRequest, sandbox_id: str) -> HttpResponse:
@@ -191,14 +211,13 @@ def sandbox_service_add(request: HttpRequest, sandbox_id: str) -> HttpResponse:
 @team_view
 def sandbox_service_hide(request: HttpRequest, sandbox_id: str, service: str) -> HttpResponse:
     sandbox = selectors.get_sandbox(team=request.team, sandbox_id=sandbox_id)
-    try:
-        interactive.hide_service(sandbox=sandbox, actor=actor(request), name=service)
-        messages.success(request, f"Removed service {service}.")
-    except ServiceError as exc:
-        report(request, exc)
-    if not is_partial(request):
-        return _back(request, sandbox)
-    return _section(request, sandbox, "_services.html")
+    return _apply(
+        request,
+        sandbox,
+        lambda: interactive.hide_service(sandbox=sandbox, actor=actor(request), name=service),
+        success=f"Removed service {service}.",
+        section="_services.html",
+    )
 
 
 @require_POST
@@ -207,14 +226,13 @@ def sandbox_wake_on(request: HttpRequest, sandbox_id: str) -> HttpResponse:
     sandbox = selectors.get_sandbox(team=request.team, sandbox_id=sandbox_id)
     form = WakeOnForm(request.POST)
     form.is_valid()  # two checkboxes: always valid
-    try:
-        interactive.set_wake_on(sandbox=sandbox, actor=actor(request), **form.cleaned_data)
-        messages.success(request, "Wake-on saved.")
-    except ServiceError as exc:
-        report(request, exc)
-    if not is_partial(request):
-        return _back(request, sandbox)
-    return _section(request, sandbox, "_services.html")
+    return _apply(
+        request,
+        sandbox,
+        lambda: interactive.set_wake_on(sandbox=sandbox, actor=actor(request), **form.cleaned_data),
+        success="Wake-on saved.",
+        section="_services.html",
+    )
 
 
 @require_POST
@@ -265,8 +283,8 @@ def sandbox_snapshot(request: HttpRequest, sandbox_id: str) -> HttpResponse:
 
 @require_GET
 @team_view
-def sandbox_versions_taken(request: HttpRequest, sandbox_id: str) -> HttpResponse:
-    """Versions taken from this sandbox; polled while one is being made (286 when done)."""
+def sandbox_snapshots_taken(request: HttpRequest, sandbox_id: str) -> HttpResponse:
+    """Snapshots taken from this sandbox; polled while one is being made (286 when done)."""
     sandbox = selectors.get_sandbox(team=request.team, sandbox_id=sandbox_id)
     context = live_context(request, sandbox)
     if not is_partial(request):

@@ -89,7 +89,7 @@ class Catalogue:
 
     def _not_manager(self, verb: str) -> str:
         role = self.context.role
-        return f"only the team's owners and admins can {verb} versions (you are {role})"
+        return f"only the team's owners and admins can {verb} snapshots (you are {role})"
 
     def _activate_offer(self, snapshot: Snapshot, active: bool) -> Offer:
         if active:
@@ -105,7 +105,7 @@ class Catalogue:
     def _delete_offer(self, snapshot: Snapshot) -> Offer:
         used = self.usage.get(snapshot.pk, 0)
         if snapshot.team_id is None:
-            reason = "shared versions are managed by an operator in the admin"
+            reason = "shared snapshots are managed by an operator in the admin"
         elif not self.context.can_manage:
             reason = self._not_manager("delete")
         elif snapshot.status not in (SnapshotStatus.READY, SnapshotStatus.FAILED):
@@ -214,7 +214,7 @@ def snapshot_compare_pick(request: HttpRequest) -> HttpResponse:
     """The browser's "compare" form: exactly two versions, then the comparison page."""
     chosen = request.GET.getlist("v")
     if len(chosen) != 2 or chosen[0] == chosen[1]:
-        messages.error(request, "Choose exactly two different versions to compare.")
+        messages.error(request, "Choose exactly two different snapshots to compare.")
         return redirect("snapshot-browser")
     first = selectors.get_snapshot(team=request.team, snapshot_id=chosen[0])
     second = selectors.get_snapshot(team=request.team, snapshot_id=chosen[1])

@@ -20,9 +20,12 @@ from sandboxes.models import (
     Sandbox,
     SandboxEvent,
     Snapshot,
+    SshKey,
+    SshToken,
     TeamSecret,
+    WarmPool,
 )
-from sandboxes.services import environments, interactive, lifecycle, team_secrets
+from sandboxes.services import environments, interactive, lifecycle, pools, ssh, team_secrets
 from sandboxes.services.actors import Actor
 from sandboxes.services.snapshots import activate_snapshot, import_snapshot
 from tests.api.conftest import bearer_client, error_of
@@ -77,12 +80,21 @@ def team_a_world(memory_backend, team, member, team_admin):
     environment = environments.create_environment(
         team=team, actor=actor, data={"name": "secret-env-a", "preset": "1vcpu_1gb_8gb"}
     )
+    key = ssh.add_key(
+        actor=actor,
+        name="laptop",
+        public_key="ssh-ed25519 "
+        "AAAAC3NzaC1lZDI1NTE5AAAAIKfbCVBdc8ceDgiJdxE6mWZxJ3Eyy0GUnbhTIQ6xM8Fk",
+    )
+    pool = pools.create_pool(actor=Actor.system(), team=team, snapshot=version, target_size=0)
     return {
         "sandbox": sandbox,
         "version": version,
         "token": token,
         "team": team,
         "environment": environment,
+        "ssh_key": key,
+        "pool": pool,
     }
 
 
@@ -93,6 +105,8 @@ def path_values(world) -> dict[str, str]:
         "name": "web",
         "token_id": str(world["token"].pk),
         "environment_id": str(world["environment"].pk),
+        "key_id": str(world["ssh_key"].pk),
+        "pool_id": str(world["pool"].pk),
     }
 
 
@@ -118,6 +132,9 @@ def state_of_team_a(world, store) -> dict:
         "tokens": list(ApiToken.objects.filter(team=team).order_by("pk").values()),
         "secrets": list(TeamSecret.objects.filter(team=team).order_by("pk").values()),
         "environments": list(Environment.objects.filter(team=team).order_by("pk").values()),
+        "ssh_keys": list(SshKey.objects.filter(user__memberships__team=team).values()),
+        "ssh_tokens": list(SshToken.objects.filter(team=team).values()),
+        "pools": list(WarmPool.objects.filter(team=team).values()),
         "events": SandboxEvent.objects.filter(team=team).count(),
         "instance": (record.status, dict(record.services), record.wake_on),
     }

@@ -32,9 +32,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from sandboxes.models import SandboxEvent
-from sandboxes.services import interactive, lifecycle
+from sandboxes.services import interactive, lifecycle, ssh
 from sandboxes.services.actors import Actor
 from sandboxes.services.environments import create_environment
+from sandboxes.services.pools import create_pool
 from sandboxes.services.snapshots import import_snapshot
 from tests.api.conftest import bearer_client
 
@@ -72,7 +73,14 @@ def world(db, memory_backend, team, team_admin, django_capture_on_commit_callbac
     environment = create_environment(
         team=team, actor=actor, data={"name": "web", "preset": "1vcpu_1gb_8gb"}
     )
+    pool = create_pool(actor=actor, team=team, snapshot=version, target_size=0)
     client = bearer_client(team_admin, team)
+    key = ssh.add_key(
+        actor=actor,
+        name="laptop",
+        public_key="ssh-ed25519 "
+        "AAAAC3NzaC1lZDI1NTE5AAAAIKfbCVBdc8ceDgiJdxE6mWZxJ3Eyy0GUnbhTIQ6xM8Fk",
+    )
     yield {
         "headers": {"Authorization": f"Bearer {client.secret}"},
         "path": {
@@ -81,6 +89,8 @@ def world(db, memory_backend, team, team_admin, django_capture_on_commit_callbac
             "name": "web",
             "token_id": client.token.pk,
             "environment_id": str(environment.pk),
+            "pool_id": pool.pk,
+            "key_id": key.pk,
         },
     }
     # Generated creates carry generated repositories: none may be cloned. (Their

@@ -22,7 +22,9 @@ def own_version(memory_backend, team):
 
 
 def test_list_shows_every_version_with_active_and_lineage(api, own_version):
-    response = api.get("/api/v1/snapshots")
+    # (The migrations' seeded local versions are in the database unless an earlier
+    # transactional test flushed it: this provider's list does not depend on the order.)
+    response = api.get("/api/v1/snapshots", {"provider": "memory"})
     assert response.status_code == 200
     rows = {r["snapshot_id"]: r for r in response.json()["results"]}
     assert list(rows) == ["memory_1vcpu_1gb_8gb_v2", "memory_1vcpu_1gb_8gb_v1"]
@@ -35,8 +37,13 @@ def test_list_shows_every_version_with_active_and_lineage(api, own_version):
         "ready",
         "own",
     )
-    assert api.get("/api/v1/snapshots", {"preset": "2vcpu_2gb_8gb"}).json()["count"] == 0
-    assert api.get("/api/v1/snapshots", {"provider": "memory"}).json()["count"] == 2
+    assert (
+        api.get("/api/v1/snapshots", {"provider": "memory", "preset": "2vcpu_2gb_8gb"}).json()[
+            "count"
+        ]
+        == 0
+    )
+    assert api.get("/api/v1/snapshots").json()["count"] >= 2
     assert api.get("/api/v1/snapshots", {"status": "failed"}).json()["count"] == 0
 
 

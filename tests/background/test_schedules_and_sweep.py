@@ -37,6 +37,7 @@ def test_migrate_installs_the_declared_schedules():
     assert ours() == {
         "sandboxes.sweep": ("sandboxes.tasks.run_sweep", 1),
         "sandboxes.snapshot-retention": ("sandboxes.tasks.run_snapshot_retention", 60),
+        "sandboxes.pools": ("sandboxes.tasks.maintain_pools", 1),
     }
     assert all(
         s.schedule_type == Schedule.MINUTES and s.repeats == -1 for s in Schedule.objects.all()
@@ -59,7 +60,7 @@ def test_sync_removes_what_we_no_longer_declare_and_leaves_other_schedules():
     call_command("sync_schedules", stdout=out)
     assert "removed sandboxes.retired-job" in out.getvalue()
     assert "removed duplicate sandboxes.sweep" in out.getvalue()
-    assert set(ours()) == {"sandboxes.sweep", "sandboxes.snapshot-retention"}
+    assert set(ours()) == {"sandboxes.sweep", "sandboxes.snapshot-retention", "sandboxes.pools"}
     assert Schedule.objects.filter(name="nightly-report").exists()
     out = StringIO()
     call_command("sync_schedules", stdout=out)
@@ -97,6 +98,7 @@ def test_a_sweep_costs_the_same_queries_for_ten_times_the_sandboxes(memory_backe
         "snapshots": 0,
         "setups": 0,
         "images": 0,
+        "pools": 0,
     }
     assert small_actions == large_actions == every_kind_once
     assert large == small

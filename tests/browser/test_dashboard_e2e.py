@@ -88,7 +88,7 @@ def test_a_day_with_a_sandbox(browser, live_server, provider, owner, worker, sho
     expect(taken).to_contain_text(new_version)
     expect(taken).to_contain_text("taken-in-the-browser")
     shots(page, "snapshot taken")
-    page.get_by_role("navigation", name="Main").get_by_role("link", name="Versions").click()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Snapshots").click()
     row = page.locator(f'[id="version-{new_version}"]')
     expect(row).to_contain_text("taken-in-the-browser")
     expect(row).to_contain_text("olivia")
@@ -113,7 +113,7 @@ def test_a_day_with_a_sandbox(browser, live_server, provider, owner, worker, sho
     shots(page, "started from the older version")
 
     # Compare the two versions.
-    page.goto(f"{base}/versions/{new_version}/compare/{first_version}/")
+    page.goto(f"{base}/snapshots/{new_version}/compare/{first_version}/")
     expect(page.locator("body")).to_contain_text(f"{new_version} descends from {first_version}.")
     shots(page, "compare versions")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from providers.base import (
+    META_POOL,
     META_SANDBOX_ID,
     Capabilities,
     ExecResult,
@@ -69,6 +70,24 @@ def test_create_start_get_and_list(pt):
     listed = {i.id: i for i in pt.provider.list()}
     assert instance.id in listed
     assert listed[instance.id].metadata[META_SANDBOX_ID] == spec.sandbox_id
+
+
+def test_relabel_hands_a_pool_member_to_a_sandbox(pt):
+    """A warm pool's member (docs/pools.md) carries its own id and ``pool``; a claim
+    relabels it, and from then on ``get`` and ``list`` say whose it is."""
+    spec = pt.spec()
+    instance = pt.provider.create(spec, pt.snapshot_ref, {**pt.metadata(spec), META_POOL: "7"})
+    pt.made.append(instance)
+    instance.start()
+    assert pt.provider.get(instance.id).metadata[META_POOL] == "7"
+    claimed = pt.metadata(pt.spec())  # another sandbox id
+    pt.provider.get(instance.id).relabel(claimed)
+    fetched = pt.provider.get(instance.id)
+    assert fetched.metadata == claimed
+    assert fetched.status == InstanceStatus.RUNNING
+    listed = {i.id: i for i in pt.provider.list()}
+    assert listed[instance.id].metadata == claimed
+    assert fetched.exec("true", timeout=30).exit_code == 0
 
 
 def test_create_is_idempotent_per_sandbox_id(pt):

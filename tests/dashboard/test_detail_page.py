@@ -134,7 +134,7 @@ def test_snapshot_is_taken_and_its_section_polls_until_ready(queued_tasks, htmx,
     body = response.content.decode()
     assert "Taking snapshot memory_1vcpu_1gb_8gb_v2" in body
     assert 'hx-trigger="every 1s"' in body
-    url = reverse("sandbox-versions", args=[running.pk])
+    url = reverse("sandbox-snapshots", args=[running.pk])
     assert htmx.get(url).status_code == 200
     taskqueue.drain()
     done = htmx.get(url)

@@ -17,13 +17,26 @@ from sandboxes.models import (
     Sandbox,
     SandboxEvent,
     Snapshot,
+    SshKey,
     TeamSecret,
+    WarmPool,
 )
-from sandboxes.services import environments, interactive, snapshots, team_secrets, tokens
+from sandboxes.services import (
+    environments,
+    interactive,
+    pools,
+    snapshots,
+    ssh,
+    team_secrets,
+    tokens,
+)
 from sandboxes.services.actors import Actor
 from tests.dashboard.conftest import signed_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKfbCVBdc8ceDgiJdxE6mWZxJ3Eyy0GUnbhTIQ6xM8Fk"
 
 
 @pytest.fixture
@@ -41,7 +54,13 @@ def team_a(running, member, team):
         actor=actor,
         data={"name": "private-environment", "preset": "1vcpu_1gb_8gb", "provider": "memory"},
     )
+    pool = pools.create_pool(
+        actor=Actor.system(), team=team, snapshot=running.snapshot, target_size=1
+    )
+    key = ssh.add_key(actor=actor, name="private-key", public_key=PUBLIC_KEY)
     return {
+        "key_id": str(key.pk),
+        "pool_id": str(pool.pk),
         "environment_id": str(environment.pk),
         "sandbox_id": running.pk,
         "snapshot_id": v2.snapshot_id,
@@ -55,7 +74,8 @@ def team_a(running, member, team):
 
 
 def dashboard_patterns() -> list[URLPattern]:
-    return [p for p in urls.urlpatterns if isinstance(p, URLPattern)]
+    """Every named page (the unnamed ones only redirect old /versions/ links to a named one)."""
+    return [p for p in urls.urlpatterns if isinstance(p, URLPattern) and p.name]
 
 
 def secrets_of(objects: dict[str, str]) -> list[str]:
@@ -88,7 +108,9 @@ def state(objects: dict[str, str]) -> tuple:
         SandboxEvent.objects.filter(team=sandbox.team).count(),
         sorted(TeamSecret.objects.filter(team=sandbox.team).values_list("name", "ciphertext")),
         sorted(Environment.objects.filter(team=sandbox.team).values_list("name", "updated_at")),
+        sorted(WarmPool.objects.values_list("pk", "enabled", "target_size")),
         Sandbox.objects.count(),
+        sorted(SshKey.objects.values_list("pk", "name")),
     )
 
 
@@ -166,7 +188,7 @@ def test_list_pages_show_nothing_of_another_team(intruder, team_a):
             body = response.content.decode()
             # A form may echo what was typed; nothing else of team A may appear.
             shown = [x for x in secrets_of(team_a) if x not in flat(data)]
-            shown += [f"/sandboxes/{team_a['sandbox_id']}/", f"/versions/{team_a['snapshot_id']}/"]
+            shown += [f"/sandboxes/{team_a['sandbox_id']}/", f"/snapshots/{team_a['snapshot_id']}/"]
             for secret in shown:
                 assert secret not in body, (url, method, secret)
     assert state(team_a) == before
@@ -180,7 +202,7 @@ def test_ids_with_a_nul_character_are_not_found(alice, running):
     assert (
         alice.get("/sandboxes/sbx-a%00b/status/", headers={"HX-Request": "true"}).status_code == 404
     )
-    assert alice.get("/versions/memory_1vcpu_1gb_8gb_v1%00/").status_code == 404
+    assert alice.get("/snapshots/memory_1vcpu_1gb_8gb_v1%00/").status_code == 404
     pick = alice.get(reverse("snapshot-compare-pick"), {"v": ["a\x00", "memory_1vcpu_1gb_8gb_v1"]})
     assert pick.status_code == 404
     bulk = alice.post(reverse("sandbox-bulk"), {"action": "stop", "ids": ["sbx-a\x00b"]})

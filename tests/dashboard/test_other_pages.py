@@ -43,7 +43,7 @@ def test_browser_lists_every_version_with_lineage_and_usage(alice, versions, mem
     assert "alice" in v3_row
     assert "Start from" in v3_row
     # alice is a member: activation and deletion are shown with the reason, not offered
-    assert "only the team&#x27;s owners and admins can delete versions (you are member)" in v3_row
+    assert "only the team&#x27;s owners and admins can delete snapshots (you are member)" in v3_row
     assert 'data-action="activate"' not in v3_row
 
 
@@ -109,7 +109,7 @@ def test_version_page_and_compare(alice, versions):
     assert "deps" in compare
     assert "app" in compare
     one = alice.get(reverse("snapshot-compare-pick"), {"v": [v2.snapshot_id]}, follow=True)
-    assert b"Choose exactly two different versions" in one.content
+    assert b"Choose exactly two different snapshots" in one.content
 
 
 def test_token_secret_is_shown_once_and_works(alice, member, team):
@@ -217,3 +217,10 @@ def test_team_secrets_are_set_listed_by_name_and_never_shown(alice, viewer, team
     after = alice.get(reverse("secret-list")).content.decode()
     assert "Deleted secret DEPLOY_TOKEN." in after
     assert '<td class="mono">DEPLOY_TOKEN</td>' not in after
+
+
+def test_old_versions_links_lead_to_the_snapshot_pages(client):
+    """The snapshot pages were first published under /versions/; bookmarks still work."""
+    assert client.get("/versions/?provider=memory")["Location"] == "/snapshots/?provider=memory"
+    old = client.get("/versions/memory_1vcpu_1gb_8gb_v1/compare/memory_1vcpu_1gb_8gb_v2/")
+    assert old["Location"] == "/snapshots/memory_1vcpu_1gb_8gb_v1/compare/memory_1vcpu_1gb_8gb_v2/"

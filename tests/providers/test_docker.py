@@ -15,7 +15,7 @@ import pytest
 
 from providers.base import InstanceSpec, InstanceStatus
 from providers.docker_provider import DockerProvider, labels, services
-from providers.errors import Conflict, NotFound, Unavailable
+from providers.errors import Conflict, NotFound, Unavailable, Unsupported
 from providers.registry import ProviderConfigError, build_providers
 
 _ids = itertools.count(1)
@@ -175,3 +175,28 @@ def test_pause_freezes_and_keeps_memory(provider):
     assert provider.get(instance.id).status == InstanceStatus.PAUSED
     instance.resume()
     assert instance.exec(f"kill -0 {pid} && echo alive", timeout=10).stdout == "alive\n"
+
+
+def test_a_relabel_lives_in_a_volume_the_container_takes_with_it(provider):
+    """Labels cannot change on a container: a relabelled pool member's metadata is kept in
+    the labels of a volume named after it (docs/pools.md), which its delete removes; a
+    container not made for a pool never looks for one."""
+    plain = running(provider)
+    with pytest.raises(Unsupported):  # not made for a pool: its labels are its metadata
+        plain.relabel({"sandbox_id": "sbx-claimed", "team": "acme"})
+    assert provider.relabel_record(plain.id) is None
+    pooled = provider.create(
+        InstanceSpec(f"sbx-pooled{next(_ids):04d}", "2vcpu_1gb_8gb", 2, 1024, 8),
+        provider.ensure_base_image(),
+        {"sandbox_id": "sbx-pooled", "team": "", "preset": "2vcpu_1gb_8gb", "pool": "3"},
+    )
+    provider.made.append(pooled)
+    claimed = {"sandbox_id": "sbx-claimed2", "team": "acme", "preset": "2vcpu_1gb_8gb"}
+    pooled.relabel(claimed)
+    volume = provider.client.volumes.get(labels.relabel_name(pooled.id))
+    assert volume.attrs["Labels"][labels.OWNER] == pooled.id
+    assert provider.get(pooled.id).metadata == claimed
+    assert {i.id: i.metadata for i in provider.list()}[pooled.id] == claimed
+    pooled.delete()
+    names = {v.name for v in provider.client.volumes.list()}
+    assert labels.relabel_name(pooled.id) not in names

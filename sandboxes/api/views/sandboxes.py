@@ -23,6 +23,7 @@ from sandboxes.api.views.base import TeamView
 from sandboxes.filters import EventFilter, SandboxFilter
 from sandboxes.models import Sandbox, SandboxEvent, TtlAction
 from sandboxes.services import interactive, lifecycle, long_calls
+from sandboxes.services import ssh as ssh_service
 from sandboxes.services.snapshots import take_snapshot
 from sandboxes.states import is_transitional
 
@@ -56,6 +57,7 @@ REPLAYED = OpenApiParameter(
 )
 CONFLICT = OpenApiResponse(s.ErrorSerializer, description="Not possible in the current state.")
 PROVIDER_DOWN = OpenApiResponse(s.ErrorSerializer, description="The provider failed.")
+FORBIDDEN = OpenApiResponse(s.ErrorSerializer, description="Your role cannot do this.")
 
 
 def sandbox_body(sandbox: Sandbox) -> dict[str, Any]:
@@ -374,3 +376,22 @@ class SandboxViewSet(ViewSetMixin, mixins.ListModelMixin, TeamView):
     def ssh(self, request: Request, sandbox_id: str) -> Response:
         info = interactive.ssh_access(sandbox=self.get_sandbox(), actor=self.actor)
         return Response(s.SshInfoSerializer(info).data)
+
+    @extend_schema(
+        operation_id="sandboxes_ssh_token",
+        summary="A short-lived SSH login for the gateway: ssh -p <port> <token>@<host>",
+        request=None,
+        responses={201: s.SshTokenSerializer, 403: FORBIDDEN},
+    )
+    @ssh.mapping.post
+    def ssh_token(self, request: Request, sandbox_id: str) -> Response:
+        issued = ssh_service.issue_token(sandbox=self.get_sandbox(), actor=self.actor)
+        host, port = ssh_service.public_address()
+        body = {
+            "token": issued.token,
+            "expires_at": issued.expires_at,
+            "host": host,
+            "port": port,
+            "command": issued.command,
+        }
+        return Response(s.SshTokenSerializer(body).data, status=status.HTTP_201_CREATED)

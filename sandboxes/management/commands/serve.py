@@ -1,4 +1,5 @@
-"""`make run`: migrate, first-run set-up, then the web server and the django-q2 worker.
+"""`make run`: migrate, first-run set-up, then the web server, the django-q2 worker and the
+SSH gateway (``manage.py ssh_gateway``, unless ``SANDBOX_SSH_GATEWAY`` is off).
 
 The web server is uvicorn serving ``config.asgi`` (the production set-up, on one
 process): under ASGI each request runs in a thread of its own, so a long exec or a
@@ -15,7 +16,8 @@ it (``SANDBOX_DEFAULT_IMAGE``, when mmdebstrap is installed and Debian's mirror 
 the worker builds it and makes it the active version of every local preset, while the
 host-/usr version stays available (docs/images.md).
 
-Ctrl-C (or SIGTERM) stops both; if either exits, the other is stopped too. Each child runs
+Ctrl-C (or SIGTERM) stops them all; if the web server or the worker exits, the others are
+stopped too (the SSH gateway exiting, its port taken say, leaves the dashboard up). Each child runs
 in its own process group, and what is left of a group after a 10 s grace is killed:
 the worker's cluster is processes of its own, a long call may keep uvicorn past its
 graceful shutdown, and a SIGTERM sent to this command alone (``kill``, a service manager)
@@ -67,14 +69,20 @@ class Command(BaseCommand):
             subprocess.Popen(web, process_group=0),
             subprocess.Popen([sys.executable, "manage.py", "worker"], process_group=0),
         ]
+        if settings.SANDBOX_SSH_GATEWAY:
+            # The SSH gateway (docs/ssh.md): a process of its own, as in production.
+            children.append(
+                subprocess.Popen([sys.executable, "manage.py", "ssh_gateway"], process_group=0)
+            )
         self.stdout.write(f"Dashboard on http://{addr}/  (admin: http://{addr}/admin/)")
 
         def stop(*_):
             # SIGTERM, not SIGINT: a process started in the background by a shell ignores
             # SIGINT, and a child would then outlive this command. The web server's group
             # stops at once; the worker stops its own cluster.
-            web, worker = children
-            _signal_group(web, signal.SIGTERM)
+            web, worker, *others = children
+            for child in (web, *others):
+                _signal_group(child, signal.SIGTERM)
             if worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + 10
@@ -86,7 +94,16 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
-        while all(child.poll() is None for child in children):
+        essential = children[:2]  # web and worker; the SSH gateway is not
+        warned = False
+        while all(child.poll() is None for child in essential):
+            if not warned and any(child.poll() is not None for child in children[2:]):
+                # Its port taken, say: the dashboard stays up, without SSH.
+                self.stderr.write(
+                    "The SSH gateway exited (see its message above); the dashboard runs on "
+                    "without it (SANDBOX_SSH_PORT, or SANDBOX_SSH_GATEWAY=0)."
+                )
+                warned = True
             time.sleep(0.5)
         stop()
 
@@ -99,7 +116,7 @@ class Command(BaseCommand):
             self.stderr.write(f"No default image: {exc}")
             return
         if build is not None:
-            self.stdout.write(f"{why}; follow it on /versions/")
+            self.stdout.write(f"{why}; follow it on /snapshots/")
 
 
 def split_address(addr: str) -> tuple[str, int]:

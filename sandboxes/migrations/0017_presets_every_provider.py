@@ -29,7 +29,7 @@ def restrict(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("sandboxes", "0013_image_builds")]
+    dependencies = [("sandboxes", "0016_ssh_gateway")]
     operations = [
         migrations.AlterField(
             model_name="preset",

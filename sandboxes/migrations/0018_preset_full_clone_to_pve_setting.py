@@ -71,7 +71,7 @@ def restore(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("sandboxes", "0014_presets_every_provider")]
+    dependencies = [("sandboxes", "0017_presets_every_provider")]
     operations = [
         # Reversed, the field comes back first (RemoveField undone), then restore fills it.
         migrations.RunPython(carry_over, restore),
