@@ -83,6 +83,7 @@ def routes_with_a_body(memory_backend, team, team_admin, django_capture_on_commi
     from sandboxes.services import interactive, lifecycle
     from sandboxes.services.actors import Actor
     from sandboxes.services.environments import create_environment
+    from sandboxes.services.pools import create_pool
     from sandboxes.services.snapshots import import_snapshot
     from tests.api.conftest import bearer_client
 
@@ -97,8 +98,10 @@ def routes_with_a_body(memory_backend, team, team_admin, django_capture_on_commi
     environment = create_environment(
         team=team, actor=actor, data={"name": "web", "preset": "1vcpu_1gb_8gb"}
     )
+    pool = create_pool(actor=actor, team=team, snapshot=version, target_size=0)
     client = bearer_client(team_admin, team)
     values = {
+        "pool_id": pool.pk,
         "sandbox_id": sandbox.pk,
         "snapshot_id": version.snapshot_id,
         "name": "web",
