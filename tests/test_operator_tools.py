@@ -303,13 +303,18 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_serve_stops_the_web_server_and_the_worker_on_sigterm(tmp_path):
     """`make run` behind a service manager or a script: SIGTERM to it alone stops every
     process it started, quickly, and frees the port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port, ssh_port = _free_port(), _free_port()
     env = {
+        "SANDBOX_SSH_PORT": str(ssh_port),
         "PATH": os.environ["PATH"],
         "DEBUG": "1",
         "SANDBOXES_DATA_DIR": str(tmp_path),
@@ -338,13 +343,15 @@ def test_serve_stops_the_web_server_and_the_worker_on_sigterm(tmp_path):
         else:
             pytest.fail("the dashboard did not answer within 90 s")
         assert answer.status == 200
-        groups = _children_of(serve.pid)  # uvicorn and qcluster lead their own groups
-        assert len(groups) == 2
+        # uvicorn, qcluster and the SSH gateway lead their own groups
+        groups = _children_of(serve.pid)
+        assert len(groups) == 3
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=9) == 0  # before the 10 s grace ends in SIGKILL
         assert [pgid for pgid in groups if _group_alive(pgid)] == []
-        with pytest.raises(ConnectionRefusedError):  # the port is free again
-            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        for freed in (port, ssh_port):  # the ports are free again
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", freed), timeout=2).close()
     finally:
         if serve.poll() is None:
             serve.kill()

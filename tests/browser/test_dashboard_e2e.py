@@ -62,7 +62,9 @@ def test_a_day_with_a_sandbox(browser, live_server, provider, owner, worker, sho
     first_version = Sandbox.objects.get(pk=sandbox_id).snapshot.snapshot_id
 
     # The exec console.
-    page.get_by_label("Command").fill("echo hello-from-the-browser; echo to-stderr >&2; exit 7")
+    page.get_by_label("Command", exact=True).fill(
+        "echo hello-from-the-browser; echo to-stderr >&2; exit 7"
+    )
     page.get_by_role("button", name="Run").click()
     expect(page.locator("#exec-stdout")).to_have_text("hello-from-the-browser\n", timeout=TIMEOUT)
     expect(page.locator("#exec-stderr")).to_have_text("to-stderr\n")
@@ -76,7 +78,7 @@ def test_a_day_with_a_sandbox(browser, live_server, provider, owner, worker, sho
     shots(page, "paused")
     page.locator('#sandbox-status button[data-action="resume"]').click()
     expect(status_badge(page, "running")).to_be_visible(timeout=TIMEOUT)
-    expect(page.get_by_label("Command")).to_be_enabled()
+    expect(page.get_by_label("Command", exact=True)).to_be_enabled()
     shots(page, "resumed")
 
     # Snapshot: the new version appears in the sandbox's list, then in the browser.

@@ -15,6 +15,7 @@ from sandboxes.services import (
     lifecycle,
     pools,
     snapshots,
+    ssh,
     team_secrets,
     tokens,
 )
@@ -54,7 +55,14 @@ def content(provider, owner, team):
     )
     first = f"{provider}_1vcpu_1gb_8gb_v1"
     pool = pools.create_pool(actor=actor, team=team, snapshot=sandbox.snapshot, target_size=1)
+    key = ssh.add_key(
+        actor=actor,
+        name="laptop",
+        public_key="ssh-ed25519 "
+        "AAAAC3NzaC1lZDI1NTE5AAAAIKfbCVBdc8ceDgiJdxE6mWZxJ3Eyy0GUnbhTIQ6xM8Fk",
+    )
     return {
+        "key_id": key.pk,
         "pool_id": pool.pk,
         "sandbox_id": sandbox.pk,
         "snapshot_id": version.snapshot_id,
@@ -128,7 +136,7 @@ def test_keyboard_order_and_skip_link(browser, live_server, content, queued_work
     page.get_by_role("link", name="narrow").focus()
     page.keyboard.press("Enter")
     page.wait_for_url(re.compile(r"/sandboxes/sbx-"))
-    page.get_by_label("Command").focus()
+    page.get_by_label("Command", exact=True).focus()
     page.keyboard.type("echo typed")
     page.keyboard.press("Enter")
     expect(page.locator("#exec-stdout")).to_have_text("typed\n", timeout=30_000)
@@ -153,7 +161,7 @@ def test_reads_and_actions_work_without_javascript(
     expect(page.locator("#sandbox-services")).to_contain_text("web")
     shots(page, "detail without js")
     # The exec console posts a plain form and renders the page with the result.
-    page.get_by_label("Command").fill("echo no-js")
+    page.get_by_label("Command", exact=True).fill("echo no-js")
     page.get_by_role("button", name="Run").click()
     expect(page.locator("#exec-stdout")).to_have_text("no-js\n")
     shots(page, "exec without js")
