@@ -264,10 +264,8 @@ class Ec2Instance(Instance):
                 Name=f"sandboxes-{source}-{stamp}"[:128],
                 Description=f"snapshot of sandbox {source}",
                 NoReboot=True,
-                TagSpecifications=[
-                    {"ResourceType": "image", "Tags": image_tags},
-                    {"ResourceType": "snapshot", "Tags": image_tags},
-                ],
+                # The image's EBS snapshots are found through the image when it is removed.
+                TagSpecifications=[{"ResourceType": "image", "Tags": image_tags}],
             ),
         )
         image_id = made["ImageId"]
