@@ -32,8 +32,8 @@ class MotoServer:
         return {
             "AWS_EC2_REGION": REGION,
             "AWS_EC2_ENDPOINT_URL": self.url,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing-secret",
+            "AWS_EC2_ACCESS_KEY_ID": "testing",
+            "AWS_EC2_SECRET_ACCESS_KEY": "testing-secret",
             "AWS_EC2_POLL_INTERVAL": "0.01",
             **extra,
         }

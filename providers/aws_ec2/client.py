@@ -88,8 +88,9 @@ def typed_error(exc: Exception, what: str, *, ref: str | None, secrets: tuple[st
         return OperationFailed(detail, ref=ref)
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
         return OperationFailed(
-            f"{what}: no AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-            "AWS_PROFILE, or give the control plane an instance role)",
+            f"{what}: no AWS credentials (set AWS_EC2_ACCESS_KEY_ID and "
+            "AWS_EC2_SECRET_ACCESS_KEY or AWS_EC2_PROFILE, or give the control plane the usual "
+            "AWS credentials or an instance role)",
             ref=ref,
         )
     if isinstance(exc, bx.ReadTimeoutError | bx.ConnectTimeoutError):

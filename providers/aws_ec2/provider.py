@@ -95,7 +95,19 @@ class AwsEc2Provider(Provider):
                 "hibernation is off (AWS_EC2_HIBERNATION); it needs an instance type, an "
                 "AMI and an encrypted root volume large enough for the memory"
             )
+        # The largest built-in type bounds what is offered; an override may name any
+        # type, so with overrides only create refuses a size nothing maps to.
+        largest = placement.BUILTIN_TYPES[-1]
+        bounded = not self.settings.instance_types
         return Capabilities(
+            max_vcpus=largest.vcpus if bounded else None,
+            max_memory_mb=largest.memory_mb if bounded else None,
+            # One gp3 root volume holds at most 16 TiB.
+            max_disk_gb=16384,
+            limits_source="the largest instance type of the built-in mapping; "
+            "AWS_EC2_INSTANCE_TYPES names others"
+            if bounded
+            else "gp3 volume size",
             supports_hibernate=self.settings.hibernation,
             supports_snapshots=True,
             supports_exec=True,
@@ -115,7 +127,7 @@ class AwsEc2Provider(Provider):
             raise Unsupported(
                 f"aws-ec2 cannot run {spec.preset_id}: "
                 + self.size_refusal(spec.preset_id, spec.vcpus, spec.memory_mb),
-                capability="preset",
+                capability="size",
             )
         return chosen
 
@@ -127,7 +139,11 @@ class AwsEc2Provider(Provider):
     def create(
         self, spec: InstanceSpec, snapshot_ref: str, metadata: Mapping[str, str]
     ) -> Ec2Instance:
-        self.capabilities.require_network(spec.network, provider=self.name)
+        capabilities = self.capabilities
+        capabilities.require_network(spec.network, provider=self.name)
+        capabilities.require_size(
+            vcpus=spec.vcpus, memory_mb=spec.memory_mb, disk_gb=spec.disk_gb, provider=self.name
+        )
         instance_type = self.instance_type(spec)
         existing = self._find(spec.sandbox_id)
         if existing:

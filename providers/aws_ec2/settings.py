@@ -27,12 +27,14 @@ CONFIG_KEYS: tuple[str, ...] = (
     "AWS_EC2_BOOT_TIMEOUT",
     "AWS_EC2_IMAGE_TIMEOUT",
     "AWS_EC2_POLL_INTERVAL",
-    # The usual AWS credentials: when set here they are used; when not, boto3's own chain
-    # (its environment, ~/.aws, an instance role) finds them.
-    "AWS_PROFILE",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
+    # Credentials for this provider alone. When unset, boto3's own chain finds them: the
+    # process's AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE, ~/.aws, an
+    # instance role. (The control plane never passes the process's AWS_* variables on
+    # itself: boto3 reads those where it always does.)
+    "AWS_EC2_PROFILE",
+    "AWS_EC2_ACCESS_KEY_ID",
+    "AWS_EC2_SECRET_ACCESS_KEY",
+    "AWS_EC2_SESSION_TOKEN",
 )
 
 _REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d{1,2}")
@@ -100,10 +102,12 @@ def read_settings(config: Mapping[str, str]) -> AwsEc2Settings:
     address = (_optional(config, "AWS_EC2_SERVICE_ADDRESS") or "private").lower()
     if address not in ADDRESS_CHOICES:
         raise ValueError(f"AWS_EC2_SERVICE_ADDRESS={address!r} must be private or public")
-    key_id = _optional(config, "AWS_ACCESS_KEY_ID")
-    secret = _optional(config, "AWS_SECRET_ACCESS_KEY")
+    key_id = _optional(config, "AWS_EC2_ACCESS_KEY_ID")
+    secret = _optional(config, "AWS_EC2_SECRET_ACCESS_KEY")
     if bool(key_id) != bool(secret):
-        raise ValueError("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY together, or neither")
+        raise ValueError(
+            "set AWS_EC2_ACCESS_KEY_ID and AWS_EC2_SECRET_ACCESS_KEY together, or neither"
+        )
     return AwsEc2Settings(
         region=region,
         endpoint_url=endpoint.rstrip("/") if endpoint else None,
@@ -118,8 +122,8 @@ def read_settings(config: Mapping[str, str]) -> AwsEc2Settings:
         boot_timeout=number_setting(config, "AWS_EC2_BOOT_TIMEOUT", 600.0, low=1, high=86_400),
         image_timeout=number_setting(config, "AWS_EC2_IMAGE_TIMEOUT", 3600.0, low=1, high=86_400),
         poll_interval=number_setting(config, "AWS_EC2_POLL_INTERVAL", 2.0, low=0.001, high=60),
-        profile=_optional(config, "AWS_PROFILE"),
+        profile=_optional(config, "AWS_EC2_PROFILE"),
         access_key_id=key_id,
         secret_access_key=secret,
-        session_token=_optional(config, "AWS_SESSION_TOKEN"),
+        session_token=_optional(config, "AWS_EC2_SESSION_TOKEN"),
     )
