@@ -26,6 +26,7 @@ from providers.base import (
     checked_env,
 )
 from providers.errors import InvalidState, NotFound, OperationFailed, ProviderError, Unsupported
+from providers.presets import parse_preset_id
 
 HIBERNATED = "hibernated"
 _STATUS = {
@@ -50,10 +51,14 @@ def status_of(raw: Mapping) -> InstanceStatus:
 
 
 def vcpus_of(raw: Mapping) -> int:
+    """The instance's vCPUs: EC2's CPU options, else the size its preset tag names."""
     options = raw.get("CpuOptions") or {}
     if options.get("CoreCount"):
         return int(options["CoreCount"]) * int(options.get("ThreadsPerCore") or 1)
-    return 1
+    try:
+        return parse_preset_id(tags_of(raw).get(META_PREFIX + "preset", "")).vcpus
+    except ValueError:
+        return 1
 
 
 class Ec2Instance(Instance):

@@ -24,7 +24,8 @@ class InstanceType:
 
 
 #: The built-in mapping (docs/providers/aws-ec2.md shows it as a table). Burstable t3 up
-#: to 8 vCPUs / 32 GiB, then general purpose m6i. All of them support hibernation.
+#: to 8 vCPUs / 32 GiB, then general purpose m6i. Whether a type supports hibernation is
+#: asked of EC2 (DescribeInstanceTypes), not assumed: the largest m6i do not.
 BUILTIN_TYPES: tuple[InstanceType, ...] = (
     InstanceType("t3.nano", 2, 512),
     InstanceType("t3.micro", 2, 1024),
