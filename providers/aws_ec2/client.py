@@ -36,6 +36,8 @@ IMAGE_TAG = "sandboxes-image"  # on AMIs (and their EBS snapshots) this provider
 #: terminated instance for about an hour).
 GONE_STATES = frozenset({"shutting-down", "terminated"})
 LIVE_STATES = ("pending", "running", "stopping", "stopped")
+#: Seconds during which a just-launched instance may still read as "does not exist".
+SETTLE = 60.0
 
 _NOT_FOUND = ("NotFound", "Malformed", "InvalidAMIID.Unavailable", "InvalidInstanceID")
 _QUOTA = (
@@ -206,14 +208,30 @@ class Ec2Backend:
             if not token:
                 return found
 
-    def wait_for(self, ref: str, wanted: set[str], *, what: str) -> dict:
-        """Poll until the instance's EC2 state is one of ``wanted``."""
-        deadline = time.monotonic() + self.settings.boot_timeout
+    def wait_for(self, ref: str, wanted: set[str], *, what: str, new: bool = False) -> dict:
+        """Poll until the instance's EC2 state is one of ``wanted``.
+
+        A read that fails for a while (throttling, a dropped connection) is asked again
+        until the deadline. ``new``: the instance was just launched, and EC2's reads are
+        eventually consistent, so "does not exist" is believed only after ``SETTLE``
+        seconds.
+        """
+        started = time.monotonic()
+        deadline = started + self.settings.boot_timeout
         delay = min(self.settings.poll_interval, 0.05)
         while True:
-            raw = self.describe(ref)
-            state = raw["State"]["Name"]
-            if state in wanted:
+            try:
+                raw = self.describe(ref)
+            except NotFound:
+                if not new or time.monotonic() - started > SETTLE:
+                    raise
+                raw = None
+            except (Unavailable, Timeout):
+                if time.monotonic() > deadline:
+                    raise
+                raw = None
+            state = raw["State"]["Name"] if raw else "unknown"
+            if raw is not None and state in wanted:
                 return raw
             if time.monotonic() > deadline:
                 raise Timeout(f"EC2 instance {ref} still {state} after {what}", ref=ref)

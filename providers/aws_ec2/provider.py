@@ -158,7 +158,7 @@ class AwsEc2Provider(Provider):
                 ref=snapshot_ref,
             )
             made = answer["Instances"][0]["InstanceId"]
-            raw = self.backend.wait_for(made, {"running", "pending"}, what="launching")
+            raw = self.backend.wait_for(made, {"running", "pending"}, what="launching", new=True)
         except ProviderError:
             # The launch may have happened with its answer lost: remove what carries the id.
             self._remove_sandbox(spec.sandbox_id, made)
