@@ -193,6 +193,11 @@ class Ec2Instance(Instance):
         state = self._raw["State"]["Name"]
         if state in ("stopping", "stopped") and not hibernate:
             self._wait({"stopped"}, "stopping")
+            if POWER_TAG in tags_of(self._raw):
+                # Asked to stop a hibernated instance: it stays down and now reads as
+                # stopped (its next start still brings back the saved memory).
+                self._tag(POWER_TAG, None)
+                self._refresh()
             return
         if state == "pending":
             self._wait({"running"}, "starting")

@@ -240,6 +240,10 @@ def test_hibernate_and_resume_where_the_type_supports_it(moto, base_ami):
         instance.hibernate()
         instance.start()  # start also boots a hibernated instance
         assert provider.get(instance.id).status == InstanceStatus.RUNNING
+        instance.hibernate()
+        instance.hibernate()  # idempotent
+        instance.stop()  # stopping a hibernated instance settles on stopped
+        assert provider.get(instance.id).status == InstanceStatus.STOPPED
     finally:
         instance.delete()
 
@@ -368,3 +372,38 @@ def test_snapshots_are_amis_and_only_ours_are_deregistered(moto, base_ami):
     assert moto.client("ec2").describe_images(ImageIds=[base_ami])["Images"]
     with pytest.raises(NotFound):
         provider.create(spec(), MISSING_AMI, {})
+
+
+def test_a_just_launched_instance_that_reads_as_missing_is_waited_for(moto, base_ami):
+    """EC2's reads are eventually consistent: right after RunInstances, DescribeInstances
+    may say the instance does not exist. create waits instead of rolling back."""
+    from botocore.exceptions import ClientError
+
+    provider = provider_for(moto)
+    launched: list[str] = []
+
+    def after_run(**_):
+        launched.append("run")
+
+    def missing_once(**_):
+        if launched == ["run"]:
+            launched.append("said missing")
+            raise ClientError(
+                {"Error": {"Code": "InvalidInstanceID.NotFound", "Message": "not yet"}},
+                "DescribeInstances",
+            )
+
+    events = provider.backend.ec2.meta.events
+    events.register("after-call.ec2.RunInstances", after_run)
+    events.register("before-call.ec2.DescribeInstances", missing_once)
+    s = spec()
+    instance = provider.create(s, base_ami, marker(s))
+    try:
+        assert launched == ["run", "said missing"]
+        instance.start()
+        assert provider.get(instance.id).status == InstanceStatus.RUNNING
+        assert [i.id for i in provider.list() if i.metadata["sandbox_id"] == s.sandbox_id] == [
+            instance.id
+        ]
+    finally:
+        instance.delete()
