@@ -16,11 +16,19 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from providers.aws_ec2 import AwsEc2Provider
-from providers.aws_ec2.client import IMAGE_TAG, META_PREFIX, POWER_TAG
+from providers.aws_ec2.client import IMAGE_TAG, META_PREFIX, POWER_TAG, typed_error
 from providers.aws_ec2.placement import BUILTIN_TYPES, instance_type_for, parse_overrides
 from providers.aws_ec2.ssm_exec import DOCUMENT, WORKDIR
 from providers.base import MARKER_KEYS, InstanceSpec, InstanceStatus
-from providers.errors import Conflict, InvalidState, NotFound, Unavailable, Unsupported
+from providers.errors import (
+    Conflict,
+    InvalidState,
+    NotFound,
+    OperationFailed,
+    QuotaExceeded,
+    Unavailable,
+    Unsupported,
+)
 from providers.network import NetworkPolicy
 from providers.registry import build_providers, enabled_provider_names
 from tests.aws_moto import MISSING_AMI, MotoServer, moto_server
@@ -407,3 +415,32 @@ def test_a_just_launched_instance_that_reads_as_missing_is_waited_for(moto, base
         ]
     finally:
         instance.delete()
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "expected"),
+    [
+        ("InvalidInstanceID.NotFound", 400, NotFound),
+        ("InvalidAMIID.Malformed", 400, NotFound),
+        ("InsufficientInstanceCapacity", 500, QuotaExceeded),
+        ("VcpuLimitExceeded", 400, QuotaExceeded),
+        ("RequestLimitExceeded", 503, Unavailable),
+        ("InternalError", 500, Unavailable),
+        ("IncorrectInstanceState", 400, InvalidState),
+        ("UnauthorizedOperation", 403, OperationFailed),
+    ],
+)
+def test_aws_errors_become_typed_provider_errors(code, status, expected):
+    from botocore.exceptions import ClientError
+
+    raised = ClientError(
+        {
+            "Error": {"Code": code, "Message": "with key very-secret-key inside"},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
+        "RunInstances",
+    )
+    error = typed_error(raised, "launch", ref="i-1", secrets=("very-secret-key",))
+    assert type(error) is expected
+    assert code in error.message
+    assert "very-secret-key" not in error.message
