@@ -141,9 +141,12 @@ class AwsEc2Provider(Provider):
     ) -> Ec2Instance:
         capabilities = self.capabilities
         capabilities.require_network(spec.network, provider=self.name)
-        capabilities.require_size(
-            vcpus=spec.vcpus, memory_mb=spec.memory_mb, disk_gb=spec.disk_gb, provider=self.name
+        # The services ask size_refusal before they create; a direct caller is refused too.
+        refusal = capabilities.size_refusal(
+            vcpus=spec.vcpus, memory_mb=spec.memory_mb, disk_gb=spec.disk_gb
         )
+        if refusal:
+            raise Unsupported(f"{self.name}: {refusal}", capability="size")
         instance_type = self.instance_type(spec)
         existing = self._find(spec.sandbox_id)
         if existing:
