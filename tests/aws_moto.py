@@ -14,8 +14,6 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pytest
-
 REGION = "us-east-1"
 #: A well-formed AMI id that moto does not hold.
 MISSING_AMI = "ami-0000000000000dead"
@@ -76,10 +74,12 @@ class MotoServer:
 @contextlib.contextmanager
 def moto_server() -> Iterator[MotoServer]:
     """A fresh moto server on a free loopback port, stopped afterwards."""
-    server_module = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    # A dev dependency (pyproject.toml), always installed with the tests: no skip.
+    from moto.server import ThreadedMotoServer
+
     # The server logs every request; the tests' output does not need them.
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
         host, port = server.get_host_and_port()
