@@ -129,6 +129,27 @@ class Ec2Instance(Instance):
                 lambda: ec2.create_tags(Resources=[self.id], Tags=[{"Key": key, "Value": value}]),
             )
 
+    def relabel(self, metadata: Mapping[str, str]) -> None:
+        """Hand the instance to another owner (a warm pool's member to a sandbox): the
+        new ``sandboxes:*`` tags are written first, then the old keys the new metadata
+        drops are removed, so the instance never lacks a sandbox id on the way."""
+        wanted = {META_PREFIX + str(k): str(v)[:256] for k, v in metadata.items()}
+        if META_PREFIX + "sandbox_id" not in wanted:
+            raise ValueError("relabel needs a sandbox_id")
+        self._refresh()
+        current = tags_of(self._raw)
+        dropped = [k for k in current if k.startswith(META_PREFIX) and k not in wanted]
+        tags = [{"Key": k, "Value": v} for k, v in wanted.items()]
+        tags.append({"Key": "Name", "Value": f"sandbox {metadata['sandbox_id']}"})
+        ec2 = self._backend.ec2
+        self._call("relabel", lambda: ec2.create_tags(Resources=[self.id], Tags=tags))
+        if dropped:
+            self._call(
+                "relabel",
+                lambda: ec2.delete_tags(Resources=[self.id], Tags=[{"Key": k} for k in dropped]),
+            )
+        self._refresh()
+
     # --- exec ---------------------------------------------------------------------------
 
     def exec(

@@ -87,6 +87,8 @@ class AwsEc2Provider(Provider):
             "supports_ssh": "SSH is not brokered for EC2 (use exec, or your own key pair)",
             "supports_resize": "changing an instance type needs a stop; not offered yet",
             "supports_terminal": NO_EXEC_IN_TERMINAL,
+            "supports_process": "SSM Run Command returns a command's output when it ended; "
+            "streaming needs Session Manager's websocket protocol, not implemented",
             "supports_network_internet": EC2_NETWORK,
             "supports_network_allowlist": EC2_NETWORK,
         }

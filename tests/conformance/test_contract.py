@@ -87,7 +87,8 @@ def test_relabel_hands_a_pool_member_to_a_sandbox(pt):
     assert fetched.status == InstanceStatus.RUNNING
     listed = {i.id: i for i in pt.provider.list()}
     assert listed[instance.id].metadata == claimed
-    assert fetched.exec("true", timeout=30).exit_code == 0
+    if not pt.no_exec:  # where commands do not really run, an exit code proves nothing
+        assert fetched.exec("true", timeout=30).exit_code == 0
 
 
 def test_create_is_idempotent_per_sandbox_id(pt):

@@ -444,3 +444,27 @@ def test_aws_errors_become_typed_provider_errors(code, status, expected):
     assert type(error) is expected
     assert code in error.message
     assert "very-secret-key" not in error.message
+
+
+def test_relabel_hands_the_instance_over_without_ever_losing_its_sandbox_id(moto, base_ami):
+    provider = provider_for(moto)
+    s = spec()
+    instance = provider.create(s, base_ami, {**marker(s), "pool": "3"})
+    try:
+        seen: list[set[str]] = []
+        for operation in ("CreateTags", "DeleteTags"):
+            provider.backend.ec2.meta.events.register(
+                f"after-call.ec2.{operation}",
+                lambda **_: seen.append({t["Key"] for t in described(moto, instance.id)["Tags"]}),
+            )
+        claimed = marker(spec())
+        provider.get(instance.id).relabel(claimed)
+        assert len(seen) == 2  # the new tags, then the old keys' removal
+        assert all(META_PREFIX + "sandbox_id" in keys for keys in seen)
+        assert provider.get(instance.id).metadata == claimed  # "pool" is gone
+        tags = {t["Key"]: t["Value"] for t in described(moto, instance.id)["Tags"]}
+        assert tags["Name"] == f"sandbox {claimed['sandbox_id']}"
+        with pytest.raises(ValueError, match="sandbox_id"):
+            instance.relabel({"team": "x"})
+    finally:
+        instance.delete()
