@@ -34,6 +34,7 @@ BUILTIN_PROVIDERS: dict[str, str] = {
     "docker": "providers.docker_provider:DockerProvider",
     "pve-lxc": "providers.pve:PveLxcProvider",
     "pve-vm": "providers.pve:PveVmProvider",
+    "aws-ec2": "providers.aws_ec2:AwsEc2Provider",
 }
 
 #: Providers registered at run time (the test suite's in-memory provider). Never offered

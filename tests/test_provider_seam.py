@@ -120,6 +120,7 @@ MINIMAL = {
     "docker": lambda tmp: {"DOCKER_HOST": "unix:///nonexistent/docker.sock"},
     "pve-lxc": lambda tmp: {"PVE_API_URL": "https://127.0.0.1:8006", "PVE_API_TOKEN": "u@pam!t=s"},
     "pve-vm": lambda tmp: {"PVE_API_URL": "https://127.0.0.1:8006", "PVE_API_TOKEN": "u@pam!t=s"},
+    "aws-ec2": lambda tmp: {"AWS_EC2_REGION": "eu-west-1"},
 }
 
 

@@ -46,9 +46,12 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Providers whose harness gives settings another process can build the provider from
 #: (``ProviderUnderTest.config``) and whose back end other processes can reach.
 CROSS_PROCESS = tuple(
-    name for name in ("filestore", "local", "pve-lxc", "pve-vm") if name in HARNESSES
+    name for name in ("filestore", "local", "pve-lxc", "pve-vm", "aws-ec2") if name in HARNESSES
 )
 ALL = tuple(sorted(HARNESSES))
+#: Providers whose ``create`` already boots the instance (EC2 has no "made, not booted"
+#: state): what reconciliation observes of an instance a dead worker made is then running.
+BOOTS_AT_CREATE = frozenset({"aws-ec2", "morph"})
 
 
 @dataclass

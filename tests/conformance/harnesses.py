@@ -39,6 +39,15 @@ class ProviderUnderTest:
     #: provider, sharing its instances; None when the back end lives in this process only.
     #: The background tests start real django-q2 workers with them.
     config: dict[str, str] | None = None
+    #: Why commands do not really run on this back end ('' when they do): a simulator
+    #: that answers exec requests without executing them (moto's SSM). Tests that need a
+    #: command's effect skip with this reason instead of passing on a fake answer.
+    no_exec: str = ""
+
+    def needs_exec(self) -> None:
+        """Skip the calling test when commands do not really run here."""
+        if self.no_exec:
+            pytest.skip(self.no_exec)
 
     def spec(self, **overrides) -> InstanceSpec:
         vcpus, memory_mb, disk_gb = self.size
@@ -163,6 +172,22 @@ def local_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider
         )
 
 
+@contextlib.contextmanager
+def aws_ec2_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProviderUnderTest]:
+    from providers.aws_ec2 import AwsEc2Provider
+    from tests.aws_moto import MISSING_AMI, NO_EXEC, moto_server
+
+    with moto_server() as moto:
+        config = moto.config(AWS_EC2_HIBERNATION="1")
+        yield ProviderUnderTest(
+            provider=AwsEc2Provider.from_config(config),
+            snapshot_ref=moto.base_ami(),
+            missing_snapshot_ref=MISSING_AMI,
+            config={**config, "SANDBOX_PROVIDERS": "aws-ec2"},
+            no_exec=NO_EXEC,
+        )
+
+
 HARNESSES: dict[str, Harness] = {
     "memory": memory_harness,
     "filestore": filestore_harness,
@@ -171,4 +196,5 @@ HARNESSES: dict[str, Harness] = {
     "pve-lxc": _pve_harness("pve-lxc"),
     "pve-vm": _pve_harness("pve-vm"),
     "local": local_harness,
+    "aws-ec2": aws_ec2_harness,
 }
