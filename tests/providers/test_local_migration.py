@@ -12,7 +12,7 @@ from sandboxes.models import ActiveSnapshot, Preset, Snapshot
 
 @pytest.mark.django_db
 def test_every_local_preset_has_an_active_shared_first_version():
-    local_presets = [p for p in Preset.objects.all() if "local" in p.providers]
+    local_presets = [p for p in Preset.objects.all() if p.offered_on("local")]
     assert local_presets
     for preset in local_presets:
         snapshot = Snapshot.objects.get(provider="local", preset=preset, version=1)
