@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from providers.base import ProcessSession, as_argv, checked_env
 from providers.docker_provider.base_image import WORKDIR
 from providers.docker_provider.errors import docker_call
+from providers.docker_provider.exec_status import ExecStatus
 from providers.docker_provider.terminal import _hijack
 from providers.errors import Conflict
 from providers.terminal_marks import KILL_SCRIPT, MARKER_VARIABLE
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from providers.docker_provider.engine import DockerEngine
 
 _CHUNK = 65536
-_WAIT_POLL = 0.05
 
 
 def open_process(
@@ -55,7 +55,7 @@ def open_process(
     return DockerProcess(engine, container_id, exec_id, token, conn, early)
 
 
-class DockerProcess(ProcessSession):
+class DockerProcess(ExecStatus, ProcessSession):
     def __init__(
         self,
         engine: DockerEngine,
@@ -123,32 +123,6 @@ class DockerProcess(ProcessSession):
             if not chunk:
                 self._ended = True
             self._buffer += chunk
-
-    def _inspect(self) -> int | None:
-        with docker_call("inspect a process", ref=self._container_id):
-            found = self._engine.client.api.exec_inspect(self._exec_id)
-        code = found.get("ExitCode")
-        if found.get("Running") or not isinstance(code, int):
-            return None
-        return code
-
-    @property
-    def exit_code(self) -> int | None:
-        if self._exit_code is None:
-            with contextlib.suppress(Exception):
-                self._exit_code = self._inspect()
-        return self._exit_code
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._exit_code is None:
-            self._exit_code = self._inspect()
-            if self._exit_code is not None:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError("the process is still running")
-            time.sleep(_WAIT_POLL)  # the daemon offers no wait for an exec
-        return self._exit_code
 
     def close(self) -> None:
         with self._lock:

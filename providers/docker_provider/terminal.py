@@ -25,7 +25,6 @@ import secrets
 import select
 import socket
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -33,6 +32,7 @@ from urllib.parse import urlsplit
 from providers.base import TerminalSession, terminal_argv, terminal_env, terminal_size
 from providers.docker_provider.base_image import WORKDIR
 from providers.docker_provider.errors import docker_call
+from providers.docker_provider.exec_status import ExecStatus
 from providers.errors import Conflict, ProviderError, Unavailable
 from providers.terminal_marks import KILL_SCRIPT, MARKER_VARIABLE
 
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from providers.docker_provider.engine import DockerEngine
 
 _CHUNK = 65536
-_WAIT_POLL = 0.05
 
 
 def open_session(
@@ -122,7 +121,9 @@ def _hijack(host: str, path: str, body: bytes, timeout: float) -> tuple[socket.s
         raise
 
 
-class DockerTerminal(TerminalSession):
+class DockerTerminal(ExecStatus, TerminalSession):
+    _still_running = "the terminal's process is still running"
+
     def __init__(
         self,
         engine: DockerEngine,
@@ -186,34 +187,6 @@ class DockerTerminal(TerminalSession):
             # left to resize then (local terminals accept it, so neither complains).
             if self.exit_code is None:
                 raise
-
-    def _inspect(self) -> int | None:
-        with docker_call(self._what("inspect"), ref=self._container_id):
-            found = self._engine.client.api.exec_inspect(self._exec_id)
-        code = found.get("ExitCode")
-        # Not running and no exit code yet: the daemon has not started the process.
-        if found.get("Running") or not isinstance(code, int):
-            return None
-        return code
-
-    @property
-    def exit_code(self) -> int | None:
-        if self._exit_code is None:
-            with contextlib.suppress(Exception):
-                self._exit_code = self._inspect()
-        return self._exit_code
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._exit_code is None:
-            self._exit_code = self._inspect()
-            if self._exit_code is not None:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError("the terminal's process is still running")
-            # The daemon offers no wait for an exec: poll it.
-            time.sleep(_WAIT_POLL)
-        return self._exit_code
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,54 @@
+"""The exit status of a process started with ``docker exec`` (a terminal or a streamed
+process): the daemon offers no wait for an exec, so it is polled with ``exec_inspect``."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+from providers.docker_provider.errors import docker_call
+
+if TYPE_CHECKING:
+    from providers.docker_provider.engine import DockerEngine
+
+_WAIT_POLL = 0.05
+
+
+class ExecStatus:
+    """Mixed into a session holding ``_engine``, ``_exec_id``, ``_container_id`` and
+    ``_exit_code`` (None while it runs; a session may set it itself, -9 when it kills)."""
+
+    _engine: DockerEngine
+    _exec_id: str
+    _container_id: str
+    _exit_code: int | None
+    #: What ``wait`` says when the timeout passes first.
+    _still_running = "the process is still running"
+
+    def _inspect(self) -> int | None:
+        with docker_call(f"inspect exec {self._exec_id[:12]}", ref=self._container_id):
+            found = self._engine.client.api.exec_inspect(self._exec_id)
+        code = found.get("ExitCode")
+        # Not running and no exit code yet: the daemon has not started the process.
+        if found.get("Running") or not isinstance(code, int):
+            return None
+        return code
+
+    @property
+    def exit_code(self) -> int | None:
+        if self._exit_code is None:
+            with contextlib.suppress(Exception):
+                self._exit_code = self._inspect()
+        return self._exit_code
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._exit_code is None:
+            self._exit_code = self._inspect()
+            if self._exit_code is not None:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(self._still_running)
+            time.sleep(_WAIT_POLL)
+        return self._exit_code
