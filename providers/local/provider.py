@@ -772,6 +772,16 @@ class LocalProvider(Provider):
             socket=self.store.sandbox_dir(sandbox_id) / "exec.sock",
         )
 
+    def _command_target(self, sandbox_id: str, env: Mapping[str, str] | None) -> execute.Target:
+        """Where a command runs in the sandbox, with ``env`` over the sandbox's own
+        variables (checked first); counts as activity."""
+        extra = checked_env(env)
+        target = self._exec_target(sandbox_id)
+        if extra:
+            target = dataclasses.replace(target, env={**target.env, **extra})
+        self.store.touch_activity(sandbox_id)
+        return target
+
     def exec(
         self,
         sandbox_id: str,
@@ -780,11 +790,7 @@ class LocalProvider(Provider):
         env: Mapping[str, str] | None = None,
     ) -> ExecResult:
         argv = as_argv(command)
-        extra = checked_env(env)
-        target = self._exec_target(sandbox_id)
-        if extra:
-            target = dataclasses.replace(target, env={**target.env, **extra})
-        self.store.touch_activity(sandbox_id)
+        target = self._command_target(sandbox_id, env)
         try:
             return execute.run(target, argv, timeout)
         except execute.SandboxGone as gone:
@@ -815,11 +821,7 @@ class LocalProvider(Provider):
     ) -> process.LocalProcess:
         """A command with its streams as pipes, started by the sandbox's init."""
         argv = as_argv(command)
-        extra = checked_env(env)
-        target = self._exec_target(sandbox_id)
-        if extra:
-            target = dataclasses.replace(target, env={**target.env, **extra})
-        self.store.touch_activity(sandbox_id)
+        target = self._command_target(sandbox_id, env)
         try:
             return process.open_process(target, argv)
         except execute.SandboxGone as gone:
