@@ -22,6 +22,16 @@ and ``e`` (the output ended: nothing holds the terminal any more). Closing the c
 or a ``c`` kills the process and every process of its terminal session. The pseudo-terminal
 is the guest's own (``openpty`` here, inside the container or VM).
 
+Processes (``POST /v1/process``): the same, without a terminal: the command's stdin, stdout
+and stderr are pipes, so bytes pass untouched (scp, sftp) and the two outputs stay apart.
+Frames are authenticated as a terminal's (with a key of their own kind: ``session_key``
+with ``"process"``). The client sends input (``i``), the end of the input (``z``: the
+command reads end-of-file) and ``c`` (close); the agent sends stdout (``1``), stderr
+(``2``), the exit status (``x``) and ``e`` once both outputs ended (or the command ended
+and its pipes are drained: background children holding them do not keep the session
+open). Closing the connection or a ``c`` kills the command's whole session, as for a
+terminal.
+
 Run it by hand: ``python3 agent.py --listen 0.0.0.0:7391 --workdir /root/work``; in a VM
 the provider writes this file and ``--secret-file`` through the QEMU guest agent and
 starts it with ``--daemon`` (see docs/providers/pve.md).
@@ -75,9 +85,10 @@ def sign(secret: str, *parts: str | bytes) -> str:
     return mac.hexdigest()
 
 
-def session_key(secret: str, nonce: str) -> bytes:
-    """The key that authenticates the frames of the terminal session opened with ``nonce``."""
-    return sign(secret, "terminal", nonce).encode()
+def session_key(secret: str, nonce: str, purpose: str = "terminal") -> bytes:
+    """The key that authenticates the frames of the session opened with ``nonce``
+    (``purpose``: ``terminal`` or ``process``; a frame of one kind is no frame of the other)."""
+    return sign(secret, purpose, nonce).encode()
 
 
 def frame(key: bytes, direction: bytes, kind: bytes, seq: int, payload: bytes = b"") -> bytes:
@@ -153,7 +164,8 @@ class Agent:
         self._nonces: dict[str, float] = {}
         self._lock = threading.Lock()
         self._procs: set[subprocess.Popen] = set()
-        self._terminals: set[Terminal] = set()
+        #: Live terminals and processes (``close`` kills them).
+        self._terminals: set[Terminal | Process] = set()
         self._closed = False
 
     @property
@@ -226,14 +238,12 @@ class Agent:
         for terminal in terminals:
             terminal.kill()
 
-    def open_terminal(self, request: dict) -> Terminal:
+    def _command(self, request: dict) -> tuple[list[str], dict[str, str]]:
+        """A session's argv and environment from its request (``ValueError`` when bad)."""
         argv = [str(part) for part in request["argv"]]
-        cols, rows = int(request.get("cols", 80)), int(request.get("rows", 24))
         env = {str(k): str(v) for k, v in dict(request.get("env") or {}).items()}
         if not argv or any("\0" in part for part in argv):
             raise ValueError("argv is required and holds no NUL")
-        if not (1 <= cols <= MAX_CELLS and 1 <= rows <= MAX_CELLS):
-            raise ValueError(f"columns and rows go from 1 to {MAX_CELLS}")
         if any("\0" in k or "=" in k or not k or "\0" in v for k, v in env.items()):
             raise ValueError("bad environment variable")
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -241,14 +251,30 @@ class Agent:
         base = {k: v for k, v in source.items() if k != SECRET_ENV}
         base.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         base.setdefault("HOME", str(Path.home()))
-        terminal = Terminal(argv, cols, rows, {**base, **env}, self.workdir)
+        return argv, {**base, **env}
+
+    def _keep(self, session: Terminal | Process) -> None:
         with self._lock:
             if self._closed:
-                terminal.kill()
-            self._terminals.add(terminal)
+                session.kill()
+            self._terminals.add(session)
+
+    def open_terminal(self, request: dict) -> Terminal:
+        cols, rows = int(request.get("cols", 80)), int(request.get("rows", 24))
+        if not (1 <= cols <= MAX_CELLS and 1 <= rows <= MAX_CELLS):
+            raise ValueError(f"columns and rows go from 1 to {MAX_CELLS}")
+        argv, env = self._command(request)
+        terminal = Terminal(argv, cols, rows, env, self.workdir)
+        self._keep(terminal)
         return terminal
 
-    def forget(self, terminal: Terminal) -> None:
+    def open_process(self, request: dict) -> Process:
+        argv, env = self._command(request)
+        process = Process(argv, env, self.workdir)
+        self._keep(process)
+        return process
+
+    def forget(self, terminal: Terminal | Process) -> None:
         with self._lock:
             self._terminals.discard(terminal)
 
@@ -291,18 +317,60 @@ class Terminal:
     def kill(self) -> None:
         """Kill the process and every process of its session, until none is left."""
         self.killed = True
-        sid = self.proc.pid
-        for _ in range(200):
-            found = False
-            for pid in _session_members(sid):
-                found = True
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            if self.proc.poll() is None:
-                found = True
-            if not found:
-                return
-            time.sleep(0.005)
+        _kill_session(self.proc)
+
+
+class Process:
+    """A command with pipes for its standard streams, leader of its own session."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,  # ``kill`` finds its children by the session
+        )
+        pipes = (self.proc.stdin, self.proc.stdout, self.proc.stderr)
+        stdin, stdout, stderr = (pipe.fileno() for pipe in pipes if pipe is not None)
+        self.stdin: int | None = stdin
+        self.outputs = {stdout: b"1", stderr: b"2"}
+        for fd in (self.stdin, *self.outputs):
+            os.set_blocking(fd, False)
+
+    def close_stdin(self) -> None:
+        if self.stdin is not None and self.proc.stdin:
+            self.stdin = None
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+
+    def kill(self) -> None:
+        _kill_session(self.proc)
+
+    def release(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            with contextlib.suppress(OSError):
+                if pipe:
+                    pipe.close()
+
+
+def _kill_session(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` (a session leader) and every process of its session, until none is
+    left."""
+    sid = proc.pid
+    for _ in range(200):
+        found = False
+        for pid in _session_members(sid):
+            found = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            found = True
+        if not found:
+            return
+        time.sleep(0.005)
 
 
 def _session_members(sid: int) -> list[int]:
@@ -353,7 +421,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(404, {"error": "not found"})
 
     def do_POST(self) -> None:
-        if self.path not in ("/v1/exec", "/v1/terminal"):
+        if self.path not in ("/v1/exec", "/v1/terminal", "/v1/process"):
             self._answer(404, {"error": "not found"})
             return
         length = int(self.headers.get("Content-Length") or 0)
@@ -370,6 +438,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self.path == "/v1/terminal":
             self._terminal(body, nonce)
+            return
+        if self.path == "/v1/process":
+            self._process(body, nonce)
             return
         try:
             request = json.loads(body)
@@ -414,6 +485,29 @@ class _Handler(BaseHTTPRequestHandler):
             _TerminalRelay(self.connection, terminal, session_key(self.agent.secret, nonce)).run()
         finally:
             self.agent.forget(terminal)
+
+    # --- processes -------------------------------------------------------------------------
+
+    def _process(self, body: bytes, nonce: str) -> None:
+        try:
+            process = self.agent.open_process(json.loads(body))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self._answer(400, {"error": f"bad request: {exc}"}, nonce)
+            return
+        except OSError as exc:
+            self._answer(400, {"error": f"cannot run the command: {exc.strerror}"}, nonce)
+            return
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-sandbox-process")
+        self.send_header("X-Sandbox-Signature", sign(self.agent.secret, "response", nonce, b""))
+        self.end_headers()
+        self.wfile.flush()
+        key = session_key(self.agent.secret, nonce, "process")
+        try:
+            _ProcessRelay(self.connection, process, key).run()
+        finally:
+            self.agent.forget(process)
 
 
 class _TerminalRelay:
@@ -521,6 +615,131 @@ class _TerminalRelay:
             poller.register(self.conn, select.POLLRDHUP)
             for fd, events in poller.poll(1000):
                 if fd != self.terminal.master and events & (select.POLLRDHUP | select.POLLHUP):
+                    return False
+        return True
+
+
+class _ProcessRelay:
+    """Carries one process's pipes over the connection until the client closes it or goes
+    away (the frames are described in the module's docstring)."""
+
+    def __init__(self, conn, process: Process, key: bytes) -> None:
+        self.conn = conn
+        self.process = process
+        self.key = key
+        self.seq = 0
+        self.send_lock = threading.Lock()
+        self.connected = True
+        self.done = False
+        self.ended = False
+        self.incoming = FrameReader(key, TO_AGENT)
+
+    def send(self, kind: bytes, payload: bytes = b"") -> None:
+        with self.send_lock:
+            if not self.connected:
+                return
+            data = frame(self.key, TO_CLIENT, kind, self.seq, payload)
+            self.seq += 1
+            try:
+                self.conn.sendall(data)
+            except OSError:
+                self.connected = False
+
+    def run(self) -> None:
+        pump = threading.Thread(target=self._pump_output, daemon=True)
+        pump.start()
+        threading.Thread(target=self._report_exit, daemon=True).start()
+        try:
+            self._read_frames()
+        finally:
+            self.process.kill()
+            self.done = True
+            pump.join(5)
+            if not self.ended:
+                self.send(b"e")
+            with self.send_lock:
+                self.connected = False
+            if not pump.is_alive():
+                self.process.release()
+
+    def _report_exit(self) -> None:
+        code = self.process.proc.wait()
+        self.send(b"x", struct.pack(">i", code))
+
+    def _drain(self, fd: int) -> bool:
+        """Send what ``fd`` holds now; False once it reached its end."""
+        while True:
+            try:
+                chunk = os.read(fd, MAX_FRAME)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            self.send(self.process.outputs[fd], chunk)
+
+    def _pump_output(self) -> None:
+        open_fds = list(self.process.outputs)
+        while open_fds and not self.done:
+            exited = self.process.proc.poll() is not None
+            ready, _, _ = select.select(open_fds, [], [], 0.25)
+            for fd in ready:
+                if not self._drain(fd):
+                    open_fds.remove(fd)
+            if exited:
+                # It had ended before that last look: what it wrote is in the pipes and
+                # was sent; background children holding them do not keep the session.
+                for fd in list(open_fds):
+                    self._drain(fd)
+                break
+        if not self.done:
+            self.process.proc.wait()
+            self.ended = True
+            self.send(b"e")
+
+    def _read_frames(self) -> None:
+        while True:
+            try:
+                data = self.conn.recv(MAX_FRAME + 1024)
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                frames = self.incoming.feed(data)
+            except ValueError:
+                return  # forged or mangled: end the session
+            for kind, payload in frames:
+                if kind == b"c":
+                    return
+                if kind == b"z":
+                    self.process.close_stdin()
+                elif kind == b"i" and not self._write_input(payload):
+                    return
+
+    def _write_input(self, data: bytes) -> bool:
+        """Pass ``data`` to the command's stdin (waiting while the pipe is full); False
+        when the client hung up meanwhile. Input after the end of input, or once the
+        command stopped reading, is dropped."""
+        view = memoryview(data)
+        while view:
+            stdin = self.process.stdin
+            if stdin is None:
+                return True
+            try:
+                view = view[os.write(stdin, view) :]
+                continue
+            except BlockingIOError:
+                pass
+            except OSError:  # EPIPE: nobody reads it any more
+                self.process.close_stdin()
+                return True
+            poller = select.poll()
+            poller.register(stdin, select.POLLOUT)
+            poller.register(self.conn, select.POLLRDHUP)
+            for fd, events in poller.poll(1000):
+                if fd != stdin and events & (select.POLLRDHUP | select.POLLHUP):
                     return False
         return True
 

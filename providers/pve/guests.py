@@ -59,11 +59,6 @@ class PveGuests:
             reasons["supports_hibernate"] = (
                 "PVE cannot save a container's memory to disk; stop the sandbox instead"
             )
-        reasons["supports_process"] = (
-            "the sandbox agent has no streamed-pipe exec yet (terminals and buffered exec "
-            "only): over SSH, commands run to their end without input, and scp/sftp are "
-            "not available"
-        )
         return Capabilities(
             supports_pause=pause,
             supports_hibernate=not lxc,
@@ -72,6 +67,7 @@ class PveGuests:
             supports_expose_http=True,
             supports_metrics=True,
             supports_terminal=True,
+            supports_process=True,
             reasons=reasons,
         )
 

@@ -15,8 +15,11 @@ from providers.base import (
     InstanceStatus,
     MetricSample,
     Networking,
+    ProcessSession,
     SnapshotResult,
     TerminalSession,
+    as_argv,
+    checked_env,
     terminal_argv,
     terminal_env,
     terminal_size,
@@ -37,6 +40,7 @@ from providers.pve.client import is_exists_error
 from providers.pve.guest_exec import lxc_exec, vm_exec
 from providers.pve.kinds import dns_label
 from providers.pve.metadata import GuestMeta
+from providers.pve.process import open_process as open_agent_process
 from providers.pve.terminal import open_session
 
 if TYPE_CHECKING:
@@ -279,6 +283,36 @@ class PveInstance(Instance):
         except Unavailable:
             self._address = None  # the address may have changed (DHCP): look again, once
             return attempt()
+
+    # --- streamed processes -----------------------------------------------------------------
+
+    def open_process(
+        self, command: str | Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> ProcessSession:
+        argv = as_argv(command)
+        variables = checked_env(env)
+        state = self._state()
+        if state != S.RUNNING:
+            raise InvalidState(
+                f"sandbox {self.sandbox_id} is {state}; a process needs it running", ref=self.id
+            )
+        if not self._kind.is_lxc:
+            return vm_agent.open_process(
+                self._guests,
+                node=self.node,
+                vmid=self.vmid,
+                sandbox_id=self.sandbox_id,
+                address=self._address_of(),
+                argv=argv,
+                env=variables,
+            )
+        secret = self._secret()
+        port = self._guests.settings.agent_port
+        try:
+            return open_agent_process(self._address_of(), port, secret, argv=argv, env=variables)
+        except Unavailable:
+            self._address = None  # the address may have changed (DHCP): look again, once
+            return open_agent_process(self._address_of(), port, secret, argv=argv, env=variables)
 
     def _secret(self) -> str:
         for config in (self._config, None):

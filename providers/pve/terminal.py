@@ -66,6 +66,16 @@ def open_session(
     ``OperationFailed`` when whatever answered is not this sandbox's agent."""
     cols, rows = terminal_size(cols, rows)
     body = json.dumps({"argv": argv, "cols": cols, "rows": rows, "env": dict(env)}).encode()
+    conn, nonce, early, where = connect(address, port, secret, PATH, body, "terminal")
+    return AgentTerminal(conn, session_key(secret, nonce), early, where)
+
+
+def connect(
+    address: str, port: int, secret: str, path: str, body: bytes, what: str
+) -> tuple[socket.socket, str, bytes, str]:
+    """Send the signed request opening a session (``what``: a terminal, a process) and
+    check the agent's signed answer; the connection (blocking, ready for frames), the
+    request's nonce, the bytes that came after the answer and a name for the agent."""
     stamp, nonce = f"{time.time():.3f}", secrets.token_hex(16)
     host = f"[{address}]" if ":" in address else address
     where = f"the sandbox agent at {host}:{port}"
@@ -77,11 +87,11 @@ def open_session(
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.sendall(
             (
-                f"POST {PATH} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
                 "Content-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n"
                 f"X-Sandbox-Time: {stamp}\r\nX-Sandbox-Nonce: {nonce}\r\n"
-                f"X-Sandbox-Signature: {sign(secret, 'POST', PATH, stamp, nonce, body)}\r\n\r\n"
+                f"X-Sandbox-Signature: {sign(secret, 'POST', path, stamp, nonce, body)}\r\n\r\n"
             ).encode()
             + body
         )
@@ -89,7 +99,7 @@ def open_session(
         given = headers.get("x-sandbox-signature", "")
         if status == 404:
             raise AgentRefused(
-                f"{where} has no terminals: it is from an older version; install the current "
+                f"{where} has no {what}s: it is from an older version; install the current "
                 "providers/pve/agent.py in the template (docs/providers/pve.md)",
                 status,
             )
@@ -99,11 +109,11 @@ def open_session(
             if status == 401 or not secrets.compare_digest(given, expected):
                 raise AgentRefused(f"{where} does not accept this sandbox's secret", status)
             message = _error_text(detail) or f"HTTP {status}"
-            raise AgentRefused(f"{where} refused the terminal: {message}", status)
+            raise AgentRefused(f"{where} refused the {what}: {message}", status)
         if not secrets.compare_digest(given, sign(secret, "response", nonce, b"")):
             raise OperationFailed(f"{where} answered without this sandbox's signature")
         conn.settimeout(None)
-        return AgentTerminal(conn, session_key(secret, nonce), early, where)
+        return conn, nonce, early, where
     except OSError as exc:
         conn.close()
         raise Unavailable(f"{where} broke off ({type(exc).__name__})") from None

@@ -1,12 +1,14 @@
-"""Terminals in PVE VMs: the sandbox agent, put into the VM through the QEMU guest agent.
+"""Terminals and streamed processes in PVE VMs: the sandbox agent, put into the VM
+through the QEMU guest agent.
 
 PVE's API reaches a VM's inside only through qemu-guest-agent, whose exec has no terminal
-(it pipes output and waits for the end). So the first terminal of a boot puts the same
-agent that containers run (``providers/pve/agent.py``, stdlib only, needs ``python3`` in
-the image) into the VM: ``agent/file-write`` writes the agent and a per-sandbox secret to
-``/run`` (a tmpfs: gone at the next boot, never in a snapshot), and ``agent/exec`` starts
-it in the background listening on the VM's own address. Terminals then go to it exactly
-as to a container's agent (``providers/pve/terminal.py``): a real pseudo-terminal made
+(it pipes output and waits for the end). So the first terminal or streamed process of a
+boot puts the same agent that containers run (``providers/pve/agent.py``, stdlib only,
+needs ``python3`` in the image) into the VM: ``agent/file-write`` writes the agent and a
+per-sandbox secret to ``/run`` (a tmpfs: gone at the next boot, never in a snapshot),
+and ``agent/exec`` starts it in the background listening on the VM's own address.
+Terminals and processes then go to it exactly as to a container's agent
+(``providers/pve/terminal.py``, ``process.py``): a real pseudo-terminal or real pipes made
 inside the VM, every frame authenticated.
 
 The secret is derived, not stored: HMAC-SHA256 of the PVE API token's secret over the
@@ -26,16 +28,21 @@ import base64
 import hashlib
 import hmac
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from providers.errors import OperationFailed, Unavailable
 from providers.pve import agent as agent_module
 from providers.pve.guest_exec import vm_exec
+from providers.pve.process import AgentProcess
+from providers.pve.process import open_process as open_agent_process
 from providers.pve.terminal import AgentRefused, AgentTerminal, open_session
 
 if TYPE_CHECKING:
     from providers.pve.guests import PveGuests
+
+_T = TypeVar("_T")
 
 AGENT_PATH = "/run/sandbox-agent.py"
 SECRET_PATH = "/run/sandbox-agent.secret"  # noqa: S105 - a path, not a secret
@@ -65,14 +72,51 @@ def open_terminal(
 ) -> AgentTerminal:
     """A terminal through the agent of VM ``vmid`` (at ``address``), starting the agent
     first when it is not there."""
-    secret = vm_secret(guests.settings.token_secret, vmid, sandbox_id)
-    port = guests.settings.agent_port
 
-    def attempt() -> AgentTerminal:
+    def attempt(port: int, secret: str) -> AgentTerminal:
         return open_session(address, port, secret, argv=argv, cols=cols, rows=rows, env=env)
 
+    return through_agent(
+        guests, node=node, vmid=vmid, sandbox_id=sandbox_id, address=address, attempt=attempt
+    )
+
+
+def open_process(
+    guests: PveGuests,
+    *,
+    node: str,
+    vmid: int,
+    sandbox_id: str,
+    address: str,
+    argv: list[str],
+    env: dict[str, str],
+) -> AgentProcess:
+    """A streamed process through the agent of VM ``vmid`` (at ``address``), starting the
+    agent first when it is not there."""
+
+    def attempt(port: int, secret: str) -> AgentProcess:
+        return open_agent_process(address, port, secret, argv=argv, env=env)
+
+    return through_agent(
+        guests, node=node, vmid=vmid, sandbox_id=sandbox_id, address=address, attempt=attempt
+    )
+
+
+def through_agent(
+    guests: PveGuests,
+    *,
+    node: str,
+    vmid: int,
+    sandbox_id: str,
+    address: str,
+    attempt: Callable[[int, str], _T],
+) -> _T:
+    """``attempt(port, secret)`` against the agent of VM ``vmid``; when no agent answers
+    with this sandbox's secret, put it there (``install``) and try until it listens."""
+    secret = vm_secret(guests.settings.token_secret, vmid, sandbox_id)
+    port = guests.settings.agent_port
     try:
-        return attempt()
+        return attempt(port, secret)
     except AgentRefused as exc:
         if exc.status != 401:  # the agent is there and refused the request itself
             raise
@@ -82,7 +126,7 @@ def open_terminal(
     deadline = time.monotonic() + STARTUP
     while True:
         try:
-            return attempt()
+            return attempt(port, secret)
         except Unavailable:
             if time.monotonic() > deadline:
                 raise
