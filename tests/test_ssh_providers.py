@@ -1,7 +1,7 @@
 """The SSH gateway's core on the other providers, with the real OpenSSH client: a key and
 a token login, ``ssh host cmd`` with its exit status and its two streams, a shell on a
-pseudo-terminal, ``ssh -L`` to an exposed service and a paused sandbox woken by the
-connection: ``docker`` (a real daemon), ``pve-lxc`` and ``pve-vm`` (the PVE simulator).
+pseudo-terminal, scp both ways, ``ssh -L`` to an exposed service and a paused sandbox
+woken by the connection: ``docker`` (a real daemon), ``pve-lxc`` and ``pve-vm`` (the PVE simulator).
 Each provider is set up once for the module, as in the background tests
 (``tests/background/harness.py``). ``local`` has the whole set in test_ssh_gateway.py.
 """
@@ -15,7 +15,7 @@ from sandboxes.services import lifecycle
 from sandboxes.services import ssh as ssh_service
 from sandboxes.services.actors import Actor
 from tests.background import harness
-from tests.ssh_support import Interactive, gateway, keypair, require_openssh, ssh
+from tests.ssh_support import Interactive, gateway, keypair, require_openssh, scp, ssh
 
 pytestmark = pytest.mark.django_db(transaction=True)
 PROVIDERS = ("docker", "pve-lxc", "pve-vm")
@@ -90,6 +90,34 @@ def test_input_streams_where_the_provider_can(gw, box, key):
     done = ssh(gw.port, box.pk, "wc -c", identity=key, input=data)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[0] == str(len(data)).encode()
+
+
+def test_scp_both_ways_where_the_provider_can(gw, box, key, tmp_path):
+    """scp's SFTP protocol (an sftp-server in the sandbox) and the original one (``scp -t``
+    and ``scp -f`` run as commands), binary bytes both ways. The remote path is relative:
+    the sandbox's working directory."""
+    if not ssh_service.streams_processes(box):
+        pytest.skip(f"{box.provider}: {ssh_service.process_refusal(box)}")
+    payload = bytes(range(256)) * 1024 + b"\r\n\x00\x04\x03"  # control bytes too
+    source = tmp_path / "up.bin"
+    source.write_bytes(payload)
+    remote = f"{box.pk}@127.0.0.1:scp-{box.pk}.bin"
+    up = scp(gw.port, key, str(source), remote)
+    assert up.returncode == 0, up.stderr
+    back = tmp_path / "back.bin"
+    down = scp(gw.port, key, remote, str(back))
+    assert down.returncode == 0, down.stderr
+    assert back.read_bytes() == payload
+    legacy = tmp_path / "legacy.bin"
+    done = scp(gw.port, key, "-O", remote, str(legacy))
+    assert done.returncode == 0, done.stderr
+    assert legacy.read_bytes() == payload
+    kinds = {
+        e.data.get("kind")
+        for e in SandboxEvent.objects.filter(sandbox=box, action="ssh_session")
+        if e.data.get("phase") == "open"
+    }
+    assert "sftp" in kinds, kinds
 
 
 def test_ssh_L_reaches_an_exposed_service(gw, box, key, put, member):
