@@ -118,6 +118,13 @@ def through_agent(
     try:
         return attempt(port, secret)
     except AgentRefused as exc:
+        if exc.status == 404:  # started from an older agent.py; /run keeps it until a reboot
+            raise AgentRefused(
+                f"the sandbox agent running in VM {vmid} is from an older version of the "
+                "control plane and lacks this; it is replaced when the VM reboots (stop and "
+                "start the sandbox)",
+                404,
+            ) from None
         if exc.status != 401:  # the agent is there and refused the request itself
             raise
     except Unavailable:
