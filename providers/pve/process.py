@@ -153,6 +153,8 @@ class AgentProcess(ProcessSession):
         with self._send_lock:
             if self._closed or self._stdin_closed:
                 raise Conflict("the process's input is closed")
+            if self._exit_code is not None:  # as far as this side has heard
+                raise Conflict("the process has ended")
             for start in range(0, len(data), MAX_FRAME):
                 self._send(b"i", data[start : start + MAX_FRAME])
 

@@ -100,6 +100,13 @@ def test_the_end_of_input_reaches_the_command_and_input_after_it_is_refused(agen
     process.close()
 
 
+def test_input_to_an_ended_command_is_refused(agent):
+    with _open(agent, "exit 5") as process:
+        assert process.wait(timeout=PATIENCE) == 5
+        with pytest.raises(Conflict):
+            process.write(b"too late")
+
+
 def test_close_kills_the_commands_background_children(agent):
     process = _open(agent, "sleep 31403 & echo started; wait")
     _read_until(process, b"started")
