@@ -10,7 +10,8 @@
   qemu-guest-agent: ``agent/exec`` starts the command inside it, so the provider's own
   wrapper (``cd`` + ``timeout``) runs unchanged, ``agent/exec-status`` reports it the way
   qemu-guest-agent does through PVE, and ``agent/file-write`` writes a file inside. What
-  the provider starts there (the sandbox agent, serving terminals on the VM's address)
+  the provider starts there (the sandbox agent, serving terminals and processes on the VM's
+  address)
   lives in the VM until it stops.
 """
 
