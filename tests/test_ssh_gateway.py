@@ -266,11 +266,16 @@ def _refused(forward: Forward) -> bytes:
 
 
 def test_ssh_L_goes_nowhere_but_the_sandboxs_exposed_services(gw, box, key, actor):
-    # Something on the host's loopback the gateway itself could reach.
+    # Hosts the gateway itself could reach: a service on the host's loopback, and another
+    # address (127.0.0.2) standing for "anywhere else"; both must receive nothing.
     host_service = socket.socket()
     host_service.bind(("127.0.0.1", 0))
     host_service.listen()
     host_port = host_service.getsockname()[1]
+    elsewhere = socket.socket()
+    elsewhere.bind(("127.0.0.2", 0))
+    elsewhere.listen()
+    elsewhere_port = elsewhere.getsockname()[1]
     # The sandbox serves on 8124 and exposes it: only "localhost" names it.
     _serve_in(box, actor, 8124)
     interactive.expose_service(sandbox=box, actor=actor, name="web", port=8124)
@@ -279,18 +284,20 @@ def test_ssh_L_goes_nowhere_but_the_sandboxs_exposed_services(gw, box, key, acto
         targets = [
             ("127.0.0.1", host_port),  # not a service of this sandbox: the host's
             ("localhost", gw.port),  # the gateway itself
-            ("10.0.0.1", 80),  # anywhere else
+            ("127.0.0.2", elsewhere_port),  # anywhere else
             (other_sandbox, 8124),  # another sandbox
             ("127.0.0.2", 8124),
         ]
         for host, port in targets:
             with Forward(gw, box, key, host, port) as forward:
                 assert _refused(forward) == b"", (host, port)
-        host_service.settimeout(0.5)
-        with pytest.raises(TimeoutError):
-            host_service.accept()  # nothing reached the host's listener
+        for listener in (host_service, elsewhere):
+            listener.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                listener.accept()  # nothing reached it
     finally:
         host_service.close()
+        elsewhere.close()
     refusals = SandboxEvent.objects.filter(sandbox=box, action="ssh_forward")
     # (Each forward was tried twice: once when Forward waited for its port.)
     assert {(e.data["host"], e.data["port"]) for e in refusals} == set(targets)

@@ -10,6 +10,7 @@ from sandboxes.models import Preset, Sandbox, SandboxEvent
 from sandboxes.services import network
 from sandboxes.services.actors import Actor
 from sandboxes.services.teams import update_team
+from tests import netns_world
 from tests.api.conftest import error_of
 
 pytestmark = pytest.mark.django_db(transaction=True)  # provisioning runs on commit
@@ -84,7 +85,9 @@ def test_preset_then_team_then_sandbox(networked, api, team):
             "public addresses only",
         ),
         (
-            {"network_policy": "allowlist", "network_allow": ["169.254.169.254"]},
+            # The cloud metadata address: its blocking is proven against the test host at
+            # that address inside tests/netns_world.py's namespaces (the egress tests).
+            {"network_policy": "allowlist", "network_allow": [netns_world.METADATA]},
             "network_allow",
             "public addresses only",
         ),
