@@ -161,8 +161,19 @@ def _error_text(body: bytes) -> str:
     return ""
 
 
-class AgentTerminal(TerminalSession):
-    """One terminal session carried over a connection to the guest's agent."""
+class AgentChannel:
+    """The control plane's end of one agent session, a terminal's or a process's: frames
+    under the session's own key both ways (sent under ``_send_lock``), one thread at a time
+    receiving, the exit status and the end of output as the agent reports them.
+
+    A session keeps its output frames (``_keep``), says how much is unread (``_backlog``)
+    and drops what is left at close (``_drop``); it sets its own fields before calling
+    ``__init__``, which may already apply the first frames."""
+
+    #: What the session is called in errors: "<_what> is gone: ...".
+    _what = "the session"
+    #: What ``wait`` says when its timeout passes first.
+    _still_running = "the process is still running"
 
     def __init__(self, conn: socket.socket, key: bytes, early: bytes, where: str) -> None:
         self._conn = conn
@@ -171,10 +182,9 @@ class AgentTerminal(TerminalSession):
         self._frames = FrameReader(key, TO_CLIENT)
         self._seq = 0
         self._send_lock = threading.Lock()
-        #: Guards everything below; one thread at a time reads the connection.
+        #: Guards everything below and the output; one thread at a time reads the connection.
         self._cond = threading.Condition()
         self._receiving = False
-        self._output = bytearray()
         self._exit_code: int | None = None
         self._output_ended = False
         self._hung_up = False
@@ -182,21 +192,23 @@ class AgentTerminal(TerminalSession):
         if early:
             self._take(early)
 
-    def __repr__(self) -> str:
-        return f"<AgentTerminal {self._where} exit={self._exit_code}>"
+    def _keep(self, kind: bytes, payload: bytes) -> None:
+        raise NotImplementedError
 
-    # --- the connection
+    def _backlog(self) -> int:
+        raise NotImplementedError
 
-    def _send(self, kind: bytes, payload: bytes = b"") -> None:
-        with self._send_lock:
-            if self._closed and kind != b"c":
-                raise Conflict("the terminal session is closed")
-            data = frame(self._key, TO_AGENT, kind, self._seq, payload)
-            self._seq += 1
-            try:
-                self._conn.sendall(data)
-            except OSError as exc:
-                raise Conflict(f"the terminal is gone: {exc.strerror or exc}") from None
+    def _drop(self) -> None:
+        raise NotImplementedError
+
+    def _send_frame(self, kind: bytes, payload: bytes = b"") -> None:
+        """Send one frame (the caller holds ``_send_lock``)."""
+        data = frame(self._key, TO_AGENT, kind, self._seq, payload)
+        self._seq += 1
+        try:
+            self._conn.sendall(data)
+        except OSError as exc:
+            raise Conflict(f"{self._what} is gone: {exc.strerror or exc}") from None
 
     def _take(self, data: bytes) -> None:
         """Apply received bytes (holding ``_cond``)."""
@@ -206,13 +218,12 @@ class AgentTerminal(TerminalSession):
             self._hang_up()  # not from this session's agent: trust nothing more of it
             return
         for kind, payload in frames:
-            if kind == b"o":
-                if not self._closed:  # after close, output is dropped on arrival
-                    self._output += payload
-            elif kind == b"x" and len(payload) == 4:
+            if kind == b"x" and len(payload) == 4:
                 self._exit_code = struct.unpack(">i", payload)[0]
             elif kind == b"e":
                 self._output_ended = True
+            elif not self._closed:  # after close, output is dropped on arrival
+                self._keep(kind, payload)
 
     def _hang_up(self) -> None:
         self._hung_up = True
@@ -227,7 +238,7 @@ class AgentTerminal(TerminalSession):
 
         Only the reader receives past ``_BUFFERED`` bytes of unread output: ``wait`` does
         not buffer a program's output without bound, it lets the output hold the program
-        back, as the terminal itself would."""
+        back, as a terminal or a pipe would."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while not done():
@@ -236,7 +247,7 @@ class AgentTerminal(TerminalSession):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                if self._receiving or (not reader and len(self._output) >= _BUFFERED):
+                if self._receiving or (not reader and self._backlog() >= _BUFFERED):
                     self._cond.wait(remaining)
                     continue
                 self._receiving = True
@@ -263,7 +274,65 @@ class AgentTerminal(TerminalSession):
         except (OSError, ValueError):
             return b""
 
-    # --- the contract
+    def _end(self) -> None:
+        """After the close frame: half-close, wait until the agent has ended the session
+        (it reports the end and hangs up once every process of it is gone), drop the rest."""
+        with contextlib.suppress(OSError):
+            self._conn.shutdown(socket.SHUT_WR)
+        self._until(lambda: self._hung_up, CLOSE_TIMEOUT, reader=True)
+        with self._cond:
+            if self._exit_code is None:
+                self._exit_code = -9
+            self._drop()
+            self._output_ended = True
+        self._conn.close()
+
+    @property
+    def exit_code(self) -> int | None:
+        if self._exit_code is None and not self._closed:
+            self._until(lambda: self._exit_code is not None, 0)
+        return self._exit_code
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._until(lambda: self._exit_code is not None, timeout):
+            raise TimeoutError(self._still_running)
+        assert self._exit_code is not None
+        return self._exit_code
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            if not self._closed:
+                self.close()
+
+
+class AgentTerminal(AgentChannel, TerminalSession):
+    """One terminal session carried over a connection to the guest's agent."""
+
+    _what = "the terminal"
+    _still_running = "the terminal's process is still running"
+
+    def __init__(self, conn: socket.socket, key: bytes, early: bytes, where: str) -> None:
+        self._output = bytearray()
+        super().__init__(conn, key, early, where)
+
+    def __repr__(self) -> str:
+        return f"<AgentTerminal {self._where} exit={self._exit_code}>"
+
+    def _keep(self, kind: bytes, payload: bytes) -> None:
+        if kind == b"o":
+            self._output += payload
+
+    def _backlog(self) -> int:
+        return len(self._output)
+
+    def _drop(self) -> None:
+        self._output.clear()
+
+    def _send(self, kind: bytes, payload: bytes = b"") -> None:
+        with self._send_lock:
+            if self._closed and kind != b"c":
+                raise Conflict("the terminal session is closed")
+            self._send_frame(kind, payload)
 
     def read(self, timeout: float | None = None) -> bytes:
         if not self._until(lambda: bool(self._output) or self._output_ended, timeout, reader=True):
@@ -283,38 +352,11 @@ class AgentTerminal(TerminalSession):
         cols, rows = terminal_size(cols, rows)
         self._send(b"r", struct.pack(">HH", cols, rows))
 
-    @property
-    def exit_code(self) -> int | None:
-        if self._exit_code is None and not self._closed:
-            self._until(lambda: self._exit_code is not None, 0)
-        return self._exit_code
-
-    def wait(self, timeout: float | None = None) -> int:
-        if not self._until(lambda: self._exit_code is not None, timeout):
-            raise TimeoutError("the terminal's process is still running")
-        assert self._exit_code is not None
-        return self._exit_code
-
     def close(self) -> None:
         with self._send_lock:
             if self._closed:
                 return
             self._closed = True
-        # Ask the agent to end the session and wait until it has (it reports the end and
-        # hangs up once every process of the session is gone).
         with contextlib.suppress(Conflict):
             self._send(b"c")
-        with contextlib.suppress(OSError):
-            self._conn.shutdown(socket.SHUT_WR)
-        self._until(lambda: self._hung_up, CLOSE_TIMEOUT, reader=True)
-        with self._cond:
-            if self._exit_code is None:
-                self._exit_code = -9
-            self._output.clear()
-            self._output_ended = True
-        self._conn.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            if not self._closed:
-                self.close()
+        self._end()
