@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from providers.base import (
     ExecResult,
@@ -47,6 +47,9 @@ if TYPE_CHECKING:
     from providers.pve.guests import PveGuests
 
 S = InstanceStatus
+
+
+T = TypeVar("T")
 
 
 class PveInstance(Instance):
@@ -253,11 +256,7 @@ class PveInstance(Instance):
         argv = terminal_argv(command)
         cols, rows = terminal_size(cols, rows)
         variables = terminal_env(env)
-        state = self._state()
-        if state != S.RUNNING:
-            raise InvalidState(
-                f"sandbox {self.sandbox_id} is {state}; a terminal needs it running", ref=self.id
-            )
+        self._require_running("a terminal")
         if not self._kind.is_lxc:
             return vm_agent.open_terminal(
                 self._guests,
@@ -270,19 +269,11 @@ class PveInstance(Instance):
                 rows=rows,
                 env=variables,
             )
-        secret = self._secret()
-        port = self._guests.settings.agent_port
-
-        def attempt() -> TerminalSession:
-            return open_session(
-                self._address_of(), port, secret, argv=argv, cols=cols, rows=rows, env=variables
+        return self._through_agent(
+            lambda address, port, secret: open_session(
+                address, port, secret, argv=argv, cols=cols, rows=rows, env=variables
             )
-
-        try:
-            return attempt()
-        except Unavailable:
-            self._address = None  # the address may have changed (DHCP): look again, once
-            return attempt()
+        )
 
     # --- streamed processes -----------------------------------------------------------------
 
@@ -291,11 +282,7 @@ class PveInstance(Instance):
     ) -> ProcessSession:
         argv = as_argv(command)
         variables = checked_env(env)
-        state = self._state()
-        if state != S.RUNNING:
-            raise InvalidState(
-                f"sandbox {self.sandbox_id} is {state}; a process needs it running", ref=self.id
-            )
+        self._require_running("a process")
         if not self._kind.is_lxc:
             return vm_agent.open_process(
                 self._guests,
@@ -306,13 +293,29 @@ class PveInstance(Instance):
                 argv=argv,
                 env=variables,
             )
+        return self._through_agent(
+            lambda address, port, secret: open_agent_process(
+                address, port, secret, argv=argv, env=variables
+            )
+        )
+
+    def _require_running(self, what: str) -> None:
+        state = self._state()
+        if state != S.RUNNING:
+            raise InvalidState(
+                f"sandbox {self.sandbox_id} is {state}; {what} needs it running", ref=self.id
+            )
+
+    def _through_agent(self, open_on: Callable[[str, int, str], T]) -> T:
+        """``open_on(address, port, secret)`` against the container's agent; once more
+        with the address looked up again when it cannot be reached (DHCP may move it)."""
         secret = self._secret()
         port = self._guests.settings.agent_port
         try:
-            return open_agent_process(self._address_of(), port, secret, argv=argv, env=variables)
+            return open_on(self._address_of(), port, secret)
         except Unavailable:
-            self._address = None  # the address may have changed (DHCP): look again, once
-            return open_agent_process(self._address_of(), port, secret, argv=argv, env=variables)
+            self._address = None
+            return open_on(self._address_of(), port, secret)
 
     def _secret(self) -> str:
         for config in (self._config, None):
