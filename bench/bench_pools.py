@@ -7,7 +7,8 @@ database; tasks queued, no worker inside a measured request):
   through the whole Django stack (token auth, throttles, serializer) until the answer
   says ``running``: a hit answers running itself (claim, relabel, status check);
 * Docker (a private dockerd, as the tests start it): the same API call;
-* ``local``: ``create_sandbox`` (service call) to the end of the first exec;
+* ``local``: create to the first exec's result on a hit and cold, as provider calls (the
+  measurement of the cold baseline in bench_images) and through the services;
 * hit rates, with the in-memory provider whose clone of a member takes 2 s (in
   parallel): a burst of 20 creates against a pool of 20, then one create a second for
   ``BENCH_POOL_STREAM`` (30) seconds against a pool of 5, a thread refilling as the
@@ -86,23 +87,29 @@ def run() -> list[Result]:
                 at_most=60,
             )
         )
+    if "local_hit_provider_ms" in out:
+        cold = statistics.median(out["local_cold_provider_ms"])
+        results.append(
+            median_result(
+                "local: create -> first exec on a pool hit, provider calls (get, relabel, "
+                "first exec of the member), measured as the cold baseline is",
+                out["local_hit_provider_ms"],
+                at_most=3,
+                detail=f"cold in the same run (create, start, first exec: bench_images' "
+                f"12.8 ms measurement) {cold:.2f} ms",
+            )
+        )
     if "local_hit_to_exec_ms" in out:
         results.append(
             median_result(
-                "local: create -> first exec on a pool hit (service calls)",
+                "local: the same through the services, with the database (create_sandbox "
+                "answers a hit running, then exec_command)",
                 out["local_hit_to_exec_ms"],
-                at_most=3,
+                at_most=None,
                 detail=f"create to running {statistics.median(out['local_hit_create_ms']):.1f}"
-                f" ms, first exec {statistics.median(out['local_first_exec_ms']):.1f} ms",
-            )
-        )
-    if out.get("local_provider_share_ms"):
-        results.append(
-            median_result(
-                "local: the provider's share of a hit (get, relabel, first exec on a member; "
-                "no database), comparable to the 12.8 ms of a cold create to first exec",
-                out["local_provider_share_ms"],
-                at_most=3,
+                f" ms, first exec {statistics.median(out['local_first_exec_ms']):.1f} ms; cold "
+                f"(create_sandbox, the worker's start at once, exec_command) "
+                f"{statistics.median(out['local_cold_to_exec_ms']):.1f} ms",
             )
         )
     if "burst_hits" in out:

@@ -402,3 +402,65 @@ def test_a_failed_relabel_leaves_the_sandbox_running_and_the_sweep_finishes_it(
     assert record.metadata == lifecycle.provider_metadata(sandbox)
     assert SandboxEvent.objects.filter(action="pool_relabel", sandbox=sandbox).exists()
     assert sandbox.provider_ref in memory_backend.instances
+
+
+def test_a_hit_answers_the_sandbox_as_stored(memory_backend, team, owner, snapshot):
+    """The create settles a hit in memory instead of reading the row back: what it
+    returns must be what was written."""
+    make_pool(team, owner, snapshot, target_size=1)
+    sandbox = lifecycle.create_sandbox(
+        team=team, actor=Actor.for_user(owner), preset_id=PRESET, provider="memory", ttl_seconds=600
+    )
+    stored = Sandbox.objects.get(pk=sandbox.pk)
+    fields = ["status", "operation", "lease_token", "lease_expires_at", "provider_ref"]
+    fields += ["started_at", "status_changed_at", "last_activity_at", "expires_at", "services"]
+    assert {f: getattr(sandbox, f) for f in fields} == {f: getattr(stored, f) for f in fields}
+    assert (sandbox.status, sandbox.lease_token, sandbox.operation) == (Status.RUNNING, "", "")
+    assert sandbox.expires_at == sandbox.started_at + timedelta(seconds=600)
+
+
+def test_no_worker_can_take_a_hit_while_its_create_starts_it(
+    memory_backend, team, owner, snapshot, monkeypatch
+):
+    """The row is born holding the start's lease: a worker running the start meanwhile
+    (a retried task, the reconciler) finds it leased and leaves it alone."""
+    make_pool(team, owner, snapshot, target_size=1)
+    seen = []
+    relabel = memory_provider.MemoryInstance.relabel
+
+    def relabel_while_a_worker_tries(self, metadata):
+        sandbox_id = metadata["sandbox_id"]
+        seen.append(Sandbox.objects.values_list("status", "lease_token").get(pk=sandbox_id))
+        lifecycle.perform_operation(sandbox_id=sandbox_id)
+        relabel(self, metadata)
+
+    monkeypatch.setattr(memory_provider.MemoryInstance, "relabel", relabel_while_a_worker_tries)
+    sandbox = create(team, owner)
+    status, lease = seen[0]
+    assert status == Status.STARTING
+    assert lease  # leased from its insert
+    assert len(seen) == 1  # the worker did not relabel (nor start) it a second time
+    assert sandbox.status == Status.RUNNING
+    starts = SandboxEvent.objects.filter(sandbox=sandbox, action="start")
+    assert starts.count() == 1
+
+
+def test_a_hit_costs_a_pinned_number_of_statements(
+    memory_backend, team, owner, snapshot, django_assert_max_num_queries, monkeypatch
+):
+    """Every statement of a hit is on the caller's clock (issue 16's instant starts): the
+    caller's role, resolving the version (2), the create's transaction (team lock, quota,
+    pool, member, claim, hit count, version lock, the row, two events), the refill task,
+    and the start's settle (the row and its event); no read of the row afterwards.
+    Changing this count means reading docs/benchmarks.md's pool section again."""
+    from django_q.conf import Conf
+
+    make_pool(team, owner, snapshot, target_size=2)
+    create(team, owner)  # warm caches (content types, the provider)
+    monkeypatch.setattr(Conf, "SYNC", False)  # the refill is queued, as in production
+    actor = Actor.for_user(owner)
+    with django_assert_max_num_queries(22):  # BEGIN and COMMIT lines included
+        sandbox = lifecycle.create_sandbox(
+            team=team, actor=actor, preset_id=PRESET, provider="memory"
+        )
+    assert sandbox.status == Status.RUNNING

@@ -338,6 +338,9 @@ def create_sandbox(
                 fields={"snapshot_id": [f"{snapshot.snapshot_id} is being deleted"]},
             )
         now = timezone.now()
+        # A hit is started right here, after commit: the row is born with the start's
+        # lease, so no worker can take it first (and none has to be asked).
+        lease_token, lease_expires_at = transitions.born_leased() if member else ("", None)
         sandbox = Sandbox.objects.create(
             team=team,
             created_by=actor.user,
@@ -349,6 +352,8 @@ def create_sandbox(
             status=S.STARTING,
             operation="start",
             provider_ref=member.provider_ref if member is not None else "",
+            lease_token=lease_token,
+            lease_expires_at=lease_expires_at,
             metadata=metadata,
             ttl_seconds=ttl_seconds,
             ttl_action=ttl_action,
@@ -387,16 +392,26 @@ def create_sandbox(
         else:
             pools.record_claim(member=member, sandbox=sandbox, actor=actor)
     if member is not None:
-        # A hit is a relabel and a status check: done here, the caller sees it running
-        # (no queue round trip). Anything unexpected leaves it to a worker.
-        try:
-            perform_operation(sandbox_id=sandbox.pk)
-        except Exception:
-            logger.exception("starting %s from a warm member failed", sandbox.pk)
-            with transaction.atomic():
-                _enqueue(sandbox)
-        sandbox.refresh_from_db()
+        _start_claimed(sandbox, lease_token)
     return sandbox
+
+
+def _start_claimed(sandbox: Sandbox, token: str) -> None:
+    """Start a sandbox made from a warm member, in the create (the caller sees it
+    running, with no queue round trip): a relabel and a status check. ``sandbox`` is
+    left as the row is; anything unexpected leaves the start to a worker."""
+    try:
+        _perform_start(sandbox, token)
+    except Exception:
+        logger.exception("starting %s from a warm member failed", sandbox.pk)
+        transitions.release(sandbox.pk, token=token)
+        with transaction.atomic():
+            _enqueue(sandbox)
+    else:
+        if sandbox.status == S.RUNNING:
+            return  # settled: ``finish`` gave the row object what it wrote
+        _hand_over(sandbox.pk, token, done=(S.STARTING, "start"))
+    sandbox.refresh_from_db()
 
 
 def request_operation(
@@ -529,6 +544,7 @@ def perform_operation(*, sandbox_id: str) -> None:
     token = transitions.claim(sandbox.pk, status=sandbox.status)
     if token is None:
         return
+    done = (sandbox.status, sandbox.operation)  # the handler may settle ``sandbox``
     handler = {
         "start": _perform_start,
         "stop": _perform_simple,
@@ -540,7 +556,7 @@ def perform_operation(*, sandbox_id: str) -> None:
     try:
         handler(sandbox, token)
     finally:
-        _hand_over(sandbox.pk, token, done=(sandbox.status, sandbox.operation))
+        _hand_over(sandbox.pk, token, done=done)
 
 
 def _hand_over(sandbox_id: str, token: str, *, done: tuple[str, str]) -> None:
@@ -620,8 +636,11 @@ def _perform_start(sandbox: Sandbox, token: str) -> None:
             )
             made = True
             transitions.update_leased(sandbox.pk, token=token, provider_ref=instance.id)
-        retrying(instance.start)
-        instance = provider.get(instance.id)
+        if made or instance.status != InstanceStatus.RUNNING:
+            retrying(instance.start)
+            instance = provider.get(instance.id)
+        # else: found running (a warm member, a start retried after the provider's part
+        # succeeded): nothing to start, and ``instance`` was just read.
     except ProviderError as exc:
         if made or not had_instance:
             _fail_start(sandbox, token, instance, exc)
@@ -645,6 +664,7 @@ def _perform_start(sandbox: Sandbox, token: str) -> None:
         to=S.RUNNING,
         fields=fields,
         audit=_audit(sandbox, "start", data={"provider_ref": instance.id}),
+        row=sandbox,
     )
     if sandbox.setup_status == workspaces.PENDING:
         # Its own task: a clone may take minutes, the start's lease is not held meanwhile.

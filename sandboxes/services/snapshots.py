@@ -141,6 +141,7 @@ def resolve_for_start(
                 f"preset {preset_id} has no active version on {provider}; an operator "
                 "registers one with `manage.py import_snapshot`"
             )
+        snapshot.preset = preset  # the version of this preset: no second query for it
     if snapshot.status != SnapshotStatus.READY:
         raise _invalid_snapshot(f"{snapshot.snapshot_id} is {snapshot.status}, not ready")
     return snapshot

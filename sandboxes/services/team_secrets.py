@@ -133,6 +133,8 @@ def check_sandbox_environment(
         raise InvalidInput(
             f"{', '.join(clash)} is both a variable and a secret", fields={"env": ["clash"]}
         )
+    if not names:
+        return env, names
     known = set(TeamSecret.objects.filter(team=team, name__in=names).values_list("name", flat=True))
     missing = [name for name in names if name not in known]
     if missing:

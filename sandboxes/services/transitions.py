@@ -10,6 +10,7 @@ the status is still the one it claimed (``finish``). Every write is one
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -121,6 +122,11 @@ def claim(sandbox_id: str, *, status: str) -> str | None:
     )
 
 
+def born_leased() -> tuple[str, datetime]:
+    """The operation lease for a sandbox row inserted already leased (``leases.new_lease``)."""
+    return leases.new_lease(seconds=settings.SANDBOX_OPERATION_LEASE_SECONDS)
+
+
 def finish(
     sandbox_id: str,
     *,
@@ -129,12 +135,14 @@ def finish(
     to: Status,
     audit: Audit,
     fields: dict[str, Any] | None = None,
+    row: Sandbox | None = None,
 ) -> bool:
     """Settle the operation: move from ``from_status`` to ``to``, release the lease and
     write ``audit``'s event, all in one transaction (both or neither).
 
     Returns False (changing nothing, recording nothing) when the lease was lost or the
-    status moved on.
+    status moved on. ``row``, the caller's instance of the sandbox, is given what was
+    written when it wins (the caller needs no second read of the row).
     """
     values = {
         "status": to,
@@ -152,6 +160,9 @@ def finish(
         )
         if won:
             audit.record(from_status=from_status, to_status=to)
+    if won and row is not None:
+        for name, value in values.items():
+            setattr(row, name, value)
     return won
 
 
