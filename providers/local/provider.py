@@ -881,9 +881,11 @@ class LocalProvider(Provider):
     def relabel(self, sandbox_id: str, metadata: Mapping[str, str]) -> None:
         """The state file's metadata is what ``list`` reports (the directory keeps its
         name: the reference does not change)."""
+        labels = {str(k): str(v) for k, v in metadata.items()}
         with self._locked_state(sandbox_id) as state:
-            state.metadata = {str(k): str(v) for k, v in metadata.items()}
-            self.store.save(state)
+            if state.metadata != labels:  # a retried relabel rewrites nothing
+                state.metadata = labels
+                self.store.save(state)
 
     def hide(self, sandbox_id: str, name: str) -> None:
         with self._locked_state(sandbox_id) as state:
