@@ -22,9 +22,10 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from django.db import connection
 from django.test import AsyncClient
+from django.test.utils import CaptureQueriesContext
 
 from providers.errors import Unavailable
-from sandboxes.models import Sandbox
+from sandboxes.models import LongCallSlot, Sandbox
 from sandboxes.services import lifecycle, long_calls
 from sandboxes.services.actors import Actor
 from sandboxes.services.errors import ProviderFailure, TooManyLongCalls
@@ -266,6 +267,103 @@ def test_a_cap_of_zero_is_no_cap(caps, team):
     assert long_calls.in_use(team=team) == 0
     for slot in slots:
         slot.release()
+
+
+# --- the database store: one statement per cap to take a slot, one to free it
+
+
+@pytest.fixture
+def in_database(caps):
+    caps.SANDBOX_API_THROTTLE_STORE = "database"
+    return caps
+
+
+def test_a_slot_is_one_statement_per_cap_and_its_release_one_more(in_database, team):
+    with CaptureQueriesContext(connection) as taking:
+        slot = long_calls.acquire(team=team, kind="exec", seconds=5)
+    assert len(taking.captured_queries) == 2  # the team's cap, then the site's
+    with CaptureQueriesContext(connection) as freeing:
+        slot.release()
+    assert [q["sql"].split()[0] for q in freeing.captured_queries] == ["DELETE"]
+    assert long_calls.in_use(team=team) == 0
+    assert long_calls.in_use() == 0
+
+
+def test_a_full_team_is_refused_until_its_soonest_slot_would_end(in_database, team, monkeypatch):
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now)  # the clock stands still
+    first = long_calls.acquire(team=team, kind="exec", seconds=3)
+    second = long_calls.acquire(team=team, kind="exec", seconds=60)
+    with pytest.raises(TooManyLongCalls) as refused:
+        long_calls.acquire(team=team, kind="exec", seconds=5)
+    assert (refused.value.scope, refused.value.limit, refused.value.retry_after) == ("team", 2, 3)
+    assert long_calls.in_use() == 2  # the refused call holds no site slot either
+    first.release()
+    third = long_calls.acquire(team=team, kind="exec", seconds=5)
+    assert long_calls.in_use(team=team) == 2
+    for slot in (second, third):
+        slot.release()
+    assert long_calls.in_use(team=team) == long_calls.in_use() == 0
+
+
+def test_a_full_site_gives_back_the_team_slot_it_took(in_database, team, other_team):
+    in_database.SANDBOX_LONG_CALLS_TOTAL = 1
+    held = long_calls.acquire(team=other_team, kind="exec", seconds=60)
+    with pytest.raises(TooManyLongCalls) as refused:
+        long_calls.acquire(team=team, kind="exec", seconds=5)
+    assert (refused.value.scope, refused.value.limit) == ("site", 1)
+    assert long_calls.in_use(team=team) == 0
+    held.release()
+
+
+def test_an_expired_slot_is_taken_over(in_database, team, monkeypatch):
+    stale = [long_calls.acquire(team=team, kind="exec", seconds=1) for _ in range(2)]
+    later = time.time() + 1 + long_calls.MARGIN_SECONDS + 1  # both past their expiry
+    monkeypatch.setattr(time, "time", lambda: later)
+    fresh = [long_calls.acquire(team=team, kind="exec", seconds=5) for _ in range(2)]
+    assert long_calls.in_use(team=team) == 2
+    for slot in stale:
+        slot.release()  # a late release frees nothing of the new holders
+    assert long_calls.in_use(team=team) == 2
+    for slot in fresh:
+        slot.release()
+
+
+def test_callers_arriving_together_spread_over_the_keys(in_database, team):
+    in_database.SANDBOX_LONG_CALLS_PER_TEAM = 10
+    keys = set()
+    for _ in range(20):
+        slot = long_calls.acquire(team=team, kind="exec", seconds=5)
+        keys |= set(LongCallSlot.objects.filter(holder=slot.holder).values_list("key", flat=True))
+        slot.release()
+    # Always the first free key would be one team key (and one site key): a random one is
+    # the same key 20 times in a row with a chance of 10^-19.
+    assert len([key for key in keys if key.startswith(f"longcall:team:{team.pk}:")]) > 1
+
+
+def test_callers_racing_for_the_last_slots_never_share_one(in_database, team):
+    in_database.SANDBOX_LONG_CALLS_PER_TEAM = 3
+    callers = 8
+    start = threading.Barrier(callers)
+
+    def call(_: int) -> str | None:
+        try:
+            start.wait(30)
+            slot = long_calls.acquire(team=team, kind="exec", seconds=60)
+            return slot.holder
+        except TooManyLongCalls:
+            return None
+        finally:
+            connection.close()  # each thread's own connection
+
+    with ThreadPoolExecutor(callers) as pool:
+        holders = [h for h in pool.map(call, range(callers)) if h is not None]
+    assert len(holders) == 3
+    rows = LongCallSlot.objects.filter(key__startswith=f"longcall:team:{team.pk}:")
+    assert sorted(rows.values_list("holder", flat=True)) == sorted(holders)  # one key each
+    for holder_id in holders:
+        long_calls.Slot(scopes=["x"], holder=holder_id, expires_at=0).release()
+    assert long_calls.in_use(team=team) == long_calls.in_use() == 0
 
 
 # --- shared by processes, freed when the holder dies

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from providers.errors import Unavailable
+from sandboxes import selectors
 from sandboxes.models import Outcome, Sandbox, SandboxEvent
-from sandboxes.services import lifecycle
+from sandboxes.services import interactive, lifecycle
 from sandboxes.services.actors import Actor
 from sandboxes.services.errors import (
     IllegalTransition,
@@ -49,11 +53,45 @@ def test_exec_returns_output_and_audits_the_command(sandbox, actor):
     assert event.data == {"command": "echo hi; exit 4", "exit_code": 4, "timed_out": False}
 
 
+def loaded(sandbox: Sandbox) -> Sandbox:
+    """The sandbox as a request loads it (the API's exec: team, preset, snapshot joined)."""
+    return selectors.get_sandbox(team=sandbox.team, sandbox_id=sandbox.pk)
+
+
+def writes_to_sandboxes(queries: CaptureQueriesContext) -> list[str]:
+    return [q["sql"] for q in queries.captured_queries if 'UPDATE "sandboxes_sandbox"' in q["sql"]]
+
+
 def test_exec_counts_as_activity(sandbox, actor):
     Sandbox.objects.filter(pk=sandbox.pk).update(last_activity_at="2020-01-01T00:00:00Z")
-    exec_command(sandbox=sandbox, actor=actor, command=["true"])
+    with CaptureQueriesContext(connection) as queries:
+        exec_command(sandbox=loaded(sandbox), actor=actor, command=["true"])
+    assert len(writes_to_sandboxes(queries)) == 1
     sandbox.refresh_from_db()
     assert sandbox.last_activity_at.year > 2020
+
+
+def test_exec_writes_no_activity_when_the_stored_one_is_recent(sandbox, actor):
+    recent = timezone.now() - interactive.ACTIVITY_GRANULARITY / 2
+    Sandbox.objects.filter(pk=sandbox.pk).update(last_activity_at=recent)
+    with CaptureQueriesContext(connection) as queries:
+        exec_command(sandbox=loaded(sandbox), actor=actor, command=["true"])
+    assert writes_to_sandboxes(queries) == []
+    sandbox.refresh_from_db()
+    assert sandbox.last_activity_at == recent
+
+
+def test_exec_on_a_running_sandbox_is_four_statements(
+    sandbox, actor, settings, django_assert_num_queries
+):
+    """A team slot, a site slot, freeing both, the audit event: nothing else (the sandbox
+    was just started, so its activity is recent). A new statement here is one more on
+    every exec: count it in on purpose."""
+    settings.SANDBOX_API_THROTTLE_STORE = "database"
+    settings.SANDBOX_LONG_CALLS_PER_TEAM, settings.SANDBOX_LONG_CALLS_TOTAL = 4, 32
+    running = loaded(sandbox)
+    with django_assert_num_queries(4):
+        exec_command(sandbox=running, actor=actor, command=["true"])
 
 
 @pytest.mark.parametrize(

@@ -102,6 +102,8 @@ class LocalProvider(Provider):
         self._init_problem: str | None = None
         self._init_path: Path | None = None
         self._probed: tuple[float, list[str]] = (0.0, [])
+        #: (the probe it was made from, the capabilities) (see ``capabilities``).
+        self._capabilities: tuple[float, Capabilities] | None = None
         self._spares = Spares(self)
         self._bwrap = config.bwrap
 
@@ -163,7 +165,16 @@ class LocalProvider(Provider):
 
     @property
     def capabilities(self) -> Capabilities:
+        """Worked out again when the host is probed again (``_problems``, every few
+        seconds at most): every exec asks, and the tools on PATH, the cgroups and the
+        host's sizes behind the answer do not change between two execs."""
         problems = self._problems()
+        probed_at = self._probed[0]
+        if self._capabilities is None or self._capabilities[0] != probed_at:
+            self._capabilities = (probed_at, self._host_capabilities(problems))
+        return self._capabilities[1]
+
+    def _host_capabilities(self, problems: list[str]) -> Capabilities:
         missing = self.cgroups.missing()
         reasons = {
             "supports_hibernate": host.checkpoint_problem(),
@@ -881,9 +892,11 @@ class LocalProvider(Provider):
     def relabel(self, sandbox_id: str, metadata: Mapping[str, str]) -> None:
         """The state file's metadata is what ``list`` reports (the directory keeps its
         name: the reference does not change)."""
+        labels = {str(k): str(v) for k, v in metadata.items()}
         with self._locked_state(sandbox_id) as state:
-            state.metadata = {str(k): str(v) for k, v in metadata.items()}
-            self.store.save(state)
+            if state.metadata != labels:  # a retried relabel rewrites nothing
+                state.metadata = labels
+                self.store.save(state)
 
     def hide(self, sandbox_id: str, name: str) -> None:
         with self._locked_state(sandbox_id) as state:

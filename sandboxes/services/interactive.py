@@ -77,7 +77,7 @@ def touch_activity(sandbox: Sandbox, *, at=None) -> None:
 def activity_is_recent(sandbox: Sandbox) -> bool:
     """Whether ``sandbox`` as just loaded was touched within the granularity: then
     ``touch_activity`` would change nothing (activity only moves forward, so the stored
-    value is at least that recent), and the service proxy skips its statement."""
+    value is at least that recent), and exec and the service proxy skip its statement."""
     return sandbox.last_activity_at >= timezone.now() - ACTIVITY_GRANULARITY
 
 
@@ -141,7 +141,8 @@ def exec_command(
             "timed_out": result.timed_out,
         },
     )
-    touch_activity(sandbox)
+    if not activity_is_recent(sandbox):  # else the UPDATE would change nothing
+        touch_activity(sandbox)
     return result
 
 

@@ -17,8 +17,9 @@ holding one frees it by itself, and a live call never outlives its slot.
   for the site, holder -> expiry; one Lua script drops the expired, checks both caps and
   adds to both atomically (one round trip), and a release is one more.
 * The database (``LongCallSlot``): ``cap`` keys per scope (``longcall:team:<id>:<n>``,
-  ``longcall:all:<n>``); a key is taken with one conditional upsert (atomic on PostgreSQL
-  and SQLite alike) and released with one delete of the holder's rows.
+  ``longcall:all:<n>``); a free key of a scope is chosen and taken with one conditional
+  ``INSERT ... SELECT`` upsert (atomic on PostgreSQL and SQLite alike), and released with
+  one ``DELETE`` of the holder's rows.
 
 Times are the web processes' clocks (``time.time()``): keep them in step (NTP).
 """
@@ -28,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import random
 import time
 import uuid
 from collections.abc import Iterator
@@ -144,41 +144,65 @@ class _DatabaseSlots:
         return None
 
     def _take_one(self, scope: str, cap: int, holder: str, expires_at: float, now: float):
-        """None when a key was taken, else the soonest expiry among the held ones."""
+        """None when a key was taken, else the soonest expiry among the held ones.
+
+        One statement when a key is free (the common case). It comes back empty when the
+        scope is full or another process took the key it chose first: then the live keys
+        are read, and a scope not full is tried again. Each such loss is a key another
+        process took, so ``cap`` tries are enough unless keys are freed meanwhile; after
+        them the scope counts as full, as when every key is held."""
         keys = [f"{scope}:{n}" for n in range(cap)]
-        live = self._live(keys, now)
-        free = [key for key in keys if key not in live]
-        # Another process may take a free key first: then the next one is tried. A random
-        # order keeps callers arriving together from all racing for the same key.
-        random.shuffle(free)
-        for key in free:
-            if self._claim(key, holder, expires_at, now):
+        live: dict[str, float] = {}
+        for _ in range(cap):
+            if self._claim(keys, holder, expires_at, now):
                 return None
-        live = self._live(keys, time.time()) or live
+            now = time.time()
+            live = self._live(keys, now)
+            if len(live) >= cap:
+                break
         return min(live.values(), default=now)
 
     def _live(self, keys: list[str], now: float) -> dict[str, float]:
         rows = LongCallSlot.objects.filter(key__in=keys, expires_at__gt=now)
         return dict(rows.values_list("key", "expires_at"))
 
-    def _claim(self, key: str, holder: str, expires_at: float, now: float) -> bool:
-        """Insert the key, or take it over once expired: one statement, so of two processes
-        racing for it exactly one gets a row back."""
+    def _claim(self, keys: list[str], holder: str, expires_at: float, now: float) -> bool:
+        """Take one of ``keys`` not held now: insert it, or take it over once expired.
+
+        One statement (SQLite 3.35+ and PostgreSQL alike), so of two processes racing for
+        a key exactly one gets a row back: PostgreSQL re-checks the conflict's ``WHERE``
+        on the row as the winner committed it, SQLite runs writers one at a time. The
+        candidate is chosen at random among the free keys, so callers arriving together
+        do not all race for the first one. (The ``WHERE`` before ``ON CONFLICT`` is what
+        SQLite needs to parse an upsert of a ``SELECT``.)"""
         table = connection.ops.quote_name(LongCallSlot._meta.db_table)
+        candidates = ", ".join(["(%s)"] * len(keys))
         sql = f"""
-            INSERT INTO {table} ("key", "holder", "expires_at") VALUES (%s, %s, %s)
+            WITH candidate ("key") AS (VALUES {candidates})
+            INSERT INTO {table} ("key", "holder", "expires_at")
+            SELECT candidate."key", %s, %s FROM candidate
+            WHERE NOT EXISTS (
+                SELECT 1 FROM {table} AS held
+                WHERE held."key" = candidate."key" AND held."expires_at" > %s
+            )
+            ORDER BY random() LIMIT 1
             ON CONFLICT ("key") DO UPDATE SET
                 "holder" = excluded."holder", "expires_at" = excluded."expires_at"
             WHERE {table}."expires_at" <= %s
             RETURNING "holder"
         """  # noqa: S608 - the table name comes from the model, the values are parameters
         with connection.cursor() as cursor:
-            cursor.execute(sql, [key, holder, expires_at, now])
+            cursor.execute(sql, [*keys, holder, expires_at, now, now])
             row = cursor.fetchone()
         return row is not None and row[0] == holder
 
     def release(self, scopes: list[str], holder: str) -> None:
-        LongCallSlot.objects.filter(holder=holder).delete()  # one holder per call
+        """One ``DELETE`` of the holder's rows (one holder per call); a single statement
+        needs no transaction around it (the ORM's delete would add one, and a query for
+        related rows)."""
+        table = connection.ops.quote_name(LongCallSlot._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(f'DELETE FROM {table} WHERE "holder" = %s', [holder])  # noqa: S608
 
     def renew(self, scopes: list[str], holder: str, expires_at: float) -> None:
         LongCallSlot.objects.filter(holder=holder).update(expires_at=expires_at)
