@@ -496,6 +496,11 @@ class LocalProvider(Provider):
                 if name not in known and not self.cgroups.pids(name):
                     self.cgroups.remove(name, wait=0)
 
+    def wait_for_spares(self) -> None:
+        """Wait until the spare disks being made in the background are made (benchmarks
+        measure a host that is not busy writing them)."""
+        self._spares.join()
+
     def purge(self) -> None:
         """Delete every sandbox, stop the forwarder and remove the cgroup parent.
 
