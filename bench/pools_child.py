@@ -248,7 +248,7 @@ def _local_hit_provider(provider, pool) -> list[float]:
     for instance in taken:  # afterwards: a delete's writes would fall on the next hit
         instance.delete()
     PoolMember.objects.filter(pool=pool).delete()
-    return samples, [list(part) for part in zip(*parts)]
+    return samples, [list(part) for part in zip(*parts, strict=True)]
 
 
 def _pool_refill(pool) -> None:
