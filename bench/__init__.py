@@ -7,10 +7,17 @@ assertions in the test suite. ``python -m bench NAME...`` runs only the named mo
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -53,3 +60,23 @@ def median_result(
         met=None if at_most is None else median <= at_most,
         detail=extra,
     )
+
+
+def run_child(module: str, *args: str, env: dict[str, str], timeout: float | None = None) -> Any:
+    """Run ``python -m bench.<module> args...`` from the repository (a child measures in a
+    process of its own: Django set up its way) and return the JSON of its last line of
+    output; RuntimeError with the end of its stderr when it fails."""
+    done = subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        what = " ".join([f"bench.{module}", *args[:1]])
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1])

@@ -15,7 +15,6 @@ without it, a threaded Python client with keep-alive connections.
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import re
 import shutil
@@ -26,12 +25,10 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from bench import Result, median_result
+from bench import ROOT, Result, median_result, run_child
 
-ROOT = Path(__file__).resolve().parent.parent
 PAGE = "/api/v1/sandboxes"
 BARE = "/bench/bare"
 SECONDS = float(os.environ.get("BENCH_API_SECONDS", "8"))
@@ -85,18 +82,7 @@ def choose_database(data_dir: str) -> Database:
 
 
 def in_process(env: dict[str, str]) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.api_child"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"bench.api_child failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child("api_child", env=env, timeout=1800)
 
 
 def free_port() -> int:

@@ -19,15 +19,12 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from bench import Result
+from bench import Result, run_child
 
-ROOT = Path(__file__).resolve().parent.parent
 SANDBOXES = 10_000
 SAMPLES = 3
 #: The batch size for the scaling check: small enough that 1,000 sandboxes fill it too.
@@ -206,24 +203,7 @@ def _sample(count: int, batch: int | None = None) -> dict:
             "Q_SYNC": "0",
             "LOG_LEVEL": "WARNING",
         }
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bench.bench_background",
-                "--child",
-                str(count),
-                str(batch or 0),
-            ],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"benchmark child failed:\n{done.stderr[-3000:]}")
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return run_child("bench_background", "--child", str(count), str(batch or 0), env=env)
 
 
 def run() -> list[Result]:

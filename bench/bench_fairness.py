@@ -28,12 +28,10 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from bench import Result
+from bench import ROOT, Result, run_child
 
-ROOT = Path(__file__).resolve().parent.parent
 #: Written under the section's table by ``python -m bench``.
 NOTES = """
 **The proxy's 2 ms is not reached, and where its time goes.** The in-process rows time
@@ -273,20 +271,7 @@ def proxy_overhead(port: int, upstream: int, made: dict, repeat: int = 400) -> t
 def breakdown(env: dict[str, str], made: dict) -> dict[str, float]:
     """Where a proxied request's time goes: its steps timed in-process (fairness_child)."""
     team = made["team-b"]
-    answer = subprocess.run(
-        [
-            *(sys.executable, "-m", "bench.fairness_child", "breakdown"),
-            *(team["sandbox"], team["token"]),
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if answer.returncode != 0:
-        raise RuntimeError(f"bench.fairness_child breakdown failed:\n{answer.stderr[-3000:]}")
-    return json.loads(answer.stdout.strip().splitlines()[-1])
+    return run_child("fairness_child", "breakdown", team["sandbox"], team["token"], env=env)
 
 
 def run() -> list[Result]:
@@ -314,23 +299,7 @@ def run() -> list[Result]:
     servers: list[Server] = []
     try:
         upstream_port = int(upstream.stdout.readline())
-        setup = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bench.fairness_child",
-                "setup",
-                f"http://127.0.0.1:{upstream_port}/",
-            ],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if setup.returncode != 0:
-            raise RuntimeError(f"bench.fairness_child setup failed:\n{setup.stderr[-3000:]}")
-        made = json.loads(setup.stdout.strip().splitlines()[-1])
+        made = run_child("fairness_child", "setup", f"http://127.0.0.1:{upstream_port}/", env=env)
         connect = _connect_ms(database) if on_postgres else 0.0
 
         servers.append(Server("asgi", env))

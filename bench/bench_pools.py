@@ -17,16 +17,10 @@ database; tasks queued, no worker inside a measured request):
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import subprocess
-import sys
-from pathlib import Path
 
-from bench import Result, median_result
-
-ROOT = Path(__file__).resolve().parent.parent
+from bench import Result, median_result, run_child
 
 NOTES = """
 The `local` target is read as the figure it improves on was measured: "today 12.9 ms" is
@@ -69,19 +63,7 @@ nothing is gained by parking them unless memory matters more than latency (docs/
 
 def run() -> list[Result]:
     env = {**os.environ}
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.pools_child"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    lines = [line for line in done.stdout.strip().splitlines() if line.startswith("{")]
-    if not lines:
-        raise RuntimeError(f"bench.pools_child failed:\n{done.stderr[-3000:]}")
-    out = json.loads(lines[-1])
+    out = run_child("pools_child", env=env, timeout=1800)
     results: list[Result] = []
     if "pve_hit_ms" in out:
         results.append(

@@ -18,7 +18,6 @@ cookie a browser gets (checked, and the user's membership read, on each request)
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -28,9 +27,8 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
-from bench import Result
+from bench import ROOT, Result, run_child
 from bench.bench_terminal import Server, _percentile
 
 NOTES = """
@@ -43,7 +41,6 @@ the overhead measured 3.95 ms p50 on this machine (2 shared cores, SQLite) on th
 bench: what every request would pay otherwise.
 """
 
-ROOT = Path(__file__).resolve().parent.parent
 REPEAT = int(os.environ.get("BENCH_PREVIEW_REPEAT", "2000"))
 BIG = 1 << 30
 BLOCK = b"x" * (1 << 20)
@@ -192,24 +189,13 @@ def run() -> list[Result]:
     env.pop("REDIS_URL", None)
     server = None
     try:
-        setup = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bench.preview_child",
-                "setup",
-                f"http://127.0.0.1:{http_upstream.port}/",
-                f"http://127.0.0.1:{ws_port}/",
-            ],
+        made = run_child(
+            "preview_child",
+            "setup",
+            f"http://127.0.0.1:{http_upstream.port}/",
+            f"http://127.0.0.1:{ws_port}/",
             env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
         )
-        if setup.returncode != 0:
-            raise RuntimeError(f"bench.preview_child setup failed:\n{setup.stderr[-3000:]}")
-        made = json.loads(setup.stdout.strip().splitlines()[-1])
         server = Server(env)
         box = made["sandbox"]
         web_host = f"8080-{box}.localhost:{server.port}"

@@ -15,7 +15,6 @@ Target: the gateway's median at most 1.5 times sshd's.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -25,9 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import Result, median_result
+from bench import ROOT, Result, median_result, run_child
 
-ROOT = Path(__file__).resolve().parent.parent
 REPEAT = int(os.environ.get("BENCH_SSH_REPEAT", "40"))
 
 NOTES = """
@@ -133,17 +131,7 @@ def run() -> list[Result]:
     env.pop("REDIS_URL", None)
     gateway = sshd = None
     try:
-        setup = subprocess.run(
-            [sys.executable, "-m", "bench.ssh_child", "setup", public],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if setup.returncode != 0:
-            raise RuntimeError(f"bench.ssh_child setup failed:\n{setup.stderr[-3000:]}")
-        sandbox = json.loads(setup.stdout.strip().splitlines()[-1])["sandbox"]
+        sandbox = run_child("ssh_child", "setup", public, env=env)["sandbox"]
         port = _free_port()
         gateway = subprocess.Popen(
             [sys.executable, "manage.py", "ssh_gateway", "--port", str(port)],

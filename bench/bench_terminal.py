@@ -25,9 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import Result
+from bench import ROOT, Result, run_child
 
-ROOT = Path(__file__).resolve().parent.parent
 REPEAT = int(os.environ.get("BENCH_TERMINAL_REPEAT", "1000"))
 SESSIONS = 100
 
@@ -179,17 +178,7 @@ def run() -> list[Result]:
     env.pop("REDIS_URL", None)
     server = None
     try:
-        setup = subprocess.run(
-            [sys.executable, "-m", "bench.terminal_child", "setup", str(REPEAT)],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if setup.returncode != 0:
-            raise RuntimeError(f"bench.terminal_child setup failed:\n{setup.stderr[-3000:]}")
-        made = json.loads(setup.stdout.strip().splitlines()[-1])
+        made = run_child("terminal_child", "setup", str(REPEAT), env=env)
         server = Server(env)
         samples = keystrokes(server.port, made)
         memory = idle_memory(server, made)
