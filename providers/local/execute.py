@@ -187,13 +187,23 @@ def _drain(selector: selectors.BaseSelector, outputs: dict) -> None:
             output.add(chunk)
 
 
-def _parse_exit(status: bytearray) -> tuple[int, str | None]:
-    for line in bytes(status).decode(errors="replace").splitlines():
-        if line.startswith("E"):
+def reported_exit(status: bytes | bytearray) -> int | None:
+    """The exit code in the init's "E<wait status>" line once the whole line arrived
+    (exec, streamed processes and terminals alike), else None."""
+    for line in bytes(status).splitlines(keepends=True):
+        if line.startswith(b"E") and line.endswith(b"\n"):
             try:
-                return os.waitstatus_to_exitcode(int(line[1:])), None
+                return os.waitstatus_to_exitcode(int(line[1:]))
             except ValueError:
-                return -1, None  # nonsense from inside the sandbox: not our problem
+                return -1  # nonsense from inside the sandbox: not our problem
+    return None
+
+
+def _parse_exit(status: bytearray) -> tuple[int, str | None]:
+    exit_code = reported_exit(status)
+    if exit_code is not None:
+        return exit_code, None
+    for line in bytes(status).decode(errors="replace").splitlines():
         if line.startswith("X"):
             return -1, line[1:200]
     return -1, "the sandbox ended the command's connection without a status"

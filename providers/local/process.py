@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from providers.base import ProcessSession
 from providers.errors import Conflict
 from providers.local import sockets
-from providers.local.execute import SandboxGone, Target
+from providers.local.execute import SandboxGone, Target, reported_exit
 
 _CHUNK = 65536
 _ANSWER_TIMEOUT = 30.0
@@ -165,13 +165,9 @@ class LocalProcess(ProcessSession):
                     self._exit_code = -signal.SIGKILL  # the sandbox stopped under it
                     return True
                 self._status += chunk[: max(0, 4096 - len(self._status))]
+                self._exit_code = reported_exit(self._status)
                 for line in bytes(self._status).splitlines(keepends=True):
-                    if line.startswith(b"E") and line.endswith(b"\n"):
-                        try:
-                            self._exit_code = os.waitstatus_to_exitcode(int(line[1:]))
-                        except ValueError:
-                            self._exit_code = -1  # nonsense from inside the sandbox
-                    elif line.startswith(b"X") and line.endswith(b"\n"):
+                    if line.startswith(b"X") and line.endswith(b"\n"):
                         self._exit_code = 127 if b"bad request" not in line else -1
             return True
 

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from providers.base import TerminalSession, terminal_size
 from providers.errors import Conflict
 from providers.local import sockets
-from providers.local.execute import SandboxGone, Target
+from providers.local.execute import SandboxGone, Target, reported_exit
 
 #: How long the init may take to answer a terminal request, and to confirm at ``close``
 #: that the session's processes are gone.
@@ -112,7 +112,7 @@ class LocalTerminal(TerminalSession):
         self._status_lock = threading.Lock()
         # close() wakes a reader or writer blocked in poll through this pipe.
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._parse_status()
+        self._exit_code = reported_exit(self._status)
 
     def __repr__(self) -> str:
         return f"<LocalTerminal fd={self._master} exit={self._exit_code}>"
@@ -176,14 +176,6 @@ class LocalTerminal(TerminalSession):
 
     # --- the end
 
-    def _parse_status(self) -> None:
-        for line in bytes(self._status).splitlines(keepends=True):
-            if line.startswith(b"E") and line.endswith(b"\n"):
-                try:
-                    self._exit_code = os.waitstatus_to_exitcode(int(line[1:]))
-                except ValueError:
-                    self._exit_code = -1  # nonsense from inside the sandbox
-
     def _pump_status(self, timeout: float | None) -> bool:
         """Read the init's reports until the exit status arrived; False on timeout or when
         the connection ended without one."""
@@ -207,7 +199,7 @@ class LocalTerminal(TerminalSession):
                     self._exit_code = -signal.SIGKILL
                     return False
                 self._status += chunk[: max(0, 4096 - len(self._status))]
-                self._parse_status()
+                self._exit_code = reported_exit(self._status)
             return True
 
     @property
