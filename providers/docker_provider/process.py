@@ -27,7 +27,7 @@ from providers.docker_provider.errors import docker_call
 from providers.docker_provider.exec_status import ExecStatus
 from providers.docker_provider.terminal import _hijack
 from providers.errors import Conflict
-from providers.terminal_marks import KILL_SCRIPT, MARKER_VARIABLE
+from providers.terminal_marks import MARKER_VARIABLE
 
 if TYPE_CHECKING:
     from providers.docker_provider.engine import DockerEngine
@@ -130,20 +130,8 @@ class DockerProcess(ExecStatus, ProcessSession):
                 return
             self._closed = True
         if self.exit_code is None:
-            api = self._engine.exec_api(60)
-            try:
-                with contextlib.suppress(Exception):
-                    killer = api.exec_create(
-                        self._container_id, ["/bin/sh", "-c", KILL_SCRIPT, "sh", self._token]
-                    )["Id"]
-                    api.exec_start(killer)
-            finally:
-                api.close()
+            self._kill_marked()
         with contextlib.suppress(OSError):
             self._conn.shutdown(socket.SHUT_RDWR)
         self._conn.close()
-        if self._exit_code is None:
-            with contextlib.suppress(Exception):
-                self.wait(5)
-            if self._exit_code is None:
-                self._exit_code = -9
+        self._settle_killed()

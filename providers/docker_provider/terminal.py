@@ -34,7 +34,7 @@ from providers.docker_provider.base_image import WORKDIR
 from providers.docker_provider.errors import docker_call
 from providers.docker_provider.exec_status import ExecStatus
 from providers.errors import Conflict, ProviderError, Unavailable
-from providers.terminal_marks import KILL_SCRIPT, MARKER_VARIABLE
+from providers.terminal_marks import MARKER_VARIABLE
 
 if TYPE_CHECKING:
     from providers.docker_provider.engine import DockerEngine
@@ -193,20 +193,10 @@ class DockerTerminal(ExecStatus, TerminalSession):
             if self._closed:
                 return
             self._closed = True
-        api = self._engine.exec_api(60)
         try:
-            with contextlib.suppress(Exception):
-                killer = api.exec_create(
-                    self._container_id, ["/bin/sh", "-c", KILL_SCRIPT, "sh", self._token]
-                )["Id"]
-                api.exec_start(killer)
+            self._kill_marked()
         finally:
-            api.close()
             with contextlib.suppress(OSError):
                 self._conn.shutdown(socket.SHUT_RDWR)
             self._conn.close()
-        if self._exit_code is None:
-            with contextlib.suppress(Exception):
-                self.wait(5)  # the daemon notices the kill a moment later
-            if self._exit_code is None:
-                self._exit_code = -9
+        self._settle_killed()
