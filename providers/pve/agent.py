@@ -510,12 +510,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.agent.forget(process)
 
 
-class _TerminalRelay:
-    """Carries one terminal over the connection until the client closes it or goes away."""
+class _Relay:
+    """Carries one session (a terminal or a process) over the connection until the client
+    closes it or goes away: signed frames out, the client's frames in, the exit status,
+    the end. Subclasses pump the session's output and take its input."""
 
-    def __init__(self, conn, terminal: Terminal, key: bytes) -> None:
+    def __init__(self, conn, session, key: bytes) -> None:
         self.conn = conn
-        self.terminal = terminal
+        self.session = session
         self.key = key
         self.seq = 0
         self.send_lock = threading.Lock()
@@ -543,7 +545,7 @@ class _TerminalRelay:
         try:
             self._read_frames()
         finally:
-            self.terminal.kill()
+            self.session.kill()
             self.done = True
             pump.join(5)
             if not self.ended:
@@ -551,14 +553,63 @@ class _TerminalRelay:
             with self.send_lock:
                 self.connected = False
             if not pump.is_alive():
-                os.close(self.terminal.master)
+                self._release()
 
     def _report_exit(self) -> None:
-        code = self.terminal.proc.wait()
+        code = self.session.proc.wait()
         self.send(b"x", struct.pack(">i", code))
 
+    def _output_ended(self) -> None:
+        if not self.done:  # the output ended by itself (or the agent is closing)
+            self.session.proc.wait()
+            self.ended = True
+            self.send(b"e")
+
+    def _read_frames(self) -> None:
+        while True:
+            try:
+                data = self.conn.recv(MAX_FRAME + 1024)
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                frames = self.incoming.feed(data)
+            except ValueError:
+                return  # forged or mangled: end the session
+            for kind, payload in frames:
+                if kind == b"c" or not self._take(kind, payload):
+                    return
+
+    def _client_gone_while_full(self, fd: int) -> bool:
+        """Wait up to a second for ``fd`` to take input; True when the client hung up."""
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        poller.register(self.conn, select.POLLRDHUP)
+        return any(
+            other != fd and events & (select.POLLRDHUP | select.POLLHUP)
+            for other, events in poller.poll(1000)
+        )
+
     def _pump_output(self) -> None:
-        master = self.terminal.master
+        raise NotImplementedError
+
+    def _take(self, kind: bytes, payload: bytes) -> bool:
+        """Act on one of the client's frames; False ends the session."""
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+
+class _TerminalRelay(_Relay):
+    """A terminal: output from its master, input and resizes to it."""
+
+    def _release(self) -> None:
+        os.close(self.session.master)
+
+    def _pump_output(self) -> None:
+        master = self.session.master
         while not self.done:
             select.select([master], [], [], 0.25)
             try:
@@ -571,32 +622,16 @@ class _TerminalRelay:
             if not chunk:
                 break
             self.send(b"o", chunk)
-        if not self.done:  # the output ended by itself (or the agent is closing)
-            self.terminal.proc.wait()
-            self.ended = True
-            self.send(b"e")
+        self._output_ended()
 
-    def _read_frames(self) -> None:
-        while True:
-            try:
-                data = self.conn.recv(MAX_FRAME + 1024)
-            except OSError:
-                return
-            if not data:
-                return
-            try:
-                frames = self.incoming.feed(data)
-            except ValueError:
-                return  # forged or mangled: end the session
-            for kind, payload in frames:
-                if kind == b"c":
-                    return
-                if kind == b"r" and len(payload) == 4:
-                    cols, rows = struct.unpack(">HH", payload)
-                    if 1 <= cols <= MAX_CELLS and 1 <= rows <= MAX_CELLS:
-                        self.terminal.resize(cols, rows)
-                elif kind == b"i" and not self._write_input(payload):
-                    return
+    def _take(self, kind: bytes, payload: bytes) -> bool:
+        if kind == b"r" and len(payload) == 4:
+            cols, rows = struct.unpack(">HH", payload)
+            if 1 <= cols <= MAX_CELLS and 1 <= rows <= MAX_CELLS:
+                self.session.resize(cols, rows)
+        elif kind == b"i":
+            return self._write_input(payload)
+        return True
 
     def _write_input(self, data: bytes) -> bool:
         """Type ``data`` (waiting while the terminal's input is full); False when the
@@ -604,67 +639,23 @@ class _TerminalRelay:
         view = memoryview(data)
         while view:
             try:
-                view = view[os.write(self.terminal.master, view) :]
+                view = view[os.write(self.session.master, view) :]
                 continue
             except BlockingIOError:
                 pass
             except OSError:
                 return True  # the terminal is gone; the output side reports the end
-            poller = select.poll()
-            poller.register(self.terminal.master, select.POLLOUT)
-            poller.register(self.conn, select.POLLRDHUP)
-            for fd, events in poller.poll(1000):
-                if fd != self.terminal.master and events & (select.POLLRDHUP | select.POLLHUP):
-                    return False
+            if self._client_gone_while_full(self.session.master):
+                return False
         return True
 
 
-class _ProcessRelay:
-    """Carries one process's pipes over the connection until the client closes it or goes
-    away (the frames are described in the module's docstring)."""
+class _ProcessRelay(_Relay):
+    """A process: stdout and stderr from its pipes (the frames are described in the
+    module's docstring), input and end of input to its stdin."""
 
-    def __init__(self, conn, process: Process, key: bytes) -> None:
-        self.conn = conn
-        self.process = process
-        self.key = key
-        self.seq = 0
-        self.send_lock = threading.Lock()
-        self.connected = True
-        self.done = False
-        self.ended = False
-        self.incoming = FrameReader(key, TO_AGENT)
-
-    def send(self, kind: bytes, payload: bytes = b"") -> None:
-        with self.send_lock:
-            if not self.connected:
-                return
-            data = frame(self.key, TO_CLIENT, kind, self.seq, payload)
-            self.seq += 1
-            try:
-                self.conn.sendall(data)
-            except OSError:
-                self.connected = False
-
-    def run(self) -> None:
-        pump = threading.Thread(target=self._pump_output, daemon=True)
-        pump.start()
-        threading.Thread(target=self._report_exit, daemon=True).start()
-        try:
-            self._read_frames()
-        finally:
-            self.process.kill()
-            self.done = True
-            pump.join(5)
-            if not self.ended:
-                self.send(b"e")
-            with self.send_lock:
-                self.connected = False
-            if not pump.is_alive():
-                self.process.release()
-
-    def _report_exit(self) -> None:
-        code = self.process.proc.wait()
-        self.send(b"x", struct.pack(">i", code))
+    def _release(self) -> None:
+        self.session.release()
 
     def _drain(self, fd: int) -> bool:
         """Send what ``fd`` holds now; False once it reached its end."""
@@ -677,12 +668,12 @@ class _ProcessRelay:
                 return False
             if not chunk:
                 return False
-            self.send(self.process.outputs[fd], chunk)
+            self.send(self.session.outputs[fd], chunk)
 
     def _pump_output(self) -> None:
-        open_fds = list(self.process.outputs)
+        open_fds = list(self.session.outputs)
         while open_fds and not self.done:
-            exited = self.process.proc.poll() is not None
+            exited = self.session.proc.poll() is not None
             ready, _, _ = select.select(open_fds, [], [], 0.25)
             for fd in ready:
                 if not self._drain(fd):
@@ -693,30 +684,14 @@ class _ProcessRelay:
                 for fd in list(open_fds):
                     self._drain(fd)
                 break
-        if not self.done:
-            self.process.proc.wait()
-            self.ended = True
-            self.send(b"e")
+        self._output_ended()
 
-    def _read_frames(self) -> None:
-        while True:
-            try:
-                data = self.conn.recv(MAX_FRAME + 1024)
-            except OSError:
-                return
-            if not data:
-                return
-            try:
-                frames = self.incoming.feed(data)
-            except ValueError:
-                return  # forged or mangled: end the session
-            for kind, payload in frames:
-                if kind == b"c":
-                    return
-                if kind == b"z":
-                    self.process.close_stdin()
-                elif kind == b"i" and not self._write_input(payload):
-                    return
+    def _take(self, kind: bytes, payload: bytes) -> bool:
+        if kind == b"z":
+            self.session.close_stdin()
+        elif kind == b"i":
+            return self._write_input(payload)
+        return True
 
     def _write_input(self, data: bytes) -> bool:
         """Pass ``data`` to the command's stdin (waiting while the pipe is full); False
@@ -724,7 +699,7 @@ class _ProcessRelay:
         command stopped reading, is dropped."""
         view = memoryview(data)
         while view:
-            stdin = self.process.stdin
+            stdin = self.session.stdin
             if stdin is None:
                 return True
             try:
@@ -733,14 +708,10 @@ class _ProcessRelay:
             except BlockingIOError:
                 pass
             except OSError:  # EPIPE: nobody reads it any more
-                self.process.close_stdin()
+                self.session.close_stdin()
                 return True
-            poller = select.poll()
-            poller.register(stdin, select.POLLOUT)
-            poller.register(self.conn, select.POLLRDHUP)
-            for fd, events in poller.poll(1000):
-                if fd != stdin and events & (select.POLLRDHUP | select.POLLHUP):
-                    return False
+            if self._client_gone_while_full(stdin):
+                return False
         return True
 
 
