@@ -199,6 +199,33 @@ def reported_exit(status: bytes | bytearray) -> int | None:
     return None
 
 
+class ReportedExit:
+    """Mixed into a session the init reports the end of (a streamed process, a terminal):
+    its exit code as ``_pump_status`` read it from the init's connection."""
+
+    _exit_code: int | None
+    _closed: bool
+    #: What ``wait`` says when the timeout passes first.
+    _still_running = "the process is still running"
+
+    def _pump_status(self, timeout: float | None) -> bool:
+        raise NotImplementedError
+
+    @property
+    def exit_code(self) -> int | None:
+        if self._exit_code is None and not self._closed:
+            with contextlib.suppress(OSError, ValueError):
+                self._pump_status(0)
+        return self._exit_code
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self._exit_code is None and not self._closed:
+            self._pump_status(timeout)
+        if self._exit_code is not None:
+            return self._exit_code
+        raise TimeoutError(self._still_running)
+
+
 def _parse_exit(status: bytearray) -> tuple[int, str | None]:
     exit_code = reported_exit(status)
     if exit_code is not None:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from providers.base import ProcessSession
 from providers.errors import Conflict
 from providers.local import sockets
-from providers.local.execute import SandboxGone, Target, reported_exit
+from providers.local.execute import ReportedExit, SandboxGone, Target, reported_exit
 
 _CHUNK = 65536
 _ANSWER_TIMEOUT = 30.0
@@ -57,7 +57,7 @@ def open_process(target: Target, argv: Sequence[str]) -> LocalProcess:
     return LocalProcess(conn, in_w, out_r, err_r)
 
 
-class LocalProcess(ProcessSession):
+class LocalProcess(ReportedExit, ProcessSession):
     """A command of a local sandbox with its streams as pipes (see the module)."""
 
     def __init__(self, conn: socket.socket, stdin: int, stdout: int, stderr: int) -> None:
@@ -170,20 +170,6 @@ class LocalProcess(ProcessSession):
                     if line.startswith(b"X") and line.endswith(b"\n"):
                         self._exit_code = 127 if b"bad request" not in line else -1
             return True
-
-    @property
-    def exit_code(self) -> int | None:
-        if self._exit_code is None and not self._closed:
-            with contextlib.suppress(OSError, ValueError):
-                self._pump_status(0)
-        return self._exit_code
-
-    def wait(self, timeout: float | None = None) -> int:
-        if self._exit_code is None and not self._closed:
-            self._pump_status(timeout)
-        if self._exit_code is not None:
-            return self._exit_code
-        raise TimeoutError("the process is still running")
 
     def close(self) -> None:
         with self._lock:

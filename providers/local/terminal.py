@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from providers.base import TerminalSession, terminal_size
 from providers.errors import Conflict
 from providers.local import sockets
-from providers.local.execute import SandboxGone, Target, reported_exit
+from providers.local.execute import ReportedExit, SandboxGone, Target, reported_exit
 
 #: How long the init may take to answer a terminal request, and to confirm at ``close``
 #: that the session's processes are gone.
@@ -96,8 +96,10 @@ def _receive_master(conn: socket.socket) -> tuple[int, bytes]:
     raise SandboxGone("the sandbox's init gave no terminal")
 
 
-class LocalTerminal(TerminalSession):
+class LocalTerminal(ReportedExit, TerminalSession):
     """A session on a pseudo-terminal of a local sandbox (see the module)."""
+
+    _still_running = "the terminal's process is still running"
 
     def __init__(self, conn: socket.socket, master: int, status: bytes = b"") -> None:
         self._conn = conn
@@ -201,20 +203,6 @@ class LocalTerminal(TerminalSession):
                 self._status += chunk[: max(0, 4096 - len(self._status))]
                 self._exit_code = reported_exit(self._status)
             return True
-
-    @property
-    def exit_code(self) -> int | None:
-        if self._exit_code is None and not self._closed:
-            with contextlib.suppress(OSError, ValueError):
-                self._pump_status(0)
-        return self._exit_code
-
-    def wait(self, timeout: float | None = None) -> int:
-        if self._exit_code is None and not self._closed:
-            self._pump_status(timeout)
-        if self._exit_code is not None:
-            return self._exit_code
-        raise TimeoutError("the terminal's process is still running")
 
     def close(self) -> None:
         with self._lock:
